@@ -1,0 +1,63 @@
+"""Crash-safe file writing.
+
+Everything contrastkit persists (checkpoints, metrics, reports) is first written to a temporary
+file in the destination's folder, flushed and fsynced, then moved into place with ``os.replace``,
+which is atomic on POSIX and Windows. A process killed mid-write leaves the previous file intact
+and at worst a stray ``*.tmp`` file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from contrastkit.core.errors import MissingFileError
+
+__all__ = ["atomic_path", "atomic_write_json", "atomic_write_text", "read_json"]
+
+
+@contextmanager
+def atomic_path(dest: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``dest``; on success it replaces ``dest`` atomically.
+
+    The caller writes the temporary path with any library (safetensors, matplotlib…).
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; results are meant to be shared
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, dest)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def _write_with(dest: str | Path, write: Callable[[Path], None]) -> None:
+    with atomic_path(dest) as tmp:
+        write(tmp)
+
+
+def atomic_write_text(dest: str | Path, text: str) -> None:
+    _write_with(dest, lambda p: p.write_text(text))
+
+
+def atomic_write_json(dest: str | Path, obj: Any) -> None:
+    _write_with(dest, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
+
+
+def read_json(path: str | Path) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise MissingFileError(f"file not found: {p}")
+    return json.loads(p.read_text())

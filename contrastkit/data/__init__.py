@@ -1,0 +1,54 @@
+"""Data: pair sets keyed by modality, built-in sources, a resumable loader.
+
+Sources are registered by name; ``build(name, split, **params)`` returns a :class:`PairSet`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from contrastkit.core.registry import Registry
+from contrastkit.data.config import DataConfig
+from contrastkit.data.digits import make_digits
+from contrastkit.data.pairs import (
+    ClassTask,
+    PairBatchSampler,
+    PairDataset,
+    PairSet,
+    english_articles,
+    make_loader,
+)
+from contrastkit.data.shapes import make_shapes
+
+__all__ = [
+    "DATASETS",
+    "ClassTask",
+    "DataConfig",
+    "PairBatchSampler",
+    "PairDataset",
+    "PairSet",
+    "build",
+    "english_articles",
+    "load_split",
+    "make_digits",
+    "make_loader",
+    "make_shapes",
+]
+
+DATASETS: Registry[PairSet] = Registry("data set")
+DATASETS.register("shapes")(make_shapes)
+DATASETS.register("digits")(make_digits)
+
+
+def build(name: str, split: str, **params: Any) -> PairSet:
+    """The ``split`` of data set ``name``; ``params`` are checked against its builder."""
+    return DATASETS.build(name, split=split, **params)
+
+
+def load_split(cfg: DataConfig, split: str, progress: bool = False) -> PairSet:
+    """The ``split`` of the data set configured by ``cfg``."""
+    params = cfg.split_params(split)
+    if "progress" in inspect.signature(DATASETS.get(cfg.name)).parameters:
+        params.setdefault("progress", progress)
+    return build(cfg.name, split, **params)

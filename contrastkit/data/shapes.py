@@ -1,0 +1,235 @@
+"""Shapes: a deterministic, seeded image–caption data set made by the project.
+
+Each image holds one object (a shape of a colour and size at a position) or two objects in a
+spatial relation, on a dark noisy background, with natural captions from several templates:
+"a small red circle on the left", "a blue square above a green triangle".
+
+Determinism: rasterisation uses only additions, multiplications and comparisons on float64
+coordinates (shape outlines are literal polygon tables, no sin/cos/atan at draw time) and integer
+blending, and randomness comes from NumPy's PCG64 ``Generator`` seeded by ``[seed, split]``. The same
+seed gives the same bytes on every platform (pinned NumPy; a test hashes the output).
+
+Compositional hold-out: ``HOLDOUT`` colour–shape combinations (one per colour and per shape, so
+every colour and shape is still seen) never appear in the ``train``/``val``/``test`` splits; the
+``unseen`` split contains only them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from contrastkit.core.errors import InputError
+from contrastkit.data.pairs import ClassTask, PairSet, english_articles
+
+__all__ = [
+    "COLORS",
+    "HOLDOUT",
+    "SHAPES",
+    "SIZES",
+    "SPLITS",
+    "ShapeObject",
+    "make_shapes",
+    "render_scene",
+]
+
+SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star", "hexagon", "ring")
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (50, 80, 230),
+    "yellow": (235, 215, 40),
+    "purple": (150, 60, 200),
+    "orange": (245, 140, 30),
+    "cyan": (40, 200, 210),
+    "white": (240, 240, 240),
+}
+COLOR_NAMES = tuple(COLORS)
+SIZES = ("small", "large")
+SPLITS = ("train", "val", "test", "unseen")
+# Held-out (colour, shape) pairs: colour i with shape (3·i + 1) mod 8 — a Latin diagonal.
+HOLDOUT = tuple((COLOR_NAMES[i], SHAPES[(3 * i + 1) % len(SHAPES)]) for i in range(len(COLOR_NAMES)))
+
+# Unit outlines (y grows downwards), literal so drawing needs no trigonometry.
+_STAR = np.array([
+    (0.0, -1.0), (0.2245, -0.309), (0.9511, -0.309), (0.3633, 0.118), (0.5878, 0.809),
+    (0.0, 0.382), (-0.5878, 0.809), (-0.3633, 0.118), (-0.9511, -0.309), (-0.2245, -0.309),
+])
+_HEXAGON = np.array([(1.0, 0.0), (0.5, 0.866), (-0.5, 0.866), (-1.0, 0.0), (-0.5, -0.866), (0.5, -0.866)])
+_TRIANGLE = np.array([(0.0, -1.0), (0.95, 0.75), (-0.95, 0.75)])
+
+_POSITIONS = {  # name → (x, y) centre as a fraction of the image side
+    "on the left": (0.27, 0.5), "on the right": (0.73, 0.5), "at the top": (0.5, 0.27),
+    "at the bottom": (0.5, 0.73), "in the center": (0.5, 0.5),
+}
+_RELATIONS = {  # relation of object 1 to object 2 → (dx, dy) of object 1 from the middle
+    "to the left of": (-1, 0), "to the right of": (1, 0), "above": (0, -1), "below": (0, 1),
+}
+_SINGLE_TEMPLATES = (
+    "a {size} {color} {shape}", "a {color} {shape} {pos}", "a {size} {color} {shape} {pos}",
+    "there is a {color} {shape} {pos}", "a picture of a {size} {color} {shape}", "a {color} {shape}",
+)
+_PAIR_TEMPLATES = (
+    "a {c1} {s1} {rel} a {c2} {s2}", "a {z1} {c1} {s1} {rel} a {z2} {c2} {s2}",
+    "there is a {c1} {s1} {rel} a {c2} {s2}",
+)
+ZS_TEMPLATES = ("a {}", "a small {}", "a large {}", "there is a {}")
+
+
+def _in_polygon(u: np.ndarray, v: np.ndarray, poly: np.ndarray) -> np.ndarray:
+    """Even-odd point-in-polygon test with only +, ×, / and comparisons (deterministic)."""
+    inside = np.zeros(u.shape, dtype=bool)
+    n = len(poly)
+    for k in range(n):
+        (x0, y0), (x1, y1) = poly[k], poly[(k + 1) % n]
+        if y0 == y1:
+            continue
+        crosses = (y0 > v) != (y1 > v)
+        x_at = x0 + (v - y0) * (x1 - x0) / (y1 - y0)
+        inside ^= crosses & (u < x_at)
+    return inside
+
+
+def _mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Membership of unit coordinates ``(u, v)`` (object radius = 1) in ``shape``."""
+    r2 = u * u + v * v
+    if shape == "circle":
+        return r2 <= 1.0
+    if shape == "ring":
+        return (r2 <= 1.0) & (r2 >= 0.36)
+    if shape == "square":
+        return (np.abs(u) <= 0.82) & (np.abs(v) <= 0.82)
+    if shape == "diamond":
+        return np.abs(u) + np.abs(v) <= 1.0
+    if shape == "cross":
+        au, av = np.abs(u), np.abs(v)
+        return ((au <= 0.34) & (av <= 1.0)) | ((av <= 0.34) & (au <= 1.0))
+    if shape == "star":
+        return _in_polygon(u, v, _STAR)
+    if shape == "hexagon":
+        return _in_polygon(u, v, _HEXAGON)
+    if shape == "triangle":
+        return _in_polygon(u, v, _TRIANGLE)
+    raise InputError(f"unknown shape {shape!r}; available: {SHAPES}")
+
+
+@dataclass(frozen=True)
+class ShapeObject:
+    shape: str
+    color: str
+    size: str
+    cx: float  # centre in pixels
+    cy: float
+    radius: float
+
+
+def render_scene(objects: list[ShapeObject], size: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw objects on a noisy dark background; returns ``uint8 [3, size, size]``.
+
+    2×2 supersampling gives anti-aliased edges; blending is integer arithmetic on coverage counts.
+    """
+    bg = int(rng.integers(0, 50))
+    img = np.clip(bg + rng.integers(-8, 9, size=(3, size, size)), 0, 255).astype(np.int64)
+    sub = (np.arange(2 * size) + 0.5) / 2.0  # sub-pixel centres in pixel units
+    for obj in objects:
+        jitter = rng.integers(-15, 16, size=3)
+        col = np.clip(np.array(COLORS[obj.color]) + jitter, 0, 255)
+        u = (sub[None, :] - obj.cx) / obj.radius
+        v = (sub[:, None] - obj.cy) / obj.radius
+        m = _mask(obj.shape, np.broadcast_to(u, (2 * size, 2 * size)), np.broadcast_to(v, (2 * size, 2 * size)))
+        cover = m.reshape(size, 2, size, 2).sum(axis=(1, 3))  # 0..4 sub-pixels covered
+        img = (img * (4 - cover) + col[:, None, None] * cover) // 4
+    return img.astype(np.uint8)
+
+
+def _pick_combo(rng: np.random.Generator, allowed: list[tuple[str, str]]) -> tuple[str, str]:
+    return allowed[int(rng.integers(0, len(allowed)))]
+
+
+def _single(rng: np.random.Generator, size: int, allowed: list[tuple[str, str]], n_caps: int):
+    color, shape = _pick_combo(rng, allowed)
+    zname = SIZES[int(rng.integers(0, 2))]
+    pos = list(_POSITIONS)[int(rng.integers(0, len(_POSITIONS)))]
+    fx, fy = _POSITIONS[pos]
+    radius = size * (0.13 if zname == "small" else 0.21)
+    jx, jy = rng.uniform(-0.05, 0.05, size=2) * size
+    obj = ShapeObject(shape, color, zname, fx * size + jx, fy * size + jy, radius)
+    tmpl = rng.choice(len(_SINGLE_TEMPLATES), size=n_caps, replace=False)
+    caps = tuple(
+        english_articles(_SINGLE_TEMPLATES[t].format(size=zname, color=color, shape=shape, pos=pos))
+        for t in tmpl
+    )
+    return [obj], caps
+
+
+def _pair(rng: np.random.Generator, size: int, allowed: list[tuple[str, str]], n_caps: int):
+    (c1, s1) = _pick_combo(rng, allowed)
+    (c2, s2) = _pick_combo(rng, [a for a in allowed if a != (c1, s1)])
+    rel = list(_RELATIONS)[int(rng.integers(0, len(_RELATIONS)))]
+    dx, dy = _RELATIONS[rel]
+    z1, z2 = (SIZES[int(i)] for i in rng.integers(0, 2, size=2))
+    r = {"small": 0.11 * size, "large": 0.16 * size}
+    off = 0.24 * size
+    jx, jy = rng.uniform(-0.04, 0.04, size=2) * size
+    mid = size / 2
+    o1 = ShapeObject(s1, c1, z1, mid + dx * off + jx, mid + dy * off + jy, r[z1])
+    o2 = ShapeObject(s2, c2, z2, mid - dx * off + jx, mid - dy * off + jy, r[z2])
+    tmpl = rng.choice(len(_PAIR_TEMPLATES), size=min(n_caps, len(_PAIR_TEMPLATES)), replace=False)
+    caps = tuple(
+        english_articles(_PAIR_TEMPLATES[t].format(c1=c1, s1=s1, z1=z1, rel=rel, c2=c2, s2=s2, z2=z2))
+        for t in tmpl
+    )
+    return [o1, o2], caps
+
+
+def make_shapes(
+    split: str = "train",
+    n: int = 1000,
+    image_size: int = 32,
+    seed: int = 0,
+    two_object_fraction: float = 0.3,
+    captions_per_image: int = 2,
+    progress: bool = False,
+) -> PairSet:
+    """Generate ``n`` Shapes images of ``split`` (one of ``SPLITS``) deterministically.
+
+    Returns a :class:`PairSet` with tasks ``shape``, ``color`` and ``shape+color`` (labels ``-1``
+    for two-object images). Class names of ``shape+color`` cover all 64 combinations, so the
+    held-out ones compete in zero-shot classification on every split.
+    """
+    if split not in SPLITS:
+        raise InputError(f"unknown Shapes split {split!r}; available: {SPLITS}")
+    if n < 1:
+        raise InputError(f"n must be >= 1, got {n}")
+    if not 16 <= image_size <= 256:
+        raise InputError(f"image_size must be in [16, 256], got {image_size}")
+    if not 0.0 <= two_object_fraction <= 1.0:
+        raise InputError(f"two_object_fraction must be in [0, 1], got {two_object_fraction}")
+    if not 1 <= captions_per_image <= 3:
+        raise InputError(f"captions_per_image must be in [1, 3], got {captions_per_image}")
+    combos = [(c, s) for c in COLOR_NAMES for s in SHAPES]
+    allowed = list(HOLDOUT) if split == "unseen" else [a for a in combos if a not in HOLDOUT]
+    rng = np.random.default_rng([seed, SPLITS.index(split)])
+    images = np.empty((n, 3, image_size, image_size), dtype=np.uint8)
+    captions, labels = [], np.full((n, 3), -1, dtype=np.int64)
+    for i in tqdm(range(n), desc=f"shapes/{split}", disable=not progress, leave=False):
+        if rng.random() < two_object_fraction:
+            objs, caps = _pair(rng, image_size, allowed, captions_per_image)
+        else:
+            objs, caps = _single(rng, image_size, allowed, captions_per_image)
+            si, ci = SHAPES.index(objs[0].shape), COLOR_NAMES.index(objs[0].color)
+            labels[i] = (si, ci, ci * len(SHAPES) + si)
+        images[i] = render_scene(objs, image_size, rng)
+        captions.append(caps)
+    tasks = {
+        # prompt ensembles: a shape's prompts range over colours, a colour's over shapes
+        "shape": ClassTask(SHAPES, tuple(f"a {c} {{}}" for c in COLOR_NAMES), labels[:, 0], True),
+        "color": ClassTask(COLOR_NAMES, tuple(f"a {{}} {s}" for s in SHAPES), labels[:, 1], True),
+        "shape+color": ClassTask(
+            tuple(f"{c} {s}" for c, s in combos), ZS_TEMPLATES, labels[:, 2], True
+        ),
+    }
+    return PairSet(torch.from_numpy(images), tuple(captions), tasks, name=f"shapes/{split}")

@@ -1,0 +1,118 @@
+"""L-CLIP — symmetric InfoNCE with a learnable logit scale.
+
+Spec id: L-CLIP (../shared/spec/losses.md), verified against open_clip's ``ClipLoss``.
+Paper: Radford et al. 2021, "Learning Transferable Visual Models From Natural Language Supervision".
+
+Formula, with ``x_i, y_j`` L2-normalised and ``s = exp(θ_s)``::
+
+    L_ij = s · x_i·y_j (+ b)
+    loss = ½ [ CE(L, arange N) + CE(Lᵀ, arange N) ]
+
+Shapes: ``x, y: [N, d]`` → scalar. Defaults: ``θ_s = log(1/0.07)`` (s ≈ 14.29), clamped to
+``[0, ln 100]`` after every optimizer step (not inside autograd), excluded from weight decay.
+N = 1 has no negatives and the loss is identically 0: an error unless ``allow_single=True``.
+
+Related: L-SIGLIP (sigmoid, no softmax), L-NTXENT (both views in one 2N batch), L-DCL
+(positive removed from the denominator). Memory tricks (tiled, gathered, gradient-cached) are
+wrappers in ``contrastkit.scale`` around :func:`clip_loss`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from contrastkit.core.checks import check_pair, check_scalar_param
+from contrastkit.core.errors import InputError
+from contrastkit.losses.base import LOSSES, PairLoss, maybe_normalize
+
+__all__ = ["CLIPLoss", "clip_loss"]
+
+
+def clip_loss(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    scale: torch.Tensor | float,
+    bias: torch.Tensor | float | None = None,
+    *,
+    normalize: bool = True,
+    allow_single: bool = False,
+) -> torch.Tensor:
+    """Symmetric InfoNCE (CLIP). ``scale`` is the multiplier ``s`` (not its log).
+
+    Args:
+        x: ``[N, d]`` image (or view-1) embeddings.
+        y: ``[N, d]`` text (or view-2) embeddings; ``y[i]`` is the positive of ``x[i]``.
+        scale: logit scale ``s > 0`` (tensor for a learnable one).
+        bias: optional additive logit bias (none in CLIP).
+        normalize: L2-normalise ``x`` and ``y`` first (default).
+        allow_single: accept N = 1 (the loss is then exactly 0).
+    Returns:
+        0-d tensor, mean over the 2N cross-entropies / 2, in float32 (float64 for float64 input).
+    """
+    check_pair(x, y)
+    if x.shape[0] == 1 and not allow_single:
+        raise InputError(
+            "clip_loss got a batch of 1 pair: with no negatives the loss is identically 0; "
+            "pass allow_single=True if that is intended"
+        )
+    x = maybe_normalize(x, normalize)
+    y = maybe_normalize(y, normalize).to(x.dtype)
+    if isinstance(scale, torch.Tensor):
+        check_scalar_param("scale", scale)
+    logits = scale * (x @ y.T)  # one matmul; the text→image direction uses the transposed view
+    if bias is not None:
+        logits = logits + bias
+    target = torch.arange(x.shape[0], device=x.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+@LOSSES.register("clip")
+class CLIPLoss(PairLoss):
+    """Module form of :func:`clip_loss` holding ``θ_s = log s`` (and an optional bias).
+
+    Args:
+        init_temperature: initial ``τ = 1/s`` (CLIP: 0.07).
+        learnable: learn ``θ_s`` (CLIP) or keep it fixed.
+        max_scale: clamp ``s ≤ max_scale`` after each optimizer step (CLIP: 100); ``θ_s ≥ 0`` too.
+        init_bias: add a learnable logit bias with this initial value (default: none).
+        allow_single: see :func:`clip_loss`.
+    """
+
+    def __init__(
+        self,
+        init_temperature: float = 0.07,
+        learnable: bool = True,
+        max_scale: float = 100.0,
+        init_bias: float | None = None,
+        allow_single: bool = False,
+    ) -> None:
+        super().__init__()
+        if not init_temperature > 0:
+            raise InputError(f"init_temperature must be > 0, got {init_temperature}")
+        if not max_scale >= 1:
+            raise InputError(f"max_scale must be >= 1, got {max_scale}")
+        self.log_scale = nn.Parameter(
+            torch.tensor(math.log(1.0 / init_temperature)), requires_grad=learnable
+        )
+        self.bias = None if init_bias is None else nn.Parameter(torch.tensor(float(init_bias)))
+        self.max_log_scale = math.log(max_scale)
+        self.allow_single = allow_single
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return clip_loss(
+            x, y, self.log_scale.exp(), self.bias, allow_single=self.allow_single
+        )
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        self.log_scale.clamp_(0.0, self.max_log_scale)
+
+    def log_values(self) -> dict[str, float]:
+        out = {"logit_scale": float(self.log_scale.detach().exp())}
+        if self.bias is not None:
+            out["logit_bias"] = float(self.bias.detach())
+        return out

@@ -1,0 +1,181 @@
+"""Towers: one encoder per modality, built from timm and Hugging Face transformers.
+
+A tower maps its modality's batch tensor to features ``[B, output_dim]``:
+
+* ``timm`` — any timm architecture, random init (``pretrained=False`` always: weights never come
+  from the network), input ``uint8 [B, 3, H, W]`` normalised inside with the architecture's
+  mean/std so preprocessing travels with the model;
+* ``hf_text`` — a small BERT (``transformers.BertModel``) with a WordPiece tokenizer trained on the
+  training captions;
+* ``hf_pretrained`` — any Hugging Face text model + tokenizer from a local folder (e.g. MiniLM),
+  mean-pooled as sentence-transformers does.
+
+Text towers also own their tokenizer (:meth:`TextTower.tokenize`); the tokenizer is saved with
+the run (:meth:`save_assets`) and restored from there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from contrastkit.core.errors import InputError, MissingFileError
+from contrastkit.core.registry import Registry
+from contrastkit.models.tokenizer import encode, load_tokenizer, train_wordpiece
+
+__all__ = ["TOWERS", "ImageTower", "TextTower", "Tower", "TowerContext"]
+
+
+@dataclass(frozen=True)
+class TowerContext:
+    """Run-time inputs a tower builder may need besides its config parameters.
+
+    ``texts``: training captions (to train a tokenizer); ``assets_dir``: folder holding this
+    tower's saved assets (tokenizer) when rebuilding a trained model.
+    """
+
+    texts: Sequence[str] | None = None
+    assets_dir: Path | None = None
+
+
+class Tower(nn.Module):
+    """Base: ``forward(batch_tensor) -> [B, output_dim]`` features."""
+
+    output_dim: int
+
+    def save_assets(self, folder: Path) -> None:
+        """Write what rebuilding needs besides weights (tokenizer…)."""
+
+
+class ImageTower(Tower):
+    """A timm backbone (classifier removed) with uint8 → normalised float preprocessing."""
+
+    def __init__(self, backbone: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.output_dim = int(backbone.num_features)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise InputError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            raise InputError("empty image batch")
+        if images.dtype != torch.uint8:
+            raise InputError(f"images must be uint8 (0..255), got {images.dtype}")
+        x = (images.float() - self.mean) / self.std
+        return self.backbone(x)
+
+
+class TextTower(Tower):
+    """A transformers encoder + its tokenizer; pooled by [CLS] or masked mean."""
+
+    def __init__(
+        self, encoder: nn.Module, tokenizer, max_length: int, pooling: Literal["cls", "mean"]
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.pooling = pooling
+        self.pad_id = int(tokenizer.pad_token_id)
+        self.output_dim = int(encoder.config.hidden_size)
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return encode(self.tokenizer, texts, self.max_length)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.ndim != 2 or ids.dtype != torch.long:
+            raise InputError(f"text input must be LongTensor [B, L] of token ids, got {ids.dtype} {tuple(ids.shape)}")
+        if ids.shape[0] == 0:
+            raise InputError("empty text batch")
+        mask = ids != self.pad_id
+        hidden = self.encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+    def save_assets(self, folder: Path) -> None:
+        self.tokenizer.save_pretrained(str(folder / "tokenizer"))
+
+
+TOWERS: Registry[Tower] = Registry("tower")
+
+
+@TOWERS.register("timm")
+def timm_tower(
+    arch: str = "resnet18",
+    kwargs: dict | None = None,
+    context: TowerContext | None = None,
+) -> ImageTower:
+    """Any timm architecture, randomly initialised; ``kwargs`` override its constructor
+    (e.g. ``layers``/``channels`` for a small ResNet, ``img_size``/``patch_size``/``depth`` for a ViT)."""
+    import timm
+
+    if arch not in timm.list_models():
+        raise InputError(f"unknown timm architecture {arch!r}")
+    model = timm.create_model(arch, pretrained=False, num_classes=0, **(kwargs or {}))
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    return ImageTower(model, cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225)))
+
+
+@TOWERS.register("hf_text")
+def hf_text_tower(
+    hidden_size: int = 128,
+    layers: int = 2,
+    heads: int = 2,
+    intermediate_size: int = 256,
+    max_length: int = 32,
+    vocab_size: int = 1000,
+    dropout: float = 0.0,
+    pooling: Literal["cls", "mean"] = "mean",
+    context: TowerContext | None = None,
+) -> TextTower:
+    """A small randomly initialised BERT; its WordPiece tokenizer is trained on ``context.texts``
+    (fresh run) or loaded from ``context.assets_dir/tokenizer`` (rebuilding a trained run)."""
+    from transformers import BertConfig, BertModel
+
+    context = context or TowerContext()
+    if context.assets_dir is not None:
+        tokenizer = load_tokenizer(context.assets_dir / "tokenizer")
+    elif context.texts is not None:
+        tokenizer = train_wordpiece(context.texts, vocab_size)
+    else:
+        raise InputError("hf_text tower needs training texts (fresh run) or an assets folder (saved run)")
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_length,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return TextTower(BertModel(config, add_pooling_layer=False), tokenizer, max_length, pooling)
+
+
+@TOWERS.register("hf_pretrained")
+def hf_pretrained_tower(
+    path: str,
+    max_length: int = 64,
+    pooling: Literal["cls", "mean"] = "mean",
+    context: TowerContext | None = None,
+) -> TextTower:
+    """A pretrained Hugging Face text encoder and tokenizer from a local folder (offline)."""
+    from transformers import AutoModel
+
+    folder = Path(path).expanduser()
+    if not (folder / "config.json").is_file():
+        raise MissingFileError(f"no Hugging Face model (config.json) in {folder}")
+    tokenizer = load_tokenizer(folder)
+    encoder = AutoModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=None)
+    return TextTower(encoder, tokenizer, max_length, pooling)

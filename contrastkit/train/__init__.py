@@ -1,0 +1,46 @@
+"""Training: typed run configs, AdamW + warm-up/cosine, a step guard, atomic checkpoints, resume."""
+
+from contrastkit.train.checkpoint import (
+    CheckpointState,
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
+from contrastkit.train.config import GuardConfig, OptimConfig, RunConfig, TrainConfig
+from contrastkit.train.guard import StepGuard
+from contrastkit.train.logger import MetricsLogger, read_metrics
+from contrastkit.train.optim import build_optimizer, build_scheduler, lr_factor, param_groups
+from contrastkit.train.trainer import (
+    Callback,
+    TrainResult,
+    load_run,
+    load_run_config,
+    resume,
+    train,
+)
+
+__all__ = [
+    "Callback",
+    "CheckpointState",
+    "GuardConfig",
+    "MetricsLogger",
+    "OptimConfig",
+    "RunConfig",
+    "StepGuard",
+    "TrainConfig",
+    "TrainResult",
+    "build_optimizer",
+    "build_scheduler",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "load_run",
+    "load_run_config",
+    "load_weights",
+    "lr_factor",
+    "param_groups",
+    "read_metrics",
+    "resume",
+    "save_checkpoint",
+    "train",
+]

@@ -1,0 +1,115 @@
+"""Typed configuration of a training run (declared once; each section has a tiny variant)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from contrastkit.core.errors import ConfigError
+from contrastkit.data.config import DataConfig
+from contrastkit.losses.base import LossConfig
+from contrastkit.models.dual_encoder import ModelConfig
+
+__all__ = ["GuardConfig", "OptimConfig", "RunConfig", "TrainConfig"]
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay to ``min_lr_ratio · lr``.
+
+    Weight decay applies to matrices only (not biases, norms, or the loss's temperature/bias).
+    ``grad_clip``: max global gradient norm (``None``: no clipping, the norm is still logged).
+    """
+
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.0
+    grad_clip: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError("optim: weight_decay and warmup_steps must be >= 0, min_lr_ratio in [0, 1]")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas must be in [0, 1), got {self.betas}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"optim.grad_clip must be > 0 or null, got {self.grad_clip}")
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """Skip steps whose loss/gradients are non-finite or whose loss spikes.
+
+    A spike is ``loss > spike_factor × EMA(loss)`` once ``spike_warmup`` good steps have set the
+    EMA. Training stops with :class:`TrainingDivergedError` after ``max_consecutive`` skips in a
+    row or ``max_total`` skips overall.
+    """
+
+    spike_factor: float = 4.0
+    spike_warmup: int = 50
+    ema_decay: float = 0.95
+    max_consecutive: int = 10
+    max_total: int = 100
+
+    def __post_init__(self) -> None:
+        if not self.spike_factor > 1:
+            raise ConfigError(f"guard.spike_factor must be > 1, got {self.spike_factor}")
+        if not 0 < self.ema_decay < 1:
+            raise ConfigError(f"guard.ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.max_consecutive < 1 or self.max_total < 1:
+            raise ConfigError("guard.max_consecutive and guard.max_total must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 256
+    seed: int = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    device: str = "auto"
+    threads: int = 0
+    log_every: int = 10
+    ckpt_every: int = 500
+    keep_checkpoints: int = 2
+    progress: bool = True
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "ckpt_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.threads < 0:
+            raise ConfigError(f"train.threads must be >= 0 (0 = all cores), got {self.threads}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run; saved as ``config.yaml`` in the run folder."""
+
+    name: str = "run"
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def tiny(cls, name: str = "tiny", out_dir: str = "runs") -> RunConfig:
+        """Seconds-long run for tests: tiny model, 512 Shapes pairs."""
+        return cls(
+            name=name,
+            out_dir=out_dir,
+            data=DataConfig.tiny(),
+            model=ModelConfig.tiny(),
+            optim=OptimConfig(warmup_steps=5),
+            train=TrainConfig(
+                steps=20, batch_size=32, threads=1, log_every=5, ckpt_every=10,
+                progress=False, tensorboard=False,
+            ),
+        )

@@ -1,0 +1,64 @@
+"""Metrics logging: ``metrics.jsonl`` (always), TensorBoard (if installed and enabled)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from contrastkit.core.io import atomic_write_text
+
+__all__ = ["MetricsLogger", "read_metrics"]
+
+
+class MetricsLogger:
+    """Appends one JSON object per logged step to ``RUN/metrics.jsonl``.
+
+    On resume, :meth:`truncate_after` drops lines written after the restored checkpoint so the
+    file reads as one uninterrupted run.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool = False) -> None:
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # TensorBoard is optional
+                pass
+            else:
+                self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def truncate_after(self, step: int) -> None:
+        if not self.path.is_file():
+            return
+        keep = [r for r in read_metrics(self.path.parent) if r.get("step", 0) <= step]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        row = {"step": step, **values}
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """All rows of a run's ``metrics.jsonl`` (a torn last line from a crash is ignored)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows

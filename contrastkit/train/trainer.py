@@ -1,0 +1,211 @@
+"""The training loop: config → batches → model → loss → guarded step → checkpoint.
+
+>>> from contrastkit.train import RunConfig, train
+>>> result = train(RunConfig.tiny(out_dir="/tmp/runs"))
+
+``train`` starts a run in ``out_dir/name``; ``resume(run_dir)`` continues the newest checkpoint
+exactly (same weights, optimizer moments, schedule, RNG and data position as an uninterrupted
+run). Upper layers add periodic work (e.g. zero-shot tracking) through ``callbacks`` — functions
+``(step, model) -> dict of metrics`` — so this module never imports evaluation code.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from contrastkit.core.config import from_dict, load_yaml, to_dict
+from contrastkit.core.errors import ConfigError, MissingFileError
+from contrastkit.core.io import atomic_write_text
+from contrastkit.core.runtime import seed_everything, set_threads
+from contrastkit.data import load_split, make_loader
+from contrastkit.data.pairs import PairSet
+from contrastkit.losses import from_config as build_loss
+from contrastkit.losses.base import PairLoss
+from contrastkit.models.dual_encoder import DualEncoder, build_model
+from contrastkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from contrastkit.train.config import RunConfig
+from contrastkit.train.guard import StepGuard
+from contrastkit.train.logger import MetricsLogger
+from contrastkit.train.optim import build_optimizer, build_scheduler, param_groups
+
+__all__ = ["Callback", "TrainResult", "load_run", "load_run_config", "resume", "train"]
+
+Callback = tuple[int, Callable[[int, DualEncoder], dict[str, float]]]  # (every n steps, fn)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    step: int
+    last_loss: float
+    skipped: int
+    seconds: float
+
+
+@dataclass
+class _Session:
+    cfg: RunConfig
+    run_dir: Path
+    device: torch.device
+    train_set: PairSet
+    model: DualEncoder
+    loss: PairLoss
+    optimizer: torch.optim.AdamW
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    guard: StepGuard
+    logger: MetricsLogger
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise MissingFileError(f"{run_dir} is not a contrastkit run (no config.yaml)")
+    return from_dict(RunConfig, load_yaml(path))
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _session(cfg: RunConfig, run_dir: Path, fresh: bool) -> _Session:
+    set_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)
+    train_set = load_split(cfg.data, cfg.data.train_split, progress=cfg.train.progress)
+    if fresh:
+        model = build_model(cfg.model, texts=train_set.flat_captions()[0])
+        model.save_assets(run_dir / "assets")
+    else:
+        model = build_model(cfg.model, assets_dir=run_dir / "assets")
+    device = _device(cfg.train.device)
+    loss = build_loss(cfg.loss)
+    model.to(device)
+    loss.to(device)
+    optimizer = build_optimizer(cfg.optim, param_groups(model, loss, cfg.optim.weight_decay))
+    scheduler = build_scheduler(cfg.optim, optimizer, cfg.train.steps)
+    logger = MetricsLogger(run_dir, tensorboard=cfg.train.tensorboard)
+    return _Session(cfg, run_dir, device, train_set, model, loss, optimizer, scheduler,
+                    StepGuard(cfg.guard), logger)
+
+
+def train(
+    cfg: RunConfig, *, overwrite: bool = False, callbacks: Sequence[Callback] = ()
+) -> TrainResult:
+    """Start run ``cfg.out_dir/cfg.name`` and train it for ``cfg.train.steps`` steps."""
+    run_dir = Path(cfg.out_dir) / cfg.name
+    if (run_dir / "checkpoints").exists() or (run_dir / "config.yaml").exists():
+        if not overwrite:
+            raise ConfigError(
+                f"run folder {run_dir} already exists; resume it (contrastkit train --resume "
+                f"{run_dir}), pick another name, or pass overwrite"
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    s = _session(cfg, run_dir, fresh=True)
+    return _fit(s, start=0, callbacks=callbacks)
+
+
+def resume(run_dir: str | Path, *, callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """Continue a run from its newest checkpoint, exactly as if it had never stopped."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    ckpt = latest_checkpoint(run_dir)
+    s = _session(cfg, run_dir, fresh=False)
+    state = load_checkpoint(ckpt, s.model, s.loss, s.optimizer, s.scheduler)
+    s.guard.load_state_dict(state.extra["guard"])
+    s.logger.truncate_after(state.step)
+    return _fit(s, start=state.step, callbacks=callbacks)
+
+
+def load_run(run_dir: str | Path) -> tuple[RunConfig, DualEncoder, PairLoss, Path]:
+    """A trained run's config, model and loss (newest checkpoint's weights), in eval mode."""
+    from contrastkit.train.checkpoint import load_weights
+
+    cfg = load_run_config(run_dir)
+    ckpt = latest_checkpoint(run_dir)
+    model = build_model(cfg.model, assets_dir=Path(run_dir) / "assets")
+    loss = build_loss(cfg.loss)
+    load_weights(ckpt, model, loss)
+    return cfg, model.eval(), loss.eval(), ckpt
+
+
+def _step(s: _Session, batch: dict[str, torch.Tensor]) -> tuple[float, float, str | None]:
+    """One guarded optimisation step; returns (loss, grad norm, skip reason or None)."""
+    s.model.train()
+    amp = s.cfg.train.precision == "bf16"
+    with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=amp):
+        emb = s.model(batch)
+    a, b = (emb[m].float() for m in s.model.modalities[:2])
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        reason: str | None = "non-finite embeddings"
+        loss_val, grad_norm = float("nan"), float("nan")
+    else:
+        loss = s.loss(a, b)
+        loss_val = float(loss.detach())
+        grad_norm = float("nan")
+        reason = s.guard.check_loss(loss_val)
+        if reason is None:
+            loss.backward()
+            params = [p for g in s.optimizer.param_groups for p in g["params"]]
+            clip = s.cfg.optim.grad_clip or float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+            reason = s.guard.check_grad_norm(grad_norm)
+    if reason is None:
+        s.optimizer.step()
+        s.loss.after_optimizer_step()
+    s.optimizer.zero_grad(set_to_none=True)
+    s.scheduler.step()
+    return loss_val, grad_norm, reason
+
+
+def _fit(s: _Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
+    cfg = s.cfg.train
+    loader = make_loader(
+        s.train_set, s.model.tokenize, cfg.batch_size, cfg.seed, start=start,
+        num_workers=s.cfg.data.num_workers,
+    )
+    bar = tqdm(total=cfg.steps, initial=start, desc=s.cfg.name, unit="step",
+               disable=not cfg.progress, dynamic_ncols=True)
+    t_begin, step, loss_val = time.perf_counter(), start, float("nan")
+    batches = iter(loader)
+    try:
+        while step < cfg.steps:
+            t0 = time.perf_counter()
+            batch = {k: v.to(s.device, non_blocking=True) for k, v in next(batches).items()}
+            t1 = time.perf_counter()
+            loss_val, grad_norm, reason = _step(s, batch)
+            s.guard.record(step + 1, loss_val, reason)
+            step += 1
+            t2 = time.perf_counter()
+            rate = cfg.batch_size / max(t2 - t0, 1e-9)
+            scalars = s.loss.log_values()
+            bar.set_postfix(loss=f"{loss_val:.4f}", scale=f"{scalars.get('logit_scale', float('nan')):.2f}",
+                            sps=f"{rate:.0f}", skipped=s.guard.total, refresh=False)
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps or reason is not None:
+                s.logger.log(step, {
+                    "loss": loss_val, "lr": s.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                    **scalars, "data_time": t1 - t0, "step_time": t2 - t1, "samples_per_s": rate,
+                    "skipped_total": s.guard.total, **({"skip_reason": reason} if reason else {}),
+                })
+            for every, fn in callbacks:
+                if step % every == 0 or step == cfg.steps:
+                    s.logger.log(step, fn(step, s.model))
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                save_checkpoint(s.run_dir / "checkpoints", step, s.model, s.loss, s.optimizer,
+                                s.scheduler, {"guard": s.guard.state_dict(), "batches_consumed": step},
+                                keep=cfg.keep_checkpoints)
+    finally:
+        bar.close()
+        s.logger.close()
+    return TrainResult(s.run_dir, step, loss_val, s.guard.total, time.perf_counter() - t_begin)
