@@ -66,14 +66,14 @@ class GuardConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 1000
+    steps: int = 800
     batch_size: int = 256
     seed: int = 0
     precision: Literal["fp32", "bf16"] = "fp32"
     device: str = "auto"
     threads: int = 0
     log_every: int = 10
-    ckpt_every: int = 500
+    ckpt_every: int = 200
     keep_checkpoints: int = 2
     progress: bool = True
     tensorboard: bool = True

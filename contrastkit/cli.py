@@ -1,0 +1,110 @@
+"""The ``contrastkit`` command line: a thin layer over the Python API.
+
+    contrastkit demo [--out runs] [--threads N]
+    contrastkit train --config configs/shapes-clip.yaml [--set train.steps=100 ...] [--name NAME]
+    contrastkit train --resume runs/NAME
+    contrastkit eval runs/NAME [--splits test,unseen] [--tasks zeroshot,retrieval]
+    contrastkit list {losses,towers,datasets}
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="contrastkit", description="Contrastive and multimodal representation learning.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="train + evaluate CLIP on built-in Shapes (~4 min on 2 CPU cores)")
+    d.add_argument("--out", default="runs", help="parent folder of the run (default: runs)")
+    d.add_argument("--threads", type=int, default=0, help="torch threads (0 = one per core)")
+    d.add_argument("--steps", type=int, default=None, help="override the number of training steps")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    t = sub.add_parser("train", help="train from a config file, or resume a run")
+    g = t.add_mutually_exclusive_group(required=True)
+    g.add_argument("--config", help="YAML run config")
+    g.add_argument("--resume", metavar="RUN", help="run folder to continue from its newest checkpoint")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.steps=100 (repeatable)")
+    t.add_argument("--name", help="run name (default: the config's name)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    t.add_argument("--eval", action="store_true", help="evaluate after training")
+
+    e = sub.add_parser("eval", help="evaluate a trained run")
+    e.add_argument("run", help="run folder")
+    e.add_argument("--splits", help="comma-separated splits (default: the run's eval_splits)")
+    e.add_argument("--tasks", default="zeroshot,retrieval", help="comma-separated tasks")
+
+    ls = sub.add_parser("list", help="list registered components")
+    ls.add_argument("what", choices=["losses", "towers", "datasets"])
+    return p
+
+
+def _train(args: argparse.Namespace) -> None:
+    from contrastkit.core import apply_overrides, from_dict, load_yaml
+    from contrastkit.evaluation import evaluate_run, format_table
+    from contrastkit.train import RunConfig, resume, train
+
+    if args.resume:
+        if args.overrides or args.name:
+            raise SystemExit("error: --set/--name cannot change a run being resumed (exact resume)")
+        result = resume(args.resume)
+    else:
+        data = apply_overrides(load_yaml(args.config), args.overrides)
+        if args.name:
+            data["name"] = args.name
+        result = train(from_dict(RunConfig, data), overwrite=args.overwrite)
+    print(f"trained {result.run_dir}: step {result.step}, loss {result.last_loss:.4f}, "
+          f"{result.skipped} skipped steps, {result.seconds:.0f} s")
+    if args.eval:
+        print(format_table(evaluate_run(result.run_dir)["metrics"]))
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from contrastkit.evaluation import evaluate_run, format_table
+
+    splits = args.splits.split(",") if args.splits else None
+    report = evaluate_run(args.run, splits=splits, tasks=args.tasks.split(","))
+    print(format_table(report["metrics"]))
+    print(f"wrote {args.run}/metrics.json")
+
+
+def _list(what: str) -> None:
+    if what == "losses":
+        from contrastkit.losses import LOSSES as reg
+    elif what == "towers":
+        from contrastkit.models import TOWERS as reg
+    else:
+        from contrastkit.data import DATASETS as reg
+    print("\n".join(reg.names()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from contrastkit.core.errors import ContrastkitError
+
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            from contrastkit.demo import run_demo
+
+            run_demo(args.out, threads=args.threads, steps=args.steps, progress=not args.no_progress)
+        elif args.command == "train":
+            _train(args)
+        elif args.command == "eval":
+            _eval(args)
+        else:
+            _list(args.what)
+    except ContrastkitError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Batched, no-grad embedding of images and texts through any model.
+
+Evaluation code talks to an :class:`Encoders` pair of callables, never to a model class, so the
+same metrics run on contrastkit runs, on loaded third-party checkpoints, or on any two functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from contrastkit.core.errors import InputError
+from contrastkit.models.dual_encoder import DualEncoder
+
+__all__ = ["Encoders", "model_encoders"]
+
+
+@dataclass(frozen=True)
+class Encoders:
+    """``images(uint8 [B,3,H,W]) -> [B, d]`` and ``texts(list[str]) -> [B, d]``, L2-normalised."""
+
+    images: Callable[[torch.Tensor], torch.Tensor]
+    texts: Callable[[list[str]], torch.Tensor]
+
+
+def model_encoders(model: DualEncoder, batch_size: int = 256, device: str | None = None) -> Encoders:
+    """Encoders of a :class:`DualEncoder`'s ``image`` and ``text`` towers (eval mode, no grad)."""
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    dev = torch.device(device) if device else next(model.parameters()).device
+
+    @torch.no_grad()
+    def images(x: torch.Tensor) -> torch.Tensor:
+        model.eval()
+        outs = [model.encode("image", x[i : i + batch_size].to(dev)) for i in range(0, len(x), batch_size)]
+        return F.normalize(torch.cat(outs).float(), dim=-1).cpu()
+
+    @torch.no_grad()
+    def texts(t: list[str]) -> torch.Tensor:
+        model.eval()
+        outs = [
+            model.encode("text", model.tokenize(list(t[i : i + batch_size])).to(dev))
+            for i in range(0, len(t), batch_size)
+        ]
+        return F.normalize(torch.cat(outs).float(), dim=-1).cpu()
+
+    return Encoders(images, texts)

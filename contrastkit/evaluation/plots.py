@@ -1,0 +1,47 @@
+"""Figures: the image–text similarity matrix of a held-out batch, with the images and captions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from contrastkit.core.errors import InputError
+from contrastkit.core.io import atomic_path
+
+__all__ = ["plot_similarity"]
+
+
+def plot_similarity(
+    images: torch.Tensor, captions: list[str], sims: torch.Tensor, path: str | Path, title: str = ""
+) -> Path:
+    """Heat map of ``sims[i, j]`` = cos(image i, caption j), images as row labels (PNG, atomic)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(captions)
+    if images.shape[0] != n or sims.shape != (n, n):
+        raise InputError(f"need n images, n captions and an n×n matrix; got {images.shape[0]}, {n}, {tuple(sims.shape)}")
+    fig = plt.figure(figsize=(0.55 * n + 3.5, 0.55 * n + 3.5))
+    ax = fig.add_axes([0.2, 0.32, 0.62, 0.62])
+    im = ax.imshow(sims.numpy(), cmap="viridis", vmin=float(sims.min()), vmax=float(sims.max()))
+    ax.set_xticks(range(n), captions, rotation=70, ha="right", fontsize=7)
+    ax.set_yticks([])
+    for i in range(n):  # the images themselves as row labels
+        thumb = images[i].permute(1, 2, 0).numpy()
+        h = 0.62 / n
+        tax = fig.add_axes([0.2 - h - 0.005, 0.32 + 0.62 - (i + 1) * h, h, h])
+        tax.imshow(thumb)
+        tax.axis("off")
+        j = int(np.argmax(sims[i].numpy()))
+        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=1.2))
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="cosine similarity")
+    ax.set_title(title or "image–text cosine similarity (red: best caption per image)", fontsize=9)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
