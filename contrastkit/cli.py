@@ -1,10 +1,10 @@
 """The ``contrastkit`` command line: a thin layer over the Python API.
 
-    contrastkit demo [--out runs] [--threads N]
-    contrastkit train --config configs/shapes-clip.yaml [--set train.steps=100 ...] [--name NAME]
-    contrastkit train --resume runs/NAME
-    contrastkit eval runs/NAME [--splits test,unseen] [--tasks zeroshot,retrieval]
-    contrastkit list {losses,towers,datasets}
+contrastkit demo [--out runs] [--threads N]
+contrastkit train --config configs/shapes-clip.yaml [--set train.steps=100 ...] [--name NAME]
+contrastkit train --resume runs/NAME
+contrastkit eval runs/NAME [--splits test,unseen] [--tasks zeroshot,retrieval]
+contrastkit list {losses,towers,datasets}
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="contrastkit", description="Contrastive and multimodal representation learning.")
+    p = argparse.ArgumentParser(
+        prog="contrastkit", description="Contrastive and multimodal representation learning."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="train + evaluate CLIP on built-in Shapes (~4 min on 2 CPU cores)")
@@ -30,8 +32,14 @@ def _parser() -> argparse.ArgumentParser:
     g = t.add_mutually_exclusive_group(required=True)
     g.add_argument("--config", help="YAML run config")
     g.add_argument("--resume", metavar="RUN", help="run folder to continue from its newest checkpoint")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.steps=100 (repeatable)")
+    t.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.steps=100 (repeatable)",
+    )
     t.add_argument("--name", help="run name (default: the config's name)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     t.add_argument("--eval", action="store_true", help="evaluate after training")
@@ -60,8 +68,10 @@ def _train(args: argparse.Namespace) -> None:
         if args.name:
             data["name"] = args.name
         result = train(from_dict(RunConfig, data), overwrite=args.overwrite)
-    print(f"trained {result.run_dir}: step {result.step}, loss {result.last_loss:.4f}, "
-          f"{result.skipped} skipped steps, {result.seconds:.0f} s")
+    print(
+        f"trained {result.run_dir}: step {result.step}, loss {result.last_loss:.4f}, "
+        f"{result.skipped} skipped steps, {result.seconds:.0f} s"
+    )
     if args.eval:
         print(format_table(evaluate_run(result.run_dir)["metrics"]))
 

@@ -96,6 +96,11 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -115,9 +120,7 @@ def from_dict(cls: type[C], data: Mapping[str, Any], where: str = "") -> C:
     unknown = [k for k in data if k not in fields]
     if unknown:
         loc = f" in {where}" if where else ""
-        raise ConfigError(
-            f"unknown config key(s) {unknown}{loc}; valid keys: {sorted(fields)}"
-        )
+        raise ConfigError(f"unknown config key(s) {unknown}{loc}; valid keys: {sorted(fields)}")
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _convert(value, hints[name], f"{where}.{name}" if where else name)

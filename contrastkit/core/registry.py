@@ -26,14 +26,11 @@ def check_kwargs(fn: Callable[..., Any], params: dict[str, Any], what: str) -> N
     valid = [
         n
         for n, p in sig.parameters.items()
-        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        and n != "self"
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY) and n != "self"
     ]
     unknown = sorted(set(params) - set(valid))
     if unknown:
-        raise ConfigError(
-            f"unknown parameter(s) {unknown} for {what}; valid parameters: {sorted(valid)}"
-        )
+        raise ConfigError(f"unknown parameter(s) {unknown} for {what}; valid parameters: {sorted(valid)}")
 
 
 class Registry(Generic[T]):

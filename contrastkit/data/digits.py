@@ -37,8 +37,6 @@ def make_digits(split: str = "train", image_size: int = 32, seed: int = 0) -> Pa
     k = image_size // 8
     pix = np.kron(pix, np.ones((1, k, k), dtype=np.uint8))
     rgb = np.repeat(pix[:, None], 3, axis=1)
-    captions = tuple(
-        tuple(t.format(word=DIGIT_WORDS[d], num=d) for t in _TEMPLATES) for d in targets[idx]
-    )
+    captions = tuple(tuple(t.format(word=DIGIT_WORDS[d], num=d) for t in _TEMPLATES) for d in targets[idx])
     task = ClassTask(DIGIT_WORDS, ("a handwritten {}", "a picture of the number {}"), targets[idx])
     return PairSet(torch.from_numpy(rgb.copy()), captions, {"digit": task}, name=f"digits/{split}")

@@ -78,9 +78,7 @@ class PairSet:
                 f"images must be uint8 [N, 3, H, W], got {self.images.dtype} {tuple(self.images.shape)}"
             )
         if len(self.captions) != self.images.shape[0]:
-            raise InputError(
-                f"{len(self.captions)} caption lists for {self.images.shape[0]} images"
-            )
+            raise InputError(f"{len(self.captions)} caption lists for {self.images.shape[0]} images")
         if any(len(c) == 0 for c in self.captions):
             raise InputError("every image needs at least one caption")
         for tname, task in self.tasks.items():
@@ -146,9 +144,7 @@ class PairBatchSampler(Sampler[list[tuple[int, int]]]):
     full batches). ``start`` is the number of batches already consumed.
     """
 
-    def __init__(
-        self, n_captions: Sequence[int], batch_size: int, seed: int, start: int = 0
-    ) -> None:
+    def __init__(self, n_captions: Sequence[int], batch_size: int, seed: int, start: int = 0) -> None:
         n = len(n_captions)
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")

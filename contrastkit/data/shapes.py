@@ -54,26 +54,47 @@ SPLITS = ("train", "val", "test", "unseen")
 HOLDOUT = tuple((COLOR_NAMES[i], SHAPES[(3 * i + 1) % len(SHAPES)]) for i in range(len(COLOR_NAMES)))
 
 # Unit outlines (y grows downwards), literal so drawing needs no trigonometry.
-_STAR = np.array([
-    (0.0, -1.0), (0.2245, -0.309), (0.9511, -0.309), (0.3633, 0.118), (0.5878, 0.809),
-    (0.0, 0.382), (-0.5878, 0.809), (-0.3633, 0.118), (-0.9511, -0.309), (-0.2245, -0.309),
-])
+_STAR = np.array(
+    [
+        (0.0, -1.0),
+        (0.2245, -0.309),
+        (0.9511, -0.309),
+        (0.3633, 0.118),
+        (0.5878, 0.809),
+        (0.0, 0.382),
+        (-0.5878, 0.809),
+        (-0.3633, 0.118),
+        (-0.9511, -0.309),
+        (-0.2245, -0.309),
+    ]
+)
 _HEXAGON = np.array([(1.0, 0.0), (0.5, 0.866), (-0.5, 0.866), (-1.0, 0.0), (-0.5, -0.866), (0.5, -0.866)])
 _TRIANGLE = np.array([(0.0, -1.0), (0.95, 0.75), (-0.95, 0.75)])
 
 _POSITIONS = {  # name → (x, y) centre as a fraction of the image side
-    "on the left": (0.27, 0.5), "on the right": (0.73, 0.5), "at the top": (0.5, 0.27),
-    "at the bottom": (0.5, 0.73), "in the center": (0.5, 0.5),
+    "on the left": (0.27, 0.5),
+    "on the right": (0.73, 0.5),
+    "at the top": (0.5, 0.27),
+    "at the bottom": (0.5, 0.73),
+    "in the center": (0.5, 0.5),
 }
 _RELATIONS = {  # relation of object 1 to object 2 → (dx, dy) of object 1 from the middle
-    "to the left of": (-1, 0), "to the right of": (1, 0), "above": (0, -1), "below": (0, 1),
+    "to the left of": (-1, 0),
+    "to the right of": (1, 0),
+    "above": (0, -1),
+    "below": (0, 1),
 }
 _SINGLE_TEMPLATES = (
-    "a {size} {color} {shape}", "a {color} {shape} {pos}", "a {size} {color} {shape} {pos}",
-    "there is a {color} {shape} {pos}", "a picture of a {size} {color} {shape}", "a {color} {shape}",
+    "a {size} {color} {shape}",
+    "a {color} {shape} {pos}",
+    "a {size} {color} {shape} {pos}",
+    "there is a {color} {shape} {pos}",
+    "a picture of a {size} {color} {shape}",
+    "a {color} {shape}",
 )
 _PAIR_TEMPLATES = (
-    "a {c1} {s1} {rel} a {c2} {s2}", "a {z1} {c1} {s1} {rel} a {z2} {c2} {s2}",
+    "a {c1} {s1} {rel} a {c2} {s2}",
+    "a {z1} {c1} {s1} {rel} a {z2} {c2} {s2}",
     "there is a {c1} {s1} {rel} a {c2} {s2}",
 )
 ZS_TEMPLATES = ("a {}", "a small {}", "a large {}", "there is a {}")
@@ -139,7 +160,9 @@ def render_scene(objects: list[ShapeObject], size: int, rng: np.random.Generator
         col = np.clip(np.array(COLORS[obj.color]) + jitter, 0, 255)
         u = (sub[None, :] - obj.cx) / obj.radius
         v = (sub[:, None] - obj.cy) / obj.radius
-        m = _mask(obj.shape, np.broadcast_to(u, (2 * size, 2 * size)), np.broadcast_to(v, (2 * size, 2 * size)))
+        m = _mask(
+            obj.shape, np.broadcast_to(u, (2 * size, 2 * size)), np.broadcast_to(v, (2 * size, 2 * size))
+        )
         cover = m.reshape(size, 2, size, 2).sum(axis=(1, 3))  # 0..4 sub-pixels covered
         img = (img * (4 - cover) + col[:, None, None] * cover) // 4
     return img.astype(np.uint8)
@@ -228,8 +251,6 @@ def make_shapes(
         # prompt ensembles: a shape's prompts range over colours, a colour's over shapes
         "shape": ClassTask(SHAPES, tuple(f"a {c} {{}}" for c in COLOR_NAMES), labels[:, 0], True),
         "color": ClassTask(COLOR_NAMES, tuple(f"a {{}} {s}" for s in SHAPES), labels[:, 1], True),
-        "shape+color": ClassTask(
-            tuple(f"{c} {s}" for c, s in combos), ZS_TEMPLATES, labels[:, 2], True
-        ),
+        "shape+color": ClassTask(tuple(f"{c} {s}" for c, s in combos), ZS_TEMPLATES, labels[:, 2], True),
     }
     return PairSet(torch.from_numpy(images), tuple(captions), tasks, name=f"shapes/{split}")

@@ -24,7 +24,9 @@ def plot_similarity(
 
     n = len(captions)
     if images.shape[0] != n or sims.shape != (n, n):
-        raise InputError(f"need n images, n captions and an n×n matrix; got {images.shape[0]}, {n}, {tuple(sims.shape)}")
+        raise InputError(
+            f"need n images, n captions and an n×n matrix; got {images.shape[0]}, {n}, {tuple(sims.shape)}"
+        )
     fig = plt.figure(figsize=(0.55 * n + 3.5, 0.55 * n + 3.5))
     ax = fig.add_axes([0.2, 0.32, 0.62, 0.62])
     im = ax.imshow(sims.numpy(), cmap="viridis", vmin=float(sims.min()), vmax=float(sims.max()))

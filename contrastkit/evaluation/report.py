@@ -60,7 +60,9 @@ def _similarity_figure(enc: Encoders, pairs: PairSet, path: Path, n: int = 12) -
 
 
 def evaluate_run(
-    run_dir: str | Path, splits: Sequence[str] | None = None, tasks: Sequence[str] = TASKS,
+    run_dir: str | Path,
+    splits: Sequence[str] | None = None,
+    tasks: Sequence[str] = TASKS,
     batch_size: int = 256,
 ) -> dict[str, Any]:
     """Evaluate a run's newest checkpoint on ``splits`` (default: the config's ``eval_splits``)."""
@@ -82,9 +84,13 @@ def evaluate_run(
         "checkpoint": ckpt.name,
         "metrics": results,
         "protocol": {
-            "data": cfg.data.name, "splits": splits, "tasks": list(tasks),
+            "data": cfg.data.name,
+            "splits": splits,
+            "tasks": list(tasks),
             "zeroshot": "class = norm(mean of normalised prompt embeddings); argmax cosine",
-            "retrieval": "CLIP_benchmark recall@K; image->text hit if any own caption in top K; ties by lower index",
+            "retrieval": (
+                "CLIP_benchmark recall@K; image->text hit if any own caption in top K; ties by lower index"
+            ),
         },
         "seconds": time.perf_counter() - t0,
     }

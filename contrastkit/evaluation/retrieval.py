@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from contrastkit.core.checks import check_embeddings
 from contrastkit.core.errors import InputError
 
-__all__ = ["retrieval_metrics", "text_to_image_ranks", "image_to_text_ranks"]
+__all__ = ["image_to_text_ranks", "retrieval_metrics", "text_to_image_ranks"]
 
 
 def _rank_of(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -31,8 +31,9 @@ def _rank_of(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ahead.sum(1)
 
 
-def text_to_image_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, owner: torch.Tensor,
-                        chunk: int = 4096) -> torch.Tensor:
+def text_to_image_ranks(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, owner: torch.Tensor, chunk: int = 4096
+) -> torch.Tensor:
     """For each text, the 0-based rank of its own image among all images."""
     out = []
     for i in range(0, text_emb.shape[0], chunk):
@@ -41,9 +42,10 @@ def text_to_image_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, owner: 
     return torch.cat(out)
 
 
-def image_to_text_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, owner: torch.Tensor,
-                        chunk: int = 4096) -> torch.Tensor:
-    """For each image, the 0-based rank of its best caption among all texts (``len(texts)`` if none)."""
+def image_to_text_ranks(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, owner: torch.Tensor, chunk: int = 4096
+) -> torch.Tensor:
+    """For each image, the 0-based rank of its best caption among all texts (``inf`` if it has none)."""
     out = []
     for i in range(0, image_emb.shape[0], chunk):
         scores = image_emb[i : i + chunk] @ text_emb.T
@@ -55,7 +57,9 @@ def image_to_text_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, owner: 
         # lowest-index own caption reaching the best score
         first = (own & (scores == best[:, None])).float().argmax(1)
         rank = _rank_of(scores, first)
-        out.append(torch.where(has, rank, torch.full_like(rank, text_emb.shape[0])))
+        out.append(
+            torch.where(has, rank.double(), torch.full_like(rank, 0, dtype=torch.double) + float("inf"))
+        )
     return torch.cat(out)
 
 

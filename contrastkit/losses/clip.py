@@ -95,17 +95,13 @@ class CLIPLoss(PairLoss):
             raise InputError(f"init_temperature must be > 0, got {init_temperature}")
         if not max_scale >= 1:
             raise InputError(f"max_scale must be >= 1, got {max_scale}")
-        self.log_scale = nn.Parameter(
-            torch.tensor(math.log(1.0 / init_temperature)), requires_grad=learnable
-        )
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)), requires_grad=learnable)
         self.bias = None if init_bias is None else nn.Parameter(torch.tensor(float(init_bias)))
         self.max_log_scale = math.log(max_scale)
         self.allow_single = allow_single
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return clip_loss(
-            x, y, self.log_scale.exp(), self.bias, allow_single=self.allow_single
-        )
+        return clip_loss(x, y, self.log_scale.exp(), self.bias, allow_single=self.allow_single)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:

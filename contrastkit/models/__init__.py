@@ -1,7 +1,7 @@
 """Models: towers from timm and transformers, combined into a multi-modality dual encoder."""
 
 from contrastkit.models.dual_encoder import DualEncoder, ModelConfig, TowerConfig, build_model
-from contrastkit.models.tokenizer import encode, load_tokenizer, train_wordpiece
+from contrastkit.models.tokenizer import encode, load_tokenizer, train_word_tokenizer
 from contrastkit.models.towers import TOWERS, ImageTower, TextTower, Tower, TowerContext
 
 __all__ = [
@@ -16,5 +16,5 @@ __all__ = [
     "build_model",
     "encode",
     "load_tokenizer",
-    "train_wordpiece",
+    "train_word_tokenizer",
 ]

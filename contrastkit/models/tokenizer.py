@@ -1,8 +1,8 @@
-"""Text tokenizers: a WordPiece vocabulary trained on the captions, or one from a local folder.
+"""Text tokenizers: a word vocabulary built from the captions, or one from a local folder.
 
 Both are Hugging Face fast tokenizers, saved and loaded with ``save_pretrained`` /
 ``from_pretrained(local_files_only=True)``, so a run folder carries the exact tokenizer its model
-was trained with. Training uses the ``tokenizers`` library (Rust, milliseconds for 10⁵ captions).
+was trained with.
 """
 
 from __future__ import annotations
@@ -15,27 +15,41 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 
 from contrastkit.core.errors import InputError, MissingFileError
 
-__all__ = ["encode", "load_tokenizer", "train_wordpiece"]
+__all__ = ["encode", "load_tokenizer", "train_word_tokenizer"]
 
 _SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
 
 
-def train_wordpiece(texts: Iterable[str], vocab_size: int = 1000) -> PreTrainedTokenizerFast:
-    """A lower-casing BERT-style WordPiece tokenizer trained on ``texts`` ([CLS] x [SEP])."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+def train_word_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> PreTrainedTokenizerFast:
+    """A lower-casing, BERT-pre-tokenised word-level tokenizer over ``texts`` ([CLS] x [SEP]).
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=_SPECIALS, show_progress=False
-    )
-    tok.train_from_iterator(texts, trainer)
-    if tok.get_vocab_size() <= len(_SPECIALS):
+    Why not the ``tokenizers`` WordPiece/BPE trainers: they break frequency ties by hash-map
+    order, so the same corpus gives different vocabularies in different processes, hence a
+    differently initialised model for the same seed. Here the vocabulary is the
+    ``vocab_size − 4`` most frequent words, ties broken alphabetically: fully deterministic.
+    Captions of small corpora have a closed vocabulary, so word level loses nothing; unseen words
+    map to [UNK].
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    if vocab_size <= len(_SPECIALS):
+        raise InputError(f"vocab_size must be > {len(_SPECIALS)}, got {vocab_size}")
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
+    if not counts:
         raise InputError("cannot train a tokenizer on an empty corpus")
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    words = sorted(counts, key=lambda w: (-counts[w], w))[: vocab_size - len(_SPECIALS)]
+    vocab = {t: i for i, t in enumerate(_SPECIALS + sorted(words))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]"
@@ -56,7 +70,5 @@ def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int
         raise InputError("encode expects a list of strings, got a single string")
     if len(texts) == 0:
         raise InputError("cannot tokenize an empty list of texts")
-    out = tokenizer(
-        list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-    )
+    out = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     return out["input_ids"]

@@ -5,7 +5,7 @@ A tower maps its modality's batch tensor to features ``[B, output_dim]``:
 * ``timm`` — any timm architecture, random init (``pretrained=False`` always: weights never come
   from the network), input ``uint8 [B, 3, H, W]`` normalised inside with the architecture's
   mean/std so preprocessing travels with the model;
-* ``hf_text`` — a small BERT (``transformers.BertModel``) with a WordPiece tokenizer trained on the
+* ``hf_text`` — a small BERT (``transformers.BertModel``) with a word-level tokenizer built from the
   training captions;
 * ``hf_pretrained`` — any Hugging Face text model + tokenizer from a local folder (e.g. MiniLM),
   mean-pooled as sentence-transformers does.
@@ -26,7 +26,7 @@ from torch import nn
 
 from contrastkit.core.errors import InputError, MissingFileError
 from contrastkit.core.registry import Registry
-from contrastkit.models.tokenizer import encode, load_tokenizer, train_wordpiece
+from contrastkit.models.tokenizer import encode, load_tokenizer, train_word_tokenizer
 
 __all__ = ["TOWERS", "ImageTower", "TextTower", "Tower", "TowerContext"]
 
@@ -92,7 +92,9 @@ class TextTower(Tower):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.ndim != 2 or ids.dtype != torch.long:
-            raise InputError(f"text input must be LongTensor [B, L] of token ids, got {ids.dtype} {tuple(ids.shape)}")
+            raise InputError(
+                f"text input must be LongTensor [B, L] of token ids, got {ids.dtype} {tuple(ids.shape)}"
+            )
         if ids.shape[0] == 0:
             raise InputError("empty text batch")
         mask = ids != self.pad_id
@@ -138,7 +140,7 @@ def hf_text_tower(
     pooling: Literal["cls", "mean"] = "mean",
     context: TowerContext | None = None,
 ) -> TextTower:
-    """A small randomly initialised BERT; its WordPiece tokenizer is trained on ``context.texts``
+    """A small randomly initialised BERT; its word tokenizer is built from on ``context.texts``
     (fresh run) or loaded from ``context.assets_dir/tokenizer`` (rebuilding a trained run)."""
     from transformers import BertConfig, BertModel
 
@@ -146,7 +148,7 @@ def hf_text_tower(
     if context.assets_dir is not None:
         tokenizer = load_tokenizer(context.assets_dir / "tokenizer")
     elif context.texts is not None:
-        tokenizer = train_wordpiece(context.texts, vocab_size)
+        tokenizer = train_word_tokenizer(context.texts, vocab_size)
     else:
         raise InputError("hf_text tower needs training texts (fresh run) or an assets folder (saved run)")
     config = BertConfig(

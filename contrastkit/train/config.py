@@ -109,7 +109,12 @@ class RunConfig:
             model=ModelConfig.tiny(),
             optim=OptimConfig(warmup_steps=5),
             train=TrainConfig(
-                steps=20, batch_size=32, threads=1, log_every=5, ckpt_every=10,
-                progress=False, tensorboard=False,
+                steps=20,
+                batch_size=32,
+                threads=1,
+                log_every=5,
+                ckpt_every=10,
+                progress=False,
+                tensorboard=False,
             ),
         )

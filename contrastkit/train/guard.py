@@ -62,8 +62,11 @@ class StepGuard:
 
     def state_dict(self) -> dict:
         return {
-            "ema": self.ema, "good_steps": self.good_steps, "consecutive": self.consecutive,
-            "total": self.total, "last_reason": self.last_reason,
+            "ema": self.ema,
+            "good_steps": self.good_steps,
+            "consecutive": self.consecutive,
+            "total": self.total,
+            "last_reason": self.last_reason,
         }
 
     def load_state_dict(self, state: dict) -> None:

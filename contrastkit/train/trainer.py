@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,13 +94,12 @@ def _session(cfg: RunConfig, run_dir: Path, fresh: bool) -> _Session:
     optimizer = build_optimizer(cfg.optim, param_groups(model, loss, cfg.optim.weight_decay))
     scheduler = build_scheduler(cfg.optim, optimizer, cfg.train.steps)
     logger = MetricsLogger(run_dir, tensorboard=cfg.train.tensorboard)
-    return _Session(cfg, run_dir, device, train_set, model, loss, optimizer, scheduler,
-                    StepGuard(cfg.guard), logger)
+    return _Session(
+        cfg, run_dir, device, train_set, model, loss, optimizer, scheduler, StepGuard(cfg.guard), logger
+    )
 
 
-def train(
-    cfg: RunConfig, *, overwrite: bool = False, callbacks: Sequence[Callback] = ()
-) -> TrainResult:
+def train(cfg: RunConfig, *, overwrite: bool = False, callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Start run ``cfg.out_dir/cfg.name`` and train it for ``cfg.train.steps`` steps."""
     run_dir = Path(cfg.out_dir) / cfg.name
     if (run_dir / "checkpoints").exists() or (run_dir / "config.yaml").exists():
@@ -164,18 +164,30 @@ def _step(s: _Session, batch: dict[str, torch.Tensor]) -> tuple[float, float, st
         s.optimizer.step()
         s.loss.after_optimizer_step()
     s.optimizer.zero_grad(set_to_none=True)
-    s.scheduler.step()
+    with warnings.catch_warnings():  # a skipped step advances the schedule without optimizer.step()
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+        s.scheduler.step()
     return loss_val, grad_norm, reason
 
 
 def _fit(s: _Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
     cfg = s.cfg.train
     loader = make_loader(
-        s.train_set, s.model.tokenize, cfg.batch_size, cfg.seed, start=start,
+        s.train_set,
+        s.model.tokenize,
+        cfg.batch_size,
+        cfg.seed,
+        start=start,
         num_workers=s.cfg.data.num_workers,
     )
-    bar = tqdm(total=cfg.steps, initial=start, desc=s.cfg.name, unit="step",
-               disable=not cfg.progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=start,
+        desc=s.cfg.name,
+        unit="step",
+        disable=not cfg.progress,
+        dynamic_ncols=True,
+    )
     t_begin, step, loss_val = time.perf_counter(), start, float("nan")
     batches = iter(loader)
     try:
@@ -189,22 +201,43 @@ def _fit(s: _Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
             t2 = time.perf_counter()
             rate = cfg.batch_size / max(t2 - t0, 1e-9)
             scalars = s.loss.log_values()
-            bar.set_postfix(loss=f"{loss_val:.4f}", scale=f"{scalars.get('logit_scale', float('nan')):.2f}",
-                            sps=f"{rate:.0f}", skipped=s.guard.total, refresh=False)
+            bar.set_postfix(
+                loss=f"{loss_val:.4f}",
+                scale=f"{scalars.get('logit_scale', float('nan')):.2f}",
+                sps=f"{rate:.0f}",
+                skipped=s.guard.total,
+                refresh=False,
+            )
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps or reason is not None:
-                s.logger.log(step, {
-                    "loss": loss_val, "lr": s.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                    **scalars, "data_time": t1 - t0, "step_time": t2 - t1, "samples_per_s": rate,
-                    "skipped_total": s.guard.total, **({"skip_reason": reason} if reason else {}),
-                })
+                s.logger.log(
+                    step,
+                    {
+                        "loss": loss_val,
+                        "lr": s.scheduler.get_last_lr()[0],
+                        "grad_norm": grad_norm,
+                        **scalars,
+                        "data_time": t1 - t0,
+                        "step_time": t2 - t1,
+                        "samples_per_s": rate,
+                        "skipped_total": s.guard.total,
+                        **({"skip_reason": reason} if reason else {}),
+                    },
+                )
             for every, fn in callbacks:
                 if step % every == 0 or step == cfg.steps:
                     s.logger.log(step, fn(step, s.model))
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                save_checkpoint(s.run_dir / "checkpoints", step, s.model, s.loss, s.optimizer,
-                                s.scheduler, {"guard": s.guard.state_dict(), "batches_consumed": step},
-                                keep=cfg.keep_checkpoints)
+                save_checkpoint(
+                    s.run_dir / "checkpoints",
+                    step,
+                    s.model,
+                    s.loss,
+                    s.optimizer,
+                    s.scheduler,
+                    {"guard": s.guard.state_dict(), "batches_consumed": step},
+                    keep=cfg.keep_checkpoints,
+                )
     finally:
         bar.close()
         s.logger.close()
