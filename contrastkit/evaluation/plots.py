@@ -29,7 +29,10 @@ def plot_similarity(
         )
     fig = plt.figure(figsize=(0.55 * n + 3.5, 0.55 * n + 3.5))
     ax = fig.add_axes([0.2, 0.32, 0.62, 0.62])
-    im = ax.imshow(sims.numpy(), cmap="viridis", vmin=float(sims.min()), vmax=float(sims.max()))
+    # aspect="auto": the axes fill their box exactly, so the thumbnails line up with the rows
+    im = ax.imshow(
+        sims.numpy(), cmap="viridis", aspect="auto", vmin=float(sims.min()), vmax=float(sims.max())
+    )
     ax.set_xticks(range(n), captions, rotation=70, ha="right", fontsize=7)
     ax.set_yticks([])
     for i in range(n):  # the images themselves as row labels

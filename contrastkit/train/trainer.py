@@ -187,6 +187,7 @@ def _fit(s: _Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
         unit="step",
         disable=not cfg.progress,
         dynamic_ncols=True,
+        mininterval=0.5,
     )
     t_begin, step, loss_val = time.perf_counter(), start, float("nan")
     batches = iter(loader)
