@@ -114,3 +114,39 @@ def test_bad_batches(model):
         model.encode("audio", torch.zeros(1, 3))
     with pytest.raises(InputError, match="empty list of texts"):
         model.tokenize([])
+
+
+def test_pretrained_text_tower_from_a_local_folder_offline(tmp_path):
+    """A HF model saved locally (here a tiny BERT from a config) loads with its tokenizer, offline."""
+    from transformers import BertConfig, BertModel
+
+    from contrastkit.models import train_word_tokenizer
+
+    tok = train_word_tokenizer(["a red circle", "a blue square"], vocab_size=50)
+    tok.save_pretrained(str(tmp_path))
+    torch.manual_seed(0)
+    bert = BertModel(
+        BertConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+        )
+    )
+    bert.save_pretrained(str(tmp_path))  # safetensors
+    assert (tmp_path / "model.safetensors").is_file()
+    cfg = ModelConfig(
+        towers={
+            "image": ModelConfig.tiny().towers["image"],
+            "text": TowerConfig("hf_pretrained", {"path": str(tmp_path)}, locked=True),
+        },
+        embed_dim=16,
+    )
+    m = build_model(cfg)
+    ids = m.tokenize(["a red circle"])
+    with torch.no_grad():
+        want = bert.eval()(input_ids=ids).last_hidden_state.mean(1)
+        got = m.towers["text"](ids)
+    torch.testing.assert_close(got, want)
+    assert not any(p.requires_grad for p in m.towers["text"].parameters())

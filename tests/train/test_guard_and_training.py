@@ -109,3 +109,12 @@ def test_no_weight_decay_on_biases_norms_and_loss_scalars():
     n_all = sum(1 for p in model.parameters()) + 2
     assert len(decay["params"]) + len(no_decay["params"]) == n_all
     assert torch.is_tensor(decay["params"][0])
+
+
+def test_bf16_autocast_trains_with_finite_float32_loss(tmp_path):
+    cfg = RunConfig.tiny(out_dir=str(tmp_path))
+    cfg = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, steps=4, precision="bf16", ckpt_every=4)
+    )
+    result = train(cfg)
+    assert result.skipped == 0 and math.isfinite(result.last_loss)
