@@ -165,7 +165,7 @@ def _step(s: _Session, batch: dict[str, torch.Tensor]) -> tuple[float, float, st
         s.loss.after_optimizer_step()
     s.optimizer.zero_grad(set_to_none=True)
     with warnings.catch_warnings():  # a skipped step advances the schedule without optimizer.step()
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
         s.scheduler.step()
     return loss_val, grad_norm, reason
 
