@@ -12,6 +12,7 @@ parameter names against the constructor.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,8 +56,15 @@ class PairLoss(nn.Module):
     All parameters of a loss module are excluded from weight decay.
     """
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
+    def pure(self) -> tuple[Callable[..., torch.Tensor], dict[str, Any]]:
+        """The pure function and its keyword arguments (learnable scalars as live tensors) such
+        that ``forward(x, y) == fn(x, y, **kwargs)``. Wrappers in ``contrastkit.scale`` (tiling,
+        gathering, gradient caching) dispatch on ``fn`` so they never look inside a loss."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose a pure function")
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        fn, kwargs = self.pure()
+        return fn(x, y, **kwargs)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:

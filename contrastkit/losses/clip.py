@@ -20,6 +20,8 @@ wrappers in ``contrastkit.scale`` around :func:`clip_loss`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -100,8 +102,12 @@ class CLIPLoss(PairLoss):
         self.max_log_scale = math.log(max_scale)
         self.allow_single = allow_single
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return clip_loss(x, y, self.log_scale.exp(), self.bias, allow_single=self.allow_single)
+    def pure(self) -> tuple[Callable[..., torch.Tensor], dict[str, Any]]:
+        return clip_loss, {
+            "scale": self.log_scale.exp(),
+            "bias": self.bias,
+            "allow_single": self.allow_single,
+        }
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:

@@ -21,6 +21,8 @@ Related: L-CLIP (softmax over the row instead of independent sigmoids). The chun
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -105,8 +107,8 @@ class SigLIPLoss(PairLoss):
         self.bias = nn.Parameter(torch.tensor(float(init_bias)), requires_grad=learnable)
         self.max_log_scale = None if max_scale is None else math.log(max_scale)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return siglip_loss(x, y, self.log_scale.exp(), self.bias)
+    def pure(self) -> tuple[Callable[..., torch.Tensor], dict[str, Any]]:
+        return siglip_loss, {"scale": self.log_scale.exp(), "bias": self.bias}
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
