@@ -9,6 +9,7 @@ from contrastkit.core.errors import ConfigError
 from contrastkit.data.config import DataConfig
 from contrastkit.losses.base import LossConfig
 from contrastkit.models.dual_encoder import ModelConfig
+from contrastkit.scale.config import ScaleConfig
 
 __all__ = ["GuardConfig", "OptimConfig", "RunConfig", "TrainConfig"]
 
@@ -98,6 +99,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
 
     @classmethod
     def tiny(cls, name: str = "tiny", out_dir: str = "runs") -> RunConfig:

@@ -31,6 +31,7 @@ from contrastkit.data.pairs import PairSet
 from contrastkit.losses import from_config as build_loss
 from contrastkit.losses.base import PairLoss
 from contrastkit.models.dual_encoder import DualEncoder, build_model
+from contrastkit.scale import TiledLoss, backward_through_chunks, embed_in_chunks
 from contrastkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from contrastkit.train.config import RunConfig
 from contrastkit.train.guard import StepGuard
@@ -78,6 +79,12 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _loss_for(cfg: RunConfig) -> PairLoss:
+    """The configured loss, wrapped for tiling if ``scale.tile_size`` is set."""
+    loss = build_loss(cfg.loss)
+    return loss if cfg.scale.tile_size is None else TiledLoss(loss, cfg.scale.tile_size)
+
+
 def _session(cfg: RunConfig, run_dir: Path, fresh: bool) -> _Session:
     set_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
@@ -88,7 +95,7 @@ def _session(cfg: RunConfig, run_dir: Path, fresh: bool) -> _Session:
     else:
         model = build_model(cfg.model, assets_dir=run_dir / "assets")
     device = _device(cfg.train.device)
-    loss = build_loss(cfg.loss)
+    loss = _loss_for(cfg)
     model.to(device)
     loss.to(device)
     optimizer = build_optimizer(cfg.optim, param_groups(model, loss, cfg.optim.weight_decay))
@@ -134,28 +141,40 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, DualEncoder, PairLoss, Pat
     cfg = load_run_config(run_dir)
     ckpt = latest_checkpoint(run_dir)
     model = build_model(cfg.model, assets_dir=Path(run_dir) / "assets")
-    loss = build_loss(cfg.loss)
+    loss = _loss_for(cfg)
     load_weights(ckpt, model, loss)
     return cfg, model.eval(), loss.eval(), ckpt
 
 
 def _step(s: _Session, batch: dict[str, torch.Tensor]) -> tuple[float, float, str | None]:
-    """One guarded optimisation step; returns (loss, grad norm, skip reason or None)."""
+    """One guarded optimisation step; returns (loss, grad norm, skip reason or None).
+
+    With ``scale.chunk_size`` below the batch size the towers run chunk by chunk with gradient
+    caching: same loss and gradients, the activation memory of one chunk.
+    """
     s.model.train()
     amp = s.cfg.train.precision == "bf16"
+    chunk = s.cfg.scale.chunk_size
+    cached = None
     with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=amp):
-        emb = s.model(batch)
-    a, b = (emb[m].float() for m in s.model.modalities[:2])
+        if chunk is not None and chunk < s.cfg.train.batch_size:
+            cached = embed_in_chunks(s.model, batch, chunk)
+            emb = cached.reps
+        else:
+            emb = s.model(batch)
+    a, b = (emb[m] for m in s.model.modalities[:2])
+    loss_val, grad_norm = float("nan"), float("nan")
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
         reason: str | None = "non-finite embeddings"
-        loss_val, grad_norm = float("nan"), float("nan")
     else:
-        loss = s.loss(a, b)
+        loss = s.loss(a.float(), b.float())
         loss_val = float(loss.detach())
-        grad_norm = float("nan")
         reason = s.guard.check_loss(loss_val)
         if reason is None:
             loss.backward()
+            if cached is not None:
+                with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=amp):
+                    backward_through_chunks(s.model, batch, cached)
             params = [p for g in s.optimizer.param_groups for p in g["params"]]
             clip = s.cfg.optim.grad_clip or float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))

@@ -1,0 +1,217 @@
+"""S-INFCL — exact CLIP and SigLIP losses computed in tiles, memory O(N·d + tile²).
+
+Spec id: S-INFCL (../shared/spec/scale.md); paper: Cheng et al. 2024, "Breaking the Memory
+Barrier: Near Infinite Batch Size Scaling for Contrastive Loss" (Inf-CL), extended as the spec
+asks to the *symmetric* CLIP loss in one pass and to SigLIP.
+
+CLIP. With the logit scale folded into the rows (``q = s·x``), the loss is
+``½[(1/N)Σ_i (lse_row_i − s x_i·y_i) + (1/N)Σ_j (lse_col_j − s x_j·y_j)]``. Only the two
+log-sum-exp vectors need the N×N matrix; a custom ``autograd.Function`` computes them tile by tile:
+
+* forward: for each tile ``X = s·x_m y_nᵀ`` (accumulated in float32/float64), merge its row-wise
+  and column-wise partial LSEs into ``lse_row[m]`` and ``lse_col[n]`` (online softmax, ``logaddexp``),
+  then drop the tile. Saved for backward: x, y, s and the two LSE vectors — O(N·d).
+* backward: recompute each tile once, ``G = e^{X − lse_row} g_row + e^{X − lse_col} g_col``,
+  ``dx_m += s·G y_n``, ``dy_n += Gᵀ (s·x_m)``, ``ds += Σ x_m ⊙ (G y_n)``.
+
+That is 4 tile matmuls per tile pair (1 forward, 3 backward) against the dense floor of 3
+(``XYᵀ``, ``G Y``, ``Gᵀ X``): the 4/3 minimum of any method that does not keep the matrix.
+
+SigLIP. ``loss = (1/N)[Σ_ij softplus(ℓ_ij) − Σ_i ℓ_ii]`` with ``ℓ = t·x yᵀ + b``: the first sum is a
+tiled custom function (backward recomputes each tile once: ``P = σ(ℓ)·g``), the diagonal is plain
+autograd. Learnable scale and bias get exact gradients; the CLIP logit bias cancels (zero gradient).
+
+Inputs in float16/bfloat16 are promoted to float32 first; any tile size ≥ 1 and any N work.
+Related: :func:`contrastkit.losses.clip_loss`, :func:`contrastkit.losses.siglip_loss` (the dense
+forms these equal), ``contrastkit.scale.grad_cache`` (memory of the towers, not of the loss).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from contrastkit.core.checks import check_pair, check_scalar_param
+from contrastkit.core.errors import ConfigError, InputError
+from contrastkit.losses.base import PairLoss, maybe_normalize
+from contrastkit.losses.clip import clip_loss
+from contrastkit.losses.siglip import siglip_loss
+
+__all__ = ["TILED", "TiledLoss", "tiled_clip_loss", "tiled_siglip_loss"]
+
+DEFAULT_TILE = 2048
+
+
+def _tiles(n: int, tile: int) -> list[slice]:
+    return [slice(i, min(i + tile, n)) for i in range(0, n, tile)]
+
+
+class _ClipLSE(torch.autograd.Function):
+    """(x, y, s) → (lse_row, lse_col) of ``s·x yᵀ`` without materialising it."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, y: torch.Tensor, s: torch.Tensor, tile: int):
+        n, m = x.shape[0], y.shape[0]
+        lse_row = x.new_full((n,), float("-inf"))
+        lse_col = x.new_full((m,), float("-inf"))
+        for rows in _tiles(n, tile):
+            q = x[rows] * s
+            for cols in _tiles(m, tile):
+                blk = q @ y[cols].T
+                lse_row[rows] = torch.logaddexp(lse_row[rows], torch.logsumexp(blk, 1))
+                lse_col[cols] = torch.logaddexp(lse_col[cols], torch.logsumexp(blk, 0))
+        ctx.save_for_backward(x, y, s, lse_row, lse_col)
+        ctx.tile = tile
+        return lse_row, lse_col
+
+    @staticmethod
+    def backward(ctx: Any, g_row: torch.Tensor, g_col: torch.Tensor):
+        x, y, s, lse_row, lse_col = ctx.saved_tensors
+        dx, dy = torch.zeros_like(x), torch.zeros_like(y)
+        ds = torch.zeros_like(s)
+        for rows in _tiles(x.shape[0], ctx.tile):
+            q = x[rows] * s
+            for cols in _tiles(y.shape[0], ctx.tile):
+                blk = q @ y[cols].T
+                g = torch.exp(blk - lse_row[rows, None]) * g_row[rows, None]
+                g += torch.exp(blk - lse_col[None, cols]) * g_col[None, cols]
+                gy = g @ y[cols]
+                dx[rows] += s * gy
+                dy[cols] += g.T @ q
+                ds += (x[rows] * gy).sum()
+        return dx, dy, ds, None
+
+
+class _SoftplusSum(torch.autograd.Function):
+    """(x, y, t, b) → Σ_ij softplus(t·x_i·y_j + b) without materialising the matrix."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, b: torch.Tensor, tile: int):
+        total = x.new_zeros(())
+        for rows in _tiles(x.shape[0], tile):
+            q = x[rows] * t
+            for cols in _tiles(y.shape[0], tile):
+                total += F.softplus(q @ y[cols].T + b).sum()
+        ctx.save_for_backward(x, y, t, b)
+        ctx.tile = tile
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor):
+        x, y, t, b = ctx.saved_tensors
+        dx, dy = torch.zeros_like(x), torch.zeros_like(y)
+        dt, db = torch.zeros_like(t), torch.zeros_like(b)
+        for rows in _tiles(x.shape[0], ctx.tile):
+            q = x[rows] * t
+            for cols in _tiles(y.shape[0], ctx.tile):
+                p = torch.sigmoid(q @ y[cols].T + b) * g
+                py = p @ y[cols]
+                dx[rows] += t * py
+                dy[cols] += p.T @ q
+                dt += (x[rows] * py).sum()
+                db += p.sum()
+        return dx, dy, dt, db, None
+
+
+def _scalar(v: torch.Tensor | float, like: torch.Tensor, name: str) -> torch.Tensor:
+    if isinstance(v, torch.Tensor):
+        check_scalar_param(name, v)
+        return v.reshape(()).to(like.dtype)
+    return torch.tensor(float(v), dtype=like.dtype, device=like.device)
+
+
+def _check_tile(tile_size: int) -> None:
+    if not isinstance(tile_size, int) or tile_size < 1:
+        raise InputError(f"tile_size must be a positive integer, got {tile_size!r}")
+
+
+def tiled_clip_loss(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    scale: torch.Tensor | float,
+    bias: torch.Tensor | float | None = None,
+    *,
+    normalize: bool = True,
+    allow_single: bool = False,
+    tile_size: int = DEFAULT_TILE,
+) -> torch.Tensor:
+    """Exactly :func:`~contrastkit.losses.clip_loss` (value and gradients), in tiles."""
+    _check_tile(tile_size)
+    check_pair(x, y)
+    if x.shape[0] == 1 and not allow_single:
+        raise InputError(
+            "clip_loss got a batch of 1 pair: with no negatives the loss is identically 0; "
+            "pass allow_single=True if that is intended"
+        )
+    x = maybe_normalize(x, normalize)
+    y = maybe_normalize(y, normalize).to(x.dtype)
+    s = _scalar(scale, x, "scale")
+    lse_row, lse_col = _ClipLSE.apply(x, y, s, tile_size)
+    diag = s * (x * y).sum(1)
+    loss = 0.5 * ((lse_row - diag).mean() + (lse_col - diag).mean())
+    if isinstance(bias, torch.Tensor):  # a bias shifts every logit of a row equally: it cancels
+        loss = loss + 0.0 * bias
+    return loss
+
+
+def tiled_siglip_loss(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    scale: torch.Tensor | float,
+    bias: torch.Tensor | float,
+    *,
+    labels: torch.Tensor | None = None,
+    normalize: bool = True,
+    tile_size: int = DEFAULT_TILE,
+) -> torch.Tensor:
+    """Exactly :func:`~contrastkit.losses.siglip_loss` (value and gradients), in tiles.
+
+    Only the default labels (positives on the diagonal) are supported: an explicit label matrix
+    is itself N×M, which tiling exists to avoid.
+    """
+    _check_tile(tile_size)
+    if labels is not None:
+        raise InputError("tiled_siglip_loss supports only diagonal positives (labels=None)")
+    check_pair(x, y)
+    x = maybe_normalize(x, normalize)
+    y = maybe_normalize(y, normalize).to(x.dtype)
+    t, b = _scalar(scale, x, "scale"), _scalar(bias, x, "bias")
+    total = _SoftplusSum.apply(x, y, t, b, tile_size)
+    diag = t * (x * y).sum(1) + b
+    return (total - diag.sum()) / x.shape[0]
+
+
+TILED: dict[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] = {
+    clip_loss: tiled_clip_loss,
+    siglip_loss: tiled_siglip_loss,
+}
+
+
+class TiledLoss(PairLoss):
+    """Wrap a loss module so it is computed in tiles; parameters, clamps and logs are the inner
+    loss's. Raises :class:`ConfigError` for a loss with no tiled form."""
+
+    def __init__(self, loss: PairLoss, tile_size: int = DEFAULT_TILE) -> None:
+        super().__init__()
+        _check_tile(tile_size)
+        fn, _ = loss.pure()
+        if fn not in TILED:
+            names = ", ".join(f.__name__ for f in TILED)
+            raise ConfigError(f"{type(loss).__name__} has no tiled form; tiled losses: {names}")
+        self.inner = loss
+        self.tile_size = tile_size
+
+    def pure(self) -> tuple[Callable[..., torch.Tensor], dict[str, Any]]:
+        fn, kwargs = self.inner.pure()
+        tiled = TILED[fn]
+        return (lambda x, y, **kw: tiled(x, y, tile_size=self.tile_size, **kw)), kwargs
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        self.inner.after_optimizer_step()
+
+    def log_values(self) -> dict[str, float]:
+        return self.inner.log_values()
