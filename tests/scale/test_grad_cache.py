@@ -103,7 +103,7 @@ def test_without_rng_replay_dropout_gradients_differ():
 
 
 def test_errors():
-    model, loss, batch = setup()
+    model, _, batch = setup()
     with pytest.raises(InputError, match="chunk_size must be a positive integer"):
         embed_in_chunks(model, batch, 0)
     c = embed_in_chunks(model, batch, 4)

@@ -94,8 +94,8 @@ def test_what_autograd_saves_is_linear_in_n_for_tiled_and_quadratic_for_dense():
         (tiled_clip_loss, clip_loss, {}),
         (tiled_siglip_loss, siglip_loss, {"bias": b}),
     ]:
-        _, tiled = saved_bytes(lambda: tiled_fn(x, y, s.exp(), tile_size=256, **extra))
-        _, dense = saved_bytes(lambda: dense_fn(x, y, s.exp(), **extra))
+        _, tiled = saved_bytes(lambda f=tiled_fn, kw=extra: f(x, y, s.exp(), tile_size=256, **kw))
+        _, dense = saved_bytes(lambda f=dense_fn, kw=extra: f(x, y, s.exp(), **kw))
         assert tiled <= 6 * nd_bytes, (tiled_fn.__name__, tiled)  # inputs, normalised copies, O(N) vectors
         assert dense >= n * n * 4  # at least one N×N matrix
         assert dense > 10 * tiled
