@@ -1,0 +1,442 @@
+"""Multi-process contrastive losses over ``torch.distributed``: feature gather and SigLIP ring.
+
+Spec ids: S-GATHER and S-SIGLIP-RING (../shared/spec/scale.md), after open_clip's
+``gather_features``/``ClipLoss`` and ``SigLipLoss`` ('shift', 'bidir').
+
+Setting: D ranks, rank r holds b local pairs ``x^(r), y^(r)``; the global batch is their
+concatenation in rank order (N = bD). Every wrapper here returns a per-rank loss ``loss_r``
+designed for **DDP's gradient average**: ``(1/D) Σ_r ∂loss_r/∂θ`` equals the gradient of the
+plain full-batch loss (:func:`~contrastkit.losses.clip.clip_loss`,
+:func:`~contrastkit.losses.siglip.siglip_loss`) for every replicated parameter θ (towers,
+temperature, bias). Exactness, float64, gloo world 2, 3 and 4 (rtol 1e-10,
+``tests/scale/test_distributed.py``):
+
+================================  =====================================================
+GatherLoss CLIP local, grad        exact (default; memory O(bN) logits)
+GatherLoss CLIP global, grad       exact (every rank computes the full N×N loss)
+GatherLoss CLIP global, no grad    scale/bias gradient exact, tower gradients **1/D**
+GatherLoss local, no grad          refused (:class:`ConfigError`): incomplete gradient
+GatherLoss SigLIP (same options)   as CLIP
+siglip_ring_loss shift / bidir     exact (memory O(b²) logits, D−1 hops of a b×d block)
+================================  =====================================================
+
+The loss *value* of a local form is this rank's share: the mean over ranks is the global loss
+(global forms return the global loss on every rank). With one process, or no process group,
+every wrapper is exactly the wrapped single-process loss.
+
+Collectives: every wrapper first all-gathers each rank's local shapes and input-check verdict, so
+mismatched batch sizes or one rank's NaN raise :class:`InputError` on **all** ranks instead of
+hanging inside a collective. Backward passes run collectives too: every rank must call
+``backward`` on its loss (as DDP does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from contrastkit.core.checks import check_pair
+from contrastkit.core.errors import ConfigError, InputError
+from contrastkit.losses.base import PairLoss, maybe_normalize
+from contrastkit.losses.clip import clip_loss
+from contrastkit.losses.siglip import siglip_loss
+
+__all__ = [
+    "GatherLoss",
+    "SigLIPRingLoss",
+    "all_gather_with_grad",
+    "is_distributed",
+    "rank",
+    "siglip_ring_loss",
+    "world_size",
+]
+
+Group = dist.ProcessGroup | None
+RING_VARIANTS = ("shift", "bidir")
+
+
+# --------------------------------------------------------------------------------------------
+# process-group helpers
+
+
+def _initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank(group: Group = None) -> int:
+    """This process's rank in ``group`` (default group); 0 without a process group."""
+    return dist.get_rank(group) if _initialized() else 0
+
+
+def world_size(group: Group = None) -> int:
+    """Number of ranks in ``group`` (default group); 1 without a process group."""
+    return dist.get_world_size(group) if _initialized() else 1
+
+
+def is_distributed(group: Group = None) -> bool:
+    """True when a process group is initialised **and** has more than one rank — the only case
+    in which the wrappers of this module do anything beyond calling the plain loss."""
+    return world_size(group) > 1
+
+
+def _global_rank(group: Group, group_rank: int) -> int:
+    # point-to-point calls address peers by global rank, whatever the group
+    return group_rank if group is None else dist.get_global_rank(group, group_rank)
+
+
+# --------------------------------------------------------------------------------------------
+# cross-rank input checks
+
+
+def _check_across_ranks(x: torch.Tensor, y: torch.Tensor, group: Group, what: str) -> None:
+    """Local :func:`check_pair`, then one small all_gather of ``[ok, b, d]`` from every rank.
+
+    Raises :class:`InputError` on every rank if any rank's input is malformed or if local
+    shapes differ (a collective over unequal tensors would hang or read garbage). The rank
+    whose input failed re-raises its own detailed error; the others name that rank.
+    """
+    local_error: InputError | None = None
+    try:
+        check_pair(x, y)
+    except InputError as err:
+        local_error = err
+    ok = local_error is None
+    b, d = (int(x.shape[0]), int(x.shape[1])) if ok else (-1, -1)
+    mine = torch.tensor([int(ok), b, d], dtype=torch.int64, device=x.device)
+    parts = [torch.empty_like(mine) for _ in range(world_size(group))]
+    dist.all_gather(parts, mine, group=group)
+    table = torch.stack(parts).cpu().tolist()
+    if local_error is not None:
+        raise local_error
+    bad = [r for r, row in enumerate(table) if not row[0]]
+    if bad:
+        raise InputError(f"{what}: rank(s) {bad} rejected their local input; see their error")
+    shapes = [(row[1], row[2]) for row in table]
+    if len(set(shapes)) > 1:
+        listed = ", ".join(f"rank {r}: [{s[0]}, {s[1]}]" for r, s in enumerate(shapes))
+        raise InputError(
+            f"{what}: local batches must have the same shape on every rank, got {listed}; "
+            "use equal per-rank batch sizes (e.g. drop_last=True)"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# autograd collectives
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """``[b, d]`` per rank → ``[bD, d]``; backward = reduce-scatter SUM (all_reduce + own slice)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, group: Group) -> torch.Tensor:
+        ctx.group = group
+        ctx.rows = slice(rank(group) * x.shape[0], (rank(group) + 1) * x.shape[0])
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(world_size(group))]
+        dist.all_gather(parts, x, group=group)
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        # all_reduce works in place and autograd may share `grad` elsewhere: reduce a copy.
+        # (all_reduce + slice rather than reduce_scatter: gloo has no reduce_scatter.)
+        total = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=ctx.group)
+        return total[ctx.rows], None
+
+
+def all_gather_with_grad(x: torch.Tensor, group: Group = None) -> torch.Tensor:
+    """S-GATHER autograd all_gather: ``x: [b, d]`` on each rank → ``[b·D, d]`` in rank order.
+
+    Backward: each rank receives the SUM over ranks of the gradients w.r.t. its own slot
+    (reduce-scatter), i.e. ``∂(Σ_r loss_r)/∂x^(r)`` — what makes DDP averaging exact.
+    Every rank must hold the same ``[b, d]`` (checked with one small all_gather first;
+    :class:`InputError` lists each rank's shape). Without a process group (or world size 1)
+    returns ``x`` itself.
+    """
+    if not is_distributed(group):
+        return x
+    _check_across_ranks(x, x, group, "all_gather_with_grad")
+    return _AllGatherWithGrad.apply(x, group)
+
+
+def _all_gather_local_slot(x: torch.Tensor, group: Group) -> torch.Tensor:
+    """No-grad all_gather, then this rank's slot replaced by the grad-carrying local ``x``
+    (open_clip ``gather_with_grad=False``): gradients reach only the local rows."""
+    with torch.no_grad():
+        parts = [torch.empty_like(x) for _ in range(world_size(group))]
+        dist.all_gather(parts, x.detach().contiguous(), group=group)
+    parts[rank(group)] = x
+    return torch.cat(parts)
+
+
+def _sendrecv(t: torch.Tensor, dst: int, src: int, group: Group) -> torch.Tensor:
+    """Send ``t`` to group rank ``dst`` while receiving a same-shaped tensor from ``src``."""
+    t = t.contiguous()
+    out = torch.empty_like(t)
+    ops = [
+        dist.P2POp(dist.isend, t, _global_rank(group, dst), group),
+        dist.P2POp(dist.irecv, out, _global_rank(group, src), group),
+    ]
+    for req in dist.batch_isend_irecv(ops):
+        req.wait()
+    return out
+
+
+class _RingShift(torch.autograd.Function):
+    """Send to the right neighbour, receive from the left; backward sends the gradient of the
+    received block back to its left owner and receives the gradient of the sent one."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor, right: int, left: int, group: Group) -> torch.Tensor:
+        ctx.right, ctx.left, ctx.group = right, left, group
+        return _sendrecv(t, right, left, group)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        return _sendrecv(grad, ctx.left, ctx.right, ctx.group), None, None, None
+
+
+def _bidir(a: torch.Tensor, c: torch.Tensor, left: int, right: int, group: Group) -> list[torch.Tensor]:
+    """Send ``a`` left and ``c`` right; return [received from left, received from right]."""
+    a, c = a.contiguous(), c.contiguous()
+    from_left, from_right = torch.empty_like(c), torch.empty_like(a)
+    gl, gr = _global_rank(group, left), _global_rank(group, right)
+    ops = [
+        dist.P2POp(dist.isend, a, gl, group),
+        dist.P2POp(dist.isend, c, gr, group),
+        dist.P2POp(dist.irecv, from_left, gl, group),
+        dist.P2POp(dist.irecv, from_right, gr, group),
+    ]
+    for req in dist.batch_isend_irecv(ops):
+        req.wait()
+    return [from_left, from_right]
+
+
+class _RingBidir(torch.autograd.Function):
+    """Exchange with both neighbours at once (needs D ≥ 3 so that left ≠ right).
+
+    The gradient of the block received from the left belongs to the left rank's ``to_right``
+    and vice versa, so backward is the same exchange applied to the output gradients.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, to_left: torch.Tensor, to_right: torch.Tensor, left: int, right: int, group: Group):
+        ctx.left, ctx.right, ctx.group = left, right, group
+        from_left, from_right = _bidir(to_left, to_right, left, right, group)
+        return from_left, from_right
+
+    @staticmethod
+    def backward(ctx: Any, g_from_left: torch.Tensor, g_from_right: torch.Tensor):
+        g_to_left, g_to_right = _bidir(g_from_left, g_from_right, ctx.left, ctx.right, ctx.group)
+        return g_to_left, g_to_right, None, None, None
+
+
+# --------------------------------------------------------------------------------------------
+# S-SIGLIP-RING
+
+
+def _negatives(x: torch.Tensor, y: torch.Tensor, scale: Any, bias: Any) -> torch.Tensor:
+    """``(1/b) Σ_ij softplus(t·x_i·y_j + b)``: a block of another rank's texts, all negatives."""
+    return F.softplus(scale * (x @ y.T) + bias).sum() / x.shape[0]
+
+
+def siglip_ring_loss(
+    x_local: torch.Tensor,
+    y_local: torch.Tensor,
+    scale: torch.Tensor | float,
+    bias: torch.Tensor | float,
+    normalize: bool = True,
+    *,
+    variant: str = "shift",
+    group: Group = None,
+) -> torch.Tensor:
+    """S-SIGLIP-RING: this rank's share of the full-batch sigmoid loss, texts passed round a ring.
+
+    ``loss_r = L-SIGLIP(x^(r), y^(r))`` (positives on the diagonal, normalised by b) plus, for each
+    other rank's text block ``y^(s)``, ``(1/b) Σ_ij softplus(t·x_i^(r)·y_j^(s) + b)`` (negatives).
+    ``(1/D) Σ_r loss_r`` = ``siglip_loss`` of the concatenated batch (normalised by N = bD), values
+    and — after DDP's average — gradients (exact; the exchange's backward returns each block's
+    gradient to its owner).
+
+    Args:
+        x_local, y_local: ``[b, d]`` this rank's images and texts (same shape on every rank).
+        scale, bias: ``t`` (not its log) and ``b``, replicated on every rank.
+        normalize: L2-normalise rows first (default), done locally before any exchange.
+        variant: ``"shift"`` (D−1 hops to the right) or ``"bidir"`` (⌊(D−1)/2⌋ rounds with both
+            neighbours, plus one shift if D−1 is odd) — same result, fewer sequential steps.
+        group: process group (default: the world).
+    Returns:
+        0-d tensor. Memory: O(b²) logits per rank. Without a process group: ``siglip_loss``.
+    """
+    if variant not in RING_VARIANTS:
+        raise ConfigError(f"unknown ring variant {variant!r}; valid: {list(RING_VARIANTS)}")
+    if not is_distributed(group):
+        return siglip_loss(x_local, y_local, scale, bias, normalize=normalize)
+    _check_across_ranks(x_local, y_local, group, "siglip_ring_loss")
+    x = maybe_normalize(x_local, normalize)
+    y = maybe_normalize(y_local, normalize).to(x.dtype)
+    loss = siglip_loss(x, y, scale, bias, normalize=False)
+    n, r = world_size(group), rank(group)
+    right, left = (r + 1) % n, (r - 1) % n
+    n_bidir, odd = divmod(n - 1, 2) if variant == "bidir" else (0, n - 1)
+    to_left = to_right = y
+    for _ in range(n_bidir):
+        from_left, from_right = _RingBidir.apply(to_left, to_right, left, right, group)
+        loss = loss + _negatives(x, from_left, scale, bias) + _negatives(x, from_right, scale, bias)
+        to_left, to_right = from_right, from_left  # each block keeps travelling its way
+    for _ in range(odd):
+        to_right = _RingShift.apply(to_right, right, left, group)
+        loss = loss + _negatives(x, to_right, scale, bias)
+    return loss
+
+
+# --------------------------------------------------------------------------------------------
+# loss-module wrappers
+
+
+def _pure_of(loss: PairLoss, allowed: tuple[Callable[..., torch.Tensor], ...], who: str):
+    try:
+        fn, kwargs = loss.pure()
+    except NotImplementedError as err:
+        raise ConfigError(f"{who} needs a loss exposing pure(); {type(loss).__name__} does not") from err
+    if fn not in allowed:
+        names = [f.__name__ for f in allowed]
+        raise ConfigError(f"{who} supports losses whose pure function is one of {names}, got {fn.__name__}")
+    return fn, kwargs
+
+
+class GatherLoss(PairLoss):
+    """S-GATHER: a CLIP or SigLIP loss module over features gathered from every rank.
+
+    Wraps a :class:`PairLoss` whose ``pure()`` function is ``clip_loss`` or ``siglip_loss``; the
+    wrapped module (and so its learnable scalars) is a submodule, ``after_optimizer_step`` and
+    ``log_values`` are delegated to it. Inputs ``x, y: [b, d]`` are this rank's pairs (same shape on
+    every rank); rows are L2-normalised locally (when the loss normalises) before gathering.
+
+    * ``local_loss=True`` (default): only this rank's b rows — CLIP
+      ``½[CE(s·x_loc·Y_allᵀ, b·r + i) + CE(s·y_loc·X_allᵀ, b·r + i)]`` averaged over b rows;
+      SigLIP ``siglip_loss(x_loc, Y_all, labels=±1 with +1 at column b·r + i)`` normalised by b.
+      Memory O(bN). The mean over ranks is the global loss.
+    * ``local_loss=False``: the full N×N loss on every rank.
+    * ``gather_with_grad=True`` (default): autograd gather (:func:`all_gather_with_grad`).
+      ``False``: no-grad gather with the local rows put back — only with ``local_loss=False``, and
+      then after DDP averaging the feature (tower) gradients are **1/D** of the true ones while
+      the scale/bias gradients are exact. ``local_loss=True`` with ``gather_with_grad=False`` would
+      give other ranks' columns no gradient at all and raises :class:`ConfigError`.
+
+    Exact combinations (after DDP's gradient average): both with ``gather_with_grad=True``.
+    Without a process group or with world size 1 it simply calls the wrapped loss. It exposes no
+    ``pure()`` (the base raises): another wrapper dispatching on it must not skip the gather.
+    The state-dict keys of the wrapped loss gain the prefix ``loss.``.
+    """
+
+    def __init__(
+        self,
+        loss: PairLoss,
+        gather_with_grad: bool = True,
+        local_loss: bool = True,
+        group: Group = None,
+    ) -> None:
+        super().__init__()
+        _pure_of(loss, (clip_loss, siglip_loss), "GatherLoss")
+        if local_loss and not gather_with_grad:
+            raise ConfigError(
+                "GatherLoss(local_loss=True, gather_with_grad=False) is refused: the local rows' "
+                "logits use other ranks' features as constants, so those features would get no "
+                "gradient (incomplete gradient); use gather_with_grad=True, or local_loss=False "
+                "(feature gradients then 1/D of the true ones)"
+            )
+        self.loss = loss
+        self.gather_with_grad = gather_with_grad
+        self.local_loss = local_loss
+        self.group = group
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if not is_distributed(self.group):
+            return self.loss(x, y)
+        fn, kwargs = _pure_of(self.loss, (clip_loss, siglip_loss), "GatherLoss")
+        _check_across_ranks(x, y, self.group, "GatherLoss")
+        x = maybe_normalize(x, kwargs.get("normalize", True))
+        y = maybe_normalize(y, kwargs.get("normalize", True)).to(x.dtype)
+        kwargs = {**kwargs, "normalize": False}  # rows are normalised already
+        if fn is clip_loss:
+            return self._clip(x, y, kwargs)
+        return self._siglip(x, y, kwargs)
+
+    def _gather(self, t: torch.Tensor) -> torch.Tensor:
+        if self.gather_with_grad:
+            return _AllGatherWithGrad.apply(t, self.group)
+        return _all_gather_local_slot(t, self.group)
+
+    def _clip(self, x: torch.Tensor, y: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        # one collective for both modalities (and one in backward): fewer round trips, and no
+        # reliance on autograd running two gathers' backwards in the same order on every rank
+        both = self._gather(torch.cat([x, y], dim=1))
+        x_all, y_all = both.split(x.shape[1], dim=1)
+        if not self.local_loss:
+            return clip_loss(x_all, y_all, **kwargs)
+        scale, bias = kwargs["scale"], kwargs.get("bias")
+        logits_x = scale * (x @ y_all.T)  # [b, N]: this rank's images against every text
+        logits_y = scale * (y @ x_all.T)  # [b, N]: this rank's texts against every image
+        if bias is not None:
+            logits_x, logits_y = logits_x + bias, logits_y + bias
+        b = x.shape[0]
+        target = torch.arange(b, device=x.device) + b * rank(self.group)
+        return 0.5 * (F.cross_entropy(logits_x, target) + F.cross_entropy(logits_y, target))
+
+    def _siglip(self, x: torch.Tensor, y: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        if not self.local_loss:
+            both = self._gather(torch.cat([x, y], dim=1))
+            x_all, y_all = both.split(x.shape[1], dim=1)
+            return siglip_loss(x_all, y_all, **kwargs)
+        y_all = self._gather(y)  # the sigmoid loss is per row: only the texts are needed
+        b = x.shape[0]
+        labels = -torch.ones(b, y_all.shape[0], dtype=x.dtype, device=x.device)
+        rows = torch.arange(b, device=x.device)
+        labels[rows, rows + b * rank(self.group)] = 1.0
+        return siglip_loss(x, y_all, labels=labels, **kwargs)  # normalised by b
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        self.loss.after_optimizer_step()
+
+    def log_values(self) -> dict[str, float]:
+        return self.loss.log_values()
+
+
+class SigLIPRingLoss(PairLoss):
+    """S-SIGLIP-RING as a module: wraps a SigLIP loss module (``pure()`` → ``siglip_loss``) and
+    computes :func:`siglip_ring_loss` with its live ``t`` and ``b``. The wrapped module is a
+    submodule; ``after_optimizer_step``/``log_values`` are delegated. Exact after DDP averaging;
+    without a process group or with world size 1 it simply calls the wrapped loss.
+    """
+
+    def __init__(self, loss: PairLoss, variant: str = "shift", group: Group = None) -> None:
+        super().__init__()
+        _pure_of(loss, (siglip_loss,), "SigLIPRingLoss")
+        if variant not in RING_VARIANTS:
+            raise ConfigError(f"unknown ring variant {variant!r}; valid: {list(RING_VARIANTS)}")
+        self.loss = loss
+        self.variant = variant
+        self.group = group
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if not is_distributed(self.group):
+            return self.loss(x, y)
+        _, kwargs = _pure_of(self.loss, (siglip_loss,), "SigLIPRingLoss")
+        normalize = kwargs.get("normalize", True)
+        return siglip_ring_loss(
+            x, y, kwargs["scale"], kwargs["bias"], normalize, variant=self.variant, group=self.group
+        )
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        self.loss.after_optimizer_step()
+
+    def log_values(self) -> dict[str, float]:
+        return self.loss.log_values()
