@@ -18,8 +18,9 @@ That is 4 tile matmuls per tile pair (1 forward, 3 backward) against the dense f
 (``XYᵀ``, ``G Y``, ``Gᵀ X``): the 4/3 minimum of any method that does not keep the matrix.
 
 SigLIP. ``loss = (1/N)[Σ_ij softplus(ℓ_ij) − Σ_i ℓ_ii]`` with ``ℓ = t·x yᵀ + b``: the first sum is a
-tiled custom function (backward recomputes each tile once: ``P = σ(ℓ)·g``), the diagonal is plain
-autograd. Learnable scale and bias get exact gradients; the CLIP logit bias cancels (zero gradient).
+tiled custom function whose output is a scalar, so the forward pass accumulates its gradients
+(``P = σ(ℓ)``: ``dx += t·P y``, ``dy += Pᵀ (t·x)``) while each tile is in hand and backward only
+scales them — 3 tile matmuls per tile pair, the dense floor; the diagonal is plain autograd. Learnable scale and bias get exact gradients; the CLIP logit bias cancels (zero gradient).
 
 Inputs in float16/bfloat16 are promoted to float32 first; any tile size ≥ 1 and any N work.
 Related: :func:`contrastkit.losses.clip_loss`, :func:`contrastkit.losses.siglip_loss` (the dense
@@ -76,8 +77,9 @@ class _ClipLSE(torch.autograd.Function):
             q = x[rows] * s
             for cols in _tiles(y.shape[0], ctx.tile):
                 blk = q @ y[cols].T
-                g = torch.exp(blk - lse_row[rows, None]) * g_row[rows, None]
-                g += torch.exp(blk - lse_col[None, cols]) * g_col[None, cols]
+                # in place: the tile is the only O(tile²) buffer besides g
+                g = (blk - lse_row[rows, None]).exp_().mul_(g_row[rows, None])
+                g.add_(blk.sub_(lse_col[None, cols]).exp_().mul_(g_col[None, cols]))
                 gy = g @ y[cols]
                 dx[rows] += s * gy
                 dy[cols] += g.T @ q
@@ -86,34 +88,38 @@ class _ClipLSE(torch.autograd.Function):
 
 
 class _SoftplusSum(torch.autograd.Function):
-    """(x, y, t, b) → Σ_ij softplus(t·x_i·y_j + b) without materialising the matrix."""
+    """(x, y, t, b) → Σ_ij softplus(t·x_i·y_j + b) without materialising the matrix.
+
+    The output is a scalar, so its gradient is known up to the upstream factor while the tile is
+    still in hand: forward accumulates ∂/∂(x, y, t, b) directly (when any input needs a
+    gradient) and backward only scales them. Three tile matmuls per tile pair — the dense floor.
+    """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, b: torch.Tensor, tile: int):
         total = x.new_zeros(())
+        want_grad = any(ctx.needs_input_grad[:4])
+        dx, dy = (torch.zeros_like(x), torch.zeros_like(y)) if want_grad else (None, None)
+        dt, db = torch.zeros_like(t), torch.zeros_like(b)
         for rows in _tiles(x.shape[0], tile):
             q = x[rows] * t
             for cols in _tiles(y.shape[0], tile):
-                total += F.softplus(q @ y[cols].T + b).sum()
-        ctx.save_for_backward(x, y, t, b)
-        ctx.tile = tile
+                blk = torch.addmm(b, q, y[cols].T)  # bias fused into the GEMM
+                total += F.softplus(blk).sum()
+                if want_grad:
+                    p = blk.sigmoid_()
+                    py = p @ y[cols]
+                    dx[rows] += t * py
+                    dy[cols] += p.T @ q
+                    dt += (x[rows] * py).sum()
+                    db += p.sum()
+        ctx.save_for_backward(dx, dy, dt, db)
         return total
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor):
-        x, y, t, b = ctx.saved_tensors
-        dx, dy = torch.zeros_like(x), torch.zeros_like(y)
-        dt, db = torch.zeros_like(t), torch.zeros_like(b)
-        for rows in _tiles(x.shape[0], ctx.tile):
-            q = x[rows] * t
-            for cols in _tiles(y.shape[0], ctx.tile):
-                p = torch.sigmoid(q @ y[cols].T + b) * g
-                py = p @ y[cols]
-                dx[rows] += t * py
-                dy[cols] += p.T @ q
-                dt += (x[rows] * py).sum()
-                db += p.sum()
-        return dx, dy, dt, db, None
+        dx, dy, dt, db = ctx.saved_tensors
+        return dx * g, dy * g, dt * g, db * g, None
 
 
 def _scalar(v: torch.Tensor | float, like: torch.Tensor, name: str) -> torch.Tensor:

@@ -96,7 +96,8 @@ def test_what_autograd_saves_is_linear_in_n_for_tiled_and_quadratic_for_dense():
     ]:
         _, tiled = saved_bytes(lambda f=tiled_fn, kw=extra: f(x, y, s.exp(), tile_size=256, **kw))
         _, dense = saved_bytes(lambda f=dense_fn, kw=extra: f(x, y, s.exp(), **kw))
-        assert tiled <= 6 * nd_bytes, (tiled_fn.__name__, tiled)  # inputs, normalised copies, O(N) vectors
+        # inputs, normalised copies, O(N) vectors and (SigLIP) gradients computed in forward: O(N·d)
+        assert tiled <= 8 * nd_bytes, (tiled_fn.__name__, tiled)
         assert dense >= n * n * 4  # at least one N×N matrix
         assert dense > 10 * tiled
 
