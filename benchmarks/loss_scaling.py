@@ -29,8 +29,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Large blocks via mmap, returned to the OS on free, so resident memory tracks live tensors.
 os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
 
-METHODS = ("floor", "clip/dense", "clip/tiled", "clip/open_clip",
-           "siglip/dense", "siglip/tiled", "siglip/open_clip")
+METHODS = (
+    "floor",
+    "clip/dense",
+    "clip/tiled",
+    "clip/open_clip",
+    "siglip/dense",
+    "siglip/tiled",
+    "siglip/open_clip",
+)
 DENSE_MATRICES = {"clip/dense": 4, "clip/open_clip": 5, "siglip/dense": 5, "siglip/open_clip": 6}
 
 
@@ -62,6 +69,7 @@ def _step_fn(method: str, tile: int):
     scale = torch.tensor(10.0, requires_grad=True)
     bias = torch.tensor(-10.0, requires_grad=True)
     if method == "floor":
+
         def floor(x, y):  # 3 N×D×N products in blocks (a dense N×N would not fit at 64k)
             b = 8192
             with torch.no_grad():
@@ -72,6 +80,7 @@ def _step_fn(method: str, tile: int):
                         gx[i : i + b] += blk @ y[j : j + b]
                         gy[j : j + b] += blk.T @ x[i : i + b]
             return gx, gy
+
         return floor
     if method.endswith("open_clip"):
         from open_clip.loss import ClipLoss, SigLipLoss
@@ -131,11 +140,14 @@ def main() -> None:
         return
     try:
         import open_clip  # noqa: F401
+
         have_open_clip = True
     except ImportError:
         have_open_clip = False
-    print(f"D={args.dim}, float32, {args.threads} threads, tile {args.tile}, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+    print(
+        f"D={args.dim}, float32, {args.threads} threads, tile {args.tile}, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"
+    )
     print(f"{'N':>7}  {'method':<17} {'time s':>9} {'x floor':>8} {'extra MiB':>10}")
     for n in [int(s) for s in args.sizes.split(",")]:
         floor = None
@@ -147,8 +159,18 @@ def main() -> None:
                 print(f"{n:>7}  {method:<17} {'skipped':>9} {'':>8} {f'~{need:.0f} GiB':>10}")
                 continue
             repeats = 3 if n <= 4096 else 1
-            cmd = [sys.executable, __file__, "--one", f"{method}:{n}:{repeats}", "--dim", str(args.dim),
-                   "--threads", str(args.threads), "--tile", str(args.tile)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                f"{method}:{n}:{repeats}",
+                "--dim",
+                str(args.dim),
+                "--threads",
+                str(args.threads),
+                "--tile",
+                str(args.tile),
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode != 0:
                 print(f"{n:>7}  {method:<17} {'failed':>9}  {out.stderr.strip().splitlines()[-1][:60]}")

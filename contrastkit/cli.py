@@ -49,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--splits", help="comma-separated splits (default: the run's eval_splits)")
     e.add_argument("--tasks", default="zeroshot,retrieval", help="comma-separated tasks")
 
+    pl = sub.add_parser("plan", help="largest contrastive batch that fits a memory budget")
+    pl.add_argument("config", help="YAML run config")
+    pl.add_argument("--memory", required=True, help="per-device memory budget, e.g. 16GiB")
+    pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    pl.add_argument("--chunk", type=int, default=256, help="gradient-cache chunk to plan with")
+    pl.add_argument("--tile", type=int, default=2048, help="loss tile size to plan with")
+
     ls = sub.add_parser("list", help="list registered components")
     ls.add_argument("what", choices=["losses", "towers", "datasets"])
     return p
@@ -85,6 +92,46 @@ def _eval(args: argparse.Namespace) -> None:
     print(f"wrote {args.run}/metrics.json")
 
 
+def _plan(args: argparse.Namespace) -> None:
+    import torch
+
+    from contrastkit.core import apply_overrides, from_dict, load_yaml, set_threads
+    from contrastkit.data import load_split
+    from contrastkit.models import build_model
+    from contrastkit.scale.planner import measure_sample_memory, parse_bytes, plan_batch
+    from contrastkit.train import RunConfig
+
+    cfg = from_dict(RunConfig, apply_overrides(load_yaml(args.config), args.overrides))
+    budget = parse_bytes(args.memory)
+    set_threads(cfg.train.threads)
+    pairs = load_split(cfg.data, cfg.data.train_split)
+    model = build_model(cfg.model, texts=pairs.flat_captions()[0])
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
+
+    def make_batch(n: int) -> dict[str, torch.Tensor]:
+        idx = [i % len(pairs) for i in range(n)]
+        return {
+            "image": pairs.images[idx].to(device),
+            "text": model.tokenize([pairs.captions[i][0] for i in idx]).to(device),
+        }
+
+    per_sample = measure_sample_memory(model, make_batch, device)
+    n_params = sum(p.numel() for p in model.parameters())
+    p = plan_batch(budget, n_params, per_sample, cfg.loss.name, cfg.model.embed_dim, args.tile, args.chunk)
+    gib = 2**30
+    print(
+        f"model: {n_params / 1e6:.2f} M parameters; fixed {p.fixed / gib:.3f} GiB (weights, grads, AdamW); "
+        f"activations {per_sample / 2**20:.2f} MiB per sample (measured on {device.type})"
+    )
+    print(
+        f"budget {p.budget / gib:.1f} GiB per device, loss {cfg.loss.name}, embed dim {cfg.model.embed_dim}"
+    )
+    print(f"{'method':<40} {'largest batch':>14}")
+    print(f"{'plain (dense loss)':<40} {p.plain:>14,}")
+    print(f"{'scale.tile_size=' + str(p.tile):<40} {p.tiled:>14,}")
+    print(f"{f'scale.tile_size={p.tile}, chunk_size={p.chunk}':<40} {p.cached:>14,}")
+
+
 def _list(what: str) -> None:
     if what == "losses":
         from contrastkit.losses import LOSSES as reg
@@ -108,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _train(args)
         elif args.command == "eval":
             _eval(args)
+        elif args.command == "plan":
+            _plan(args)
         else:
             _list(args.what)
     except ContrastkitError as err:

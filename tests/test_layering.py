@@ -20,7 +20,8 @@ RANK = {
     "studies": 5,
     "demo": 6,
     "cli": 7,
-    "__init__": 8,
+    "__main__": 8,
+    "__init__": 9,
 }
 
 

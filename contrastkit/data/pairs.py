@@ -141,15 +141,30 @@ class PairBatchSampler(Sampler[list[tuple[int, int]]]):
 
     Each epoch is a fresh permutation drawn from ``default_rng([seed, epoch])`` with one random
     caption per image; the last incomplete batch of an epoch is dropped (contrastive losses want
-    full batches). ``start`` is the number of batches already consumed.
+    full batches). ``start`` is the number of batches already consumed. With ``shard=(r, D)``
+    it yields rank r's contiguous slice of each global batch (``batch_size`` is the global,
+    contrastive batch and must divide by D): every rank walks the same global stream.
     """
 
-    def __init__(self, n_captions: Sequence[int], batch_size: int, seed: int, start: int = 0) -> None:
+    def __init__(
+        self,
+        n_captions: Sequence[int],
+        batch_size: int,
+        seed: int,
+        start: int = 0,
+        shard: tuple[int, int] = (0, 1),
+    ) -> None:
         n = len(n_captions)
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         if n < batch_size:
             raise InputError(f"data set has {n} items, fewer than one batch of {batch_size}")
+        rank, world = shard
+        if world < 1 or not 0 <= rank < world or batch_size % world:
+            raise InputError(
+                f"batch_size {batch_size} cannot be split into {world} equal shards (rank {rank})"
+            )
+        self.shard = shard
         self.n_captions = np.asarray(n_captions, dtype=np.int64)
         self.batch_size = batch_size
         self.seed = seed
@@ -169,7 +184,9 @@ class PairBatchSampler(Sampler[list[tuple[int, int]]]):
             e, b = divmod(k, self.batches_per_epoch)
             if e != epoch:
                 epoch, cached = e, self._epoch(e)
-            sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            local = self.batch_size // self.shard[1]
+            lo = b * self.batch_size + self.shard[0] * local
+            sl = slice(lo, lo + local)
             yield list(zip(cached[0][sl].tolist(), cached[1][sl].tolist()))
             k += 1
 
@@ -184,13 +201,15 @@ def make_loader(
     seed: int,
     start: int = 0,
     num_workers: int = 0,
+    shard: tuple[int, int] = (0, 1),
 ) -> DataLoader:
-    """Infinite loader of ``{"image": uint8, "text": token ids}`` batches starting at batch ``start``."""
+    """Infinite loader of ``{"image": uint8, "text": token ids}`` batches starting at batch ``start``
+    (this rank's shard of each global batch of ``batch_size``)."""
 
     def collate(item: dict[str, object]) -> Batch:
         return {"image": item["image"], "text": tokenize(item["text"])}  # type: ignore[arg-type]
 
-    sampler = PairBatchSampler([len(c) for c in pairs.captions], batch_size, seed, start)
+    sampler = PairBatchSampler([len(c) for c in pairs.captions], batch_size, seed, start, shard)
     return DataLoader(
         PairDataset(pairs),
         batch_sampler=sampler,

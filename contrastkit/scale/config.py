@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from contrastkit.core.errors import ConfigError
 
@@ -16,10 +17,15 @@ class ScaleConfig:
     ``tile_size``: compute the loss in tiles of this many rows/columns (S-INFCL); ``null`` = dense.
     ``chunk_size``: run the towers on this many samples at a time with gradient caching
     (S-GRADCACHE); ``null`` = the whole batch at once.
+    ``dist_loss`` (several processes, e.g. under ``torchrun``): ``local`` — gather embeddings with
+    gradients, each rank computes its rows (exact, O(bN) logits); ``global`` — every rank the full
+    N×N loss (exact); ``ring`` — SigLIP's ring exchange (exact, O(b²), SigLIP only).
+    ``batch_size`` stays the global contrastive batch; each rank embeds ``batch_size / world``.
     """
 
     tile_size: int | None = None
     chunk_size: int | None = None
+    dist_loss: Literal["local", "global", "ring"] = "local"
 
     def __post_init__(self) -> None:
         for name in ("tile_size", "chunk_size"):

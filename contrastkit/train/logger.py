@@ -18,11 +18,13 @@ class MetricsLogger:
     file reads as one uninterrupted run.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = False) -> None:
+    def __init__(self, run_dir: Path, tensorboard: bool = False, enabled: bool = True) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.enabled = enabled  # False on every rank but 0 of a multi-process run
         self._tb = None
-        if tensorboard:
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if tensorboard and enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # TensorBoard is optional
@@ -31,12 +33,14 @@ class MetricsLogger:
                 self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
 
     def truncate_after(self, step: int) -> None:
-        if not self.path.is_file():
+        if not self.enabled or not self.path.is_file():
             return
         keep = [r for r in read_metrics(self.path.parent) if r.get("step", 0) <= step]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def log(self, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         row = {"step": step, **values}
         with open(self.path, "a") as fh:
             fh.write(json.dumps(row) + "\n")

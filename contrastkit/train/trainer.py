@@ -34,6 +34,15 @@ from contrastkit.models.dual_encoder import DualEncoder, build_model
 from contrastkit.scale import TiledLoss, backward_through_chunks, embed_in_chunks
 from contrastkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from contrastkit.train.config import RunConfig
+from contrastkit.train.distributed import (
+    DistContext,
+    all_mean,
+    all_true,
+    average_gradients,
+    broadcast_parameters,
+    init_from_env,
+    wrap_loss,
+)
 from contrastkit.train.guard import StepGuard
 from contrastkit.train.logger import MetricsLogger
 from contrastkit.train.optim import build_optimizer, build_scheduler, param_groups
@@ -59,7 +68,9 @@ class _Session:
     device: torch.device
     train_set: PairSet
     model: DualEncoder
-    loss: PairLoss
+    loss: PairLoss  # the configured loss: checkpointed, optimised, clamped
+    objective: PairLoss  # what is computed: ``loss`` or a tiled/cross-rank wrapper of it
+    dist: DistContext
     optimizer: torch.optim.AdamW
     scheduler: torch.optim.lr_scheduler.LambdaLR
     guard: StepGuard
@@ -79,46 +90,70 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _loss_for(cfg: RunConfig) -> PairLoss:
-    """The configured loss, wrapped for tiling if ``scale.tile_size`` is set."""
-    loss = build_loss(cfg.loss)
+def _objective(cfg: RunConfig, loss: PairLoss, ctx: DistContext) -> PairLoss:
+    """What the step computes: ``loss`` in tiles if ``scale.tile_size`` is set, across ranks if
+    several processes run. The wrappers share ``loss``'s parameters."""
+    if ctx.active:
+        return wrap_loss(loss, cfg.scale, ctx)
     return loss if cfg.scale.tile_size is None else TiledLoss(loss, cfg.scale.tile_size)
 
 
-def _session(cfg: RunConfig, run_dir: Path, fresh: bool) -> _Session:
+def _session(cfg: RunConfig, run_dir: Path, fresh: bool, ctx: DistContext, device: torch.device) -> _Session:
     set_threads(cfg.train.threads)
-    seed_everything(cfg.train.seed)
-    train_set = load_split(cfg.data, cfg.data.train_split, progress=cfg.train.progress)
+    seed_everything(cfg.train.seed)  # the same on every rank: identical initial weights
+    train_set = load_split(cfg.data, cfg.data.train_split, progress=cfg.train.progress and ctx.main)
     if fresh:
         model = build_model(cfg.model, texts=train_set.flat_captions()[0])
-        model.save_assets(run_dir / "assets")
+        if ctx.main:
+            model.save_assets(run_dir / "assets")
     else:
         model = build_model(cfg.model, assets_dir=run_dir / "assets")
-    device = _device(cfg.train.device)
-    loss = _loss_for(cfg)
+    loss = build_loss(cfg.loss)
     model.to(device)
     loss.to(device)
+    broadcast_parameters([model, loss], ctx)
     optimizer = build_optimizer(cfg.optim, param_groups(model, loss, cfg.optim.weight_decay))
     scheduler = build_scheduler(cfg.optim, optimizer, cfg.train.steps)
-    logger = MetricsLogger(run_dir, tensorboard=cfg.train.tensorboard)
+    logger = MetricsLogger(run_dir, tensorboard=cfg.train.tensorboard, enabled=ctx.main)
     return _Session(
-        cfg, run_dir, device, train_set, model, loss, optimizer, scheduler, StepGuard(cfg.guard), logger
+        cfg,
+        run_dir,
+        device,
+        train_set,
+        model,
+        loss,
+        _objective(cfg, loss, ctx),
+        ctx,
+        optimizer,
+        scheduler,
+        StepGuard(cfg.guard),
+        logger,
     )
 
 
 def train(cfg: RunConfig, *, overwrite: bool = False, callbacks: Sequence[Callback] = ()) -> TrainResult:
-    """Start run ``cfg.out_dir/cfg.name`` and train it for ``cfg.train.steps`` steps."""
+    """Start run ``cfg.out_dir/cfg.name`` and train it for ``cfg.train.steps`` steps.
+
+    Under ``torchrun`` (or inside an initialised process group) every rank calls this; rank 0
+    writes the run folder, logs and checkpoints.
+    """
     run_dir = Path(cfg.out_dir) / cfg.name
-    if (run_dir / "checkpoints").exists() or (run_dir / "config.yaml").exists():
-        if not overwrite:
-            raise ConfigError(
-                f"run folder {run_dir} already exists; resume it (contrastkit train --resume "
-                f"{run_dir}), pick another name, or pass overwrite"
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    s = _session(cfg, run_dir, fresh=True)
+    device = _device(cfg.train.device)
+    ctx = init_from_env(device)
+    exists = (run_dir / "checkpoints").exists() or (run_dir / "config.yaml").exists()
+    if exists and not overwrite:
+        raise ConfigError(
+            f"run folder {run_dir} already exists; resume it (contrastkit train --resume "
+            f"{run_dir}), pick another name, or pass overwrite"
+        )
+    ctx.barrier()  # every rank has looked before rank 0 clears the folder
+    if ctx.main:
+        if exists:
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    ctx.barrier()
+    s = _session(cfg, run_dir, fresh=True, ctx=ctx, device=device)
     return _fit(s, start=0, callbacks=callbacks)
 
 
@@ -127,10 +162,13 @@ def resume(run_dir: str | Path, *, callbacks: Sequence[Callback] = ()) -> TrainR
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     ckpt = latest_checkpoint(run_dir)
-    s = _session(cfg, run_dir, fresh=False)
+    device = _device(cfg.train.device)
+    ctx = init_from_env(device)
+    s = _session(cfg, run_dir, fresh=False, ctx=ctx, device=device)
     state = load_checkpoint(ckpt, s.model, s.loss, s.optimizer, s.scheduler)
     s.guard.load_state_dict(state.extra["guard"])
-    s.logger.truncate_after(state.step)
+    if ctx.main:
+        s.logger.truncate_after(state.step)
     return _fit(s, start=state.step, callbacks=callbacks)
 
 
@@ -141,40 +179,46 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, DualEncoder, PairLoss, Pat
     cfg = load_run_config(run_dir)
     ckpt = latest_checkpoint(run_dir)
     model = build_model(cfg.model, assets_dir=Path(run_dir) / "assets")
-    loss = _loss_for(cfg)
+    loss = build_loss(cfg.loss)
     load_weights(ckpt, model, loss)
     return cfg, model.eval(), loss.eval(), ckpt
+
+
+def _embed(s: _Session, batch: dict[str, torch.Tensor]):
+    """Embeddings of the batch; with ``scale.chunk_size`` below this rank's batch, the towers
+    run chunk by chunk with gradient caching (same loss and gradients, one chunk's memory)."""
+    chunk = s.cfg.scale.chunk_size
+    amp = s.cfg.train.precision == "bf16"
+    with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=amp):
+        if chunk is not None and chunk < len(next(iter(batch.values()))):
+            cached = embed_in_chunks(s.model, batch, chunk)
+            return cached.reps, cached
+        return s.model(batch), None
 
 
 def _step(s: _Session, batch: dict[str, torch.Tensor]) -> tuple[float, float, str | None]:
     """One guarded optimisation step; returns (loss, grad norm, skip reason or None).
 
-    With ``scale.chunk_size`` below the batch size the towers run chunk by chunk with gradient
-    caching: same loss and gradients, the activation memory of one chunk.
+    Every decision (skip or not) is taken on values that all ranks share — the mean loss, the
+    averaged gradients' norm — so ranks never diverge or wait on each other's collectives.
     """
     s.model.train()
-    amp = s.cfg.train.precision == "bf16"
-    chunk = s.cfg.scale.chunk_size
-    cached = None
-    with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=amp):
-        if chunk is not None and chunk < s.cfg.train.batch_size:
-            cached = embed_in_chunks(s.model, batch, chunk)
-            emb = cached.reps
-        else:
-            emb = s.model(batch)
+    emb, cached = _embed(s, batch)
     a, b = (emb[m] for m in s.model.modalities[:2])
     loss_val, grad_norm = float("nan"), float("nan")
-    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+    if not all_true(bool(torch.isfinite(a).all() and torch.isfinite(b).all()), s.dist):
         reason: str | None = "non-finite embeddings"
     else:
-        loss = s.loss(a.float(), b.float())
-        loss_val = float(loss.detach())
+        loss = s.objective(a.float(), b.float())
+        loss_val = all_mean(float(loss.detach()), s.dist)  # local forms: the mean is the global loss
         reason = s.guard.check_loss(loss_val)
         if reason is None:
             loss.backward()
             if cached is not None:
+                amp = s.cfg.train.precision == "bf16"
                 with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=amp):
                     backward_through_chunks(s.model, batch, cached)
+            average_gradients([s.model, s.loss], s.dist)
             params = [p for g in s.optimizer.param_groups for p in g["params"]]
             clip = s.cfg.optim.grad_clip or float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
@@ -189,6 +233,57 @@ def _step(s: _Session, batch: dict[str, torch.Tensor]) -> tuple[float, float, st
     return loss_val, grad_norm, reason
 
 
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    """Dropout & co. draw from a generator seeded by (seed, step, rank): the random stream of a
+    step does not depend on how the run got there, so resume is exact on any number of ranks."""
+    return (seed * 1_000_003 + step) * 1_009 + rank
+
+
+def _record(
+    s: _Session,
+    step: int,
+    loss_val: float,
+    grad_norm: float,
+    reason: str | None,
+    times: tuple[float, float, float],
+) -> float:
+    """Log a step (rank 0 writes); returns samples/s of the global batch."""
+    t0, t1, t2 = times
+    rate = s.cfg.train.batch_size / max(t2 - t0, 1e-9)
+    cfg = s.cfg.train
+    if step % cfg.log_every == 0 or step == cfg.steps or reason is not None:
+        s.logger.log(
+            step,
+            {
+                "loss": loss_val,
+                "lr": s.scheduler.get_last_lr()[0],
+                "grad_norm": grad_norm,
+                **s.loss.log_values(),
+                "data_time": t1 - t0,
+                "step_time": t2 - t1,
+                "samples_per_s": rate,
+                "skipped_total": s.guard.total,
+                **({"skip_reason": reason} if reason else {}),
+            },
+        )
+    return rate
+
+
+def _checkpoint(s: _Session, step: int) -> None:
+    if s.dist.main:
+        save_checkpoint(
+            s.run_dir / "checkpoints",
+            step,
+            s.model,
+            s.loss,
+            s.optimizer,
+            s.scheduler,
+            {"guard": s.guard.state_dict(), "batches_consumed": step},
+            keep=s.cfg.train.keep_checkpoints,
+        )
+    s.dist.barrier()
+
+
 def _fit(s: _Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
     cfg = s.cfg.train
     loader = make_loader(
@@ -198,14 +293,15 @@ def _fit(s: _Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
         cfg.seed,
         start=start,
         num_workers=s.cfg.data.num_workers,
+        shard=(s.dist.rank, s.dist.world),
     )
     bar = tqdm(
         total=cfg.steps,
         initial=start,
         desc=s.cfg.name,
         unit="step",
-        disable=not cfg.progress,
         dynamic_ncols=True,
+        disable=not (cfg.progress and s.dist.main),
         mininterval=0.5,
     )
     t_begin, step, loss_val = time.perf_counter(), start, float("nan")
@@ -215,49 +311,25 @@ def _fit(s: _Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
             t0 = time.perf_counter()
             batch = {k: v.to(s.device, non_blocking=True) for k, v in next(batches).items()}
             t1 = time.perf_counter()
+            torch.manual_seed(_step_seed(cfg.seed, step, s.dist.rank))
             loss_val, grad_norm, reason = _step(s, batch)
             s.guard.record(step + 1, loss_val, reason)
             step += 1
-            t2 = time.perf_counter()
-            rate = cfg.batch_size / max(t2 - t0, 1e-9)
-            scalars = s.loss.log_values()
+            rate = _record(s, step, loss_val, grad_norm, reason, (t0, t1, time.perf_counter()))
+            scale = s.loss.log_values().get("logit_scale", float("nan"))
             bar.set_postfix(
                 loss=f"{loss_val:.4f}",
-                scale=f"{scalars.get('logit_scale', float('nan')):.2f}",
+                scale=f"{scale:.2f}",
                 sps=f"{rate:.0f}",
                 skipped=s.guard.total,
                 refresh=False,
             )
             bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps or reason is not None:
-                s.logger.log(
-                    step,
-                    {
-                        "loss": loss_val,
-                        "lr": s.scheduler.get_last_lr()[0],
-                        "grad_norm": grad_norm,
-                        **scalars,
-                        "data_time": t1 - t0,
-                        "step_time": t2 - t1,
-                        "samples_per_s": rate,
-                        "skipped_total": s.guard.total,
-                        **({"skip_reason": reason} if reason else {}),
-                    },
-                )
             for every, fn in callbacks:
-                if step % every == 0 or step == cfg.steps:
+                if s.dist.main and (step % every == 0 or step == cfg.steps):
                     s.logger.log(step, fn(step, s.model))
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                save_checkpoint(
-                    s.run_dir / "checkpoints",
-                    step,
-                    s.model,
-                    s.loss,
-                    s.optimizer,
-                    s.scheduler,
-                    {"guard": s.guard.state_dict(), "batches_consumed": step},
-                    keep=cfg.keep_checkpoints,
-                )
+                _checkpoint(s, step)
     finally:
         bar.close()
         s.logger.close()

@@ -138,3 +138,33 @@ def test_loss_without_tiled_form_is_refused():
 
     with pytest.raises(ConfigError, match="has no tiled form"):
         TiledLoss(Other())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_clip_falls_back_to_exact_log_sum_exps_when_the_shifted_sums_underflow(dtype):
+    """All logits at −s with s = 400: exp(X − bound) = e^−800 underflows in both precisions."""
+    n = 6
+    x = torch.zeros(n, 3, dtype=dtype)
+    x[:, 0] = 1.0
+    y = -x.clone()
+    x.requires_grad_()
+    y.requires_grad_()
+    s = torch.tensor(400.0, dtype=dtype, requires_grad=True)
+    tiled = tiled_clip_loss(x, y, s, tile_size=4)
+    dense = clip_loss(x, y, s)
+    # float32 carries ~400 ± 1.8 with an ulp of 3e-5
+    assert tiled.item() == pytest.approx(math.log(n), rel=1e-4 if dtype == torch.float32 else 1e-12)
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
+    torch.testing.assert_close(tiled, dense, **tol)
+    for a, b in zip(grads(tiled, (x, y, s)), grads(dense, (x, y, s))):
+        torch.testing.assert_close(a, b, **tol)
+
+
+def test_clip_fast_path_with_large_scale_and_unnormalised_inputs():
+    x, y, _, _ = leaves(200, 8, torch.float64, seed=3)
+    big = torch.tensor(math.log(100.0), dtype=torch.float64, requires_grad=True)
+    dense = clip_loss(x * 3, y * 0.5, big.exp(), normalize=False)
+    tiled = tiled_clip_loss(x * 3, y * 0.5, big.exp(), normalize=False, tile_size=64)
+    torch.testing.assert_close(tiled, dense, rtol=1e-10, atol=1e-12)
+    for a, b in zip(grads(tiled, (x, y, big)), grads(dense, (x, y, big))):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
