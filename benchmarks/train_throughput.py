@@ -156,9 +156,8 @@ def main() -> None:
         name, steps = args.one.split(":")
         print(json.dumps(run_one(name, args.threads, int(steps))))
         return
-    print(
-        f"{args.threads} threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, best of {args.rounds} rounds"
-    )
+    policy = os.environ["OMP_WAIT_POLICY"]
+    print(f"{args.threads} threads, OMP_WAIT_POLICY={policy}, best of {args.rounds} rounds")
     for case in args.cases.split(","):
         best: dict[str, dict] = {}
         for _ in range(args.rounds):
