@@ -27,6 +27,11 @@ test: setup  ## the test suite CI runs (slow tests excluded)
 test-all: setup  ## including @pytest.mark.slow
 	$(BIN)/python -m pytest -q -m ""
 
+bench: setup  ## benchmarks of docs/performance.md (installs open_clip for the comparison rows)
+	$(BIN)/pip install --quiet open-clip-torch==3.3.0
+	$(BIN)/python benchmarks/loss_scaling.py
+	$(BIN)/python benchmarks/train_throughput.py
+
 lint: setup
 	$(BIN)/ruff check .
 

@@ -10,6 +10,7 @@ contrastkit list {losses,towers,datasets}
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -75,6 +76,8 @@ def _train(args: argparse.Namespace) -> None:
         if args.name:
             data["name"] = args.name
         result = train(from_dict(RunConfig, data), overwrite=args.overwrite)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return
     print(
         f"trained {result.run_dir}: step {result.step}, loss {result.last_loss:.4f}, "
         f"{result.skipped} skipped steps, {result.seconds:.0f} s"
