@@ -44,6 +44,7 @@ from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.losses.base import PairLoss, maybe_normalize
 from contrastkit.losses.clip import clip_loss
 from contrastkit.losses.siglip import siglip_loss
+from contrastkit.scale.tiled import tiled_lse, tiled_softplus_sum
 
 __all__ = [
     "GatherLoss",
@@ -329,6 +330,10 @@ class GatherLoss(PairLoss):
       the scale/bias gradients are exact. ``local_loss=True`` with ``gather_with_grad=False`` would
       give other ranks' columns no gradient at all and raises :class:`ConfigError`.
 
+    * ``tile_size`` (with ``local_loss=True``): this rank's rows are computed in tiles against the
+      gathered columns (S-INFCL: only per-row log-sum-exps are kept), memory O(N·d + tile²) per
+      rank instead of O(bN); gradients reach other ranks' columns through the gather's backward.
+
     Exact combinations (after DDP's gradient average): both with ``gather_with_grad=True``.
     Without a process group or with world size 1 it simply calls the wrapped loss. It exposes no
     ``pure()`` (the base raises): another wrapper dispatching on it must not skip the gather.
@@ -341,9 +346,12 @@ class GatherLoss(PairLoss):
         gather_with_grad: bool = True,
         local_loss: bool = True,
         group: Group = None,
+        tile_size: int | None = None,
     ) -> None:
         super().__init__()
         _pure_of(loss, (clip_loss, siglip_loss), "GatherLoss")
+        if tile_size is not None and (not local_loss or tile_size < 1):
+            raise ConfigError("GatherLoss tile_size needs local_loss=True and a positive integer")
         if local_loss and not gather_with_grad:
             raise ConfigError(
                 "GatherLoss(local_loss=True, gather_with_grad=False) is refused: the local rows' "
@@ -355,6 +363,7 @@ class GatherLoss(PairLoss):
         self.gather_with_grad = gather_with_grad
         self.local_loss = local_loss
         self.group = group
+        self.tile_size = tile_size
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if not is_distributed(self.group):
@@ -381,6 +390,8 @@ class GatherLoss(PairLoss):
         if not self.local_loss:
             return clip_loss(x_all, y_all, **kwargs)
         scale, bias = kwargs["scale"], kwargs.get("bias")
+        if self.tile_size is not None:
+            return _tiled_local_clip(x, y, x_all, y_all, scale, bias, self.tile_size)
         logits_x = scale * (x @ y_all.T)  # [b, N]: this rank's images against every text
         logits_y = scale * (y @ x_all.T)  # [b, N]: this rank's texts against every image
         if bias is not None:
@@ -396,6 +407,8 @@ class GatherLoss(PairLoss):
             return siglip_loss(x_all, y_all, **kwargs)
         y_all = self._gather(y)  # the sigmoid loss is per row: only the texts are needed
         b = x.shape[0]
+        if self.tile_size is not None:
+            return _tiled_local_siglip(x, y, y_all, kwargs["scale"], kwargs["bias"], self.tile_size)
         labels = -torch.ones(b, y_all.shape[0], dtype=x.dtype, device=x.device)
         rows = torch.arange(b, device=x.device)
         labels[rows, rows + b * rank(self.group)] = 1.0
@@ -407,6 +420,29 @@ class GatherLoss(PairLoss):
 
     def log_values(self) -> dict[str, float]:
         return self.loss.log_values()
+
+
+def _tiled_local_clip(x, y, x_all, y_all, scale, bias, tile: int) -> torch.Tensor:
+    """This rank's rows of CLIP in tiles: ½[mean(lse(s·x Y_allᵀ) − s·x·y) + mean(lse(s·y X_allᵀ) − s·y·x)]."""
+    s = _as_scalar(scale, x)
+    lse_x = tiled_lse(x, y_all, s, tile)[0]  # row log-sum-exps only; columns are other ranks'
+    lse_y = tiled_lse(y, x_all, s, tile)[0]
+    diag = s * (x * y).sum(1)
+    loss = 0.5 * ((lse_x - diag).mean() + (lse_y - diag).mean())
+    return loss + 0.0 * bias if isinstance(bias, torch.Tensor) else loss  # the bias cancels
+
+
+def _tiled_local_siglip(x, y, y_all, scale, bias, tile: int) -> torch.Tensor:
+    """This rank's rows of SigLIP in tiles: (1/b)[Σ_ij softplus(t·x_i·y_j + b) − Σ_i (t·x_i·y_i + b)]."""
+    t, b = _as_scalar(scale, x), _as_scalar(bias, x)
+    total = tiled_softplus_sum(x, y_all, t, b, tile)
+    return (total - (t * (x * y).sum(1) + b).sum()) / x.shape[0]
+
+
+def _as_scalar(v: Any, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(v, torch.Tensor):
+        return v.reshape(()).to(like.dtype)
+    return torch.tensor(float(v), dtype=like.dtype, device=like.device)
 
 
 class SigLIPRingLoss(PairLoss):

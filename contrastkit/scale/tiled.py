@@ -42,7 +42,14 @@ from contrastkit.losses.base import PairLoss, maybe_normalize
 from contrastkit.losses.clip import clip_loss
 from contrastkit.losses.siglip import siglip_loss
 
-__all__ = ["TILED", "TiledLoss", "tiled_clip_loss", "tiled_siglip_loss"]
+__all__ = [
+    "TILED",
+    "TiledLoss",
+    "tiled_clip_loss",
+    "tiled_lse",
+    "tiled_siglip_loss",
+    "tiled_softplus_sum",
+]
 
 DEFAULT_TILE = 2048
 
@@ -158,6 +165,23 @@ class _SoftplusSum(torch.autograd.Function):
     def backward(ctx: Any, g: torch.Tensor):
         dx, dy, dt, db = ctx.saved_tensors
         return dx * g, dy * g, dt * g, db * g, None
+
+
+def tiled_lse(
+    x: torch.Tensor, y: torch.Tensor, s: torch.Tensor, tile_size: int = DEFAULT_TILE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column log-sum-exps of ``s·x yᵀ`` (x: [n, d], y: [m, d]) computed in tiles, with
+    exact gradients; the building block of the tiled and cross-rank tiled CLIP losses."""
+    _check_tile(tile_size)
+    return _ClipLSE.apply(x, y, s.reshape(()).to(x.dtype), tile_size)
+
+
+def tiled_softplus_sum(
+    x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, b: torch.Tensor, tile_size: int = DEFAULT_TILE
+) -> torch.Tensor:
+    """``Σ_ij softplus(t·x_i·y_j + b)`` (x: [n, d], y: [m, d]) in tiles, with exact gradients."""
+    _check_tile(tile_size)
+    return _SoftplusSum.apply(x, y, t.reshape(()).to(x.dtype), b.reshape(()).to(x.dtype), tile_size)
 
 
 def _scalar(v: torch.Tensor | float, like: torch.Tensor, name: str) -> torch.Tensor:

@@ -61,14 +61,15 @@ def wrap_loss(loss: PairLoss, scale: ScaleConfig, ctx: DistContext) -> PairLoss:
     """The cross-rank form of ``loss`` selected by ``scale.dist_loss`` (identity on one rank)."""
     if not ctx.active:
         return loss
-    if scale.tile_size is not None:
+    if scale.tile_size is not None and scale.dist_loss != "local":
         raise ConfigError(
-            "scale.tile_size with several processes is not supported yet (the cross-rank tiled "
-            "ring of S-INFCL); use scale.dist_loss=local (O(bN) logits per rank) or one process"
+            f"scale.tile_size across processes needs scale.dist_loss=local (each rank computes its "
+            f"rows in tiles against the gathered columns), got dist_loss={scale.dist_loss!r}"
         )
     if scale.dist_loss == "ring":
         return SigLIPRingLoss(loss)
-    return GatherLoss(loss, gather_with_grad=True, local_loss=scale.dist_loss == "local")
+    local = scale.dist_loss == "local"
+    return GatherLoss(loss, gather_with_grad=True, local_loss=local, tile_size=scale.tile_size)
 
 
 @torch.no_grad()

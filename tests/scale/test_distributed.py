@@ -35,6 +35,7 @@ CLIP_CASES = {  # name → GatherLoss options
     "clip/local": {"local_loss": True, "gather_with_grad": True},
     "clip/global": {"local_loss": False, "gather_with_grad": True},
     "clip/global-nograd": {"local_loss": False, "gather_with_grad": False},
+    "clip/local-tiled": {"local_loss": True, "gather_with_grad": True, "tile_size": 3},
 }
 SIGLIP_CASES = {
     "siglip/local": ("gather", {"local_loss": True, "gather_with_grad": True}),
@@ -42,6 +43,7 @@ SIGLIP_CASES = {
     "siglip/global-nograd": ("gather", {"local_loss": False, "gather_with_grad": False}),
     "siglip/ring-shift": ("ring", {"variant": "shift"}),
     "siglip/ring-bidir": ("ring", {"variant": "bidir"}),
+    "siglip/local-tiled": ("gather", {"local_loss": True, "gather_with_grad": True, "tile_size": 3}),
 }
 
 
@@ -228,7 +230,7 @@ def test_bidir_exchange_routes_values_and_gradients(spawned):
         assert torch.equal(probe["g_right"], _probe_weights(right)[0])
 
 
-@pytest.mark.parametrize("case", ["clip/local", "clip/global"])
+@pytest.mark.parametrize("case", ["clip/local", "clip/global", "clip/local-tiled"])
 def test_clip_gather_exact(spawned, case):
     n, results = spawned
     _assert_close(results[0][case], _oracle("clip", B_LOCAL * n))
@@ -241,7 +243,9 @@ def test_clip_nograd_gather_gives_one_over_d_feature_gradients(spawned):
     _assert_close(results[0]["clip/global-nograd"], want, factor={"wx": 1 / n, "wy": 1 / n})
 
 
-@pytest.mark.parametrize("case", ["siglip/local", "siglip/global", "siglip/ring-shift", "siglip/ring-bidir"])
+@pytest.mark.parametrize(
+    "case", ["siglip/local", "siglip/global", "siglip/ring-shift", "siglip/ring-bidir", "siglip/local-tiled"]
+)
 def test_siglip_gather_and_ring_exact(spawned, case):
     n, results = spawned
     _assert_close(results[0][case], _oracle("siglip", B_LOCAL * n))

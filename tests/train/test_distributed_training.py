@@ -37,17 +37,24 @@ def test_two_ranks_match_one_process(tmp_path, dist_loss, loss_name):
     assert (tmp_path / "two" / "multi" / "checkpoints" / "latest.json").is_file()
 
 
-def _tiled_worker(out_dir: str) -> str:
+def _tiled_worker(out_dir: str, dist_loss: str) -> str | list[float]:
     from contrastkit.scale import ScaleConfig
 
-    cfg = dataclasses.replace(_vit_config(out_dir, "multi"), scale=ScaleConfig(tile_size=8))
+    scale = ScaleConfig(tile_size=5, chunk_size=8, dist_loss=dist_loss)
+    cfg = dataclasses.replace(_vit_config(out_dir, "multi"), scale=scale)
     try:
-        train(cfg)
+        result = train(cfg)
     except ConfigError as err:
         return str(err)
-    return "no error"
+    return [r["loss"] for r in read_metrics(result.run_dir)]
 
 
-def test_tiles_across_ranks_are_refused_clearly(tmp_path):
-    msgs = spawn_gloo(_tiled_worker, 2, str(tmp_path), timeout_s=120)
-    assert all("not supported yet" in m for m in msgs)
+def test_tiles_and_chunks_across_ranks_match_one_process(tmp_path):
+    single = [r["loss"] for r in read_metrics(train(_vit_config(tmp_path / "one", "single")).run_dir)]
+    multi = spawn_gloo(_tiled_worker, 2, str(tmp_path / "two"), "local", timeout_s=300)
+    assert multi[0] == pytest.approx(single, rel=1e-4)
+
+
+def test_tiles_with_a_global_cross_rank_loss_are_refused_clearly(tmp_path):
+    msgs = spawn_gloo(_tiled_worker, 2, str(tmp_path), "global", timeout_s=120)
+    assert all("needs scale.dist_loss=local" in m for m in msgs)
