@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from contrastkit.losses.base import LOSSES, LossConfig, PairLoss
+from contrastkit.losses.base import LOSSES, LossConfig, LossTerm, PairLoss
 from contrastkit.losses.clip import CLIPLoss, clip_loss
+from contrastkit.losses.composite import CompositeLoss
 from contrastkit.losses.siglip import SigLIPLoss, siglip_loss
 
 __all__ = [
     "LOSSES",
     "CLIPLoss",
+    "CompositeLoss",
     "LossConfig",
+    "LossTerm",
     "PairLoss",
     "SigLIPLoss",
     "build",
@@ -34,7 +37,14 @@ def build(name: str, **params: Any) -> PairLoss:
 
 
 def from_config(cfg: LossConfig) -> PairLoss:
-    return LOSSES.build(cfg.name, **cfg.params)
+    """The loss of a config: one registered loss, or a :class:`CompositeLoss` of ``cfg.terms``."""
+    if not cfg.terms:
+        return LOSSES.build(cfg.name, **cfg.params)
+    terms = {}
+    for name, term in cfg.terms.items():
+        t = term if isinstance(term, LossTerm) else LossTerm(weight=float(term))
+        terms[name] = (t.weight, LOSSES.build(name, **t.params))
+    return CompositeLoss(terms)
 
 
 def names() -> list[str]:

@@ -14,23 +14,41 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.core.registry import Registry
 
-__all__ = ["LOSSES", "LossConfig", "PairLoss", "as_float", "maybe_normalize"]
+__all__ = ["AUX_FIELDS", "LOSSES", "LossConfig", "LossTerm", "PairLoss", "as_float", "maybe_normalize"]
+
+AUX_FIELDS = ("labels", "weights")  # optional batch fields a loss may use: labels [N], weights [N, N]
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One weighted term of a composite loss."""
+
+    weight: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    """A loss by registry name and its constructor parameters (checked against the signature)."""
+    """A loss by registry name and its constructor parameters (checked against the signature),
+    or a weighted sum of several: ``terms: {clip: 1.0, uniformity: {weight: 0.1, params: {t: 2}}}``
+    (then ``name``/``params`` stay unset). Each term's value is logged."""
 
     name: str = "clip"
     params: dict[str, Any] = field(default_factory=dict)
+    terms: dict[str, float | LossTerm] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.terms and (self.name != "clip" or self.params):
+            raise ConfigError("loss: give either name/params or terms, not both")
 
 
 LOSSES: Registry[PairLoss] = Registry("loss")
@@ -51,10 +69,13 @@ def maybe_normalize(x: torch.Tensor, normalize: bool) -> torch.Tensor:
 class PairLoss(nn.Module):
     """Base module for losses over two paired embedding batches ``x[i] ↔ y[i]``.
 
-    Subclasses implement ``forward(x, y) -> scalar Tensor``. The trainer calls
-    :meth:`after_optimizer_step` after every optimizer step and logs :meth:`log_values`.
-    All parameters of a loss module are excluded from weight decay.
+    ``forward(x, y, **aux) -> scalar Tensor``; ``aux`` holds the optional batch fields the loss
+    declares in ``accepts`` (``labels [N]``, ``weights [N, N]``) — passing one it does not use is an
+    error naming the loss. The trainer calls :meth:`after_optimizer_step` after every optimizer
+    step and logs :meth:`log_values`. All parameters of a loss module are excluded from weight decay.
     """
+
+    accepts: ClassVar[frozenset[str]] = frozenset()
 
     def pure(self) -> tuple[Callable[..., torch.Tensor], dict[str, Any]]:
         """The pure function and its keyword arguments (learnable scalars as live tensors) such
@@ -62,9 +83,16 @@ class PairLoss(nn.Module):
         gathering, gradient caching) dispatch on ``fn`` so they never look inside a loss."""
         raise NotImplementedError(f"{type(self).__name__} does not expose a pure function")
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def check_aux(self, aux: dict[str, Any]) -> None:
+        extra = sorted(k for k, v in aux.items() if v is not None and k not in self.accepts)
+        if extra:
+            uses = sorted(self.accepts) or "none"
+            raise InputError(f"{type(self).__name__} does not use {extra}; it uses: {uses}")
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, **aux: Any) -> torch.Tensor:
+        self.check_aux(aux)
         fn, kwargs = self.pure()
-        return fn(x, y, **kwargs)
+        return fn(x, y, **kwargs, **{k: v for k, v in aux.items() if v is not None})
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
