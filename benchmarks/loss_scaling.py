@@ -25,9 +25,8 @@ import subprocess
 import sys
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# Large blocks via mmap, returned to the OS on free, so resident memory tracks live tensors.
-os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _measure import floor_step, peak_bytes, reset_peak, rss_bytes
 
 METHODS = (
     "floor",
@@ -41,25 +40,6 @@ METHODS = (
 DENSE_MATRICES = {"clip/dense": 4, "clip/open_clip": 5, "siglip/dense": 5, "siglip/open_clip": 6}
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak() -> None:
-    """Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS."""
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
-
-
-def _peak_bytes() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def _step_fn(method: str, tile: int):
     import torch
 
@@ -69,19 +49,7 @@ def _step_fn(method: str, tile: int):
     scale = torch.tensor(10.0, requires_grad=True)
     bias = torch.tensor(-10.0, requires_grad=True)
     if method == "floor":
-
-        def floor(x, y):  # 3 N×D×N products in blocks (a dense N×N would not fit at 64k)
-            b = 8192
-            with torch.no_grad():
-                gx, gy = torch.zeros_like(x), torch.zeros_like(y)
-                for i in range(0, len(x), b):
-                    for j in range(0, len(y), b):
-                        blk = x[i : i + b] @ y[j : j + b].T
-                        gx[i : i + b] += blk @ y[j : j + b]
-                        gy[j : j + b] += blk.T @ x[i : i + b]
-            return gx, gy
-
-        return floor
+        return floor_step
     if method.endswith("open_clip"):
         from open_clip.loss import ClipLoss, SigLipLoss
 
@@ -115,12 +83,12 @@ def run_one(method: str, n: int, d: int, threads: int, tile: int, repeats: int) 
     times, extra = [], 0
     for _ in range(repeats):
         x.grad = y.grad = None
-        _reset_peak()
-        base = _rss_bytes()
+        reset_peak()
+        base = rss_bytes()
         t0 = time.perf_counter()
         step(x, y)
         times.append(time.perf_counter() - t0)
-        extra = max(extra, _peak_bytes() - base - 2 * n * d * 4)
+        extra = max(extra, peak_bytes() - base - 2 * n * d * 4)
     return {"time_s": min(times), "extra_mib": max(0, extra) / 2**20}
 
 

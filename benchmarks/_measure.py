@@ -1,0 +1,42 @@
+"""Shared measurement helpers for the benchmark scripts (Linux: peak RSS via /proc)."""
+
+from __future__ import annotations
+
+import os
+
+# Large blocks via mmap, returned to the OS on free, so resident memory tracks live tensors.
+os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def reset_peak() -> None:
+    """Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+def peak_bytes() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def floor_step(x, y, block: int = 8192) -> None:
+    """The three N×D×N products any exact pairwise loss needs (``XYᵀ``, ``GY``, ``GᵀX``), no
+    elementwise work, in blocks so that N = 64k fits."""
+    import torch
+
+    with torch.no_grad():
+        gx, gy = torch.zeros_like(x), torch.zeros_like(y)
+        for i in range(0, len(x), block):
+            for j in range(0, len(y), block):
+                blk = x[i : i + block] @ y[j : j + block].T
+                gx[i : i + block] += blk @ y[j : j + block]
+                gy[j : j + block] += blk.T @ x[i : i + block]

@@ -1,0 +1,134 @@
+"""Forward + backward time and memory of every registered loss at N = 4096, D = 512, float32.
+
+Each loss runs in its own subprocess; the table reports its time as a ratio to the **floor** (the
+three N×D×N matrix products any exact pairwise loss needs, measured in the same run) and its peak
+extra memory in units of one N×N float32 matrix (64 MiB at N = 4096), beside lightly's and
+pytorch-metric-learning's versions where installed (``pip install lightly pytorch-metric-learning``,
+an optional benchmark extra). Losses that need extra batch fields get synthetic ones: ``labels``
+(100 classes), ``weights`` (a random 0/1 relevance matrix with a positive diagonal), and
+``negatives`` (4 extra negatives per pair).
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/loss_speed.py [--n 4096] [--losses clip,ntxent]
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _measure import floor_step, peak_bytes, reset_peak, rss_bytes
+
+EXTERNAL = {
+    "lightly/ntxent": ("lightly.loss", "NTXentLoss", {"temperature": 0.1}),
+    "lightly/dcl": ("lightly.loss", "DCLLoss", {"temperature": 0.1}),
+    "pml/ntxent": ("pytorch_metric_learning.losses", "NTXentLoss", {"temperature": 0.1}),
+    "pml/supcon": ("pytorch_metric_learning.losses", "SupConLoss", {"temperature": 0.1}),
+}
+
+
+def registry() -> list[str]:
+    import contrastkit.losses  # noqa: F401  (registers every loss family)
+    from contrastkit.losses.base import LOSSES
+
+    return LOSSES.names()
+
+
+def _aux(loss, n: int, d: int, g):
+    import torch
+
+    aux = {}
+    accepts = getattr(loss, "accepts", frozenset())
+    sig = inspect.signature(type(loss).forward).parameters
+    if "labels" in accepts:
+        aux["labels"] = torch.randint(0, 100, (n,), generator=g)
+    if "weights" in accepts:
+        w = (torch.rand(n, n, generator=g) < 0.01).float()
+        w.fill_diagonal_(1.0)
+        aux["weights"] = w
+    if "negatives" in accepts or "negatives" in sig:
+        aux["negatives"] = torch.randn(n, 4, d, generator=g)
+    return aux
+
+
+def _step_fn(name: str, n: int, d: int):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    if name == "floor":
+        return lambda x, y: floor_step(x, y)
+    if name in EXTERNAL:
+        import importlib
+
+        mod, cls, kw = EXTERNAL[name]
+        loss = getattr(importlib.import_module(mod), cls)(**kw)
+        if name.startswith("pml"):
+            labels = torch.arange(n).repeat(2)
+            return lambda x, y: loss(torch.cat([x, y]), labels).backward()
+        return lambda x, y: loss(x, y).backward()
+    from contrastkit.losses.base import LOSSES
+
+    registry()
+    loss = LOSSES.build(name)
+    aux = _aux(loss, n, d, g)
+    return lambda x, y: loss(x, y, **aux).backward()
+
+
+def run_one(name: str, n: int, d: int, threads: int, repeats: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, d, generator=g).requires_grad_()
+    y = torch.randn(n, d, generator=g).requires_grad_()
+    step = _step_fn(name, n, d)
+    step(x, y)  # warm-up
+    times, extra = [], 0
+    for _ in range(repeats):
+        x.grad = y.grad = None
+        reset_peak()
+        base = rss_bytes()
+        t0 = time.perf_counter()
+        step(x, y)
+        times.append(time.perf_counter() - t0)
+        extra = max(extra, peak_bytes() - base - 2 * n * d * 4)
+    return {"time_s": min(times), "nxn": max(extra, 0) / (n * n * 4)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=4096)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--losses", help="comma-separated registry names (default: all)")
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.n, args.dim, args.threads, args.repeats)))
+        return
+    names = args.losses.split(",") if args.losses else registry()
+    print(f"N={args.n}, D={args.dim}, float32, {args.threads} threads, best of {args.repeats}")
+    print("| loss | time s | × floor | peak extra (N×N matrices) |\n|---|---:|---:|---:|")
+    floor = None
+    for name in ["floor", *names, *EXTERNAL]:
+        cmd = [sys.executable, __file__, "--one", name, "--n", str(args.n), "--dim", str(args.dim),
+               "--threads", str(args.threads), "--repeats", str(args.repeats)]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            err = (out.stderr.strip().splitlines() or ["?"])[-1][:90]
+            print(f"| {name} | — | — | failed: {err} |", flush=True)
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        floor = r["time_s"] if name == "floor" else floor
+        ratio = r["time_s"] / floor if floor else float("nan")
+        print(f"| {name} | {r['time_s']:.3f} | {ratio:.2f} | {r['nxn']:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
