@@ -38,7 +38,7 @@ def reference_loop(runs, paired, nboot, rng, n_ex):
             se = rs.choice(expt_keys, size=len(expt_keys), replace=True)
         j = rs.choice(n_ex, size=n_ex, replace=True)
 
-        def side(flag, drawn):
+        def side(flag, drawn, j=j):
             per_seed = [np.mean([runs.scores[i][j].mean() for i in by[flag][s]]) for s in drawn]
             return np.mean(per_seed)
 
