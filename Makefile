@@ -28,9 +28,10 @@ test-all: setup  ## including @pytest.mark.slow
 	$(BIN)/python -m pytest -q -m ""
 
 bench: setup  ## benchmarks of docs/performance.md (installs open_clip for the comparison rows)
-	$(BIN)/pip install --quiet open-clip-torch==3.3.0
+	$(BIN)/pip install --quiet -c requirements.txt open-clip-torch==3.3.0 lightly==1.6.0 pytorch-metric-learning==2.9.0
 	$(BIN)/python benchmarks/loss_scaling.py
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/loss_speed.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -57,6 +57,14 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--chunk", type=int, default=256, help="gradient-cache chunk to plan with")
     pl.add_argument("--tile", type=int, default=2048, help="loss tile size to plan with")
 
+    st = sub.add_parser("study", help="many seeds x settings, compared with the Multi-Bootstrap")
+    st.add_argument("file", help="study YAML")
+    st.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
+    st.add_argument(
+        "--only", action="append", default=[], metavar="RUN", help="run just this run (repeatable)"
+    )
+    st.add_argument("--report-only", action="store_true", help="only rebuild the report from finished runs")
+
     ls = sub.add_parser("list", help="list registered components")
     ls.add_argument("what", choices=["losses", "towers", "datasets"])
     return p
@@ -160,6 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _eval(args)
         elif args.command == "plan":
             _plan(args)
+        elif args.command == "study":
+            from contrastkit.studies.study import run_study
+
+            run_study(args.file, jobs=args.jobs, only=args.only, report_only=args.report_only)
         else:
             _list(args.what)
     except ContrastkitError as err:

@@ -2,7 +2,7 @@
 
 from contrastkit.evaluation.encoders import Encoders, model_encoders
 from contrastkit.evaluation.plots import plot_similarity
-from contrastkit.evaluation.report import TASKS, evaluate_pairs, evaluate_run, format_table
+from contrastkit.evaluation.report import TASKS, evaluate_examples, evaluate_pairs, evaluate_run, format_table
 from contrastkit.evaluation.retrieval import (
     image_to_text_ranks,
     retrieval_metrics,
@@ -13,6 +13,7 @@ from contrastkit.evaluation.zeroshot import zero_shot_classifier, zero_shot_metr
 __all__ = [
     "TASKS",
     "Encoders",
+    "evaluate_examples",
     "evaluate_pairs",
     "evaluate_run",
     "format_table",

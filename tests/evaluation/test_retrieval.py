@@ -72,3 +72,23 @@ def test_errors():
         retrieval_metrics(torch.eye(3), torch.eye(3), np.array([0, 1]))
     with pytest.raises(InputError, match="outside the image set"):
         retrieval_metrics(torch.eye(3), torch.eye(3), np.array([0, 1, 5]))
+
+
+def test_per_example_scores_average_to_the_metrics():
+    from contrastkit.data import make_shapes
+    from contrastkit.evaluation import Encoders, evaluate_examples
+
+    g = torch.Generator().manual_seed(0)
+    table: dict[str, torch.Tensor] = {}
+
+    def texts(t):
+        return torch.stack([table.setdefault(s, torch.randn(8, generator=g)) for s in t])
+
+    pairs = make_shapes("test", 40)
+    proj = torch.randn(3, 8, generator=torch.Generator().manual_seed(1))
+    enc = Encoders(lambda im: im.float().mean((2, 3)) @ proj, texts)
+    metrics, examples = evaluate_examples(enc, pairs)
+    for key, arr in examples.items():
+        assert metrics[key] == pytest.approx(arr.mean()), key
+    assert len(examples["retrieval/text_to_image_R@1"]) == 80
+    assert len(examples["retrieval/image_to_text_R@5"]) == 40
