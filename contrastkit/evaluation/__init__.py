@@ -8,11 +8,15 @@ from contrastkit.evaluation.retrieval import (
     retrieval_metrics,
     text_to_image_ranks,
 )
+from contrastkit.evaluation.tasks import EVAL_TASKS, EvalContext, TaskResult
 from contrastkit.evaluation.zeroshot import zero_shot_classifier, zero_shot_metrics
 
 __all__ = [
+    "EVAL_TASKS",
     "TASKS",
     "Encoders",
+    "EvalContext",
+    "TaskResult",
     "evaluate_examples",
     "evaluate_pairs",
     "evaluate_run",

@@ -14,52 +14,34 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from contrastkit.core.errors import InputError
 from contrastkit.core.io import atomic_write_json
 from contrastkit.data import load_split
 from contrastkit.data.pairs import PairSet
 from contrastkit.evaluation.encoders import Encoders, model_encoders
 from contrastkit.evaluation.plots import plot_similarity
-from contrastkit.evaluation.retrieval import image_to_text_ranks, retrieval_metrics, text_to_image_ranks
-from contrastkit.evaluation.zeroshot import zero_shot_classifier, zero_shot_metrics
+from contrastkit.evaluation.tasks import EVAL_TASKS, EvalContext, TaskResult
 
 __all__ = ["TASKS", "evaluate_examples", "evaluate_pairs", "evaluate_run", "format_table"]
 
-TASKS = ("zeroshot", "retrieval")
+TASKS = ("zeroshot", "retrieval")  # the default selection; EVAL_TASKS lists all
 
 
-def _evaluate(enc: Encoders, pairs: PairSet, tasks: Sequence[str]):
-    """Aggregate metrics and per-example scores (what the Multi-Bootstrap resamples)."""
-    unknown = sorted(set(tasks) - set(TASKS))
-    if unknown:
-        raise InputError(f"unknown evaluation task(s) {unknown}; available: {list(TASKS)}")
-    img = enc.images(pairs.images)
+def _evaluate(
+    enc: Encoders,
+    pairs: PairSet,
+    tasks: Sequence[str],
+    train_pairs: PairSet | None = None,
+    options: dict[str, Any] | None = None,
+) -> TaskResult:
+    """Run the selected registered tasks on one pair set, sharing the embeddings."""
+    ctx = EvalContext(enc, pairs, train_pairs, dict(options or {}))
     out: dict[str, float] = {}
     examples: dict[str, np.ndarray] = {}
-    if "zeroshot" in tasks:
-        for name, task in pairs.tasks.items():
-            if not (task.labels >= 0).any():
-                continue
-            w = zero_shot_classifier(enc.texts, task.prompts())
-            m = zero_shot_metrics(img, w, task.labels)
-            for key in ("top1", "top5", "balanced_accuracy"):
-                out[f"zeroshot/{name}/{key}"] = float(m[key])
-            keep = task.labels >= 0  # per labelled image: 1.0 if the top-1 class is right
-            pred = (F.normalize(img[torch.from_numpy(keep)], dim=-1) @ w.T).argmax(1).numpy()
-            examples[f"zeroshot/{name}/top1"] = (pred == task.labels[keep]).astype(np.float64)
-    if "retrieval" in tasks:
-        texts, owner = pairs.flat_captions()
-        txt = enc.texts(texts)
-        r = retrieval_metrics(img, txt, owner)
-        out.update({f"retrieval/{k}": v for k, v in r.items()})
-        x, t, o = F.normalize(img, dim=-1), F.normalize(txt, dim=-1), torch.from_numpy(owner)
-        t2i, i2t = text_to_image_ranks(x, t, o).numpy(), image_to_text_ranks(x, t, o).numpy()
-        for k in (1, 5, 10):
-            examples[f"retrieval/text_to_image_R@{k}"] = (t2i < k).astype(np.float64)
-            examples[f"retrieval/image_to_text_R@{k}"] = (i2t < k).astype(np.float64)
+    for name in tasks:
+        metrics, ex = EVAL_TASKS.get(name)(ctx)
+        out.update(metrics)
+        examples.update(ex)
     return out, examples
 
 
@@ -69,12 +51,16 @@ def evaluate_pairs(enc: Encoders, pairs: PairSet, tasks: Sequence[str] = TASKS) 
 
 
 def evaluate_examples(
-    enc: Encoders, pairs: PairSet, tasks: Sequence[str] = TASKS
-) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    enc: Encoders,
+    pairs: PairSet,
+    tasks: Sequence[str] = TASKS,
+    train_pairs: PairSet | None = None,
+    options: dict[str, Any] | None = None,
+) -> TaskResult:
     """Metrics and per-example scores: ``zeroshot/<task>/top1`` → 0/1 per labelled image,
     ``retrieval/text_to_image_R@K`` → 0/1 per text, ``retrieval/image_to_text_R@K`` → per image.
     The mean of each array is the matching metric."""
-    return _evaluate(enc, pairs, tasks)
+    return _evaluate(enc, pairs, tasks, train_pairs, options)
 
 
 def _similarity_figure(enc: Encoders, pairs: PairSet, path: Path, n: int = 12) -> None:
