@@ -45,8 +45,9 @@ class OptimConfig:
 class GuardConfig:
     """Skip steps whose loss/gradients are non-finite or whose loss spikes.
 
-    A spike is ``loss > spike_factor × EMA(loss)`` once ``spike_warmup`` good steps have set the
-    EMA. Training stops with :class:`TrainingDivergedError` after ``max_consecutive`` skips in a
+    A spike is ``loss − EMA > (spike_factor − 1)·|EMA|`` (i.e. ``loss > spike_factor × EMA`` for a
+    positive loss; also meaningful for losses that go negative) once ``spike_warmup`` good steps
+    have set the EMA. Training stops with :class:`TrainingDivergedError` after ``max_consecutive`` skips in a
     row or ``max_total`` skips overall.
     """
 

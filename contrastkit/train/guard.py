@@ -31,12 +31,14 @@ class StepGuard:
         """A reason to skip, or ``None``."""
         if not math.isfinite(loss):
             return "non-finite loss"
+        # a rise of more than (factor − 1)·|EMA| above the EMA: for a positive loss this is
+        # "loss > factor × EMA"; unlike that form it stays meaningful for losses that go negative
         if (
             self.ema is not None
             and self.good_steps >= self.cfg.spike_warmup
-            and loss > self.cfg.spike_factor * self.ema
+            and loss - self.ema > (self.cfg.spike_factor - 1) * abs(self.ema)
         ):
-            return f"loss spike ({loss:.4g} > {self.cfg.spike_factor} x EMA {self.ema:.4g})"
+            return f"loss spike ({loss:.4g} vs EMA {self.ema:.4g}, factor {self.cfg.spike_factor})"
         return None
 
     def check_grad_norm(self, norm: float) -> str | None:

@@ -149,3 +149,12 @@ def test_trainer_with_grad_cache_and_tiles_follows_the_plain_run(tmp_path):
     b = [r["loss"] for r in read_metrics(scaled.run_dir)]
     assert len(a) == len(b) == 4
     assert a == pytest.approx(b, rel=1e-4)  # float32 rounding only: same loss, same gradients
+
+
+def test_spike_check_works_for_negative_losses():
+    g = StepGuard(GuardConfig(spike_factor=3.0, spike_warmup=2))
+    for step in (1, 2):
+        g.record(step, -10.0, None)
+    assert g.check_loss(-9.0) is None  # a small rise of a negative loss is not a spike
+    assert g.check_loss(-12.0) is None
+    assert g.check_loss(11.0).startswith("loss spike")  # rise of 21 > 2·|−10|
