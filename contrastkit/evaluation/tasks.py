@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from contrastkit.core.registry import Registry
 from contrastkit.data.pairs import PairSet
 from contrastkit.evaluation.encoders import Encoders
-from contrastkit.evaluation.retrieval import image_to_text_ranks, retrieval_metrics, text_to_image_ranks
+from contrastkit.evaluation.retrieval import retrieval_ranks
 from contrastkit.evaluation.zeroshot import zero_shot_classifier, zero_shot_metrics
 
 __all__ = ["EVAL_TASKS", "EvalContext", "TaskResult"]
@@ -68,21 +68,24 @@ def zeroshot_task(ctx: EvalContext) -> TaskResult:
         m = zero_shot_metrics(img, w, task.labels)
         for key in ("top1", "top5", "balanced_accuracy"):
             out[f"zeroshot/{name}/{key}"] = float(m[key])
-        keep = task.labels >= 0  # per labelled image: 1.0 if the top-1 class is right
-        pred = (img[torch.from_numpy(keep)] @ w.T).argmax(1).numpy()
-        examples[f"zeroshot/{name}/top1"] = (pred == task.labels[keep]).astype(np.float64)
+        examples[f"zeroshot/{name}/top1"] = np.asarray(m["correct"])
     return out, examples
 
 
 @EVAL_TASKS.register("retrieval")
 def retrieval_task(ctx: EvalContext) -> TaskResult:
-    """E-RETRIEVAL both directions with several captions per image."""
+    """E-RETRIEVAL both directions with several captions per image; one rank computation gives
+    the metrics and the per-example hits (``options["retrieval"]``: ``backend``, ``faiss_threshold``)."""
     _, owner = ctx.captions
-    x, t, o = ctx.image_emb, ctx.text_emb, torch.from_numpy(owner)
-    out = {f"retrieval/{k}": v for k, v in retrieval_metrics(x, t, owner).items()}
-    t2i, i2t = text_to_image_ranks(x, t, o).numpy(), image_to_text_ranks(x, t, o).numpy()
-    examples = {}
+    opts = ctx.options.get("retrieval", {})
+    t2i, i2t = retrieval_ranks(ctx.image_emb, ctx.text_emb, owner, **opts)
+    out: dict[str, float] = {}
+    examples: dict[str, np.ndarray] = {}
     for k in (1, 5, 10):
         examples[f"retrieval/text_to_image_R@{k}"] = (t2i < k).astype(np.float64)
         examples[f"retrieval/image_to_text_R@{k}"] = (i2t < k).astype(np.float64)
+        out[f"retrieval/image_to_text_R@{k}"] = float(examples[f"retrieval/image_to_text_R@{k}"].mean())
+        out[f"retrieval/text_to_image_R@{k}"] = float(examples[f"retrieval/text_to_image_R@{k}"].mean())
+    out["retrieval/image_to_text_median_rank"] = float(np.median(i2t) + 1)
+    out["retrieval/text_to_image_median_rank"] = float(np.median(t2i) + 1)
     return out, examples

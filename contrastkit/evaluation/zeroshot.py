@@ -41,7 +41,7 @@ def zero_shot_classifier(
 
 def zero_shot_metrics(
     image_emb: torch.Tensor, classifier: torch.Tensor, labels: np.ndarray | torch.Tensor
-) -> dict[str, float | list[float]]:
+) -> dict[str, float | list[float] | np.ndarray]:
     """Top-1/top-5, balanced accuracy and per-class recall of ``argmax(x · Wᵀ)`` vs ``labels``."""
     check_embeddings("image_emb", image_emb)
     check_embeddings("classifier", classifier)
@@ -69,4 +69,5 @@ def zero_shot_metrics(
         "balanced_accuracy": float(np.mean(present)),
         "per_class_recall": recalls,
         "n": int(keep.sum()),
+        "correct": top1.numpy().astype(np.float64),  # per labelled image, same tie rule as top1
     }
