@@ -45,10 +45,22 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     t.add_argument("--eval", action="store_true", help="evaluate after training")
 
-    e = sub.add_parser("eval", help="evaluate a trained run")
-    e.add_argument("run", help="run folder")
-    e.add_argument("--splits", help="comma-separated splits (default: the run's eval_splits)")
+    e = sub.add_parser("eval", help="evaluate a run or a local Hugging Face CLIP/SigLIP folder")
+    e.add_argument("run", metavar="RUN_OR_MODEL", help="run folder or Hugging Face model folder")
+    e.add_argument(
+        "--splits", "--split", dest="splits", help="comma-separated splits (default: the run's, else test)"
+    )
     e.add_argument("--tasks", default="zeroshot,retrieval", help="comma-separated tasks")
+    e.add_argument("--data", help="data set to evaluate on (default: the run's; shapes for a model)")
+    e.add_argument(
+        "--data-param", action="append", default=[], metavar="KEY=VALUE", help="data set parameter: n=500"
+    )
+    e.add_argument("--classes", help="text file of class names, one per line (label order)")
+    e.add_argument("--templates", help="text file of prompt templates with {}, one per line")
+    e.add_argument("--class-task", help="class task the --classes file names (default: the first)")
+    e.add_argument("--train-split", help="split to fit probes on (tasks that need one)")
+    e.add_argument("--out", help="output folder (default: the run folder; eval/NAME for a model)")
+    e.add_argument("--batch-size", type=int, help="encoder batch size (default: 256 run, 64 model)")
 
     pl = sub.add_parser("plan", help="largest contrastive batch that fits a memory budget")
     pl.add_argument("config", help="YAML run config")
@@ -95,12 +107,32 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from contrastkit.evaluation import evaluate_run, format_table
+    import yaml
 
-    splits = args.splits.split(",") if args.splits else None
-    report = evaluate_run(args.run, splits=splits, tasks=args.tasks.split(","))
+    from contrastkit.core.errors import ConfigError
+    from contrastkit.evaluation.report import evaluate_model, format_table
+
+    params = {}
+    for item in args.data_param:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--data-param expects KEY=VALUE, got {item!r}")
+        params[key] = yaml.safe_load(value)
+    report = evaluate_model(
+        args.run,
+        out_dir=args.out,
+        data=args.data,
+        splits=args.splits.split(",") if args.splits else None,
+        tasks=args.tasks.split(","),
+        data_params=params or None,
+        classes=args.classes,
+        templates=args.templates,
+        class_task=args.class_task,
+        train_split=args.train_split,
+        batch_size=args.batch_size,
+    )
     print(format_table(report["metrics"]))
-    print(f"wrote {args.run}/metrics.json")
+    print(f"wrote {report['outputs_dir']}/: " + ", ".join(report["outputs"]))
 
 
 def _plan(args: argparse.Namespace) -> None:

@@ -1,11 +1,22 @@
-"""Evaluation: zero-shot classification, retrieval, plots and run reports."""
+"""Evaluation: zero-shot, retrieval, probes, geometry, compositional tests — on contrastkit runs,
+local Hugging Face CLIP/SigLIP checkpoints, or any pair of embedding functions."""
 
 from contrastkit.evaluation.encoders import Encoders, model_encoders
+from contrastkit.evaluation.external import hf_encoders, hf_text_encoder
 from contrastkit.evaluation.plots import plot_similarity
-from contrastkit.evaluation.report import TASKS, evaluate_examples, evaluate_pairs, evaluate_run, format_table
+from contrastkit.evaluation.report import (
+    TASKS,
+    evaluate_examples,
+    evaluate_model,
+    evaluate_pairs,
+    evaluate_run,
+    format_table,
+)
 from contrastkit.evaluation.retrieval import (
+    choose_backend,
     image_to_text_ranks,
     retrieval_metrics,
+    retrieval_ranks,
     text_to_image_ranks,
 )
 from contrastkit.evaluation.tasks import EVAL_TASKS, EvalContext, TaskResult
@@ -17,14 +28,19 @@ __all__ = [
     "Encoders",
     "EvalContext",
     "TaskResult",
+    "choose_backend",
     "evaluate_examples",
+    "evaluate_model",
     "evaluate_pairs",
     "evaluate_run",
     "format_table",
+    "hf_encoders",
+    "hf_text_encoder",
     "image_to_text_ranks",
     "model_encoders",
     "plot_similarity",
     "retrieval_metrics",
+    "retrieval_ranks",
     "text_to_image_ranks",
     "zero_shot_classifier",
     "zero_shot_metrics",

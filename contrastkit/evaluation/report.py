@@ -1,30 +1,68 @@
-"""Evaluate a model on labelled pair sets and report: zero-shot, retrieval, a similarity plot.
+"""Evaluate a model — a contrastkit run, a Hugging Face CLIP/SigLIP folder or any two encoders —
+on labelled pair sets, and report every number with the protocol that produced it.
 
-``evaluate_pairs`` measures one :class:`PairSet`; ``evaluate_run`` loads a trained run, evaluates
-its configured splits, writes ``RUN/metrics.json`` (every metric plus the protocol that produced
-it) and ``RUN/similarity.png``, and returns the metrics; ``format_table`` prints them.
+``evaluate_pairs`` measures one :class:`PairSet`; ``evaluate_model`` (and ``evaluate_run`` for a run
+folder) evaluates splits and writes to the output folder:
+
+* ``eval.json`` — every metric per split, the number of examples, and the protocol: the model
+  (kind, path, checkpoint and weight SHA-256s), its preprocessing, the data set/splits, the zero-shot
+  class names and templates (listed, plus SHA-256 of the newline-joined list), the metric
+  definitions (each task's docstring), and the library versions;
+* ``per_example.npz`` — per-example scores keyed ``<split>/<metric>`` (float64; ``np.load(...,
+  allow_pickle=False)``), the arrays whose means are the metrics;
+* ``similarity.png`` (first split) and whatever tasks draw into ``plots/<split>/``
+  (``options["plot_dir"]``, e.g. the geometry task);
+* a run folder also keeps ``metrics.json`` (metrics + protocol, as before).
+
+Prompt files (``classes``/``templates``): UTF-8, one entry a line, blank lines and ``#`` lines
+ignored; a template must contain ``{}``; the class list must have as many names as the task has
+classes (label order). Missing file, empty list, bad template, wrong count → one-line error.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import platform
 import re
 import time
+import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch.nn.functional as F
 
-from contrastkit.core.io import atomic_write_json
-from contrastkit.data import load_split
+from contrastkit.core.errors import InputError, MissingFileError
+from contrastkit.core.io import atomic_path, atomic_write_json, read_json
+from contrastkit.data import build, load_split
 from contrastkit.data.pairs import PairSet
 from contrastkit.evaluation.encoders import Encoders, model_encoders
+from contrastkit.evaluation.external import HFEncoders, checked_encoders, file_sha256, hf_encoders
 from contrastkit.evaluation.plots import plot_similarity
 from contrastkit.evaluation.tasks import EVAL_TASKS, EvalContext, TaskResult
 
-__all__ = ["TASKS", "evaluate_examples", "evaluate_pairs", "evaluate_run", "format_table"]
+__all__ = [
+    "TASKS",
+    "apply_prompt_files",
+    "evaluate_examples",
+    "evaluate_model",
+    "evaluate_pairs",
+    "evaluate_run",
+    "format_table",
+    "library_versions",
+    "read_lines",
+]
 
 TASKS = ("zeroshot", "retrieval")  # the default selection; EVAL_TASKS lists all
+_DEFINITIONS = {
+    "zeroshot": "class = norm(mean_m norm(enc_text(template_m(name)))); prediction = argmax cosine; "
+    "top1, top5 (NaN if C < 5), balanced accuracy = mean per-class recall; label -1 = not in the task",
+    "retrieval": "CLIP_benchmark recall@K: text->image hit if its image is in the top K; image->text hit "
+    "if any own caption is in the top K; ties broken by lower index; median rank 1-based",
+}
 
 
 def _evaluate(
@@ -35,6 +73,8 @@ def _evaluate(
     options: dict[str, Any] | None = None,
 ) -> TaskResult:
     """Run the selected registered tasks on one pair set, sharing the embeddings."""
+    if len(pairs) == 0:
+        raise InputError(f"pair set {pairs.name or '(unnamed)'!r} is empty: nothing to evaluate")
     ctx = EvalContext(enc, pairs, train_pairs, dict(options or {}))
     out: dict[str, float] = {}
     examples: dict[str, np.ndarray] = {}
@@ -63,12 +103,169 @@ def evaluate_examples(
     return _evaluate(enc, pairs, tasks, train_pairs, options)
 
 
+# ---------------------------------------------------------------- prompt files
+
+
+def read_lines(path: str | Path, what: str) -> tuple[str, ...]:
+    """Non-blank, non-``#`` lines of a UTF-8 text file (stripped)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise MissingFileError(f"{what} file not found: {p}")
+    lines = tuple(s.strip() for s in p.read_text(encoding="utf-8").splitlines())
+    lines = tuple(s for s in lines if s and not s.startswith("#"))
+    if not lines:
+        raise InputError(f"{what} file {p} has no entries")
+    return lines
+
+
+def apply_prompt_files(
+    pairs: PairSet,
+    classes: str | Path | None = None,
+    templates: str | Path | None = None,
+    class_task: str | None = None,
+) -> PairSet:
+    """``pairs`` with class names of ``class_task`` (default: the first task) from ``classes`` and
+    the templates of every task (only ``class_task`` if given) from ``templates``."""
+    if classes is None and templates is None:
+        return pairs
+    if not pairs.tasks:
+        raise InputError(f"data set {pairs.name!r} has no labelled class task to apply prompt files to")
+    name = class_task or next(iter(pairs.tasks))
+    if name not in pairs.tasks:
+        raise InputError(f"unknown class task {name!r}; the data set has {sorted(pairs.tasks)}")
+    tasks = dict(pairs.tasks)
+    if templates is not None:
+        tpl = read_lines(templates, "templates")
+        bad = [t for t in tpl if "{}" not in t]
+        if bad:
+            raise InputError(f"template {bad[0]!r} in {templates} has no '{{}}' placeholder for the class")
+        for k in [name] if class_task else list(tasks):
+            tasks[k] = replace(tasks[k], templates=tpl)
+    if classes is not None:
+        names = read_lines(classes, "class names")
+        n = len(tasks[name].classnames)
+        if len(names) != n:
+            raise InputError(f"{classes} lists {len(names)} class names but task {name!r} has {n} classes")
+        if len(set(names)) < len(names):
+            warnings.warn(f"duplicate class names in {classes}: their scores tie", stacklevel=2)
+        tasks[name] = replace(tasks[name], classnames=names)
+    return replace(pairs, tasks=tasks)
+
+
+def _listed(values: Sequence[str], limit: int = 200) -> dict[str, Any]:
+    digest = hashlib.sha256("\n".join(values).encode()).hexdigest()
+    out: dict[str, Any] = {"n": len(values), "sha256": digest}
+    if len(values) <= limit:
+        out["values"] = list(values)
+    return out
+
+
+# ---------------------------------------------------------------- protocol
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python and the libraries a number depends on."""
+    out = {"python": platform.python_version()}
+    for lib in ("contrastkit", "torch", "transformers", "timm", "numpy", "faiss-cpu", "tokenizers"):
+        try:
+            out[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            out[lib] = "not installed"
+    return out
+
+
+def _definitions(tasks: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for name in tasks:
+        doc = (EVAL_TASKS.get(name).__doc__ or "").strip().split("\n\n")[0]
+        out[name] = _DEFINITIONS.get(name, " ".join(doc.split()))
+    return out
+
+
+def _run_record(run_dir: Path, model: Any, ckpt: Path) -> dict[str, Any]:
+    rec: dict[str, Any] = {"kind": "contrastkit-run", "path": str(run_dir.resolve()), "checkpoint": ckpt.name}
+    weights = ckpt / "model.safetensors"
+    if weights.is_file():
+        rec["weights_sha256"] = {weights.name: file_sha256(weights)}
+    image = model.towers["image"] if "image" in model.towers else None
+    if image is not None and hasattr(image, "mean"):
+        rec["image_preprocessing"] = {
+            "resize": None,
+            "normalise": "(x - 255·mean) / (255·std) on uint8 inside the image tower",
+            "mean": [round(float(v) / 255, 8) for v in image.mean.flatten()],
+            "std": [round(float(v) / 255, 8) for v in image.std.flatten()],
+        }
+    text = model.towers["text"] if "text" in model.towers else None
+    if text is not None and hasattr(text, "max_length"):
+        rec["text"] = {"max_length": int(text.max_length), "pooling": str(getattr(text, "pooling", ""))}
+    return rec
+
+
 def _similarity_figure(enc: Encoders, pairs: PairSet, path: Path, n: int = 12) -> None:
     idx = np.arange(min(n, len(pairs)))
     sub = pairs.subset(idx)
     caps = [c[0] for c in sub.captions]
-    sims = enc.images(sub.images) @ enc.texts(caps).T
+    sims = (
+        F.normalize(enc.images(sub.images).float(), dim=-1) @ F.normalize(enc.texts(caps).float(), dim=-1).T
+    )
     plot_similarity(sub.images, caps, sims, path, title=f"{pairs.name}: image–text cosine similarity")
+
+
+def _report(
+    enc: Encoders,
+    model_record: dict[str, Any],
+    sets: dict[str, PairSet],
+    tasks: Sequence[str],
+    out_dir: Path,
+    data_record: dict[str, Any],
+    train_pairs: PairSet | None = None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate every split, write eval.json, per_example.npz, the figures; return the report."""
+    t0 = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    enc = checked_encoders(enc)
+    metrics: dict[str, dict[str, float]] = {}
+    examples: dict[str, np.ndarray] = {}
+    prompts: dict[str, dict[str, Any]] = {}
+    for i, (split, pairs) in enumerate(sets.items()):
+        opts = {**(options or {}), "plot_dir": out_dir / "plots" / split}
+        metrics[split], ex = _evaluate(enc, pairs, tasks, train_pairs, opts)
+        examples.update({f"{split}/{k}": np.asarray(v, dtype=np.float64) for k, v in ex.items()})
+        if i == 0:
+            _similarity_figure(enc, pairs, out_dir / "similarity.png")
+            prompts = {
+                k: {"classnames": _listed(t.classnames), "templates": _listed(t.templates)}
+                for k, t in pairs.tasks.items()
+            }
+    with atomic_path(out_dir / "per_example.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **examples)
+    report = {
+        "model": model_record,
+        "metrics": metrics,
+        "n": {s: {"images": len(p), "texts": sum(len(c) for c in p.captions)} for s, p in sets.items()},
+        "protocol": {
+            **data_record,
+            "splits": list(sets),
+            "tasks": list(tasks),
+            "prompts": prompts,
+            "metric_definitions": _definitions(tasks),
+            "embeddings": "L2-normalised (eps 1e-12), cosine similarities in float32",
+        },
+        "versions": library_versions(),
+        "outputs_dir": str(out_dir),
+        "outputs": ["eval.json", "per_example.npz", "similarity.png"]
+        + (["plots/"] if (out_dir / "plots").is_dir() else []),
+        "seconds": time.perf_counter() - t0,
+    }
+    atomic_write_json(out_dir / "eval.json", report)
+    return report
+
+
+def _load_sets(
+    data: str, splits: Sequence[str], params: dict[str, Any] | None, prompt_files: dict[str, Any]
+) -> dict[str, PairSet]:
+    return {s: apply_prompt_files(build(data, s, **(params or {})), **prompt_files) for s in splits}
 
 
 def evaluate_run(
@@ -76,38 +273,90 @@ def evaluate_run(
     splits: Sequence[str] | None = None,
     tasks: Sequence[str] = TASKS,
     batch_size: int = 256,
+    data: str | None = None,
+    data_params: dict[str, Any] | None = None,
+    classes: str | Path | None = None,
+    templates: str | Path | None = None,
+    class_task: str | None = None,
+    train_split: str | None = None,
+    options: dict[str, Any] | None = None,
+    out_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a run's newest checkpoint on ``splits`` (default: the config's ``eval_splits``)."""
+    """Evaluate a run's newest checkpoint on ``splits`` (default: the config's ``eval_splits``) of
+    its data set (or of ``data`` built with ``data_params``); writes ``RUN/metrics.json`` and the
+    outputs of :func:`evaluate_model` into ``out_dir`` (default: the run folder)."""
     from contrastkit.train import load_run  # evaluation sits above train: this import is downward
 
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     cfg, model, _, ckpt = load_run(run_dir)
     enc = model_encoders(model, batch_size=batch_size)
-    splits = list(splits or cfg.data.eval_splits)
-    results: dict[str, Any] = {}
-    for i, split in enumerate(splits):
-        pairs = load_split(cfg.data, split)
-        results[split] = evaluate_pairs(enc, pairs, tasks)
-        if i == 0:
-            _similarity_figure(enc, pairs, run_dir / "similarity.png")
-    report = {
+    prompt_files = {"classes": classes, "templates": templates, "class_task": class_task}
+    if data is None:
+        names = list(splits or cfg.data.eval_splits)
+        sets = {s: apply_prompt_files(load_split(cfg.data, s), **prompt_files) for s in names}
+        train = load_split(cfg.data, train_split) if train_split else None
+        data_record = {"data": cfg.data.name, "data_params": {s: cfg.data.split_params(s) for s in names}}
+    else:
+        sets = _load_sets(data, splits or ("test",), data_params, prompt_files)
+        train = build(data, train_split, **(data_params or {})) if train_split else None
+        data_record = {"data": data, "data_params": dict(data_params or {})}
+    report = _report(
+        enc, _run_record(run_dir, model, ckpt), sets, tasks, run_dir, data_record, train, options
+    )
+    legacy = {
         "run": str(run_dir),
         "checkpoint": ckpt.name,
-        "metrics": results,
-        "protocol": {
-            "data": cfg.data.name,
-            "splits": splits,
-            "tasks": list(tasks),
-            "zeroshot": "class = norm(mean of normalised prompt embeddings); argmax cosine",
-            "retrieval": (
-                "CLIP_benchmark recall@K; image->text hit if any own caption in top K; ties by lower index"
-            ),
-        },
+        "metrics": report["metrics"],
+        "protocol": {**report["protocol"], "model": report["model"], "versions": report["versions"]},
         "seconds": time.perf_counter() - t0,
     }
-    atomic_write_json(run_dir / "metrics.json", report)
-    return report
+    atomic_write_json(run_dir / "metrics.json", legacy)
+    return legacy
+
+
+def evaluate_model(
+    model: str | Path | Encoders,
+    out_dir: str | Path | None = None,
+    data: str | None = None,
+    splits: Sequence[str] | None = None,
+    tasks: Sequence[str] = TASKS,
+    data_params: dict[str, Any] | None = None,
+    classes: str | Path | None = None,
+    templates: str | Path | None = None,
+    class_task: str | None = None,
+    train_split: str | None = None,
+    batch_size: int | None = None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate a run folder (``config.yaml``), a Hugging Face CLIP/SigLIP folder (``config.json``)
+    or an :class:`Encoders`; returns the ``eval.json`` report. Defaults: a run's own data set and
+    eval splits, else ``shapes`` / ``test``; ``out_dir`` = the run folder, ``eval/<folder name>``
+    for a Hugging Face model (required for encoders)."""
+    kw = {"classes": classes, "templates": templates, "class_task": class_task}
+    if isinstance(model, Encoders):
+        if out_dir is None:
+            raise InputError("evaluate_model(encoders) needs an out_dir for its outputs")
+        record: dict[str, Any] = dict(model.info) if isinstance(model, HFEncoders) else {"kind": "callables"}
+        enc = model
+    else:
+        path = Path(model).expanduser()
+        if (path / "config.yaml").is_file():
+            run_kw = {"data": data, "data_params": data_params, "train_split": train_split, **kw}
+            evaluate_run(path, splits, tasks, batch_size or 256, options=options, out_dir=out_dir, **run_kw)
+            return read_json(Path(out_dir or path) / "eval.json")
+        if not (path / "config.json").is_file():
+            raise MissingFileError(
+                f"{path} is not a contrastkit run (no config.yaml) nor a Hugging Face model folder "
+                "(no config.json)"
+            )
+        enc = hf_encoders(path, batch_size=batch_size or 64)
+        record, out_dir = dict(enc.info), out_dir or Path("eval") / path.resolve().name
+    data, splits = data or "shapes", splits or ("test",)
+    sets = _load_sets(data, splits, data_params, kw)
+    train = build(data, train_split, **(data_params or {})) if train_split else None
+    data_record = {"data": data, "data_params": dict(data_params or {})}
+    return _report(enc, record, sets, tasks, Path(out_dir), data_record, train, options)
 
 
 def _natural(name: str) -> list[object]:

@@ -1,0 +1,322 @@
+"""E-EXTERNAL — :class:`Encoders` from existing checkpoints, loaded offline.
+
+Spec: evaluation of "the models it evaluates" (../shared/spec/evaluation.md: every evaluator talks
+to a pair of encoders). Sources:
+
+* ``hf_clip_encoders(path)`` / ``hf_siglip_encoders(path)`` / ``hf_encoders(path)`` (dispatch on
+  ``config.json``'s ``model_type``): a Hugging Face ``CLIPModel`` / ``SiglipModel`` folder with its
+  tokenizer and ``preprocessor_config.json``. Images: the model's own image-processor settings
+  applied with torch ops — resize (``shortest_edge`` keeping the aspect ratio, or exact
+  ``height×width``; the processor's resample mode, antialiased, on uint8 as transformers' torchvision
+  backend does: torchvision v2 ``resize``, native uint8 kernels on CPU), centre crop,
+  ``(x − mean/rescale) / (std/rescale)`` (the processor's fused rescale+normalise) — so
+  ``pixel_values`` equal the processor's. Texts: CLIP pads to the longest prompt and passes the
+  attention mask (``CLIPProcessor``); SigLIP pads to ``max_length`` (the text model's
+  ``max_position_embeddings``) and passes *no* mask — the reference (big_vision, open_clip)
+  pools the last position of a ``max_length`` sequence without masking.
+  Logits of the reference: ``exp(logit_scale) · cos`` (CLIP), ``+ logit_bias`` (SigLIP); both scalars
+  are recorded on the returned :class:`HFEncoders`.
+* ``hf_text_encoder(path)``: a sentence-transformers / Hugging Face text folder (e.g.
+  all-MiniLM-L6-v2) as a text tower: masked mean pooling (or CLS when ``1_Pooling/config.json`` says
+  so), ``max_seq_length`` from ``sentence_bert_config.json``; pair it with any image callable.
+* any two callables: :class:`Encoders` itself; ``checked_encoders`` validates what they return.
+
+Everything loads with ``local_files_only=True``: never a download. Missing files, an unknown model
+type or an unsupported preprocessing option raise a one-line error naming the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from contrastkit.core.errors import ConfigError, InputError, MissingFileError
+from contrastkit.evaluation.encoders import Encoders
+
+__all__ = [
+    "HFEncoders",
+    "ImagePreprocess",
+    "checked_encoders",
+    "file_sha256",
+    "hf_clip_encoders",
+    "hf_encoders",
+    "hf_model_type",
+    "hf_siglip_encoders",
+    "hf_text_encoder",
+]
+
+_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL codes transformers stores
+_KINDS = {"clip": "clip", "siglip": "siglip"}
+
+
+@dataclass(frozen=True)
+class HFEncoders(Encoders):
+    """Encoders of a loaded checkpoint, with its logit scale/bias and a JSON-able description."""
+
+    logit_scale: float = 1.0
+    logit_bias: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """uint8 ``[B,3,H,W]`` → float ``pixel_values`` with an image processor's settings."""
+
+    size: dict[str, int] | None  # {"shortest_edge": s} or {"height": h, "width": w}; None = no resize
+    resample: str = "bicubic"
+    crop: tuple[int, int] | None = None
+    rescale: float | None = 1 / 255
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @classmethod
+    def from_processor(cls, cfg: dict[str, Any]) -> ImagePreprocess:
+        """From an image processor's ``to_dict()`` (``preprocessor_config.json`` + class defaults)."""
+        size = dict(cfg.get("size") or {}) if cfg.get("do_resize", True) else None
+        if size is not None and set(size) not in ({"shortest_edge"}, {"height", "width"}):
+            raise ConfigError(
+                f"unsupported image processor size {size}; supported: shortest_edge or height+width"
+            )
+        code = int(cfg.get("resample", 3))
+        if code not in _RESAMPLE:
+            raise ConfigError(f"unsupported resample mode {code}; supported PIL codes: {sorted(_RESAMPLE)}")
+        crop = None
+        if cfg.get("do_center_crop", False):
+            c = cfg.get("crop_size") or {}
+            crop = (int(c["height"]), int(c["width"]))
+        norm = cfg.get("do_normalize", True)
+        return cls(
+            size={k: int(v) for k, v in size.items()} if size is not None else None,
+            resample=_RESAMPLE[code],
+            crop=crop,
+            rescale=float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) else None,
+            mean=tuple(float(v) for v in cfg["image_mean"]) if norm else None,
+            std=tuple(float(v) for v in cfg["image_std"]) if norm else None,
+        )
+
+    def _target(self, h: int, w: int) -> tuple[int, int]:
+        assert self.size is not None
+        if "shortest_edge" in self.size:  # torchvision Resize(int): short side = s, int() on the long one
+            s = self.size["shortest_edge"]
+            short, long = min(h, w), max(h, w)
+            new_long = int(s * long / short)
+            return (s, new_long) if h <= w else (new_long, s)
+        return self.size["height"], self.size["width"]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as tvF  # what transformers' processors call
+
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise InputError(f"images must be uint8 [B, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+        x = images
+        if self.size is not None:
+            mode = InterpolationMode(self.resample)
+            x = tvF.resize(x, list(self._target(*x.shape[-2:])), interpolation=mode, antialias=True)
+        if self.crop is not None:
+            x = _center_crop(x, *self.crop)
+        if self.mean is not None and self.std is not None:
+            rf = self.rescale if self.rescale is not None else 1.0
+            mean = torch.tensor(self.mean) * (1.0 / rf)  # transformers' fused rescale + normalise
+            std = torch.tensor(self.std) * (1.0 / rf)
+            return (x.float() - mean[:, None, None]) / std[:, None, None]
+        return x.float() * self.rescale if self.rescale is not None else x.float()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "resize": self.size,
+            "resample": self.resample,
+            "antialias": True,
+            "center_crop": list(self.crop) if self.crop else None,
+            "rescale": self.rescale,
+            "mean": list(self.mean) if self.mean else None,
+            "std": list(self.std) if self.std else None,
+        }
+
+
+def _center_crop(x: torch.Tensor, ch: int, cw: int) -> torch.Tensor:
+    """transformers' centre crop: zero-pad when too small, top/left = int((size − crop) / 2)."""
+    h, w = x.shape[-2:]
+    if ch > h or cw > w:
+        ph, pw = max(ch - h, 0), max(cw - w, 0)
+        x = F.pad(x, (pw // 2, (pw + 1) // 2, ph // 2, (ph + 1) // 2))
+        h, w = x.shape[-2:]
+    top, left = int((h - ch) / 2.0), int((w - cw) / 2.0)
+    return x[..., top : top + ch, left : left + cw]
+
+
+def file_sha256(path: str | Path, block: int = 1 << 20) -> str:
+    """SHA-256 of a file, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _folder(path: str | Path) -> Path:
+    folder = Path(path).expanduser()
+    if not (folder / "config.json").is_file():
+        raise MissingFileError(f"no Hugging Face model (config.json) in {folder}")
+    return folder
+
+
+def hf_model_type(path: str | Path) -> str:
+    """``model_type`` of a local Hugging Face folder's ``config.json``."""
+    cfg = json.loads((_folder(path) / "config.json").read_text())
+    return str(cfg.get("model_type", ""))
+
+
+def _weights_record(folder: Path) -> dict[str, str]:
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    return {f.name: file_sha256(f) for f in files}
+
+
+def _batched(fn: Callable[[Any], torch.Tensor], items: Any, batch_size: int) -> torch.Tensor:
+    if len(items) == 0:
+        raise InputError("nothing to encode (empty input)")
+    outs = [fn(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+    return F.normalize(torch.cat(outs).float(), dim=-1).cpu()
+
+
+def _pooled(out: Any) -> torch.Tensor:
+    """``get_*_features`` returns a tensor (transformers 4) or an output with ``pooler_output`` (5)."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def _load_dual(path: str | Path, kind: str, batch_size: int, device: str | None) -> HFEncoders:
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel, SiglipModel
+
+    folder = _folder(path)
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    if not (folder / "preprocessor_config.json").is_file():
+        raise MissingFileError(f"no preprocessor_config.json in {folder}: the image preprocessing is unknown")
+    cls = CLIPModel if kind == "clip" else SiglipModel
+    model = cls.from_pretrained(str(folder), local_files_only=True).eval()
+    dev = torch.device(device) if device else torch.device("cpu")
+    model.to(dev)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    proc_cfg = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True).to_dict()
+    prep = ImagePreprocess.from_processor(proc_cfg)
+    n_pos = int(model.config.text_config.max_position_embeddings)
+    max_len = n_pos if kind == "siglip" else min(n_pos, int(tokenizer.model_max_length))
+    padding = "max_length" if kind == "siglip" else True
+
+    @torch.no_grad()
+    def images(x: torch.Tensor) -> torch.Tensor:
+        return _batched(
+            lambda b: _pooled(model.get_image_features(pixel_values=prep(b).to(dev))), x, batch_size
+        )
+
+    @torch.no_grad()
+    def encode_texts(batch: list[str]) -> torch.Tensor:
+        enc = tokenizer(
+            list(batch), padding=padding, truncation=True, max_length=max_len, return_tensors="pt"
+        )
+        inputs = {"input_ids": enc["input_ids"].to(dev)}
+        if kind == "clip" and "attention_mask" in enc:
+            inputs["attention_mask"] = enc["attention_mask"].to(dev)
+        return _pooled(model.get_text_features(**inputs))
+
+    def texts(t: list[str]) -> torch.Tensor:
+        if isinstance(t, str):
+            raise InputError("texts must be a list of strings, got a single string")
+        return _batched(encode_texts, list(t), batch_size)
+
+    scale = float(model.logit_scale.detach().exp())
+    bias = float(model.logit_bias.detach()) if kind == "siglip" else 0.0
+    info = {
+        "kind": f"hf-{kind}",
+        "path": str(folder.resolve()),
+        "weights_sha256": _weights_record(folder),
+        "image_preprocessing": prep.describe(),
+        "text": {"padding": str(padding), "max_length": max_len, "attention_mask": kind == "clip"},
+        "logit_scale": scale,
+        "logit_bias": bias,
+    }
+    return HFEncoders(images, texts, scale, bias, info)
+
+
+def hf_clip_encoders(path: str | Path, batch_size: int = 64, device: str | None = None) -> HFEncoders:
+    """Encoders of a local Hugging Face ``CLIPModel`` folder (model, tokenizer, image processor)."""
+    return _load_dual(path, "clip", batch_size, device)
+
+
+def hf_siglip_encoders(path: str | Path, batch_size: int = 64, device: str | None = None) -> HFEncoders:
+    """Encoders of a local Hugging Face ``SiglipModel`` folder (``padding="max_length"``, no mask)."""
+    return _load_dual(path, "siglip", batch_size, device)
+
+
+def hf_encoders(path: str | Path, batch_size: int = 64, device: str | None = None) -> HFEncoders:
+    """CLIP or SigLIP encoders, chosen by ``model_type`` in the folder's ``config.json``."""
+    mtype = hf_model_type(path)
+    if mtype not in _KINDS:
+        raise ConfigError(
+            f"model_type {mtype!r} in {path} is not an image-text model contrastkit loads; "
+            f"supported: {sorted(_KINDS)} (a text-only model: use hf_text_encoder with an image encoder)"
+        )
+    return _load_dual(path, _KINDS[mtype], batch_size, device)
+
+
+def hf_text_encoder(
+    path: str | Path, batch_size: int = 64, max_length: int | None = None, device: str | None = None
+) -> Callable[[list[str]], torch.Tensor]:
+    """A sentence-transformers / Hugging Face text model as ``texts -> [B, d]`` (normalised)."""
+    from contrastkit.models.towers import hf_pretrained_tower
+
+    folder = _folder(path)
+    pooling, st_len = "mean", None
+    pool_cfg = folder / "1_Pooling" / "config.json"
+    if pool_cfg.is_file():
+        p = json.loads(pool_cfg.read_text())
+        if p.get("pooling_mode_cls_token"):
+            pooling = "cls"
+        elif not p.get("pooling_mode_mean_tokens", True):
+            raise ConfigError(f"{pool_cfg}: only mean or CLS pooling is supported")
+    if (folder / "sentence_bert_config.json").is_file():
+        st_len = json.loads((folder / "sentence_bert_config.json").read_text()).get("max_seq_length")
+    length = int(max_length or st_len or 128)
+    tower = hf_pretrained_tower(str(folder), max_length=length, pooling=pooling).eval()  # type: ignore[arg-type]
+    dev = torch.device(device) if device else torch.device("cpu")
+    tower.to(dev)
+
+    @torch.no_grad()
+    def texts(t: list[str]) -> torch.Tensor:
+        if isinstance(t, str):
+            raise InputError("texts must be a list of strings, got a single string")
+        return _batched(lambda b: tower(tower.tokenize(list(b)).to(dev)), list(t), batch_size)
+
+    return texts
+
+
+def checked_encoders(enc: Encoders) -> Encoders:
+    """Wrap any two callables so that a wrong output fails clearly: each must return a finite
+    floating ``[n, d]`` for ``n`` inputs (returned unchanged). :class:`HFEncoders` fields are kept."""
+
+    def check(name: str, out: Any, n: int) -> torch.Tensor:
+        if not isinstance(out, torch.Tensor) or out.ndim != 2 or not out.is_floating_point():
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise InputError(f"{name} encoder must return a floating tensor [n, d], got {got}")
+        if out.shape[0] != n:
+            raise InputError(f"{name} encoder returned {out.shape[0]} embeddings for {n} inputs")
+        if not torch.isfinite(out).all():
+            raise InputError(f"{name} encoder returned non-finite values (NaN or inf)")
+        return out
+
+    def images(x: torch.Tensor) -> torch.Tensor:
+        return check("image", enc.images(x), int(x.shape[0]))
+
+    def texts(t: list[str]) -> torch.Tensor:
+        return check("text", enc.texts(t), len(t))
+
+    if isinstance(enc, HFEncoders):
+        return HFEncoders(images, texts, enc.logit_scale, enc.logit_bias, enc.info)
+    return Encoders(images, texts)
