@@ -2,8 +2,10 @@
 
 >>> from contrastkit import losses
 >>> loss = losses.build("siglip", init_bias=-10.0)
->>> losses.names()
-['clip', 'siglip']
+>>> "supcon" in losses.names()
+True
+
+Importing this package registers every family (one module per family, pure function + module).
 """
 
 from __future__ import annotations
@@ -14,6 +16,23 @@ from contrastkit.losses.base import LOSSES, LossConfig, LossTerm, PairLoss
 from contrastkit.losses.clip import CLIPLoss, clip_loss
 from contrastkit.losses.composite import CompositeLoss
 from contrastkit.losses.siglip import SigLIPLoss, siglip_loss
+
+# Register every loss family (each module's @LOSSES.register runs at import).
+from contrastkit.losses import (  # noqa: F401  isort: skip
+    amcl,
+    auc,
+    dcl,
+    geometry,
+    hard_negatives,
+    infonce,
+    kernel,
+    macl,
+    margin,
+    mixup,
+    mochi,
+    soft_targets,
+    supcon,
+)
 
 __all__ = [
     "LOSSES",

@@ -1,0 +1,249 @@
+"""Train the Shapes demo model briefly with every registered loss and compare them in one table.
+
+Every loss in :data:`contrastkit.losses.base.LOSSES` is tried (after importing every module file
+of ``contrastkit/losses/``, so modules that ``contrastkit.losses`` does not import yet are
+registered too). A loss is trained only if it can train a two-tower model from the (image, text)
+embeddings alone: it is built with its defaults (plus ``total_steps`` = the step budget and
+``dim`` = the model's embedding width when its constructor has them) and probed on random
+embeddings without any batch field. contrastkit's trainer hands the loss the two embedding
+batches only — its loader yields images and token ids, no class ids — so a loss that *needs*
+``labels`` (or ``weights``, or extra negatives) is skipped with the reason printed; a loss that
+*accepts* labels optionally trains without them (noted in the last column).
+
+Each loss trains in a fresh subprocess and run folder (``--out/<loss>``) through the Python API
+(``contrastkit.train.RunConfig`` / ``train`` with ``LossConfig(name)``, then
+``contrastkit.evaluation.evaluate_run`` on the test split), with the demo model and optimiser
+(warm-up shortened to a tenth of the budget; the step guard's loss-spike test off, because it
+assumes a positive loss and several losses are negative — non-finite steps are still skipped and
+the run stops after 10 in a row, reported as a failure). Columns: training-loop wall seconds (data generation
+and evaluation excluded), test zero-shot top-1 on shape+color and on color, test text→image R@1.
+A budget this small ranks losses by early progress, not by their final quality.
+
+    python benchmarks/loss_zoo.py --losses clip,siglip,m3col --steps 60
+    python benchmarks/loss_zoo.py            # every loss, 150 steps of 128, 8000 training pairs
+    python benchmarks/loss_zoo.py --probe-only   # which losses would train, and why not
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import inspect
+import json
+import os
+import pkgutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+METRICS = {
+    "zs_shape_color": "zeroshot/shape+color/top1",
+    "zs_color": "zeroshot/color/top1",
+    "t2i_r1": "retrieval/text_to_image_R@1",
+}
+
+
+def load_registry() -> tuple[Any, dict[str, str]]:
+    """The loss registry after importing ``contrastkit.losses`` and every module file in it;
+    returns it with ``{module: error}`` for modules that failed to import."""
+    import contrastkit.losses as pkg
+    from contrastkit.losses.base import LOSSES
+
+    failed = {}
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        try:
+            importlib.import_module(f"{pkg.__name__}.{info.name}")
+        except Exception as exc:  # a broken module must not hide the others
+            failed[info.name] = f"{type(exc).__name__}: {exc}"
+    return LOSSES, failed
+
+
+def loss_params(registry: Any, name: str, steps: int, embed_dim: int) -> dict[str, Any]:
+    """Constructor parameters the benchmark sets: the schedule length and the embedding width."""
+    sig = inspect.signature(registry.get(name)).parameters
+    params: dict[str, Any] = {}
+    if "total_steps" in sig:
+        params["total_steps"] = steps
+    if "dim" in sig and sig["dim"].default in (None, inspect.Parameter.empty):
+        params["dim"] = embed_dim
+    return params
+
+
+def probe(registry: Any, name: str, params: dict[str, Any], embed_dim: int) -> str | None:
+    """``None`` if the loss trains from two embedding batches alone, else why not."""
+    import torch
+
+    try:
+        loss = registry.build(name, **params)
+    except Exception as exc:
+        return f"does not build with defaults: {type(exc).__name__}: {exc}"
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(16, embed_dim, generator=gen, requires_grad=True)
+    y = torch.randn(16, embed_dim, generator=gen, requires_grad=True)
+    try:
+        value = loss(x, y)
+        value.backward()
+    except Exception as exc:
+        needs = sorted(getattr(loss, "accepts", ()))
+        why = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
+        if needs:
+            return (
+                f"needs batch field(s) {needs}, which contrastkit.train does not pass "
+                f"(the loader yields image + text only) — {why}"
+            )
+        return f"cannot train from (image, text) embeddings alone — {why}"
+    if value.ndim != 0 or not torch.isfinite(value):
+        return f"probe gave a non-finite or non-scalar value {value}"
+    return None
+
+
+def run_config(args: argparse.Namespace, name: str, params: dict[str, Any]):
+    from contrastkit.data import DataConfig
+    from contrastkit.losses.base import LossConfig
+    from contrastkit.train import GuardConfig, OptimConfig, RunConfig, TrainConfig
+
+    base = RunConfig()
+    data = DataConfig(
+        params=dict(base.data.params),
+        splits={"train": {"n": args.train_n}, "test": {"n": args.test_n}},
+        eval_splits=("test",),
+    )
+    return dataclasses.replace(
+        base,
+        name=name,
+        out_dir=args.out,
+        data=data,
+        loss=LossConfig(name=name, params=params),
+        optim=dataclasses.replace(OptimConfig(), warmup_steps=max(1, args.steps // 10)),
+        # StepGuard's spike test (loss > factor × EMA) assumes positive losses: with a negative
+        # EMA it flags almost every step. Non-finite steps are still skipped.
+        guard=GuardConfig(spike_warmup=args.steps + 1),
+        train=TrainConfig(
+            steps=args.steps,
+            batch_size=args.batch,
+            seed=args.seed,
+            device=args.device,
+            threads=args.threads,
+            log_every=10,
+            ckpt_every=args.steps,
+            keep_checkpoints=1,
+            progress=False,
+            tensorboard=False,
+        ),
+    )
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Train and evaluate one loss in this (fresh) process; write ``zoo.json`` in its run folder."""
+    from contrastkit.evaluation import evaluate_run
+    from contrastkit.train import train
+
+    load_registry()
+    params = json.loads(args.params)
+    cfg = run_config(args, args.worker, params)
+    result = train(cfg, overwrite=True)
+    metrics = evaluate_run(result.run_dir, splits=["test"])["metrics"]["test"]
+    out = {
+        "steps": result.step,
+        "wall_s": result.seconds,
+        "skipped_steps": result.skipped,
+        "last_loss": result.last_loss,
+        **{k: metrics.get(key, float("nan")) for k, key in METRICS.items()},
+    }
+    (Path(result.run_dir) / "zoo.json").write_text(json.dumps(out, indent=1))
+
+
+def run_one(args: argparse.Namespace, name: str, params: dict[str, Any]) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--worker", name, "--params", json.dumps(params)]
+    for flag in ("steps", "batch", "train_n", "test_n", "out", "seed", "device", "threads"):
+        cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    result_file = Path(args.out) / name / "zoo.json"
+    if proc.returncode != 0 or not result_file.is_file():
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1][:200]
+        return {"reason": f"failed (exit {proc.returncode}): {tail}"}
+    out = json.loads(result_file.read_text())
+    out["process_s"] = time.perf_counter() - t0
+    return out
+
+
+def fmt(v: Any, spec: str) -> str:
+    return "—" if v is None or (isinstance(v, float) and v != v) else format(v, spec)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| loss | steps | wall s | test shape+color zero-shot top-1 | test color top-1 "
+        "| text→image R@1 | skipped reason |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['loss']} | {fmt(r.get('steps'), 'd')} | {fmt(r.get('wall_s'), '.1f')} "
+            f"| {fmt(r.get('zs_shape_color'), '.3f')} | {fmt(r.get('zs_color'), '.3f')} "
+            f"| {fmt(r.get('t2i_r1'), '.3f')} | {r.get('reason', '')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--losses", default="", help="comma-separated registry names (default: all)")
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--train-n", type=int, default=8000)
+    p.add_argument("--test-n", type=int, default=2000)
+    p.add_argument("--out", default="runs/loss_zoo")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per run (0: all cores)")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds per loss")
+    p.add_argument("--probe-only", action="store_true", help="list which losses would train; train none")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--params", default="{}", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return
+
+    from contrastkit.models.dual_encoder import ModelConfig
+
+    registry, failed = load_registry()
+    for module, err in failed.items():
+        print(f"[loss_zoo] module contrastkit.losses.{module} failed to import: {err}", flush=True)
+    names = [n.strip() for n in args.losses.split(",") if n.strip()] or registry.names()
+    embed_dim = ModelConfig().embed_dim
+    rows = []
+    for name in names:
+        row: dict[str, Any] = {"loss": name}
+        if name not in registry:
+            row["reason"] = f"not registered (available: {', '.join(registry.names())})"
+        else:
+            params = loss_params(registry, name, args.steps, embed_dim)
+            why = probe(registry, name, params, embed_dim)
+            if why is not None:
+                row["reason"] = why
+            elif args.probe_only:
+                row["reason"] = f"(probe only: would train with {params or 'defaults'})"
+            else:
+                print(f"[loss_zoo] {name} {params or ''}: training {args.steps} steps …", flush=True)
+                row.update(run_one(args, name, params))
+                if "reason" not in row and "labels" in getattr(registry.get(name), "accepts", ()):
+                    row["reason"] = "trained without labels (optional; the trainer passes none)"
+        if "wall_s" not in row:
+            print(f"[loss_zoo] {name}: skipped — {row['reason']}", flush=True)
+        rows.append(row)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "summary.json").write_text(json.dumps(rows, indent=1))
+    print()
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
