@@ -16,6 +16,8 @@ class DataConfig:
 
     ``params`` go to every split's builder; ``splits[split]`` adds per-split parameters
     (e.g. Shapes' ``n``). ``train_split`` is trained on; ``eval_splits`` are evaluated.
+    ``label_task``: put this class task's labels in every batch as ``labels`` (for losses that
+    use them, e.g. SupCon); images the task does not cover get unique labels (no positives).
     """
 
     name: str = "shapes"
@@ -31,6 +33,7 @@ class DataConfig:
     train_split: str = "train"
     eval_splits: tuple[str, ...] = ("test", "unseen")
     num_workers: int = 0
+    label_task: str | None = None
 
     def __post_init__(self) -> None:
         for s in (self.train_split, *self.eval_splits):

@@ -117,10 +117,22 @@ def english_articles(text: str) -> str:
 
 
 class PairDataset(Dataset):
-    """Indexable view of a PairSet by ``(image index, caption index)`` pairs."""
+    """Indexable view of a PairSet by ``(image index, caption index)`` pairs; with ``label_task``
+    each item also carries that task's label (``-1`` entries become unique labels ``C + index``)."""
 
-    def __init__(self, pairs: PairSet) -> None:
+    def __init__(self, pairs: PairSet, label_task: str | None = None) -> None:
         self.pairs = pairs
+        self.labels: torch.Tensor | None = None
+        if label_task is not None:
+            if label_task not in pairs.tasks:
+                raise InputError(
+                    f"label_task {label_task!r} not in {pairs.name}'s tasks {sorted(pairs.tasks)}"
+                )
+            task = pairs.tasks[label_task]
+            lab = task.labels.copy()
+            missing = lab < 0
+            lab[missing] = len(task.classnames) + np.flatnonzero(missing)
+            self.labels = torch.from_numpy(lab)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -130,10 +142,13 @@ class PairDataset(Dataset):
 
     def __getitems__(self, keys: Sequence[tuple[int, int]]) -> dict[str, object]:
         idx = torch.tensor([k[0] for k in keys], dtype=torch.long)
-        return {
+        item: dict[str, object] = {
             "image": self.pairs.images[idx],
             "text": [self.pairs.captions[i][j] for i, j in keys],
         }
+        if self.labels is not None:
+            item["labels"] = self.labels[idx]
+        return item
 
 
 class PairBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -202,16 +217,18 @@ def make_loader(
     start: int = 0,
     num_workers: int = 0,
     shard: tuple[int, int] = (0, 1),
+    label_task: str | None = None,
 ) -> DataLoader:
     """Infinite loader of ``{"image": uint8, "text": token ids}`` batches starting at batch ``start``
     (this rank's shard of each global batch of ``batch_size``)."""
 
     def collate(item: dict[str, object]) -> Batch:
-        return {"image": item["image"], "text": tokenize(item["text"])}  # type: ignore[arg-type]
+        out = {**item, "text": tokenize(item["text"])}  # type: ignore[arg-type]
+        return out  # type: ignore[return-value]
 
     sampler = PairBatchSampler([len(c) for c in pairs.captions], batch_size, seed, start, shard)
     return DataLoader(
-        PairDataset(pairs),
+        PairDataset(pairs, label_task),
         batch_sampler=sampler,
         collate_fn=collate,
         num_workers=num_workers,

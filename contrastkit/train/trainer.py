@@ -209,7 +209,8 @@ def _step(s: _Session, batch: dict[str, torch.Tensor]) -> tuple[float, float, st
     if not all_true(bool(torch.isfinite(a).all() and torch.isfinite(b).all()), s.dist):
         reason: str | None = "non-finite embeddings"
     else:
-        loss = s.objective(a.float(), b.float())
+        aux = {k: v for k, v in batch.items() if k in s.objective.accepts}
+        loss = s.objective(a.float(), b.float(), **aux)
         loss_val = all_mean(float(loss.detach()), s.dist)  # local forms: the mean is the global loss
         reason = s.guard.check_loss(loss_val)
         if reason is None:
@@ -294,6 +295,7 @@ def _fit(s: _Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
         start=start,
         num_workers=s.cfg.data.num_workers,
         shard=(s.dist.rank, s.dist.world),
+        label_task=s.cfg.data.label_task,
     )
     bar = tqdm(
         total=cfg.steps,

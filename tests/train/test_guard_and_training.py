@@ -158,3 +158,28 @@ def test_spike_check_works_for_negative_losses():
     assert g.check_loss(-9.0) is None  # a small rise of a negative loss is not a spike
     assert g.check_loss(-12.0) is None
     assert g.check_loss(11.0).startswith("loss spike")  # rise of 21 > 2·|−10|
+
+
+def test_labels_reach_losses_that_use_them(tmp_path, monkeypatch):
+    """data.label_task puts labels in the batch; the trainer passes them to a loss that accepts them."""
+    from contrastkit.losses import LossConfig
+    from contrastkit.losses.supcon import SupConLoss
+
+    seen = []
+    real = SupConLoss.forward
+
+    def spy(self, x, y, **aux):
+        seen.append(aux.get("labels"))
+        return real(self, x, y, **aux)
+
+    monkeypatch.setattr(SupConLoss, "forward", spy)
+    base = RunConfig.tiny(out_dir=str(tmp_path))
+    cfg = dataclasses.replace(
+        base,
+        loss=LossConfig("supcon"),
+        data=dataclasses.replace(base.data, label_task="shape+color"),
+        train=dataclasses.replace(base.train, steps=2, ckpt_every=2),
+    )
+    train(cfg)
+    assert len(seen) == 2 and seen[0] is not None and seen[0].shape == (32,)
+    assert seen[0].dtype == torch.long and (seen[0] >= 0).all()  # -1 became unique ids
