@@ -88,9 +88,8 @@ def _forest(comparisons, path: Path, metric: str) -> None:
         f"difference in {metric} (intervention − baseline), {int(100 * comparisons[0][1].level)}% CI"
     )
     ax.set_title("Multi-Bootstrap comparisons (seeds × examples)", fontsize=10)
-    fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
