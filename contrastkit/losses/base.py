@@ -23,7 +23,16 @@ from torch import nn
 from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.core.registry import Registry
 
-__all__ = ["AUX_FIELDS", "LOSSES", "LossConfig", "LossTerm", "PairLoss", "as_float", "maybe_normalize"]
+__all__ = [
+    "AUX_FIELDS",
+    "LOSSES",
+    "LossConfig",
+    "LossTerm",
+    "MultiLoss",
+    "PairLoss",
+    "as_float",
+    "maybe_normalize",
+]
 
 AUX_FIELDS = ("labels", "weights")  # optional batch fields a loss may use: labels [N], weights [N, N]
 
@@ -101,3 +110,28 @@ class PairLoss(nn.Module):
     def log_values(self) -> dict[str, float]:
         """Scalars worth logging every step (temperature, bias…)."""
         return {}
+
+
+class MultiLoss(PairLoss):
+    """Base module for losses over more than two embedding sets: several modalities (GRAM,
+    pairwise-anchor CLIP), several views (MV-InfoNCE), or online/momentum pairs (MoCo, BYOL).
+
+    ``forward(emb, **aux)`` takes the model's output mapping ``{key: [N, D]}``. Keys follow one
+    convention across data, model and losses: a modality name (``"image"``, ``"text"``,
+    ``"attributes"``), ``"<modality>@<v>"`` for view v of a modality (``"image@0"``,
+    ``"image@1"``), and a ``":ema"`` suffix for the momentum encoder's output of that key
+    (``"image@1:ema"``, no gradient). ``inputs`` names the keys the loss reads (``None``: all
+    present, in sorted order); a missing key is an error naming it.
+    """
+
+    inputs: ClassVar[tuple[str, ...] | None] = None
+
+    def select(self, emb: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        keys = self.inputs if self.inputs is not None else tuple(sorted(emb))
+        missing = [k for k in keys if k not in emb]
+        if missing:
+            raise InputError(f"{type(self).__name__} needs embeddings {missing}; the batch has {sorted(emb)}")
+        return [emb[k] for k in keys]
+
+    def forward(self, emb: dict[str, torch.Tensor], **aux: Any) -> torch.Tensor:  # type: ignore[override]
+        raise NotImplementedError
