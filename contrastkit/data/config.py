@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contrastkit.core.errors import ConfigError
+from contrastkit.data.augment import AugmentConfig
 
 __all__ = ["DataConfig"]
 
@@ -18,6 +19,10 @@ class DataConfig:
     (e.g. Shapes' ``n``). ``train_split`` is trained on; ``eval_splits`` are evaluated.
     ``label_task``: put this class task's labels in every batch as ``labels`` (for losses that
     use them, e.g. SupCon); images the task does not cover get unique labels (no positives).
+    ``modalities``: the batch keys a source provides, from ``image``, ``text``, ``attributes``
+    (a float vector per image; Shapes has one); ``views``: ``0`` for none, ``V ≥ 1`` adds
+    ``"image@0" … "image@{V-1}"`` — augmentations of the images configured by ``augment``, seeded
+    by ``(train.seed, step, view)`` so resume is exact (docs/architecture.md).
     """
 
     name: str = "shapes"
@@ -34,8 +39,21 @@ class DataConfig:
     eval_splits: tuple[str, ...] = ("test", "unseen")
     num_workers: int = 0
     label_task: str | None = None
+    modalities: tuple[str, ...] = ("image", "text")
+    views: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
+        known = ("image", "text", "attributes")
+        unknown = [m for m in self.modalities if m not in known]
+        if unknown or len(set(self.modalities)) != len(self.modalities):
+            raise ConfigError(
+                f"data.modalities must be distinct names from {list(known)}, got {list(self.modalities)}"
+            )
+        if not self.modalities and self.views == 0:
+            raise ConfigError("data.modalities is empty and data.views is 0: batches would be empty")
+        if self.views < 0:
+            raise ConfigError(f"data.views must be >= 0 (0 = no augmented views), got {self.views}")
         for s in (self.train_split, *self.eval_splits):
             if s not in self.splits:
                 raise ConfigError(f"data split {s!r} is not declared in data.splits {sorted(self.splits)}")

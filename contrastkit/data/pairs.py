@@ -1,13 +1,16 @@
 """The data interface every source goes through: a :class:`PairSet` and a resumable loader.
 
 A ``PairSet`` is an in-memory set of images (``uint8 [N, 3, H, W]``) with one or more captions
-each, plus optional labelled classification tasks (for zero-shot evaluation). Batches are dicts
-keyed by modality — ``{"image": uint8 [B, 3, H, W], "text": LongTensor [B, L]}`` — so models and
-losses never depend on where the data came from.
+each, optional labelled classification tasks (for zero-shot evaluation) and an optional float
+``attributes`` vector per image (a third modality, e.g. Shapes' one-hot scene description).
+Batches are dicts keyed by modality — ``{"image": uint8 [B, 3, H, W], "text": LongTensor [B, L],
+"attributes": float32 [B, D]}`` — plus augmented views ``"image@0" … "image@{V-1}"`` when asked
+for, so models and losses never depend on where the data came from (docs/architecture.md).
 
 The :class:`PairBatchSampler` makes a step-indexed, deterministic stream of batches: batch ``k``
-depends only on ``(seed, k)``. Resuming at step ``k`` therefore reproduces the exact batches an
-uninterrupted run would have seen, with any number of loader workers.
+depends only on ``(seed, k)`` — its augmented views too. Resuming at step ``k`` therefore
+reproduces the exact batches an uninterrupted run would have seen, with any number of loader
+workers.
 """
 
 from __future__ import annotations
@@ -21,15 +24,20 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from contrastkit.core.errors import InputError
+from contrastkit.data.augment import AugmentConfig, make_views
 
 __all__ = [
+    "MODALITIES",
     "ClassTask",
     "PairBatchSampler",
     "PairDataset",
     "PairSet",
+    "SampledBatch",
     "english_articles",
     "make_loader",
 ]
+
+MODALITIES = ("image", "text", "attributes")  # what a PairSet can put in a batch
 
 Batch = dict[str, torch.Tensor]
 
@@ -65,12 +73,18 @@ class ClassTask:
 
 @dataclass(frozen=True)
 class PairSet:
-    """Images with captions (and optional class tasks). ``captions[i]`` lists image i's captions."""
+    """Images with captions (and optional class tasks). ``captions[i]`` lists image i's captions.
+
+    ``attributes``: optional ``float32 [N, D]`` vector per image (batch key ``"attributes"``);
+    ``attribute_names``: what each of its D entries means (empty or D names).
+    """
 
     images: torch.Tensor
     captions: tuple[tuple[str, ...], ...]
     tasks: dict[str, ClassTask] = field(default_factory=dict)
     name: str = ""
+    attributes: torch.Tensor | None = None
+    attribute_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
@@ -84,6 +98,14 @@ class PairSet:
         for tname, task in self.tasks.items():
             if len(task.labels) != len(self):
                 raise InputError(f"task {tname!r} has {len(task.labels)} labels for {len(self)} images")
+        a = self.attributes
+        if a is not None:
+            if a.ndim != 2 or a.shape[0] != len(self) or not a.is_floating_point():
+                raise InputError(
+                    f"attributes must be a float [N={len(self)}, D] tensor, got {a.dtype} {tuple(a.shape)}"
+                )
+            if self.attribute_names and len(self.attribute_names) != a.shape[1]:
+                raise InputError(f"{len(self.attribute_names)} attribute names for {a.shape[1]} attributes")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -99,6 +121,8 @@ class PairSet:
             captions=tuple(self.captions[i] for i in idx),
             tasks=tasks,
             name=self.name,
+            attributes=None if self.attributes is None else self.attributes[torch.from_numpy(idx)],
+            attribute_names=self.attribute_names,
         )
 
     def flat_captions(self) -> tuple[list[str], np.ndarray]:
@@ -116,13 +140,49 @@ def english_articles(text: str) -> str:
     return _A_AN.sub(lambda m: m.group(1) + "n ", text)
 
 
+class SampledBatch(list):
+    """A batch of ``(image, caption)`` index pairs that knows where it sits in the stream:
+    ``step`` (global batch index), ``offset`` (first row of this shard in the global batch) and
+    ``total`` (global batch size). Augmented views are seeded from these. Compares equal to the
+    plain list of its pairs."""
+
+    def __init__(self, pairs: Sequence[tuple[int, int]], step: int, offset: int, total: int) -> None:
+        super().__init__(pairs)
+        self.step, self.offset, self.total = step, offset, total
+
+
 class PairDataset(Dataset):
     """Indexable view of a PairSet by ``(image index, caption index)`` pairs; with ``label_task``
-    each item also carries that task's label (``-1`` entries become unique labels ``C + index``)."""
+    each item also carries that task's label (``-1`` entries become unique labels ``C + index``).
 
-    def __init__(self, pairs: PairSet, label_task: str | None = None) -> None:
+    ``modalities``: which of ``image`` / ``text`` / ``attributes`` go in a batch (``attributes``
+    needs a PairSet that has them). ``views ≥ 1`` adds ``"image@0" … "image@{views-1}"``:
+    augmentations (``augment``) of the images seeded by ``(seed, batch step, view, row)``; keys
+    must then come from :class:`PairBatchSampler` (a :class:`SampledBatch` knows its step).
+    """
+
+    def __init__(
+        self,
+        pairs: PairSet,
+        label_task: str | None = None,
+        modalities: Sequence[str] = ("image", "text"),
+        views: int = 0,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+    ) -> None:
         self.pairs = pairs
         self.labels: torch.Tensor | None = None
+        unknown = [m for m in modalities if m not in MODALITIES]
+        if unknown:
+            raise InputError(f"unknown data modalities {unknown}; available: {list(MODALITIES)}")
+        if "attributes" in modalities and pairs.attributes is None:
+            raise InputError(f"{pairs.name or 'this data set'} has no attributes to put in batches")
+        if views < 0:
+            raise InputError(f"views must be >= 0, got {views}")
+        self.modalities = tuple(modalities)
+        self.views = views
+        self.augment = augment or AugmentConfig()
+        self.seed = seed
         if label_task is not None:
             if label_task not in pairs.tasks:
                 raise InputError(
@@ -142,10 +202,20 @@ class PairDataset(Dataset):
 
     def __getitems__(self, keys: Sequence[tuple[int, int]]) -> dict[str, object]:
         idx = torch.tensor([k[0] for k in keys], dtype=torch.long)
-        item: dict[str, object] = {
-            "image": self.pairs.images[idx],
-            "text": [self.pairs.captions[i][j] for i, j in keys],
-        }
+        item: dict[str, object] = {}
+        images = self.pairs.images[idx]
+        if "image" in self.modalities:
+            item["image"] = images
+        if "text" in self.modalities:
+            item["text"] = [self.pairs.captions[i][j] for i, j in keys]
+        if "attributes" in self.modalities:
+            item["attributes"] = self.pairs.attributes[idx]  # type: ignore[index]
+        if self.views:
+            if not isinstance(keys, SampledBatch):
+                raise InputError("augmented views need batches from PairBatchSampler (they know their step)")
+            item.update(
+                make_views(images, self.views, self.augment, self.seed, keys.step, keys.offset, keys.total)
+            )
         if self.labels is not None:
             item["labels"] = self.labels[idx]
         return item
@@ -158,7 +228,8 @@ class PairBatchSampler(Sampler[list[tuple[int, int]]]):
     caption per image; the last incomplete batch of an epoch is dropped (contrastive losses want
     full batches). ``start`` is the number of batches already consumed. With ``shard=(r, D)``
     it yields rank r's contiguous slice of each global batch (``batch_size`` is the global,
-    contrastive batch and must divide by D): every rank walks the same global stream.
+    contrastive batch and must divide by D): every rank walks the same global stream. Batches are
+    :class:`SampledBatch` lists (they carry their step and rows for seeding augmentations).
     """
 
     def __init__(
@@ -202,7 +273,8 @@ class PairBatchSampler(Sampler[list[tuple[int, int]]]):
             local = self.batch_size // self.shard[1]
             lo = b * self.batch_size + self.shard[0] * local
             sl = slice(lo, lo + local)
-            yield list(zip(cached[0][sl].tolist(), cached[1][sl].tolist()))
+            pairs = zip(cached[0][sl].tolist(), cached[1][sl].tolist())
+            yield SampledBatch(pairs, step=k, offset=self.shard[0] * local, total=self.batch_size)
             k += 1
 
     def __len__(self) -> int:  # DataLoader asks; the stream is infinite
@@ -211,24 +283,33 @@ class PairBatchSampler(Sampler[list[tuple[int, int]]]):
 
 def make_loader(
     pairs: PairSet,
-    tokenize: Callable[[list[str]], torch.Tensor],
+    tokenize: Callable[[list[str]], torch.Tensor] | None,
     batch_size: int,
     seed: int,
     start: int = 0,
     num_workers: int = 0,
     shard: tuple[int, int] = (0, 1),
     label_task: str | None = None,
+    modalities: Sequence[str] = ("image", "text"),
+    views: int = 0,
+    augment: AugmentConfig | None = None,
 ) -> DataLoader:
-    """Infinite loader of ``{"image": uint8, "text": token ids}`` batches starting at batch ``start``
-    (this rank's shard of each global batch of ``batch_size``)."""
+    """Infinite loader of ``{"image": uint8, "text": token ids, …}`` batches starting at batch
+    ``start`` (this rank's shard of each global batch of ``batch_size``). ``modalities``, ``views``
+    and ``augment`` as in :class:`PairDataset` (views are seeded by ``seed``); ``tokenize`` may be
+    ``None`` when ``text`` is not among ``modalities``."""
+    if "text" in modalities and tokenize is None:
+        raise InputError("batches with text need a tokenize function")
 
     def collate(item: dict[str, object]) -> Batch:
-        out = {**item, "text": tokenize(item["text"])}  # type: ignore[arg-type]
+        if "text" not in item:
+            return item  # type: ignore[return-value]
+        out = {**item, "text": tokenize(item["text"])}  # type: ignore[arg-type, misc]
         return out  # type: ignore[return-value]
 
     sampler = PairBatchSampler([len(c) for c in pairs.captions], batch_size, seed, start, shard)
     return DataLoader(
-        PairDataset(pairs, label_task),
+        PairDataset(pairs, label_task, modalities, views, augment, seed),
         batch_sampler=sampler,
         collate_fn=collate,
         num_workers=num_workers,

@@ -9,6 +9,19 @@ coordinates (shape outlines are literal polygon tables, no sin/cos/atan at draw 
 blending, and randomness comes from NumPy's PCG64 ``Generator`` seeded by ``[seed, split]``. The same
 seed gives the same bytes on every platform (pinned NumPy; a test hashes the output).
 
+Attributes (a third modality): every image also gets a float32 vector of ``ATTRIBUTE_DIM`` = 45
+entries, named by ``ATTRIBUTE_NAMES``, made from the scene description without drawing any random
+number (the image and caption bytes do not change)::
+
+    [ 0:18]  object 1: one-hot shape (8) | one-hot colour (8) | one-hot size (2)
+    [18:36]  object 2: the same, all zero for a one-object image
+    [36:41]  one-hot position of a one-object image ("on the left" … "in the center"), else zero
+    [41:45]  one-hot relation of object 1 to object 2 ("to the left of" … "below"), else zero
+
+Two-object images concatenate their objects (not a sum, so colour–shape binding survives) in
+the order of their captions ("a {c1} {s1} {rel} a {c2} {s2}"). A one-object image has exactly 4
+ones, a two-object image 7.
+
 Compositional hold-out: ``HOLDOUT`` colour–shape combinations (one per colour and per shape, so
 every colour and shape is still seen) never appear in the ``train``/``val``/``test`` splits; the
 ``unseen`` split contains only them.
@@ -26,6 +39,8 @@ from contrastkit.core.errors import InputError
 from contrastkit.data.pairs import ClassTask, PairSet, english_articles
 
 __all__ = [
+    "ATTRIBUTE_DIM",
+    "ATTRIBUTE_NAMES",
     "COLORS",
     "HOLDOUT",
     "SHAPES",
@@ -98,6 +113,36 @@ _PAIR_TEMPLATES = (
     "there is a {c1} {s1} {rel} a {c2} {s2}",
 )
 ZS_TEMPLATES = ("a {}", "a small {}", "a large {}", "there is a {}")
+
+_OBJECT_NAMES = (
+    *(f"shape={s}" for s in SHAPES),
+    *(f"color={c}" for c in COLOR_NAMES),
+    *(f"size={z}" for z in SIZES),
+)
+ATTRIBUTE_NAMES = (
+    *(f"object1/{n}" for n in _OBJECT_NAMES),
+    *(f"object2/{n}" for n in _OBJECT_NAMES),
+    *(f"position={p}" for p in _POSITIONS),
+    *(f"relation={r}" for r in _RELATIONS),
+)
+ATTRIBUTE_DIM = len(ATTRIBUTE_NAMES)  # 45
+
+
+def _attributes(objects: list[ShapeObject], where: str) -> np.ndarray:
+    """The attribute vector of a scene (see the module docstring); ``where`` is the position
+    name of a one-object scene or the relation of a two-object scene."""
+    vec = np.zeros(ATTRIBUTE_DIM, dtype=np.float32)
+    n_obj = len(_OBJECT_NAMES)
+    for k, obj in enumerate(objects):
+        base = k * n_obj
+        vec[base + SHAPES.index(obj.shape)] = 1.0
+        vec[base + len(SHAPES) + COLOR_NAMES.index(obj.color)] = 1.0
+        vec[base + len(SHAPES) + len(COLOR_NAMES) + SIZES.index(obj.size)] = 1.0
+    if len(objects) == 1:
+        vec[2 * n_obj + list(_POSITIONS).index(where)] = 1.0
+    else:
+        vec[2 * n_obj + len(_POSITIONS) + list(_RELATIONS).index(where)] = 1.0
+    return vec
 
 
 def _in_polygon(u: np.ndarray, v: np.ndarray, poly: np.ndarray) -> np.ndarray:
@@ -185,7 +230,7 @@ def _single(rng: np.random.Generator, size: int, allowed: list[tuple[str, str]],
         english_articles(_SINGLE_TEMPLATES[t].format(size=zname, color=color, shape=shape, pos=pos))
         for t in tmpl
     )
-    return [obj], caps
+    return [obj], caps, pos
 
 
 def _pair(rng: np.random.Generator, size: int, allowed: list[tuple[str, str]], n_caps: int):
@@ -205,7 +250,7 @@ def _pair(rng: np.random.Generator, size: int, allowed: list[tuple[str, str]], n
         english_articles(_PAIR_TEMPLATES[t].format(c1=c1, s1=s1, z1=z1, rel=rel, c2=c2, s2=s2, z2=z2))
         for t in tmpl
     )
-    return [o1, o2], caps
+    return [o1, o2], caps, rel
 
 
 def make_shapes(
@@ -220,8 +265,9 @@ def make_shapes(
     """Generate ``n`` Shapes images of ``split`` (one of ``SPLITS``) deterministically.
 
     Returns a :class:`PairSet` with tasks ``shape``, ``color`` and ``shape+color`` (labels ``-1``
-    for two-object images). Class names of ``shape+color`` cover all 64 combinations, so the
-    held-out ones compete in zero-shot classification on every split.
+    for two-object images) and ``attributes`` (``float32 [n, 45]``, see the module docstring).
+    Class names of ``shape+color`` cover all 64 combinations, so the held-out ones compete in
+    zero-shot classification on every split.
     """
     if split not in SPLITS:
         raise InputError(f"unknown Shapes split {split!r}; available: {SPLITS}")
@@ -238,19 +284,28 @@ def make_shapes(
     rng = np.random.default_rng([seed, SPLITS.index(split)])
     images = np.empty((n, 3, image_size, image_size), dtype=np.uint8)
     captions, labels = [], np.full((n, 3), -1, dtype=np.int64)
+    attributes = np.zeros((n, ATTRIBUTE_DIM), dtype=np.float32)
     for i in tqdm(range(n), desc=f"shapes/{split}", disable=not progress, leave=False):
         if rng.random() < two_object_fraction:
-            objs, caps = _pair(rng, image_size, allowed, captions_per_image)
+            objs, caps, where = _pair(rng, image_size, allowed, captions_per_image)
         else:
-            objs, caps = _single(rng, image_size, allowed, captions_per_image)
+            objs, caps, where = _single(rng, image_size, allowed, captions_per_image)
             si, ci = SHAPES.index(objs[0].shape), COLOR_NAMES.index(objs[0].color)
             labels[i] = (si, ci, ci * len(SHAPES) + si)
         images[i] = render_scene(objs, image_size, rng)
         captions.append(caps)
+        attributes[i] = _attributes(objs, where)
     tasks = {
         # prompt ensembles: a shape's prompts range over colours, a colour's over shapes
         "shape": ClassTask(SHAPES, tuple(f"a {c} {{}}" for c in COLOR_NAMES), labels[:, 0], True),
         "color": ClassTask(COLOR_NAMES, tuple(f"a {{}} {s}" for s in SHAPES), labels[:, 1], True),
         "shape+color": ClassTask(tuple(f"{c} {s}" for c, s in combos), ZS_TEMPLATES, labels[:, 2], True),
     }
-    return PairSet(torch.from_numpy(images), tuple(captions), tasks, name=f"shapes/{split}")
+    return PairSet(
+        torch.from_numpy(images),
+        tuple(captions),
+        tasks,
+        name=f"shapes/{split}",
+        attributes=torch.from_numpy(attributes),
+        attribute_names=ATTRIBUTE_NAMES,
+    )

@@ -22,16 +22,23 @@ from contrastkit.losses import (  # noqa: F401  isort: skip
     amcl,
     auc,
     dcl,
+    generative,
     geometry,
     hard_negatives,
     infonce,
     kernel,
+    labels,
     macl,
     margin,
     mixup,
     mochi,
+    momentum,
+    multimodal,
+    multiview,
     soft_targets,
+    ssl,
     supcon,
+    whitening,
 )
 
 __all__ = [

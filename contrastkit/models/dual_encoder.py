@@ -1,8 +1,13 @@
 """The multi-tower encoder: one tower + projection per named modality.
 
 ``DualEncoder`` is the CLIP/SigLIP dual encoder, written for M ≥ 2 named modalities (``image``,
-``text``, ``audio``…) so that later multi-modal objectives use the same model. It returns raw
+``text``, ``attributes``…) so that multi-modal objectives use the same model. It returns raw
 projected embeddings; losses and evaluation L2-normalise them (the loss flag ``normalize``).
+
+Keys (docs/architecture.md): a batch key is a modality (``"image"``) or a view of one
+(``"image@1"``, encoded by the ``image`` tower); the model returns an embedding for every key it
+can encode and, with ``momentum``, the momentum encoder's output of each key of a momentum
+modality under ``"<key>:ema"`` (``"image@1:ema"``, computed without gradient).
 """
 
 from __future__ import annotations
@@ -16,9 +21,25 @@ import torch
 from torch import nn
 
 from contrastkit.core.errors import ConfigError, InputError
+from contrastkit.models.momentum import MomentumConfig, MomentumEncoder
 from contrastkit.models.towers import TOWERS, TextTower, Tower, TowerContext
 
-__all__ = ["DualEncoder", "ModelConfig", "TowerConfig", "build_model"]
+__all__ = ["EMA_SUFFIX", "DualEncoder", "ModelConfig", "TowerConfig", "build_model", "split_key"]
+
+EMA_SUFFIX = ":ema"
+
+
+def split_key(key: str) -> tuple[str, int | None, bool]:
+    """``"image@1:ema"`` → ``("image", 1, True)``; ``"text"`` → ``("text", None, False)``.
+    Raises :class:`InputError` for a malformed view index."""
+    ema = key.endswith(EMA_SUFFIX)
+    base = key[: -len(EMA_SUFFIX)] if ema else key
+    modality, sep, view = base.partition("@")
+    if not sep:
+        return modality, None, ema
+    if not view.isdigit():
+        raise InputError(f"bad embedding key {key!r}: a view is '<modality>@<int>', e.g. 'image@1'")
+    return modality, int(view), ema
 
 
 @dataclass(frozen=True)
@@ -61,12 +82,22 @@ class ModelConfig:
     )
     embed_dim: int = 128
     projection: Literal["linear", "mlp", "none"] = "linear"
+    momentum: MomentumConfig | None = None
 
     def __post_init__(self) -> None:
         if len(self.towers) < 2:
             raise ConfigError(f"model.towers needs at least two modalities, got {list(self.towers)}")
         if self.embed_dim < 1:
             raise ConfigError(f"model.embed_dim must be >= 1, got {self.embed_dim}")
+        bad = [m for m in self.towers if "@" in m or ":" in m]
+        if bad:
+            raise ConfigError(f"model.towers names may not contain '@' or ':' (key syntax), got {bad}")
+        if self.momentum is not None:
+            missing = [m for m in self.momentum.modalities if m not in self.towers]
+            if missing:
+                raise ConfigError(
+                    f"model.momentum.modalities {missing} have no tower; towers: {list(self.towers)}"
+                )
 
     @classmethod
     def tiny(cls) -> ModelConfig:
@@ -99,10 +130,13 @@ def _projection(kind: str, d_in: int, d_out: int) -> nn.Module:
 
 
 class DualEncoder(nn.Module):
-    """Towers + projections keyed by modality.
+    """Towers + projections keyed by modality, optionally with a momentum (EMA) copy of some.
 
-    ``forward(batch)`` takes ``{modality: tensor}`` and returns ``{modality: [B, embed_dim]}``
-    (unnormalised) for every modality present in the batch that the model has.
+    ``forward(batch)`` takes ``{key: tensor}`` and returns ``{key: [B, embed_dim]}`` (unnormalised)
+    for every key it can encode — a modality it has a tower for, or a view ``"<modality>@<v>"`` of
+    one — plus ``"<key>:ema"`` (no gradient) for each such key of a ``momentum`` modality. Other
+    batch fields (``labels``…) are ignored. After every optimizer step the trainer calls
+    :meth:`after_optimizer_step`, which moves the momentum encoder.
     """
 
     def __init__(
@@ -111,6 +145,7 @@ class DualEncoder(nn.Module):
         embed_dim: int,
         projection: str = "linear",
         locked: Sequence[str] = (),
+        momentum: MomentumConfig | None = None,
     ) -> None:
         super().__init__()
         self.towers = nn.ModuleDict(dict(towers))
@@ -121,6 +156,17 @@ class DualEncoder(nn.Module):
         self.locked = tuple(locked)
         for m in self.locked:
             self.towers[m].requires_grad_(False)
+        self.momentum: MomentumEncoder | None = None
+        if momentum is not None:
+            missing = [m for m in momentum.modalities if m not in self.towers]
+            if missing:
+                raise InputError(f"momentum modalities {missing} have no tower; towers: {list(self.towers)}")
+            online = self._online(momentum.modalities)
+            self.momentum = MomentumEncoder(online, momentum.m, momentum.schedule)
+
+    def _online(self, modalities: Sequence[str]) -> dict[str, nn.Module]:
+        """Tower → projection of each modality, as the modules the momentum encoder follows."""
+        return {m: nn.Sequential(self.towers[m], self.projections[m]) for m in modalities}
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -132,18 +178,54 @@ class DualEncoder(nn.Module):
             self.towers[m].eval()
         return self
 
-    def encode(self, modality: str, inputs: torch.Tensor) -> torch.Tensor:
+    def can_encode(self, key: str) -> bool:
+        """Whether ``key`` names a modality (or a view of one) this model has a tower for."""
+        try:
+            modality, _, ema = split_key(key)
+        except InputError:
+            return False
+        if ema:
+            return self.momentum is not None and modality in self.momentum.modalities
+        return modality in self.towers
+
+    def encode(self, key: str, inputs: torch.Tensor) -> torch.Tensor:
+        """Embed ``inputs`` of ``key``: ``"image"`` and ``"image@1"`` use the image tower,
+        ``"image:ema"`` / ``"image@1:ema"`` its momentum copy (no gradient)."""
+        modality, _, ema = split_key(key)
         if modality not in self.towers:
             raise InputError(f"model has no {modality!r} tower; it has {list(self.modalities)}")
+        if ema:
+            if self.momentum is None or modality not in self.momentum.modalities:
+                have = [] if self.momentum is None else list(self.momentum.modalities)
+                raise InputError(
+                    f"model has no momentum encoder for {modality!r}; momentum modalities: {have}"
+                )
+            return self.momentum(modality, inputs)
         return self.projections[modality](self.towers[modality](inputs))
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = {m: self.encode(m, x) for m, x in batch.items() if m in self.towers}
-        if not out:
+        keys = [k for k in batch if self.can_encode(k) and not k.endswith(EMA_SUFFIX)]
+        if not keys:
             raise InputError(
                 f"batch has none of the model's modalities {list(self.modalities)}: {list(batch)}"
             )
+        out = {k: self.encode(k, batch[k]) for k in keys}
+        if self.momentum is not None:
+            for k in keys:
+                if split_key(k)[0] in self.momentum.modalities:
+                    out[k + EMA_SUFFIX] = self.encode(k + EMA_SUFFIX, batch[k])
         return out
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """Called by the trainer after optimizer step ``step`` (0-based) of ``total_steps``:
+        moves the momentum encoder (if any) toward the online towers."""
+        if self.momentum is not None:
+            self.momentum.step(self._online(self.momentum.modalities), step, total_steps)
+
+    def log_values(self) -> dict[str, float]:
+        """Scalars worth logging (the momentum in use)."""
+        return {} if self.momentum is None else {"momentum": self.momentum.last_m}
 
     def text_tower(self) -> TextTower:
         for tower in self.towers.values():
@@ -171,4 +253,4 @@ def build_model(
         )
         towers[modality] = TOWERS.build(tcfg.name, context=ctx, **tcfg.params)
     locked = [m for m, t in cfg.towers.items() if t.locked]
-    return DualEncoder(towers, cfg.embed_dim, cfg.projection, locked)
+    return DualEncoder(towers, cfg.embed_dim, cfg.projection, locked, cfg.momentum)

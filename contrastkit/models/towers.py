@@ -8,7 +8,9 @@ A tower maps its modality's batch tensor to features ``[B, output_dim]``:
 * ``hf_text`` — a small BERT (``transformers.BertModel``) with a word-level tokenizer built from the
   training captions;
 * ``hf_pretrained`` — any Hugging Face text model + tokenizer from a local folder (e.g. MiniLM),
-  mean-pooled as sentence-transformers does.
+  mean-pooled as sentence-transformers does;
+* ``mlp`` — Linear → GELU → Linear over a float vector per example (e.g. Shapes ``attributes``,
+  ``input_dim`` 45).
 
 Text towers also own their tokenizer (:meth:`TextTower.tokenize`); the tokenizer is saved with
 the run (:meth:`save_assets`) and restored from there.
@@ -24,11 +26,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-from contrastkit.core.errors import InputError, MissingFileError
+from contrastkit.core.errors import ConfigError, InputError, MissingFileError
 from contrastkit.core.registry import Registry
 from contrastkit.models.tokenizer import encode, load_tokenizer, train_word_tokenizer
 
-__all__ = ["TOWERS", "ImageTower", "TextTower", "Tower", "TowerContext"]
+__all__ = ["TOWERS", "ImageTower", "TextTower", "Tower", "TowerContext", "VectorTower"]
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,28 @@ class TextTower(Tower):
         self.tokenizer.save_pretrained(str(folder / "tokenizer"))
 
 
+class VectorTower(Tower):
+    """``Linear(input_dim, hidden_dim) → GELU → Linear(hidden_dim, output_dim)`` over float
+    vectors ``[B, input_dim]`` (attribute vectors, tabular features…)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int) -> None:
+        super().__init__()
+        self.input_dim = input_dim
+        self.output_dim = output_dim
+        self.net = nn.Sequential(
+            nn.Linear(input_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, output_dim)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 2 or x.shape[1] != self.input_dim or not x.is_floating_point():
+            raise InputError(
+                f"vector input must be float [B, {self.input_dim}], got {x.dtype} {tuple(x.shape)}"
+            )
+        if x.shape[0] == 0:
+            raise InputError("empty vector batch")
+        return self.net(x.to(self.net[0].weight.dtype))
+
+
 TOWERS: Registry[Tower] = Registry("tower")
 
 
@@ -181,3 +205,20 @@ def hf_pretrained_tower(
     tokenizer = load_tokenizer(folder)
     encoder = AutoModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=None)
     return TextTower(encoder, tokenizer, max_length, pooling)
+
+
+@TOWERS.register("mlp")
+def mlp_tower(
+    input_dim: int | None = None,
+    hidden_dim: int = 128,
+    output_dim: int = 128,
+    context: TowerContext | None = None,
+) -> VectorTower:
+    """A two-layer MLP (Linear-GELU-Linear) for float vectors of ``input_dim`` entries (required;
+    Shapes' ``attributes`` have 45)."""
+    if input_dim is None:
+        raise ConfigError("tower 'mlp' needs params.input_dim (Shapes attributes: 45)")
+    for name, v in (("input_dim", input_dim), ("hidden_dim", hidden_dim), ("output_dim", output_dim)):
+        if not isinstance(v, int) or v < 1:
+            raise ConfigError(f"tower 'mlp': {name} must be a positive integer, got {v!r}")
+    return VectorTower(input_dim, hidden_dim, output_dim)

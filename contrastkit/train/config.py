@@ -102,6 +102,15 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
 
+    def __post_init__(self) -> None:
+        fed = set(self.data.modalities) | ({"image"} if self.data.views else set())
+        starved = [m for m in self.model.towers if m not in fed]
+        if starved:
+            raise ConfigError(
+                f"model tower(s) {starved} get no input: data.modalities is {list(self.data.modalities)}"
+                f"{f' with {self.data.views} image views' if self.data.views else ''}; add them there"
+            )
+
     @classmethod
     def tiny(cls, name: str = "tiny", out_dir: str = "runs") -> RunConfig:
         """Seconds-long run for tests: tiny model, 512 Shapes pairs."""

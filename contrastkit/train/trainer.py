@@ -5,7 +5,12 @@
 
 ``train`` starts a run in ``out_dir/name``; ``resume(run_dir)`` continues the newest checkpoint
 exactly (same weights, optimizer moments, schedule, RNG and data position as an uninterrupted
-run). Upper layers add periodic work (e.g. zero-shot tracking) through ``callbacks`` — functions
+run). A pair loss gets the model's first two modalities (``loss(x, y, **aux)``); a
+:class:`~contrastkit.losses.base.MultiLoss` gets every embedding the model produced — modalities,
+views ``"image@v"`` and momentum outputs ``"<key>:ema"`` — as ``loss(emb, **aux)``, with ``aux``
+the batch fields it ``accepts`` (docs/architecture.md). After every optimizer step the loss's
+constraints are applied and the model's momentum encoder (if any) is updated. Upper layers add
+periodic work (e.g. zero-shot tracking) through ``callbacks`` — functions
 ``(step, model) -> dict of metrics`` — so this module never imports evaluation code.
 """
 
@@ -29,7 +34,7 @@ from contrastkit.core.runtime import seed_everything, set_threads
 from contrastkit.data import load_split, make_loader
 from contrastkit.data.pairs import PairSet
 from contrastkit.losses import from_config as build_loss
-from contrastkit.losses.base import PairLoss
+from contrastkit.losses.base import MultiLoss, PairLoss
 from contrastkit.models.dual_encoder import DualEncoder, build_model
 from contrastkit.scale import TiledLoss, backward_through_chunks, embed_in_chunks
 from contrastkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -92,7 +97,21 @@ def _device(name: str) -> torch.device:
 
 def _objective(cfg: RunConfig, loss: PairLoss, ctx: DistContext) -> PairLoss:
     """What the step computes: ``loss`` in tiles if ``scale.tile_size`` is set, across ranks if
-    several processes run. The wrappers share ``loss``'s parameters."""
+    several processes run. The wrappers share ``loss``'s parameters. A :class:`MultiLoss` runs
+    as it is: single process, untiled, unchunked (a clear error otherwise)."""
+    if isinstance(loss, MultiLoss):
+        name = type(loss).__name__
+        if cfg.scale.tile_size is not None or cfg.scale.chunk_size is not None:
+            raise ConfigError(
+                f"{name} is a MultiLoss (several embedding sets): scale.tile_size and scale.chunk_size "
+                "(gradient caching) work with pair losses only; unset them"
+            )
+        if ctx.active:
+            raise ConfigError(
+                f"{name} is a MultiLoss: training with it on several processes is not supported yet; "
+                "run one process"
+            )
+        return loss
     if ctx.active:
         return wrap_loss(loss, cfg.scale, ctx)
     return loss if cfg.scale.tile_size is None else TiledLoss(loss, cfg.scale.tile_size)
@@ -102,6 +121,10 @@ def _session(cfg: RunConfig, run_dir: Path, fresh: bool, ctx: DistContext, devic
     set_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)  # the same on every rank: identical initial weights
     train_set = load_split(cfg.data, cfg.data.train_split, progress=cfg.train.progress and ctx.main)
+    if "attributes" in cfg.data.modalities and train_set.attributes is None:
+        raise ConfigError(
+            f"data.modalities has 'attributes' but data set {cfg.data.name!r} provides none (Shapes does)"
+        )
     if fresh:
         model = build_model(cfg.model, texts=train_set.flat_captions()[0])
         if ctx.main:
@@ -109,6 +132,7 @@ def _session(cfg: RunConfig, run_dir: Path, fresh: bool, ctx: DistContext, devic
     else:
         model = build_model(cfg.model, assets_dir=run_dir / "assets")
     loss = build_loss(cfg.loss)
+    objective = _objective(cfg, loss, ctx)
     model.to(device)
     loss.to(device)
     broadcast_parameters([model, loss], ctx)
@@ -122,7 +146,7 @@ def _session(cfg: RunConfig, run_dir: Path, fresh: bool, ctx: DistContext, devic
         train_set,
         model,
         loss,
-        _objective(cfg, loss, ctx),
+        objective,
         ctx,
         optimizer,
         scheduler,
@@ -196,21 +220,36 @@ def _embed(s: _Session, batch: dict[str, torch.Tensor]):
         return s.model(batch), None
 
 
-def _step(s: _Session, batch: dict[str, torch.Tensor]) -> tuple[float, float, str | None]:
-    """One guarded optimisation step; returns (loss, grad norm, skip reason or None).
+def _compute_loss(s: _Session, emb: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The objective on this step's embeddings: every key for a :class:`MultiLoss`, the model's
+    first two modalities for a pair loss; ``aux`` = the batch fields the loss accepts."""
+    aux = {k: v for k, v in batch.items() if k in s.objective.accepts}
+    if isinstance(s.objective, MultiLoss):
+        return s.objective({k: v.float() for k, v in emb.items()}, **aux)
+    pair = s.model.modalities[:2]
+    missing = [m for m in pair if m not in emb]
+    if missing:
+        raise ConfigError(
+            f"{type(s.objective).__name__} is a pair loss over the model's modalities {list(pair)}, "
+            f"but the batch has no {missing} (data.modalities = {list(s.cfg.data.modalities)})"
+        )
+    a, b = (emb[m] for m in pair)
+    return s.objective(a.float(), b.float(), **aux)
+
+
+def _step(s: _Session, batch: dict[str, torch.Tensor], step: int) -> tuple[float, float, str | None]:
+    """One guarded optimisation step (0-based ``step``); returns (loss, grad norm, skip reason or None).
 
     Every decision (skip or not) is taken on values that all ranks share — the mean loss, the
     averaged gradients' norm — so ranks never diverge or wait on each other's collectives.
     """
     s.model.train()
     emb, cached = _embed(s, batch)
-    a, b = (emb[m] for m in s.model.modalities[:2])
     loss_val, grad_norm = float("nan"), float("nan")
-    if not all_true(bool(torch.isfinite(a).all() and torch.isfinite(b).all()), s.dist):
+    if not all_true(all(bool(torch.isfinite(e).all()) for e in emb.values()), s.dist):
         reason: str | None = "non-finite embeddings"
     else:
-        aux = {k: v for k, v in batch.items() if k in s.objective.accepts}
-        loss = s.objective(a.float(), b.float(), **aux)
+        loss = _compute_loss(s, emb, batch)
         loss_val = all_mean(float(loss.detach()), s.dist)  # local forms: the mean is the global loss
         reason = s.guard.check_loss(loss_val)
         if reason is None:
@@ -227,6 +266,7 @@ def _step(s: _Session, batch: dict[str, torch.Tensor]) -> tuple[float, float, st
     if reason is None:
         s.optimizer.step()
         s.loss.after_optimizer_step()
+        s.model.after_optimizer_step(step, s.cfg.train.steps)
     s.optimizer.zero_grad(set_to_none=True)
     with warnings.catch_warnings():  # a skipped step advances the schedule without optimizer.step()
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
@@ -260,6 +300,7 @@ def _record(
                 "lr": s.scheduler.get_last_lr()[0],
                 "grad_norm": grad_norm,
                 **s.loss.log_values(),
+                **s.model.log_values(),
                 "data_time": t1 - t0,
                 "step_time": t2 - t1,
                 "samples_per_s": rate,
@@ -287,15 +328,19 @@ def _checkpoint(s: _Session, step: int) -> None:
 
 def _fit(s: _Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
     cfg = s.cfg.train
+    data = s.cfg.data
     loader = make_loader(
         s.train_set,
-        s.model.tokenize,
+        s.model.tokenize if "text" in data.modalities else None,
         cfg.batch_size,
         cfg.seed,
         start=start,
-        num_workers=s.cfg.data.num_workers,
+        num_workers=data.num_workers,
         shard=(s.dist.rank, s.dist.world),
-        label_task=s.cfg.data.label_task,
+        label_task=data.label_task,
+        modalities=data.modalities,
+        views=data.views,
+        augment=data.augment,
     )
     bar = tqdm(
         total=cfg.steps,
@@ -314,7 +359,7 @@ def _fit(s: _Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
             batch = {k: v.to(s.device, non_blocking=True) for k, v in next(batches).items()}
             t1 = time.perf_counter()
             torch.manual_seed(_step_seed(cfg.seed, step, s.dist.rank))
-            loss_val, grad_norm, reason = _step(s, batch)
+            loss_val, grad_norm, reason = _step(s, batch, step)
             s.guard.record(step + 1, loss_val, reason)
             step += 1
             rate = _record(s, step, loss_val, grad_norm, reason, (t0, t1, time.perf_counter()))
