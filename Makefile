@@ -8,9 +8,24 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-all lint bench clean
+EMOJI  := .cache/npm/node_modules/emoji-datasource-google/emoji.json
 
-setup: $(STAMP)
+.PHONY: setup data fashion-mnist demo test test-all lint bench clean
+
+setup: $(STAMP) data
+
+# Real data (docs/real-data.md): Fashion-MNIST from Debian, emoji image-name pairs from npm.
+data: fashion-mnist $(EMOJI)
+
+fashion-mnist:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then :; \
+	elif ! command -v apt-get >/dev/null; then echo "warning: no apt-get: Fashion-MNIST tests will be skipped (docs/real-data.md)"; \
+	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q dataset-fashion-mnist || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q dataset-fashion-mnist; }; fi
+
+$(EMOJI):
+	@if command -v npm >/dev/null; then npm install --silent --no-save --prefix .cache/npm emoji-datasource-google@16.0.0; \
+	else echo "warning: no npm: emoji tests will be skipped (docs/real-data.md)"; fi
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -11,6 +11,8 @@ from typing import Any
 from contrastkit.core.registry import Registry
 from contrastkit.data.config import DataConfig
 from contrastkit.data.digits import make_digits
+from contrastkit.data.emoji import make_emoji
+from contrastkit.data.fashion import make_fashion_mnist
 from contrastkit.data.pairs import (
     ClassTask,
     PairBatchSampler,
@@ -32,6 +34,8 @@ __all__ = [
     "english_articles",
     "load_split",
     "make_digits",
+    "make_emoji",
+    "make_fashion_mnist",
     "make_loader",
     "make_shapes",
 ]
@@ -39,6 +43,8 @@ __all__ = [
 DATASETS: Registry[PairSet] = Registry("data set")
 DATASETS.register("shapes")(make_shapes)
 DATASETS.register("digits")(make_digits)
+DATASETS.register("fashion_mnist")(make_fashion_mnist)
+DATASETS.register("emoji")(make_emoji)
 
 
 def build(name: str, split: str, **params: Any) -> PairSet:

