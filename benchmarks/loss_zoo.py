@@ -43,6 +43,51 @@ METRICS = {
     "zs_shape_color": "zeroshot/shape+color/top1",
     "zs_color": "zeroshot/color/top1",
     "t2i_r1": "retrieval/text_to_image_R@1",
+    "probe_shape_color": "probe/shape+color/linear_top1",
+}
+
+# Losses that need more than (image, text) batches (loss zoo II): a row label maps to the registry
+# name, its parameters and the run changes it needs — ``data`` (two augmented views, the Shapes
+# attribute vector as a third modality, caption concepts), ``momentum`` (EMA copies of towers) and
+# extra ``towers``. Image-only objectives (SSL, MoCo, multi-view) leave the text tower untrained,
+# so only their linear-probe column means something; ``clip_plus_ssl:*`` adds CLIP on (image, text).
+VIEWS = {"views": 2}
+ATTRIBUTES = {"modalities": ["image", "text", "attributes"]}
+MLP_TOWER = {"attributes": {"name": "mlp", "params": {"input_dim": 45, "hidden_dim": 128}}}
+RECIPES: dict[str, dict[str, Any]] = {
+    "mv_infonce": {"data": VIEWS},
+    "mv_dhel": {"data": VIEWS},
+    "collossl": {"data": VIEWS},
+    "moco2": {"data": VIEWS, "momentum": (["image"], 0.99, "constant"), "params": {"queue_size": 4096}},
+    "moco3": {"data": VIEWS, "momentum": (["image"], 0.99, "cosine"), "params": {"temperature": 0.2}},
+    "byol": {"data": VIEWS, "momentum": (["image"], 0.99, "cosine"), "params": {"predictor_hidden": 512}},
+    "simsiam": {"data": VIEWS, "momentum": (["image"], 0.0, "constant"), "params": {"predictor_hidden": 32}},
+    "clip_plus_ssl:ntxent": {"loss": "clip_plus_ssl", "data": VIEWS, "params": {"ssl": "ntxent"}},
+    "clip_plus_ssl:barlow": {
+        "loss": "clip_plus_ssl",
+        "data": VIEWS,
+        "params": {"ssl": "barlow", "ssl_weight": 0.005},
+    },
+    "clip_plus_ssl:byol": {
+        "loss": "clip_plus_ssl",
+        "data": VIEWS,
+        "momentum": (["image"], 0.99, "cosine"),
+        "params": {"ssl": "byol", "ssl_params": {"predictor_hidden": 512, "dim": 128}},
+    },
+    "tcl": {
+        "momentum": (["image", "text"], 0.995, "constant"),
+        "params": {"local": False, "queue_size": 4096},
+    },
+    "gram": {"data": ATTRIBUTES, "towers": MLP_TOWER},
+    "pairwise_clip": {"data": ATTRIBUTES, "towers": MLP_TOWER},
+    "catlip": {"data": {"concepts": True}},
+    "tagalign": {"data": {"concepts": True}},
+    "captioning": {"params": {"width": 128, "heads": 4, "layers": 2}},
+    "coca": {"params": {"width": 128, "heads": 4, "layers": 2}},
+}
+SKIP = {
+    "mlcd": "needs k-means prototypes of a pretrained model's embeddings (offline clustering); "
+    "not defined from scratch",
 }
 
 
@@ -63,8 +108,9 @@ def load_registry() -> tuple[Any, dict[str, str]]:
 
 def loss_params(registry: Any, name: str, steps: int, embed_dim: int) -> dict[str, Any]:
     """Constructor parameters the benchmark sets: the schedule length and the embedding width."""
-    sig = inspect.signature(registry.get(name)).parameters
-    params: dict[str, Any] = {}
+    recipe = RECIPES.get(name, {})
+    sig = inspect.signature(registry.get(recipe.get("loss", name))).parameters
+    params: dict[str, Any] = dict(recipe.get("params", {}))
     if "total_steps" in sig:
         params["total_steps"] = steps
     if "dim" in sig and sig["dim"].default in (None, inspect.Parameter.empty):
@@ -74,6 +120,32 @@ def loss_params(registry: Any, name: str, steps: int, embed_dim: int) -> dict[st
     ):  # the spec makes MoCHi's N, s, s' and warm-up explicit: the paper's (256, 512, 256) scaled down
         params.update(n_hard=128, n_mix=128, n_mix_query=64, warmup_steps=steps // 10, queue_size=4096)
     return params
+
+
+def recipe_note(registry: Any, name: str) -> str:
+    """What a row was trained with beyond the plain (image, text) batches."""
+    recipe = RECIPES.get(name, {})
+    notes = []
+    accepts = getattr(registry.get(recipe.get("loss", name)), "accepts", ())
+    if isinstance(accepts, frozenset) and "labels" in accepts:
+        notes.append("shape+color labels")
+    data = recipe.get("data", {})
+    if data.get("views"):
+        notes.append(f"{data['views']} augmented views")
+    if "attributes" in data.get("modalities", ()):
+        notes.append("3rd modality: attribute vector (MLP tower)")
+    if data.get("concepts"):
+        notes.append("caption-concept targets")
+    if "momentum" in recipe:
+        mods, m, schedule = recipe["momentum"]
+        notes.append(f"EMA {'+'.join(mods)} m={m} {schedule}")
+    if recipe.get("params"):
+        notes.append(", ".join(f"{k}={v}" for k, v in recipe["params"].items()))
+    return "; ".join(notes)
+
+
+def run_name(name: str) -> str:
+    return name.replace(":", "-")
 
 
 def probe(registry: Any, name: str, params: dict[str, Any], embed_dim: int) -> str | None:
@@ -109,21 +181,36 @@ def probe(registry: Any, name: str, params: dict[str, Any], embed_dim: int) -> s
 def run_config(args: argparse.Namespace, name: str, params: dict[str, Any]):
     from contrastkit.data import DataConfig
     from contrastkit.losses.base import LOSSES, LossConfig
+    from contrastkit.models import TowerConfig
+    from contrastkit.models.momentum import MomentumConfig
     from contrastkit.train import OptimConfig, RunConfig, TrainConfig
 
     base = RunConfig()
+    recipe = RECIPES.get(name, {})
+    loss_name = recipe.get("loss", name)
+    built = LOSSES.build(loss_name, **params)
+    data_changes = dict(recipe.get("data", {}))
+    if "modalities" in data_changes:
+        data_changes["modalities"] = tuple(data_changes["modalities"])
     data = DataConfig(
         params=dict(base.data.params),
         splits={"train": {"n": args.train_n}, "test": {"n": args.test_n}},
         eval_splits=("test",),
-        label_task="shape+color" if "labels" in getattr(LOSSES.get(name), "accepts", ()) else None,
+        label_task="shape+color" if "labels" in built.accepts else None,
+        **data_changes,
     )
+    towers = {**base.model.towers, **{k: TowerConfig(**v) for k, v in recipe.get("towers", {}).items()}}
+    momentum = None
+    if "momentum" in recipe:
+        mods, m, schedule = recipe["momentum"]
+        momentum = MomentumConfig(tuple(mods), m=m, schedule=schedule)
     return dataclasses.replace(
         base,
-        name=name,
+        name=run_name(name),
         out_dir=args.out,
         data=data,
-        loss=LossConfig(name=name, params=params),
+        model=dataclasses.replace(base.model, towers=towers, momentum=momentum),
+        loss=LossConfig(name=loss_name, params=params),
         optim=dataclasses.replace(OptimConfig(), warmup_steps=max(1, args.steps // 10)),
         train=TrainConfig(
             steps=args.steps,
@@ -149,7 +236,8 @@ def worker(args: argparse.Namespace) -> None:
     params = json.loads(args.params)
     cfg = run_config(args, args.worker, params)
     result = train(cfg, overwrite=True)
-    metrics = evaluate_run(result.run_dir, splits=["test"])["metrics"]["test"]
+    metrics = evaluate_run(result.run_dir, splits=["test"], tasks=("zeroshot", "retrieval", "probe"))
+    metrics = metrics["metrics"]["test"]
     out = {
         "steps": result.step,
         "wall_s": result.seconds,
@@ -166,7 +254,7 @@ def run_one(args: argparse.Namespace, name: str, params: dict[str, Any]) -> dict
         cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-    result_file = Path(args.out) / name / "zoo.json"
+    result_file = Path(args.out) / run_name(name) / "zoo.json"
     if proc.returncode != 0 or not result_file.is_file():
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1][:200]
         return {"reason": f"failed (exit {proc.returncode}): {tail}"}
@@ -182,14 +270,15 @@ def fmt(v: Any, spec: str) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| loss | steps | wall s | test shape+color zero-shot top-1 | test color top-1 "
-        "| text→image R@1 | skipped reason |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| text→image R@1 | shape+color linear probe | note |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['loss']} | {fmt(r.get('steps'), 'd')} | {fmt(r.get('wall_s'), '.1f')} "
             f"| {fmt(r.get('zs_shape_color'), '.3f')} | {fmt(r.get('zs_color'), '.3f')} "
-            f"| {fmt(r.get('t2i_r1'), '.3f')} | {r.get('reason', '')} |"
+            f"| {fmt(r.get('t2i_r1'), '.3f')} | {fmt(r.get('probe_shape_color'), '.3f')} "
+            f"| {r.get('reason', '')} |"
         )
     return "\n".join(lines)
 
@@ -219,16 +308,21 @@ def main(argv: list[str] | None = None) -> None:
     registry, failed = load_registry()
     for module, err in failed.items():
         print(f"[loss_zoo] module contrastkit.losses.{module} failed to import: {err}", flush=True)
-    names = [n.strip() for n in args.losses.split(",") if n.strip()] or registry.names()
+    names = [n.strip() for n in args.losses.split(",") if n.strip()] or [
+        *registry.names(),
+        *(k for k in RECIPES if ":" in k),
+    ]
     embed_dim = ModelConfig().embed_dim
     rows = []
     for name in names:
         row: dict[str, Any] = {"loss": name}
-        if name not in registry:
+        if RECIPES.get(name, {}).get("loss", name) not in registry:
             row["reason"] = f"not registered (available: {', '.join(registry.names())})"
+        elif name in SKIP:
+            row["reason"] = SKIP[name]
         else:
             params = loss_params(registry, name, args.steps, embed_dim)
-            why = probe(registry, name, params, embed_dim)
+            why = None if name in RECIPES else probe(registry, name, params, embed_dim)
             if why is not None:
                 row["reason"] = why
             elif args.probe_only:
@@ -236,8 +330,8 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 print(f"[loss_zoo] {name} {params or ''}: training {args.steps} steps …", flush=True)
                 row.update(run_one(args, name, params))
-                if "reason" not in row and "labels" in getattr(registry.get(name), "accepts", ()):
-                    row["reason"] = "trained with shape+color labels"
+                if "reason" not in row:
+                    row["reason"] = recipe_note(registry, name)
         if "wall_s" not in row:
             print(f"[loss_zoo] {name}: skipped — {row['reason']}", flush=True)
         rows.append(row)

@@ -23,6 +23,9 @@ class DataConfig:
     (a float vector per image; Shapes has one); ``views``: ``0`` for none, ``V ≥ 1`` adds
     ``"image@0" … "image@{V-1}"`` — augmentations of the images configured by ``augment``, seeded
     by ``(train.seed, step, view)`` so resume is exact (docs/architecture.md).
+    ``concepts``: put multi-hot caption concepts in every batch as ``targets [B, C]`` (CatLIP,
+    TagAlign): the words of the sampled caption over the split's sorted non-stop-word vocabulary
+    (:mod:`contrastkit.core.concepts`).
     """
 
     name: str = "shapes"
@@ -41,6 +44,7 @@ class DataConfig:
     label_task: str | None = None
     modalities: tuple[str, ...] = ("image", "text")
     views: int = 0
+    concepts: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from contrastkit.core.concepts import caption_vocabulary, concept_targets
 from contrastkit.core.errors import InputError
 from contrastkit.data.augment import AugmentConfig, make_views
 
@@ -159,6 +160,8 @@ class PairDataset(Dataset):
     needs a PairSet that has them). ``views ≥ 1`` adds ``"image@0" … "image@{views-1}"``:
     augmentations (``augment``) of the images seeded by ``(seed, batch step, view, row)``; keys
     must then come from :class:`PairBatchSampler` (a :class:`SampledBatch` knows its step).
+    ``concepts``: add ``targets`` — the sampled caption's multi-hot concepts over
+    :attr:`vocabulary`, the sorted non-stop-words of all the set's captions.
     """
 
     def __init__(
@@ -169,8 +172,10 @@ class PairDataset(Dataset):
         views: int = 0,
         augment: AugmentConfig | None = None,
         seed: int = 0,
+        concepts: bool = False,
     ) -> None:
         self.pairs = pairs
+        self.vocabulary = caption_vocabulary(pairs.captions) if concepts else None
         self.labels: torch.Tensor | None = None
         unknown = [m for m in modalities if m not in MODALITIES]
         if unknown:
@@ -218,6 +223,8 @@ class PairDataset(Dataset):
             )
         if self.labels is not None:
             item["labels"] = self.labels[idx]
+        if self.vocabulary is not None:
+            item["targets"] = concept_targets([self.pairs.captions[i][j] for i, j in keys], self.vocabulary)
         return item
 
 
@@ -293,11 +300,12 @@ def make_loader(
     modalities: Sequence[str] = ("image", "text"),
     views: int = 0,
     augment: AugmentConfig | None = None,
+    concepts: bool = False,
 ) -> DataLoader:
     """Infinite loader of ``{"image": uint8, "text": token ids, …}`` batches starting at batch
-    ``start`` (this rank's shard of each global batch of ``batch_size``). ``modalities``, ``views``
-    and ``augment`` as in :class:`PairDataset` (views are seeded by ``seed``); ``tokenize`` may be
-    ``None`` when ``text`` is not among ``modalities``."""
+    ``start`` (this rank's shard of each global batch of ``batch_size``). ``modalities``,
+    ``views``, ``augment`` and ``concepts`` as in :class:`PairDataset` (views are seeded by
+    ``seed``); ``tokenize`` may be ``None`` when ``text`` is not among ``modalities``."""
     if "text" in modalities and tokenize is None:
         raise InputError("batches with text need a tokenize function")
 
@@ -309,7 +317,7 @@ def make_loader(
 
     sampler = PairBatchSampler([len(c) for c in pairs.captions], batch_size, seed, start, shard)
     return DataLoader(
-        PairDataset(pairs, label_task, modalities, views, augment, seed),
+        PairDataset(pairs, label_task, modalities, views, augment, seed, concepts),
         batch_sampler=sampler,
         collate_fn=collate,
         num_workers=num_workers,

@@ -31,8 +31,7 @@ only); gather embeddings (and targets) across devices first. Related: L-CLIP, L-
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contrastkit.core.checks import check_embeddings, check_finite, check_pair
+from contrastkit.core.concepts import concept_targets
 from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.losses.base import LOSSES, PairLoss, as_float, maybe_normalize
 from contrastkit.losses.clip import clip_loss
@@ -63,48 +63,6 @@ __all__ = [
     "squentropy_loss",
     "tagalign_loss",
 ]
-
-_WORD = re.compile(r"[a-z0-9]+")
-
-
-# ----------------------------------------------------------------------------- concept labels
-def concept_targets(
-    captions: Sequence[str],
-    vocabulary: Sequence[str],
-    *,
-    stop_words: Iterable[str] | None = None,
-    lexicon: Mapping[str, str] | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """Multi-hot targets ``[N, C]`` of ``captions`` over ``vocabulary`` (C concept names).
-
-    Parsing: lower-case the caption; words are maximal runs of ``[a-z0-9]`` (punctuation, hyphens and
-    apostrophes split words: "t-shirt" → "t", "shirt"); words in ``stop_words`` (lower-cased) are
-    dropped; with a ``lexicon`` each word is mapped to its concept name (e.g. a lemma or a WordNet
-    synset id, CatLIP's labelling, supplied as a local table — no WordNet download) and words absent
-    from it are dropped; a word (or its concept) matches a vocabulary entry when equal to it after
-    lower-casing. Duplicates collapse to 1; a caption with no concept gives an all-zero row.
-    """
-    if isinstance(captions, str) or isinstance(vocabulary, str):
-        raise InputError("concept_targets expects a list of captions and a list of concept names")
-    index: dict[str, int] = {}
-    for c, name in enumerate(vocabulary):
-        key = str(name).lower()
-        if key in index:
-            raise ConfigError(f"vocabulary has a duplicate concept {key!r} (case-insensitive)")
-        index[key] = c
-    stops = {w.lower() for w in stop_words} if stop_words is not None else set()
-    out = torch.zeros(len(captions), len(index), dtype=dtype)
-    for i, caption in enumerate(captions):  # string parsing: no tensor work per caption
-        for word in _WORD.findall(str(caption).lower()):
-            if word in stops:
-                continue
-            concept = word if lexicon is None else lexicon.get(word)
-            c = index.get(concept.lower()) if concept is not None else None
-            if c is not None:
-                out[i, c] = 1.0
-    return out
-
 
 def _check_targets(targets: Any, n: int, c: int | None) -> torch.Tensor:
     if not isinstance(targets, torch.Tensor) or targets.ndim != 2 or targets.shape[0] != n:

@@ -7,9 +7,10 @@
       ℓ(p, z′) = ‖norm(p) − norm(sg z′)‖² = 2 − 2 cos(p, z′),   loss = mean_i [ℓ(p₁, z′₂) + ℓ(p₂, z′₁)]
 
   Each term lies in [0, 4], the sum in [0, 8]. The predictor (and the projector, with or without
-  batch norm — the improved-baselines paper's "with and without BN" variants) lives in the model;
-  the loss takes the predictions as given. The target EMA rate schedule is
-  :func:`contrastkit.losses.momentum.byol_momentum` (τ_base = 0.996). N = 1 works.
+  batch norm — the improved-baselines paper's "with and without BN" variants) lives in the model,
+  or in the loss with ``predictor_hidden > 0`` (then the model's projections are the online
+  outputs). The target EMA rate schedule is :func:`contrastkit.losses.momentum.byol_momentum`
+  (τ_base = 0.996). N = 1 works.
 
 * :func:`barlow_loss` (registry ``barlow``), spec id L-BARLOW [VERIFIED]. Paper: Zbontar et al.
   2021, "Barlow Twins: Self-Supervised Learning via Redundancy Reduction". Each dimension is
@@ -70,6 +71,7 @@ __all__ = [
     "SimSiamLoss",
     "barlow_loss",
     "byol_loss",
+    "predictor_mlp",
     "simsiam_loss",
 ]
 
@@ -179,28 +181,58 @@ def _two(value: Sequence[str], what: str) -> tuple[str, str]:
     return names  # type: ignore[return-value]
 
 
+def predictor_mlp(dim: int, hidden: int, batch_norm: bool = True) -> nn.Sequential:
+    """BYOL / SimSiam predictor ``Linear(d, h) → [BatchNorm] → ReLU → Linear(h, d)``."""
+    if dim < 1 or hidden < 1:
+        raise ConfigError(f"predictor needs dim >= 1 and hidden >= 1, got {dim}, {hidden}")
+    norm: list[nn.Module] = [nn.BatchNorm1d(hidden)] if batch_norm else []
+    return nn.Sequential(nn.Linear(dim, hidden), *norm, nn.ReLU(), nn.Linear(hidden, dim))
+
+
 class _PredictionTargetLoss(MultiLoss):
-    """Reads two online predictions and the two targets they regress onto (crossed views)."""
+    """Reads two online outputs and the two targets they regress onto (crossed views).
+
+    With ``predictor_hidden > 0`` the loss owns the predictor q (:func:`predictor_mlp`, width
+    ``dim`` → ``predictor_hidden`` → ``dim``) and applies it to both online outputs, so a plain
+    projection model trains BYOL / SimSiam; with 0 the online outputs are taken as predictions.
+    """
 
     fn: Callable[..., torch.Tensor]
 
-    def __init__(self, predictions: Sequence[str], targets: Sequence[str]) -> None:
+    def __init__(
+        self,
+        predictions: Sequence[str],
+        targets: Sequence[str],
+        predictor_hidden: int = 0,
+        dim: int | None = None,
+        predictor_bn: bool = True,
+    ) -> None:
         super().__init__()
         self.inputs = _two(predictions, "predictions") + _two(targets, "targets")
+        self.predictor: nn.Module | None = None
+        if predictor_hidden:
+            if dim is None:
+                raise ConfigError("predictor_hidden > 0 needs dim (the embedding width)")
+            self.predictor = predictor_mlp(dim, predictor_hidden, predictor_bn)
 
     def forward(self, emb: dict[str, torch.Tensor], **aux: Any) -> torch.Tensor:  # type: ignore[override]
         self.check_aux(aux)
         p1, p2, z1, z2 = self.select(emb)
+        if self.predictor is not None:  # one call over both views: batch-norm statistics as in BYOL
+            p1, p2 = self.predictor(torch.cat([p1, p2])).chunk(2)
         return type(self).fn(p1, p2, z1, z2)
 
 
 @LOSSES.register("byol")
 class BYOLLoss(_PredictionTargetLoss):
-    """Module form of :func:`byol_loss` (no parameters: predictor and projector live in the model).
+    """Module form of :func:`byol_loss`.
 
     Args:
-        predictions: keys of the online predictions of views 1, 2 (``("image@0", "image@1")``).
+        predictions: keys of the online outputs of views 1, 2 (``("image@0", "image@1")``).
         targets: keys of the target projections of views 1, 2 (``("image@0:ema", "image@1:ema")``).
+        predictor_hidden: width of the loss-owned predictor q (0: none, the inputs are predictions;
+            BYOL: 4096 for d = 256). dim: embedding width d (needed with a predictor).
+        predictor_bn: batch norm in the predictor (the "with / without BN" variants).
     """
 
     fn = staticmethod(byol_loss)
@@ -209,8 +241,11 @@ class BYOLLoss(_PredictionTargetLoss):
         self,
         predictions: Sequence[str] = ("image@0", "image@1"),
         targets: Sequence[str] = ("image@0:ema", "image@1:ema"),
+        predictor_hidden: int = 0,
+        dim: int | None = None,
+        predictor_bn: bool = True,
     ) -> None:
-        super().__init__(predictions, targets)
+        super().__init__(predictions, targets, predictor_hidden, dim, predictor_bn)
 
 
 @LOSSES.register("simsiam")
@@ -218,9 +253,11 @@ class SimSiamLoss(_PredictionTargetLoss):
     """Module form of :func:`simsiam_loss`.
 
     Args:
-        predictions: keys of the predictions of views 1, 2 (``("image@0", "image@1")``).
+        predictions: keys of the online outputs of views 1, 2 (``("image@0", "image@1")``).
         projections: keys of the (stop-gradient) projections of views 1, 2; default
             ``("image@0:ema", "image@1:ema")`` (a momentum wrapper with m = 0 gives exactly SimSiam).
+        predictor_hidden, dim, predictor_bn: the loss-owned predictor, as :class:`BYOLLoss`
+            (SimSiam: hidden 512 for d = 2048, i.e. a bottleneck of d/4).
     """
 
     fn = staticmethod(simsiam_loss)
@@ -229,8 +266,11 @@ class SimSiamLoss(_PredictionTargetLoss):
         self,
         predictions: Sequence[str] = ("image@0", "image@1"),
         projections: Sequence[str] = ("image@0:ema", "image@1:ema"),
+        predictor_hidden: int = 0,
+        dim: int | None = None,
+        predictor_bn: bool = True,
     ) -> None:
-        super().__init__(predictions, projections)
+        super().__init__(predictions, projections, predictor_hidden, dim, predictor_bn)
 
 
 @LOSSES.register("clip_plus_ssl")

@@ -198,7 +198,15 @@ def build_report(
             )
         lines += ["", "![forest plot](forest.png)"]
     if has_curves:
-        lines += ["", "## Learning dynamics", "", "![curves](curves.png)"]
+        lines += [
+            "",
+            "## Learning dynamics",
+            "",
+            f"`{study.metric}` during training, on the first ≤ 500 examples of `{study.split}` "
+            "(so the last point can differ a little from the table above, which uses the whole split).",
+            "",
+            "![curves](curves.png)",
+        ]
     lines += [
         "",
         "## Reproduce and scale out",

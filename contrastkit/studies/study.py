@@ -6,12 +6,31 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from contrastkit.core.config import from_dict
 from contrastkit.core.errors import ConfigError, ContrastkitError
-from contrastkit.studies.config import load_study
+from contrastkit.studies.config import StudyConfig, load_study
 from contrastkit.studies.report import build_report
-from contrastkit.studies.runner import plan_runs, run_all
+from contrastkit.studies.runner import RunSpec, plan_runs, run_all
 
-__all__ = ["run_study"]
+__all__ = ["check_plan", "run_study"]
+
+
+def check_plan(study: StudyConfig, specs: Sequence[RunSpec]) -> None:
+    """Fail before any training: every run config must validate (unknown keys, bad values) and
+    the metric must belong to an evaluation task family."""
+    from contrastkit.evaluation import EVAL_TASKS
+    from contrastkit.train import RunConfig
+
+    for spec in specs:
+        try:
+            from_dict(RunConfig, spec.cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"study run {spec.name}: {exc}") from exc
+    family = study.metric.split("/")[0]
+    if family not in EVAL_TASKS:
+        raise ConfigError(
+            f"study metric {study.metric!r}: no evaluation task {family!r}; tasks: {EVAL_TASKS.names()}"
+        )
 
 
 def run_study(
@@ -22,6 +41,7 @@ def run_study(
     study, base = load_study(path)
     root = Path(study.out_dir) / study.name
     specs = plan_runs(study, base, root)
+    check_plan(study, specs)
     if only:
         unknown = sorted(set(only) - {s.name for s in specs})
         if unknown:

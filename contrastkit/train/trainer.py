@@ -222,8 +222,12 @@ def _embed(s: _Session, batch: dict[str, torch.Tensor]):
 
 def _compute_loss(s: _Session, emb: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The objective on this step's embeddings: every key for a :class:`MultiLoss`, the model's
-    first two modalities for a pair loss; ``aux`` = the batch fields the loss accepts."""
-    aux = {k: v for k, v in batch.items() if k in s.objective.accepts}
+    first two modalities for a pair loss; ``aux`` = the batch fields the loss accepts, and
+    ``text_ids`` = the caption token ids for a loss that accepts it (captioning, CoCa)."""
+    accepts = s.objective.accepts
+    aux = {k: v for k, v in batch.items() if k in accepts}
+    if "text_ids" in accepts and "text_ids" not in aux and "text" in batch:
+        aux["text_ids"] = batch["text"]
     if isinstance(s.objective, MultiLoss):
         return s.objective({k: v.float() for k, v in emb.items()}, **aux)
     pair = s.model.modalities[:2]
@@ -341,6 +345,7 @@ def _fit(s: _Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
         modalities=data.modalities,
         views=data.views,
         augment=data.augment,
+        concepts=data.concepts,
     )
     bar = tqdm(
         total=cfg.steps,

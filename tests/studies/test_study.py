@@ -74,3 +74,18 @@ def test_unknown_metric_is_reported(tmp_path):
     path = write_study(tmp_path, metric="zeroshot/flavour/top1", comparisons=[])
     with pytest.raises(Exception, match="failed"):
         run_study(path)
+
+
+@pytest.mark.parametrize(
+    "changes,msg",
+    [
+        ({"metric": "zeroshoot/shape/top1"}, r"no evaluation task 'zeroshoot'"),
+        ({"grid": {"train.batch_sise": [8, 16]}, "comparisons": []}, r"study run .*batch_sise"),
+        ({"grid": {"train.batch_size": [0, 16]}, "comparisons": []}, r"study run .*batch_size"),
+    ],
+)
+def test_bad_settings_fail_before_any_training(tmp_path, changes, msg):
+    path = write_study(tmp_path, **changes)
+    with pytest.raises(ConfigError, match=msg):
+        run_study(path)
+    assert not list(tmp_path.rglob("metrics.jsonl"))  # nothing was trained
