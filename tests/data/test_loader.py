@@ -47,3 +47,21 @@ def test_bad_sampler_arguments():
         PairBatchSampler([1] * 5, 8, seed=0)
     with pytest.raises(InputError, match="batch_size must be >= 1"):
         PairBatchSampler([1] * 5, 0, seed=0)
+
+
+def test_concepts_put_the_sampled_captions_words_in_batches():
+    pairs = make_shapes("train", 40)
+    texts: list[list[str]] = []
+
+    def tokenize(t):
+        texts.append(list(t))
+        return torch.zeros(len(t), 1, dtype=torch.long)
+
+    loader = make_loader(pairs, tokenize, batch_size=8, seed=0, concepts=True)
+    batch = next(iter(loader))
+    vocab = loader.dataset.vocabulary
+    assert "a" not in vocab and "the" not in vocab and {"red", "circle"} <= set(vocab)
+    assert batch["targets"].shape == (8, len(vocab)) and batch["targets"].dtype == torch.float32
+    for caption, row in zip(texts[0], batch["targets"]):  # each row: exactly the caption's content words
+        words = {w for w in caption.lower().replace(",", " ").split() if w in vocab}
+        assert {vocab[int(c)] for c in row.nonzero()} == words
