@@ -46,6 +46,9 @@ METRICS = {
     "probe_shape_color": "probe/shape+color/linear_top1",
 }
 
+# The linear probe at a fixed λ (no sweep) and one few-shot draw: ~20 s per loss instead of minutes.
+PROBE_OPTIONS = {"probe": {"lam": 1e-4, "shots": (1,), "seeds": (0,), "max_iter": 200}}
+
 # Losses that need more than (image, text) batches (loss zoo II): a row label maps to the registry
 # name, its parameters and the run changes it needs — ``data`` (two augmented views, the Shapes
 # attribute vector as a third modality, caption concepts), ``momentum`` (EMA copies of towers) and
@@ -236,7 +239,9 @@ def worker(args: argparse.Namespace) -> None:
     params = json.loads(args.params)
     cfg = run_config(args, args.worker, params)
     result = train(cfg, overwrite=True)
-    metrics = evaluate_run(result.run_dir, splits=["test"], tasks=("zeroshot", "retrieval", "probe"))
+    metrics = evaluate_run(
+        result.run_dir, splits=["test"], tasks=("zeroshot", "retrieval", "probe"), options=PROBE_OPTIONS
+    )
     metrics = metrics["metrics"]["test"]
     out = {
         "steps": result.step,

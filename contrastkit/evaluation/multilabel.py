@@ -36,12 +36,16 @@ import torch
 import torch.nn.functional as F
 
 from contrastkit.core.checks import check_embeddings
-from contrastkit.core.errors import InputError
+from contrastkit.core.errors import ConfigError, InputError
+from contrastkit.evaluation.tasks import EVAL_TASKS, EvalContext, TaskResult
+from contrastkit.evaluation.zeroshot import zero_shot_classifier
 
 __all__ = [
+    "attribute_concepts",
     "average_precision",
     "multilabel_metrics",
     "multilabel_retrieval_metrics",
+    "multilabel_task",
     "per_query_auc",
     "precision_recall_at_k",
     "relevance_matrix",
@@ -267,3 +271,57 @@ def multilabel_retrieval_metrics(
         ks,
         chunk,
     )
+
+
+# ----------------------------------------------------------------------------- the registered task
+MULTILABEL_DEFAULTS: dict[str, object] = {
+    "groups": ("shape", "color"),
+    "templates": ("a {}", "there is a {}", "a picture of a {}"),
+    "ks": (1, 3, 5),
+}
+
+
+def attribute_concepts(names: Sequence[str], groups: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Concepts of attribute names ``"[slot/]group=value"`` in ``groups``: the sorted distinct
+    values, and ``[D, C]`` 0/1 map from attribute entries to them (slots merge: an image is
+    relevant to "red" if any of its objects is red)."""
+    parsed = []
+    for d, name in enumerate(names):
+        group, _, value = name.rsplit("/", 1)[-1].partition("=")
+        if value and group in groups:
+            parsed.append((d, value))
+    values = sorted({v for _, v in parsed})
+    if not values:
+        raise InputError(f"no attribute of the groups {list(groups)} among {list(names)[:6]}…")
+    col = {v: c for c, v in enumerate(values)}
+    mapping = np.zeros((len(names), len(values)))
+    for d, v in parsed:
+        mapping[d, col[v]] = 1.0
+    return values, mapping
+
+
+@EVAL_TASKS.register("multilabel")
+def multilabel_task(ctx: EvalContext) -> TaskResult:
+    """Images as queries ranking attribute concepts (prompt-ensembled, as zero-shot), relevance
+    from the pair set's attribute vectors: ``multilabel/{precision@k, recall@k, mAP, roc_auc, …}``.
+    Options (``ctx.options["multilabel"]``): ``groups``, ``templates``, ``ks``."""
+    raw = dict(ctx.options.get("multilabel", {}))
+    unknown = sorted(set(raw) - set(MULTILABEL_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown multilabel option(s) {unknown}; valid: {sorted(MULTILABEL_DEFAULTS)}")
+    o = {**MULTILABEL_DEFAULTS, **raw}
+    pairs = ctx.pairs
+    if pairs.attributes is None or not pairs.attribute_names:
+        raise InputError(f"multilabel needs a pair set with named attributes; {pairs.name!r} has none")
+    values, mapping = attribute_concepts(pairs.attribute_names, tuple(o["groups"]))  # type: ignore[arg-type]
+    relevance = (pairs.attributes.double().numpy() @ mapping) > 0
+    templates = list(o["templates"])  # type: ignore[call-overload]
+    classifier = zero_shot_classifier(ctx.enc.texts, [[t.format(v) for t in templates] for v in values])
+    metrics, examples = multilabel_retrieval_metrics(
+        ctx.image_emb,
+        classifier,
+        relevance.astype(np.float64),
+        tuple(o["ks"]),  # type: ignore[arg-type]
+    )
+    out = {f"multilabel/{k}": v for k, v in metrics.items()}
+    return out, {f"multilabel/{k}": v for k, v in examples.items() if len(v) == len(pairs)}

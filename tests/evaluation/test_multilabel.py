@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from contrastkit.core.errors import InputError
+from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.evaluation.multilabel import (
     average_precision,
     multilabel_metrics,
@@ -172,3 +172,71 @@ def test_bad_inputs():
         relevance_matrix([[0, 5]], 3)
     with pytest.raises(InputError, match="dimension mismatch"):
         multilabel_retrieval_metrics(torch.ones(2, 3), torch.ones(2, 4), r[:, :2])
+
+
+def test_attribute_concepts_merge_object_slots_and_keep_the_groups():
+    from contrastkit.evaluation.multilabel import attribute_concepts
+
+    names = [
+        "object1/shape=circle",
+        "object1/color=red",
+        "object2/shape=circle",
+        "object2/color=blue",
+        "position=left",
+    ]
+    values, mapping = attribute_concepts(names, ("shape", "color"))
+    assert values == ["blue", "circle", "red"]
+    np.testing.assert_array_equal(mapping, [[0, 1, 0], [0, 0, 1], [0, 1, 0], [1, 0, 0], [0, 0, 0]])
+    with pytest.raises(InputError, match="no attribute of the groups"):
+        attribute_concepts(names, ("texture",))
+
+
+def test_multilabel_task_on_shapes_with_an_oracle_encoder_is_perfect_and_matches_sklearn():
+    """Images embed as their concept indicator vector, prompts as the one-hot of their concept:
+    the ranking is then exact, so every metric has a known value; a noisy encoder matches sklearn."""
+    from contrastkit.data import make_shapes
+    from contrastkit.evaluation import Encoders, EvalContext
+    from contrastkit.evaluation.multilabel import attribute_concepts, multilabel_task
+
+    pairs = make_shapes("test", 60)
+    values, mapping = attribute_concepts(pairs.attribute_names, ("shape", "color"))
+    rel = (pairs.attributes.double().numpy() @ mapping) > 0
+    noise = torch.randn(len(pairs), len(values), generator=torch.Generator().manual_seed(0))
+
+    def encoders(sigma):
+        def images(x):
+            assert len(x) == len(pairs)  # the context embeds the whole set in one call
+            return torch.tensor(rel, dtype=torch.float32) + sigma * noise
+
+        def texts(t):
+            return torch.stack(
+                [F.one_hot(torch.tensor(values.index(s.split()[-1])), len(values)).float() for s in t]
+            )
+
+        return Encoders(images, texts)
+
+    out, ex = multilabel_task(EvalContext(encoders(0.0), pairs))
+    assert out["multilabel/mAP"] == pytest.approx(1.0) and out["multilabel/roc_auc"] == pytest.approx(1.0)
+    assert out["multilabel/precision@1"] == 1.0 and out["multilabel/n_labels"] == 16
+    n_rel = rel.sum(1)
+    assert out["multilabel/recall@5"] == pytest.approx(np.mean(np.minimum(n_rel, 5) / n_rel))
+    assert ex["multilabel/precision@1"].shape == (60,)
+
+    out, _ = multilabel_task(EvalContext(encoders(0.7), pairs))
+    scores = F.normalize(encoders(0.7).images(pairs.images), dim=-1).double().numpy()  # prompts: one-hot
+    want = np.mean([average_precision_score(rel[:, c], scores[:, c]) for c in range(len(values))])
+    assert 0.3 < out["multilabel/mAP"] < 1.0 and out["multilabel/mAP"] == pytest.approx(want, abs=1e-6)
+
+
+def test_multilabel_task_needs_attributes_and_known_options():
+    from contrastkit.data import make_shapes
+    from contrastkit.evaluation import Encoders, EvalContext
+    from contrastkit.evaluation.multilabel import multilabel_task
+
+    pairs = make_shapes("test", 10)
+    enc = Encoders(lambda x: torch.ones(len(x), 2), lambda t: torch.ones(len(t), 2))
+    with pytest.raises(ConfigError, match="unknown multilabel option"):
+        multilabel_task(EvalContext(enc, pairs, options={"multilabel": {"group": ["shape"]}}))
+    bare = type(pairs)(pairs.images, pairs.captions, name="bare")
+    with pytest.raises(InputError, match="named attributes"):
+        multilabel_task(EvalContext(enc, bare))
