@@ -38,6 +38,7 @@ from contrastkit.losses import (  # noqa: F401  isort: skip
     soft_targets,
     ssl,
     supcon,
+    tcl,
     whitening,
 )
 

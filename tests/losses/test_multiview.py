@@ -15,16 +15,12 @@ from contrastkit.losses.multiview import (
     ColloSSLLoss,
     MVDHELLoss,
     MVInfoNCELoss,
-    TCLLoss,
     collossl_loss,
     mv_dhel_loss,
     mv_infonce_loss,
     stack_views,
-    tcl_local_loss,
-    tcl_loss,
-    tcl_pool_patches,
-    tcl_terms,
 )
+from contrastkit.losses.tcl import TCLLoss, tcl_local_loss, tcl_loss, tcl_pool_patches, tcl_terms
 
 F64 = torch.float64
 
