@@ -21,6 +21,7 @@ from contrastkit.losses.siglip import SigLIPLoss, siglip_loss
 from contrastkit.losses import (  # noqa: F401  isort: skip
     amcl,
     auc,
+    classification,
     dcl,
     generative,
     geometry,
@@ -30,6 +31,7 @@ from contrastkit.losses import (  # noqa: F401  isort: skip
     labels,
     macl,
     margin,
+    mlcd,
     mixup,
     mochi,
     momentum,

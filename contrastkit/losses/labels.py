@@ -1,5 +1,8 @@
-"""Label-style objectives: caption concepts (CatLIP, TagAlign), cluster labels (MLCD), and two
-classification losses with a contrastive use (squentropy, harmonic loss).
+"""Caption-concept objectives: CatLIP and TagAlign (multi-hot concept labels, binary cross-entropy).
+
+Cluster labels (MLCD) are in :mod:`contrastkit.losses.mlcd`; squentropy and the harmonic loss in
+:mod:`contrastkit.losses.classification`. Targets come from the batch field ``targets [N, C]``
+(``DataConfig.concepts`` puts the sampled captions' concepts there, :mod:`contrastkit.core.concepts`).
 
 * ``catlip`` [L-CATLIP] — Mehta et al. 2024, "CatLIP: CLIP-level Visual Recognition Accuracy with
   2.7x Faster Pre-training on Web-scale Image-Text Data". A linear head ``W [C, d], b`` over the
@@ -10,28 +13,14 @@ classification losses with a contrastive use (squentropy, harmonic loss).
   Multi-Tag Classification": ``L = λ_con · L-CLIP(x, y) + λ_tag · BCE(W x + b, tags)``; spec form
   from the abstract, not checked against the original (a linear tag head over the image embedding,
   λ_con = λ_tag = 1, BCE reduction ``"mean"`` so the tag term stays on the CE scale).
-* ``mlcd`` [L-MLCD, UNVERIFIED] — An et al. 2024, "Multi-label Cluster Discrimination for Visual
-  Representation Learning": with ``c_j = cos(x, w_j)`` over prototypes ``W [K, d]`` (k-means centres,
-  a buffer), positives Ω_p (the l nearest centres) and negatives Ω_n (the other centres, optionally a
-  random subset): ``L = mean_i [log(1 + Σ_{Ω_n} e^{s c_j}) + log(1 + Σ_{Ω_p} e^{−s c_j})]``; spec form,
-  not checked against the original. Defaults s = 32, l = 8, sampling ratio 1 (all centres).
-* ``squentropy`` [L-SQUENTROPY] — Hui, Belkin & Wright 2023: ``ℓ = CE(f, y) + (1/(C−1)) Σ_{j≠y} f_j²``.
-* ``harmonic`` [L-HARMONIC, PARTIAL] — Baek et al. 2025: logits ``−n·log(‖x − w_c‖ + ε)``, then CE;
-  ε = 1e-8, n = sqrt(D) by default (the paper's guidance, a config value).
-
-Contrastive use of the last two (registered modules): row i of x is classified against the N rows
-of y as its "classes", target i. Squentropy logits are ``s·cos(x_i, y_j)`` (s = 1/τ, τ = 0.07 fixed);
-harmonic logits are ``−n·log(‖x_i − y_j‖ + ε)`` between (normalised) anchors and candidates.
-``symmetric=True`` averages with the y→x direction. Both need N ≥ 2 (C = N ≥ 2 classes).
-
-Tiled / distributed: dense only for all (``TiledLoss`` and ``GatherLoss`` dispatch on clip/siglip
-only); gather embeddings (and targets) across devices first. Related: L-CLIP, L-SIGLIP, L-SUPCON.
+Tiled / distributed: dense only (``TiledLoss`` and ``GatherLoss`` dispatch on clip/siglip only);
+gather embeddings (and targets) across devices first. Related: L-CLIP, L-SIGLIP, L-SUPCON.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -46,23 +35,13 @@ from contrastkit.losses.clip import clip_loss
 
 __all__ = [
     "CatLIPLoss",
-    "HarmonicLoss",
-    "MLCDLoss",
-    "SquentropyLoss",
     "TagAlignLoss",
-    "assign_positives",
     "catlip_loss",
     "concept_targets",
-    "fit_prototypes",
-    "harmonic_contrastive_loss",
-    "harmonic_logits",
-    "harmonic_loss",
-    "mlcd_loss",
     "multilabel_bce",
-    "squentropy_contrastive_loss",
-    "squentropy_loss",
     "tagalign_loss",
 ]
+
 
 def _check_targets(targets: Any, n: int, c: int | None) -> torch.Tensor:
     if not isinstance(targets, torch.Tensor) or targets.ndim != 2 or targets.shape[0] != n:
@@ -284,335 +263,3 @@ class TagAlignLoss(_ConceptLoss):
 
     def log_values(self) -> dict[str, float]:
         return {"logit_scale": float(self.log_scale.detach().exp()), **self._last}
-
-
-# ----------------------------------------------------------------------------- MLCD
-def _nearest(z: torch.Tensor, centres: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
-    """Index of the nearest centre (squared Euclidean) of each row, in row chunks to bound memory."""
-    c2 = centres.pow(2).sum(1)
-    parts = [(c2 - 2 * part @ centres.T).argmin(1) for part in z.split(chunk)]  # ‖z‖² is constant per row
-    return torch.cat(parts)
-
-
-@torch.no_grad()
-def fit_prototypes(
-    embeddings: torch.Tensor, k: int, iters: int = 20, seed: int = 0, *, normalize: bool = True
-) -> torch.Tensor:
-    """Plain seeded k-means (Lloyd) in torch: ``[k, d]`` centres of the (normalised) embeddings.
-
-    Initial centres: k distinct rows drawn by ``randperm`` from a CPU generator seeded with ``seed``;
-    then ``iters`` rounds of nearest-centre assignment (squared Euclidean) and mean update, stopping
-    early when the centres no longer change. An empty cluster keeps its previous centre.
-    """
-    check_embeddings("embeddings", embeddings)
-    n = embeddings.shape[0]
-    if not 1 <= k <= n or iters < 0:
-        raise ConfigError(
-            f"fit_prototypes needs 1 <= k <= N (N={n}) and iters >= 0, got k={k}, iters={iters}"
-        )
-    z = maybe_normalize(embeddings.detach(), normalize)
-    g = torch.Generator().manual_seed(int(seed))
-    centres = z[torch.randperm(n, generator=g)[:k].to(z.device)].clone()
-    for _ in range(iters):
-        assign = _nearest(z, centres)
-        sums = torch.zeros_like(centres).index_add_(0, assign, z)
-        counts = torch.bincount(assign, minlength=k).unsqueeze(1)
-        new = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
-        if torch.equal(new, centres):
-            break
-        centres = new
-    return centres
-
-
-@torch.no_grad()
-def assign_positives(
-    x: torch.Tensor, prototypes: torch.Tensor, num_positives: int, *, normalize: bool = True
-) -> torch.Tensor:
-    """MLCD multi-label assignment: indices ``[N, l]`` of the l most cosine-similar prototypes."""
-    if not 1 <= num_positives <= prototypes.shape[0]:
-        raise ConfigError(f"num_positives must be in [1, K={prototypes.shape[0]}], got {num_positives}")
-    sims = maybe_normalize(x, normalize) @ maybe_normalize(prototypes, normalize).to(as_float(x).dtype).T
-    return sims.topk(num_positives, dim=1).indices
-
-
-def _check_index(name: str, idx: Any, k: int, ndim: int) -> torch.Tensor:
-    if not isinstance(idx, torch.Tensor) or idx.ndim != ndim or idx.dtype != torch.long or idx.shape[-1] < 1:
-        raise InputError(f"{name} must be a non-empty LongTensor with {ndim} dimension(s)")
-    if ((idx < 0) | (idx >= k)).any():
-        raise InputError(f"{name} must index prototypes in [0, {k})")
-    srt = idx.sort(-1).values
-    if (srt[..., 1:] == srt[..., :-1]).any():
-        raise InputError(f"{name} must not repeat an index (within a row)")
-    return srt
-
-
-def mlcd_loss(
-    x: torch.Tensor,
-    prototypes: torch.Tensor,
-    positives: torch.Tensor,
-    *,
-    candidates: torch.Tensor | None = None,
-    scale: float = 32.0,
-    normalize: bool = True,
-) -> torch.Tensor:
-    """MLCD: ``mean_i [log(1 + Σ_{j∈Ω_n(i)} e^{s c_ij}) + log(1 + Σ_{j∈Ω_p(i)} e^{−s c_ij})]``.
-
-    Args:
-        x: ``[N, d]`` embeddings. prototypes: ``[K, d]`` centres ``w_j``; ``c_ij = cos(x_i, w_j)``.
-        positives: ``[N, l]`` LongTensor, Ω_p(i) (distinct within a row).
-        candidates: ``[K_s]`` LongTensor of sampled centres; Ω_n(i) = candidates ∖ Ω_p(i)
-            (``None``: all K centres). No negatives ⇒ that term is 0.
-        scale: s. normalize: cosine (default) or raw dot products.
-    """
-    check_embeddings("x", x)
-    check_embeddings("prototypes", prototypes)
-    if prototypes.shape[1] != x.shape[1]:
-        raise InputError(f"prototypes must have d={x.shape[1]}, got {prototypes.shape[1]}")
-    k = prototypes.shape[0]
-    positives = _check_index("positives", positives, k, 2)
-    if positives.shape[0] != x.shape[0]:
-        raise InputError(
-            f"positives must have shape [N, l] with N={x.shape[0]}, got {tuple(positives.shape)}"
-        )
-    cand = (
-        torch.arange(k, device=x.device)
-        if candidates is None
-        else _check_index("candidates", candidates, k, 1)
-    )
-    xn = maybe_normalize(x, normalize)
-    w = maybe_normalize(prototypes, normalize).to(xn.dtype)
-    c_pos = torch.einsum("nd,nld->nl", xn, w[positives])
-    # a candidate is a positive of row i iff searchsorted finds it among the row's sorted positives
-    at = torch.searchsorted(positives, cand.expand(x.shape[0], -1).contiguous())
-    hit = positives.gather(1, at.clamp_max(positives.shape[1] - 1)) == cand
-    neg = (scale * (xn @ w[cand].T)).masked_fill(hit, float("-inf"))
-    zero = neg.new_zeros(x.shape[0], 1)  # the appended 0 logit: log(1 + Σ e^a) = LSE([0, a])
-    loss_neg = torch.logsumexp(torch.cat([zero, neg], 1), 1)
-    loss_pos = torch.logsumexp(torch.cat([zero, -scale * c_pos], 1), 1)
-    return (loss_neg + loss_pos).mean()
-
-
-@LOSSES.register("mlcd")
-class MLCDLoss(PairLoss):
-    """Module form of :func:`mlcd_loss` holding the prototypes (a buffer, not trained).
-
-    Set them with :meth:`fit` (k-means over embeddings, :func:`fit_prototypes`) or
-    :meth:`set_prototypes`. Positives come from the batch field ``positives [N, l]`` (offline
-    assignment, as in the paper) or, when absent, from :func:`assign_positives` on the detached
-    batch. With ``sample_ratio < 1`` a shared subset of ``ceil(ratio·K)`` centres is drawn each
-    step (PartialFC-style) from a generator seeded with ``(seed, step)``; ``step`` is a buffer and
-    advances in training mode only. ``y`` is unused (image-only objective).
-    """
-
-    accepts = frozenset({"positives"})
-
-    def __init__(
-        self,
-        num_positives: int = 8,
-        scale: float = 32.0,
-        sample_ratio: float = 1.0,
-        seed: int = 0,
-        normalize: bool = True,
-        prototypes: torch.Tensor | None = None,
-    ) -> None:
-        super().__init__()
-        if num_positives < 1 or not scale > 0 or not 0 < sample_ratio <= 1:
-            raise ConfigError("mlcd: need num_positives >= 1, scale > 0, 0 < sample_ratio <= 1")
-        self.num_positives, self.scale, self.sample_ratio = (
-            int(num_positives),
-            float(scale),
-            float(sample_ratio),
-        )
-        self.seed, self.normalize = int(seed), normalize
-        self.register_buffer("prototypes", torch.zeros(0, 0))
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        if prototypes is not None:
-            self.set_prototypes(prototypes)
-
-    def set_prototypes(self, prototypes: torch.Tensor) -> None:
-        check_embeddings("prototypes", prototypes)
-        self.prototypes = prototypes.detach().clone()
-
-    def fit(self, embeddings: torch.Tensor, k: int, iters: int = 20, seed: int | None = None) -> None:
-        """k-means the embeddings (seed defaults to the module's) and keep the centres."""
-        seed = self.seed if seed is None else seed
-        self.set_prototypes(fit_prototypes(embeddings, k, iters, seed, normalize=self.normalize))
-
-    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
-        if prefix + "prototypes" in state_dict:  # the saved centres define the buffer's shape
-            self.prototypes = torch.empty_like(state_dict[prefix + "prototypes"])
-        super()._load_from_state_dict(state_dict, prefix, *args)
-
-    def candidates(self) -> torch.Tensor | None:
-        """This step's sampled centres (``None`` when all are used)."""
-        k = self.prototypes.shape[0]
-        if self.sample_ratio >= 1:
-            return None
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.step))
-        ks = max(1, math.ceil(self.sample_ratio * k))
-        return torch.randperm(k, generator=g)[:ks].to(self.prototypes.device)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, **aux: Any) -> torch.Tensor:
-        self.check_aux(aux)
-        if self.prototypes.numel() == 0:
-            raise InputError("mlcd has no prototypes: call fit(embeddings, k) or set_prototypes(W) first")
-        check_embeddings("x", x)
-        if y is not None:
-            check_pair(x, y)
-        positives = aux.get("positives")
-        if positives is None:
-            positives = assign_positives(
-                x.detach(), self.prototypes, self.num_positives, normalize=self.normalize
-            )
-        out = mlcd_loss(
-            x,
-            self.prototypes,
-            positives,
-            candidates=self.candidates(),
-            scale=self.scale,
-            normalize=self.normalize,
-        )
-        if self.training:
-            self.step += 1
-        return out
-
-
-# ----------------------------------------------------------------------------- squentropy, harmonic
-def squentropy_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Squentropy: ``mean_i [CE(f_i, y_i) + (1/(C−1)) Σ_{j≠y_i} f_ij²]`` over ``logits [N, C]`` (C ≥ 2),
-    ``target [N]`` class indices."""
-    check_embeddings("logits", logits)
-    if logits.shape[1] < 2:
-        raise InputError(f"squentropy needs C >= 2 classes, got C={logits.shape[1]}")
-    if (
-        not isinstance(target, torch.Tensor)
-        or target.shape != (logits.shape[0],)
-        or target.dtype != torch.long
-    ):
-        raise InputError(f"target must be a LongTensor of shape [N] = [{logits.shape[0]}]")
-    if ((target < 0) | (target >= logits.shape[1])).any():
-        raise InputError(f"target must hold class indices in [0, {logits.shape[1]})")
-    f = as_float(logits)
-    is_target = F.one_hot(target, f.shape[1]).bool()
-    squares = f.pow(2).masked_fill(is_target, 0.0).sum(1) / (f.shape[1] - 1)
-    return (F.cross_entropy(f, target, reduction="none") + squares).mean()
-
-
-def _contrastive(
-    logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    symmetric: bool,
-) -> torch.Tensor:
-    check_pair(x, y)
-    if x.shape[0] < 2:
-        raise InputError("a classification-style contrastive loss needs N >= 2 (the y rows are the classes)")
-    logits = logits_fn(x, y)
-    target = torch.arange(x.shape[0], device=x.device)
-    out = loss_fn(logits, target)
-    return 0.5 * (out + loss_fn(logits.T, target)) if symmetric else out
-
-
-def squentropy_contrastive_loss(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    scale: float = 1 / 0.07,
-    *,
-    normalize: bool = True,
-    symmetric: bool = False,
-) -> torch.Tensor:
-    """Squentropy with logits ``s · cos(x_i, y_j)`` and target i (x classified among the y rows)."""
-
-    def logits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        a = maybe_normalize(a, normalize)
-        return scale * (a @ maybe_normalize(b, normalize).to(a.dtype).T)
-
-    return _contrastive(logits, squentropy_loss, x, y, symmetric)
-
-
-def harmonic_logits(
-    x: torch.Tensor, w: torch.Tensor, n: float | None = None, eps: float = 1e-8
-) -> torch.Tensor:
-    """``−n·log(‖x_i − w_c‖₂ + ε)``, ``[N, C]``; n = sqrt(D) when ``None``.
-
-    Distances come from ``torch.cdist`` without the matrix-product shortcut (no cancellation for
-    near-coincident points; its gradient is 0, not NaN, at distance 0). ε = 0 is allowed but a zero
-    distance then gives an infinite logit.
-    """
-    n = math.sqrt(x.shape[1]) if n is None else n
-    if not n > 0 or eps < 0:
-        raise ConfigError(f"harmonic: need n > 0 and eps >= 0, got n={n}, eps={eps}")
-    x = as_float(x)
-    d = torch.cdist(x, w.to(x.dtype), compute_mode="donot_use_mm_for_euclid_dist")
-    return -n * torch.log(d + eps)
-
-
-def harmonic_loss(
-    x: torch.Tensor,
-    class_vectors: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    n: float | None = None,
-    eps: float = 1e-8,
-) -> torch.Tensor:
-    """Harmonic loss: ``mean_i −log p_{y_i}``, ``p_c = d_c^{−n} / Σ_j d_j^{−n}`` (with ``d + ε``)."""
-    check_embeddings("x", x)
-    check_embeddings("class_vectors", class_vectors)
-    if class_vectors.shape[1] != x.shape[1]:
-        raise InputError(f"class_vectors must have d={x.shape[1]}, got {class_vectors.shape[1]}")
-    c = class_vectors.shape[0]
-    if not isinstance(target, torch.Tensor) or target.shape != (x.shape[0],) or target.dtype != torch.long:
-        raise InputError(f"target must be a LongTensor of shape [N] = [{x.shape[0]}]")
-    if ((target < 0) | (target >= c)).any():
-        raise InputError(f"target must hold class indices in [0, {c})")
-    return F.cross_entropy(harmonic_logits(x, class_vectors, n, eps), target)
-
-
-def harmonic_contrastive_loss(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    n: float | None = None,
-    eps: float = 1e-8,
-    normalize: bool = True,
-    symmetric: bool = False,
-) -> torch.Tensor:
-    """Harmonic loss with the y rows as class vectors: logits ``−n·log(‖x_i − y_j‖ + ε)``, target i."""
-
-    def logits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return harmonic_logits(maybe_normalize(a, normalize), maybe_normalize(b, normalize), n, eps)
-
-    return _contrastive(logits, F.cross_entropy, x, y, symmetric)
-
-
-@LOSSES.register("squentropy")
-class SquentropyLoss(PairLoss):
-    """Module form of :func:`squentropy_contrastive_loss` (fixed temperature τ, s = 1/τ)."""
-
-    def __init__(self, temperature: float = 0.07, symmetric: bool = False, normalize: bool = True) -> None:
-        super().__init__()
-        if not temperature > 0:
-            raise ConfigError(f"temperature must be > 0, got {temperature}")
-        self.temperature, self.symmetric, self.normalize = float(temperature), symmetric, normalize
-
-    def pure(self) -> tuple[Callable[..., torch.Tensor], dict[str, Any]]:
-        kwargs = {"scale": 1.0 / self.temperature, "normalize": self.normalize, "symmetric": self.symmetric}
-        return squentropy_contrastive_loss, kwargs
-
-
-@LOSSES.register("harmonic")
-class HarmonicLoss(PairLoss):
-    """Module form of :func:`harmonic_contrastive_loss` (n = sqrt(d) unless given)."""
-
-    def __init__(
-        self, n: float | None = None, eps: float = 1e-8, symmetric: bool = False, normalize: bool = True
-    ) -> None:
-        super().__init__()
-        if (n is not None and not n > 0) or eps < 0:
-            raise ConfigError(f"harmonic: need n > 0 and eps >= 0, got n={n}, eps={eps}")
-        self.n, self.eps, self.symmetric, self.normalize = n, float(eps), symmetric, normalize
-
-    def pure(self) -> tuple[Callable[..., torch.Tensor], dict[str, Any]]:
-        kw = {"n": self.n, "eps": self.eps, "normalize": self.normalize, "symmetric": self.symmetric}
-        return harmonic_contrastive_loss, kw

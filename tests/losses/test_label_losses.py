@@ -8,22 +8,15 @@ import torch
 from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.losses.base import LOSSES
 from contrastkit.losses.clip import clip_loss
-from contrastkit.losses.labels import (
-    CatLIPLoss,
-    MLCDLoss,
-    TagAlignLoss,
-    assign_positives,
-    catlip_loss,
-    concept_targets,
-    fit_prototypes,
+from contrastkit.losses.classification import (
     harmonic_contrastive_loss,
     harmonic_logits,
     harmonic_loss,
-    mlcd_loss,
     squentropy_contrastive_loss,
     squentropy_loss,
-    tagalign_loss,
 )
+from contrastkit.losses.labels import CatLIPLoss, TagAlignLoss, catlip_loss, concept_targets, tagalign_loss
+from contrastkit.losses.mlcd import MLCDLoss, assign_positives, fit_prototypes, mlcd_loss
 
 F64 = torch.float64
 
