@@ -11,7 +11,7 @@ import torch
 
 from contrastkit.core.errors import InputError
 
-__all__ = ["check_embeddings", "check_finite", "check_pair", "check_scalar_param"]
+__all__ = ["check_embeddings", "check_finite", "check_pair", "check_queue", "check_scalar_param"]
 
 
 def check_finite(name: str, tensor: torch.Tensor) -> None:
@@ -55,3 +55,13 @@ def check_scalar_param(name: str, value: torch.Tensor) -> None:
     if value.numel() != 1:
         raise InputError(f"{name} must be a scalar, got shape {tuple(value.shape)}")
     check_finite(name, value)
+
+
+def check_queue(queue: torch.Tensor, d: int, name: str = "queue") -> None:
+    """A queue (memory bank) of ``[K, d]`` finite floating keys."""
+    if not isinstance(queue, torch.Tensor) or queue.ndim != 2 or queue.shape[1] != d:
+        shape = tuple(queue.shape) if isinstance(queue, torch.Tensor) else type(queue).__name__
+        raise InputError(f"{name} must have shape [K, d] with d={d}, got {shape}")
+    if not queue.is_floating_point():
+        raise InputError(f"{name} must be a floating tensor, got dtype {queue.dtype}")
+    check_finite(name, queue)

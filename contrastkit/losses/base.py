@@ -12,6 +12,7 @@ parameter names against the constructor.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -31,6 +32,7 @@ __all__ = [
     "MultiLoss",
     "PairLoss",
     "as_float",
+    "learnable_log_scale",
     "maybe_normalize",
 ]
 
@@ -73,6 +75,19 @@ def maybe_normalize(x: torch.Tensor, normalize: bool) -> torch.Tensor:
     """L2-normalise rows (``F.normalize``, eps 1e-12) when asked; always promote half precision."""
     x = as_float(x)
     return F.normalize(x, dim=-1) if normalize else x
+
+
+def learnable_log_scale(
+    init_temperature: float = 0.07, max_scale: float = 100.0, learnable: bool = True
+) -> tuple[nn.Parameter, float]:
+    """CLIP's logit scale as ``θ_s = log(1/τ₀)`` (a parameter, trainable when ``learnable``) and
+    the clamp bound ``ln(max_scale)`` applied after each optimizer step; validates both values."""
+    if not init_temperature > 0:
+        raise ConfigError(f"init_temperature must be > 0, got {init_temperature}")
+    if not max_scale >= 1:
+        raise ConfigError(f"max_scale must be >= 1, got {max_scale}")
+    value = torch.tensor(math.log(1.0 / init_temperature))
+    return nn.Parameter(value, requires_grad=learnable), math.log(max_scale)
 
 
 class PairLoss(nn.Module):

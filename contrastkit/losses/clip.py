@@ -19,7 +19,6 @@ wrappers in ``contrastkit.scale`` around :func:`clip_loss`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +28,7 @@ from torch import nn
 
 from contrastkit.core.checks import check_pair, check_scalar_param
 from contrastkit.core.errors import InputError
-from contrastkit.losses.base import LOSSES, PairLoss, maybe_normalize
+from contrastkit.losses.base import LOSSES, PairLoss, learnable_log_scale, maybe_normalize
 
 __all__ = ["CLIPLoss", "clip_loss"]
 
@@ -93,13 +92,8 @@ class CLIPLoss(PairLoss):
         allow_single: bool = False,
     ) -> None:
         super().__init__()
-        if not init_temperature > 0:
-            raise InputError(f"init_temperature must be > 0, got {init_temperature}")
-        if not max_scale >= 1:
-            raise InputError(f"max_scale must be >= 1, got {max_scale}")
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)), requires_grad=learnable)
+        self.log_scale, self.max_log_scale = learnable_log_scale(init_temperature, max_scale, learnable)
         self.bias = None if init_bias is None else nn.Parameter(torch.tensor(float(init_bias)))
-        self.max_log_scale = math.log(max_scale)
         self.allow_single = allow_single
 
     def pure(self) -> tuple[Callable[..., torch.Tensor], dict[str, Any]]:

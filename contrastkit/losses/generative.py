@@ -34,7 +34,6 @@ Related: L-CLIP, L-SIGLIP.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -43,7 +42,7 @@ from torch import nn
 
 from contrastkit.core.checks import check_embeddings, check_finite, check_pair
 from contrastkit.core.errors import ConfigError, InputError
-from contrastkit.losses.base import LOSSES, PairLoss, as_float
+from contrastkit.losses.base import LOSSES, PairLoss, as_float, learnable_log_scale
 from contrastkit.losses.clip import clip_loss
 
 __all__ = ["CaptionDecoder", "CaptioningLoss", "CoCaLoss", "caption_loss", "coca_loss"]
@@ -237,11 +236,8 @@ class CoCaLoss(CaptioningLoss):
         super().__init__(vocab_size, pad_id, width, layers, heads, max_len, dim, dropout)
         if lambda_con < 0 or lambda_cap < 0 or lambda_con == lambda_cap == 0:
             raise ConfigError(f"coca: need lambdas >= 0, not both 0; got {lambda_con}, {lambda_cap}")
-        if not init_temperature > 0 or not max_scale >= 1:
-            raise ConfigError("coca: need init_temperature > 0 and max_scale >= 1")
         self.lambda_con, self.lambda_cap = float(lambda_con), float(lambda_cap)
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)), requires_grad=learnable)
-        self.max_log_scale = math.log(max_scale)
+        self.log_scale, self.max_log_scale = learnable_log_scale(init_temperature, max_scale, learnable)
         self.allow_single, self.normalize = allow_single, normalize
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, **aux: Any) -> torch.Tensor:

@@ -32,11 +32,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
 
 from contrastkit.core.checks import check_embeddings, check_pair
 from contrastkit.core.errors import ConfigError, InputError
-from contrastkit.losses.base import LOSSES, PairLoss, maybe_normalize
+from contrastkit.losses.base import LOSSES, PairLoss, learnable_log_scale, maybe_normalize
 from contrastkit.losses.clip import clip_loss
 
 __all__ = [
@@ -255,13 +254,9 @@ class CUALoss(PairLoss):
         cross_uniform_weight: float | None = None,
     ) -> None:
         super().__init__()
-        _check("init_temperature", init_temperature)
-        if not max_scale >= 1:
-            raise ConfigError(f"max_scale must be >= 1, got {max_scale}")
+        self.log_scale, self.max_log_scale = learnable_log_scale(init_temperature, max_scale, learnable)
         _check("t", t)
         _check("alpha", alpha)
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)), requires_grad=learnable)
-        self.max_log_scale = math.log(max_scale)
         if cross_uniform_weight is None:
             cross_uniform_weight = self.default_cross_uniform_weight
         self.kwargs: dict[str, float] = {

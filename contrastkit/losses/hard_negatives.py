@@ -25,11 +25,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from contrastkit.core.checks import check_finite, check_pair, check_scalar_param
 from contrastkit.core.errors import ConfigError, InputError
-from contrastkit.losses.base import LOSSES, PairLoss, maybe_normalize
+from contrastkit.losses.base import LOSSES, PairLoss, learnable_log_scale, maybe_normalize
 
 __all__ = [
     "CLIPINLoss",
@@ -284,12 +283,7 @@ class _LearnableScale(PairLoss):
 
     def __init__(self, init_temperature: float, learnable: bool, max_scale: float) -> None:
         super().__init__()
-        if not init_temperature > 0:
-            raise ConfigError(f"init_temperature must be > 0, got {init_temperature}")
-        if not max_scale >= 1:
-            raise ConfigError(f"max_scale must be >= 1, got {max_scale}")
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)), requires_grad=learnable)
-        self.max_log_scale = math.log(max_scale)
+        self.log_scale, self.max_log_scale = learnable_log_scale(init_temperature, max_scale, learnable)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:

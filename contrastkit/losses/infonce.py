@@ -23,17 +23,15 @@ wrappers. Related: L-CLIP, L-SUPCON (NT-Xent = SupCon with two views and distinc
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from contrastkit.core.checks import check_pair, check_scalar_param
 from contrastkit.core.errors import ConfigError, InputError
-from contrastkit.losses.base import LOSSES, PairLoss, maybe_normalize
+from contrastkit.losses.base import LOSSES, PairLoss, learnable_log_scale, maybe_normalize
 from contrastkit.losses.clip import clip_loss
 
 __all__ = ["InfoNCELoss", "NTXentLoss", "infonce_loss", "ntxent_loss"]
@@ -183,12 +181,7 @@ class InfoNCELoss(PairLoss):
         allow_single: bool = False,
     ) -> None:
         super().__init__()
-        if not init_temperature > 0:
-            raise ConfigError(f"init_temperature must be > 0, got {init_temperature}")
-        if not max_scale >= 1:
-            raise ConfigError(f"max_scale must be >= 1, got {max_scale}")
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)), requires_grad=learnable)
-        self.max_log_scale = math.log(max_scale)
+        self.log_scale, self.max_log_scale = learnable_log_scale(init_temperature, max_scale, learnable)
         self.symmetric = symmetric
         self.allow_single = allow_single
 

@@ -19,7 +19,6 @@ gather embeddings (and targets) across devices first. Related: L-CLIP, L-SIGLIP,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,7 +29,7 @@ from torch import nn
 from contrastkit.core.checks import check_embeddings, check_finite, check_pair
 from contrastkit.core.concepts import concept_targets
 from contrastkit.core.errors import ConfigError, InputError
-from contrastkit.losses.base import LOSSES, PairLoss, as_float, maybe_normalize
+from contrastkit.losses.base import LOSSES, PairLoss, as_float, learnable_log_scale, maybe_normalize
 from contrastkit.losses.clip import clip_loss
 
 __all__ = [
@@ -238,11 +237,10 @@ class TagAlignLoss(_ConceptLoss):
         allow_single: bool = False,
     ) -> None:
         super().__init__(num_concepts, vocabulary, dim, stop_words)
-        if not init_temperature > 0 or not max_scale >= 1 or lambda_con < 0 or lambda_tag < 0:
-            raise ConfigError("tagalign: need init_temperature > 0, max_scale >= 1, lambdas >= 0")
+        if lambda_con < 0 or lambda_tag < 0:
+            raise ConfigError(f"tagalign: need lambdas >= 0, got {lambda_con}, {lambda_tag}")
         multilabel_bce(torch.zeros(1, 1), torch.zeros(1, 1), reduction)
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
-        self.max_log_scale = math.log(max_scale)
+        self.log_scale, self.max_log_scale = learnable_log_scale(init_temperature, max_scale)
         self.lambda_con, self.lambda_tag = float(lambda_con), float(lambda_tag)
         self.normalize, self.reduction, self.allow_single = normalize, reduction, allow_single
         self._last: dict[str, float] = {}

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from contrastkit.core.checks import check_finite, check_pair
+from contrastkit.core.checks import check_pair, check_queue
 from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.losses.base import LOSSES, PairLoss, as_float, maybe_normalize
 
@@ -93,15 +93,6 @@ def _synthesize(
     return MochiSynthetics(type1, type2, pair, alpha, j, beta)
 
 
-def _check_queue(queue: torch.Tensor, d: int) -> None:
-    if not isinstance(queue, torch.Tensor) or queue.ndim != 2 or queue.shape[1] != d:
-        shape = tuple(queue.shape) if isinstance(queue, torch.Tensor) else type(queue).__name__
-        raise InputError(f"queue must have shape [K, d] with d={d}, got {shape}")
-    if not queue.is_floating_point():
-        raise InputError(f"queue must be a floating tensor, got dtype {queue.dtype}")
-    check_finite("queue", queue)
-
-
 @torch.no_grad()
 def mochi_synthetics(
     q: torch.Tensor,
@@ -120,7 +111,7 @@ def mochi_synthetics(
     """
     _check_config(n_hard, n_mix, n_mix_query)
     q = maybe_normalize(q.detach(), normalize)
-    _check_queue(queue, q.shape[1])
+    check_queue(queue, q.shape[1])
     queue = queue.detach().to(q.dtype)
     return _synthesize(q, queue, q @ queue.T, n_hard, n_mix, n_mix_query, generator)
 
@@ -152,7 +143,7 @@ def mochi_loss(
     _check_config(n_hard, n_mix, n_mix_query)
     if not temperature > 0:
         raise ConfigError(f"temperature must be > 0, got {temperature}")
-    _check_queue(queue, q.shape[1])
+    check_queue(queue, q.shape[1])
     q = maybe_normalize(q, normalize)
     k = maybe_normalize(k, normalize).to(q.dtype)
     queue = queue.detach().to(q.dtype)

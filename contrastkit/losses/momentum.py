@@ -53,7 +53,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from contrastkit.core.checks import check_finite, check_pair, check_scalar_param
+from contrastkit.core.checks import check_pair, check_queue, check_scalar_param
 from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.losses.base import LOSSES, MultiLoss, as_float, maybe_normalize
 
@@ -80,15 +80,6 @@ def _check_filters(top_k: int | None, max_similarity: float | None) -> None:
         raise ConfigError(f"top_k must be an integer >= 1 or None, got {top_k}")
     if max_similarity is not None and not math.isfinite(max_similarity):
         raise ConfigError(f"max_similarity must be a finite number or None, got {max_similarity}")
-
-
-def _check_queue(queue: torch.Tensor, d: int) -> None:
-    if not isinstance(queue, torch.Tensor) or queue.ndim != 2 or queue.shape[1] != d:
-        shape = tuple(queue.shape) if isinstance(queue, torch.Tensor) else type(queue).__name__
-        raise InputError(f"queue must have shape [K, d] with d={d}, got {shape}")
-    if not queue.is_floating_point():
-        raise InputError(f"queue must be a floating tensor, got dtype {queue.dtype}")
-    check_finite("queue", queue)
 
 
 def _negative_mask(sims: torch.Tensor, top_k: int | None, max_similarity: float | None) -> torch.Tensor:
@@ -128,7 +119,7 @@ def moco2_loss(
     check_pair(q, k, ("q", "k"))
     _check_temperature(temperature)
     _check_filters(top_k, max_similarity)
-    _check_queue(queue, q.shape[1])
+    check_queue(queue, q.shape[1])
     q = maybe_normalize(q, normalize)
     k = maybe_normalize(k.detach(), normalize).to(q.dtype)
     queue = queue.detach().to(q.dtype)

@@ -43,7 +43,7 @@ from torch import nn
 
 from contrastkit.core.checks import check_embeddings, check_pair, check_scalar_param
 from contrastkit.core.errors import ConfigError, InputError
-from contrastkit.losses.base import LOSSES, MultiLoss, maybe_normalize
+from contrastkit.losses.base import LOSSES, MultiLoss, learnable_log_scale, maybe_normalize
 from contrastkit.losses.clip import clip_loss
 
 __all__ = [
@@ -266,23 +266,17 @@ class PairwiseCLIPLoss(MultiLoss):
         allow_single: bool = False,
     ) -> None:
         super().__init__()
-        if not init_temperature > 0:
-            raise ConfigError(f"init_temperature must be > 0, got {init_temperature}")
-        if not max_scale >= 1:
-            raise ConfigError(f"max_scale must be >= 1, got {max_scale}")
         self.anchor, self.modalities = anchor, _check_modalities(anchor, modalities)
-        init = math.log(1.0 / init_temperature)
         self.log_scale: nn.Parameter | None = None
         self.log_scales: nn.ParameterDict | None = None
         if per_pair:
             if self.modalities is None:
                 raise ConfigError("per_pair=True needs the modality names (modalities=[...]) up front")
             others = [m for m in self.modalities if m != anchor]
-            self.log_scales = nn.ParameterDict(
-                {m: nn.Parameter(torch.tensor(init), requires_grad=learnable) for m in others}
-            )
+            scales = {m: learnable_log_scale(init_temperature, max_scale, learnable) for m in others}
+            self.log_scales = nn.ParameterDict({m: p for m, (p, _) in scales.items()})
         else:
-            self.log_scale = nn.Parameter(torch.tensor(init), requires_grad=learnable)
+            self.log_scale = learnable_log_scale(init_temperature, max_scale, learnable)[0]
         self.max_log_scale, self.allow_single = math.log(max_scale), allow_single
 
     def forward(self, emb: dict[str, torch.Tensor], **aux: Any) -> torch.Tensor:  # type: ignore[override]

@@ -63,6 +63,7 @@ from contrastkit.core.errors import ConfigError, InputError
 # imported so the terms clip_plus_ssl builds by name are registered (clip, siglip, ntxent, moco*)
 from contrastkit.losses import clip, infonce, momentum, siglip  # noqa: F401
 from contrastkit.losses.base import LOSSES, MultiLoss, PairLoss, as_float, maybe_normalize
+from contrastkit.losses.composite import WeightedTerms
 
 __all__ = [
     "BYOLLoss",
@@ -274,7 +275,7 @@ class SimSiamLoss(_PredictionTargetLoss):
 
 
 @LOSSES.register("clip_plus_ssl")
-class CLIPPlusSSLLoss(MultiLoss):
+class CLIPPlusSSLLoss(MultiLoss, WeightedTerms):
     """``w_it · contrastive(image, text) + w_ssl · ssl(views)``, each term a registered loss.
 
     Args:
@@ -307,43 +308,27 @@ class CLIPPlusSSLLoss(MultiLoss):
         it_loss = LOSSES.build(contrastive, **(contrastive_params or {}))
         if isinstance(it_loss, MultiLoss):
             raise ConfigError(f"contrastive must be a pair loss (two embeddings), {contrastive!r} is not")
-        self.terms = nn.ModuleDict({"image_text": it_loss, "ssl": LOSSES.build(ssl, **(ssl_params or {}))})
-        self.term_names = {"image_text": contrastive, "ssl": f"ssl_{ssl}"}
-        self.weights = {"image_text": float(image_text_weight), "ssl": float(ssl_weight)}
+        terms = {
+            "image_text": (image_text_weight, it_loss),
+            "ssl": (ssl_weight, LOSSES.build(ssl, **(ssl_params or {}))),
+        }
+        self._set_terms(terms, labels={"image_text": contrastive, "ssl": f"ssl_{ssl}"})
         self.image_text, self.views = _two(image_text, "image_text"), _two(views, "views")
         ssl_keys = self.terms["ssl"].inputs if isinstance(self.terms["ssl"], MultiLoss) else self.views
         if ssl_keys is None:
             raise ConfigError(f"ssl loss {ssl!r} reads all embeddings; give it explicit keys")
         self.inputs = tuple(dict.fromkeys(self.image_text + tuple(ssl_keys)))
-        self._last: dict[str, float] = {}
-
-    @property
-    def accepts(self) -> frozenset[str]:  # type: ignore[override]
-        return frozenset().union(*(t.accepts for t in self.terms.values()))
 
     def forward(self, emb: dict[str, torch.Tensor], **aux: Any) -> torch.Tensor:  # type: ignore[override]
         self.check_aux(aux)
         self.select(emb)  # every key present, or an error naming the missing ones
         total = None
         for name, term in self.terms.items():
-            own = {k: v for k, v in aux.items() if k in term.accepts and v is not None}
+            own = self.term_aux(term, aux)
             if isinstance(term, MultiLoss):
                 value = term(emb, **own)
             else:
                 keys = self.image_text if name == "image_text" else self.views
                 value = term(emb[keys[0]], emb[keys[1]], **own)
-            self._last[self.term_names[name]] = float(value.detach())
-            weighted = self.weights[name] * value
-            total = weighted if total is None else total + weighted
-        return total
-
-    @torch.no_grad()
-    def after_optimizer_step(self) -> None:
-        for term in self.terms.values():
-            term.after_optimizer_step()
-
-    def log_values(self) -> dict[str, float]:
-        out = {f"loss/{k}": v for k, v in self._last.items()}
-        for name, term in self.terms.items():
-            out.update({f"{self.term_names[name]}/{k}": v for k, v in term.log_values().items()})
-        return out
+            total = self.add_term(total, name, value)
+        return total  # type: ignore[return-value]

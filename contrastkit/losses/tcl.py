@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contrastkit.core.checks import check_embeddings, check_finite, check_pair
+from contrastkit.core.checks import check_embeddings, check_finite, check_pair, check_queue
 from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.losses.base import LOSSES, MultiLoss, as_float, maybe_normalize
 from contrastkit.losses.multiview import _check_temperature
@@ -149,14 +149,10 @@ def _soft_ce(q: torch.Tensor, bank: torch.Tensor, q_m: torch.Tensor, alpha: floa
     return alpha * -(soft * F.log_softmax(logits, dim=1)).sum(1).mean() + (1 - alpha) * hard
 
 
-def _check_queue(name: str, queue: torch.Tensor | None, d: int, like: torch.Tensor) -> torch.Tensor:
+def _queue_or_empty(name: str, queue: torch.Tensor | None, d: int, like: torch.Tensor) -> torch.Tensor:
     if queue is None:
         return like.new_zeros((0, d))
-    if not isinstance(queue, torch.Tensor) or queue.ndim != 2 or queue.shape[1] != d:
-        raise InputError(f"{name} must have shape [K, d={d}]")
-    if not queue.is_floating_point():
-        raise InputError(f"{name} must be a floating tensor, got dtype {queue.dtype}")
-    check_finite(name, queue)
+    check_queue(queue, d, name)
     return queue.detach().to(like.dtype)
 
 
@@ -190,8 +186,8 @@ def tcl_terms(
     v_m = maybe_normalize(image_ema.detach(), normalize).to(v.dtype)
     w_m = maybe_normalize(text_ema.detach(), normalize).to(v.dtype)
     d = v.shape[1]
-    bank_i = torch.cat([v_m, _check_queue("image_queue", image_queue, d, v)])
-    bank_t = torch.cat([w_m, _check_queue("text_queue", text_queue, d, v)])
+    bank_i = torch.cat([v_m, _queue_or_empty("image_queue", image_queue, d, v)])
+    bank_t = torch.cat([w_m, _queue_or_empty("text_queue", text_queue, d, v)])
     local_i = local_t = None
     if image_tokens is not None and text_tokens is not None:
         local_i = tcl_local_loss(v, image_tokens, None, temperature)

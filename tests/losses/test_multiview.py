@@ -398,7 +398,7 @@ def test_tcl_bad_inputs(rng):
         tcl_local_loss(v, torch.randn(3, 2, 4), torch.full((3, 2), 2))
     with pytest.raises(InputError, match=r"tokens must have shape \[N=3, L, d=4\]"):
         tcl_local_loss(v, torch.randn(3, 2, 5))
-    with pytest.raises(InputError, match=r"image_queue must have shape \[K, d=4\]"):
+    with pytest.raises(InputError, match=r"image_queue must have shape \[K, d\] with d=4"):
         tcl_loss(v, v, v, v, torch.randn(5, 3))
     with pytest.raises(InputError, match="batch size mismatch"):
         tcl_loss(v, torch.randn(2, 4), v, v)
