@@ -7,7 +7,7 @@ same metrics run on contrastkit runs, on loaded third-party checkpoints, or on a
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -20,10 +20,13 @@ __all__ = ["Encoders", "model_encoders"]
 
 @dataclass(frozen=True)
 class Encoders:
-    """``images(uint8 [B,3,H,W]) -> [B, d]`` and ``texts(list[str]) -> [B, d]``, L2-normalised."""
+    """``images(uint8 [B,3,H,W]) -> [B, d]`` and ``texts(list[str]) -> [B, d]``, L2-normalised;
+    optionally ``image_patches(uint8 [B,3,H,W]) -> [B, H', W', C]``, the image tower's unpooled
+    token grid (tower feature space, not normalised), for the dense geometry metrics."""
 
     images: Callable[[torch.Tensor], torch.Tensor]
     texts: Callable[[list[str]], torch.Tensor]
+    image_patches: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, kw_only=True)
 
 
 def model_encoders(model: DualEncoder, batch_size: int = 256, device: str | None = None) -> Encoders:
@@ -47,4 +50,12 @@ def model_encoders(model: DualEncoder, batch_size: int = 256, device: str | None
         ]
         return F.normalize(torch.cat(outs).float(), dim=-1).cpu()
 
-    return Encoders(images, texts)
+    tower = model.towers["image"] if "image" in model.towers else None
+
+    @torch.no_grad()
+    def image_patches(x: torch.Tensor) -> torch.Tensor:
+        model.eval()
+        outs = [tower.patch_tokens(x[i : i + batch_size].to(dev)) for i in range(0, len(x), batch_size)]
+        return torch.cat(outs).float().cpu()
+
+    return Encoders(images, texts, image_patches=image_patches if hasattr(tower, "patch_tokens") else None)

@@ -317,6 +317,7 @@ def checked_encoders(enc: Encoders) -> Encoders:
     def texts(t: list[str]) -> torch.Tensor:
         return check("text", enc.texts(t), len(t))
 
+    patches = enc.image_patches
     if isinstance(enc, HFEncoders):
-        return HFEncoders(images, texts, enc.logit_scale, enc.logit_bias, enc.info)
-    return Encoders(images, texts)
+        return HFEncoders(images, texts, enc.logit_scale, enc.logit_bias, enc.info, image_patches=patches)
+    return Encoders(images, texts, image_patches=patches)

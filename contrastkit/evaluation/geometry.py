@@ -28,8 +28,13 @@ docs/evaluation.d/probes_geometry.md):
   ``maxangle`` = mean over those pairs of |cos + 1/(C−1)|. A simplex ETF gives 0 for all four
   when within-class variance is 0.
 * Dense alignment/uniformity: ``dense_alignment_uniformity(px, py)`` on patch tokens [N, P, D]
-  (token p of x paired with token p of y; uniformity over all N·P tokens pooled). contrastkit's
-  Encoders give pooled embeddings only, so the registered task does not compute it.
+  (token p of x paired with token p of y; uniformity over all N·P tokens pooled). The task computes
+  it when the encoders expose the image tower's token grid (``Encoders.image_patches``; contrastkit
+  timm towers do: a CNN's last feature map or a ViT's patch tokens) on the first ``max_dense``
+  images: x = the tokens of each image, y = the tokens of its mirror image with the grid mirrored
+  back, so token p of x and of y see the same image region — ``geometry/dense/alignment`` measures
+  how consistent local features are under a flip, ``geometry/dense/uniformity`` how spread the
+  (normalised) local features are. Tower feature space, before the projection.
 
 Plots (``ctx.options["plot_dir"]``): normalised covariance spectra (λ_k/λ_1, log scale) and a 2-D
 PCA projection of the union of both modalities, written atomically with matplotlib Agg.
@@ -78,6 +83,7 @@ GEOMETRY_DEFAULTS: dict[str, Any] = {
     "nc_rtol": 1e-8,
     "chunk": 1024,
     "seed": 0,
+    "max_dense": 128,  # images for the dense (patch-level) metrics; 0 turns them off
 }
 
 
@@ -338,6 +344,25 @@ def _uniformities(x: torch.Tensor, y: torch.Tensor, owner: np.ndarray, o: dict[s
     return out
 
 
+def _dense(ctx: EvalContext, o: dict[str, Any]) -> dict[str, float]:
+    images = ctx.pairs.images[: int(o["max_dense"])]
+    grid = ctx.enc.image_patches(images)  # type: ignore[misc]
+    mirrored = ctx.enc.image_patches(images.flip(-1)).flip(2)  # W axis of the token grid
+    n, h, w, c = grid.shape
+    d = dense_alignment_uniformity(
+        grid.reshape(n, h * w, c),
+        mirrored.reshape(n, h * w, c),
+        float(o["t"]),
+        float(o["alpha"]),
+        int(o["chunk"]),
+    )
+    return {
+        "geometry/dense/alignment": d["alignment"],
+        "geometry/dense/uniformity": d["uniformity_x"],
+        "geometry/dense/n_tokens": d["n_tokens"],
+    }
+
+
 @EVAL_TASKS.register("geometry")
 def geometry_task(ctx: EvalContext) -> TaskResult:
     """Alignment/uniformity, modality gap, effective rank and spectra, neural collapse per class task."""
@@ -368,6 +393,8 @@ def _geometry_all(ctx: EvalContext, o: dict[str, Any]) -> TaskResult:
         if len(np.unique(task.labels[task.labels >= 0])) >= 2:
             nc = neural_collapse(x, task.labels, float(o["nc_rtol"]))
             out.update({f"geometry/nc/{tname}/{k}": v for k, v in nc.items()})
+    if ctx.enc.image_patches is not None and int(o["max_dense"]) > 0:
+        out.update(_dense(ctx, o))
     plot_dir = ctx.options.get("plot_dir")
     if plot_dir:
         safe = re.sub(r"[^\w.-]+", "_", ctx.pairs.name)  # "shapes/test" → "shapes_test"

@@ -72,7 +72,7 @@ class ImageTower(Tower):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def _preprocess(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3:
             raise InputError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
         if images.shape[0] == 0:
@@ -82,7 +82,22 @@ class ImageTower(Tower):
         x = (images.float() - self.mean) / self.std
         if self.size is not None and tuple(x.shape[-2:]) != (self.size, self.size):
             x = nn.functional.interpolate(x, (self.size, self.size), mode="bilinear", align_corners=False)
-        return self.backbone(x)
+        return x
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self._preprocess(images))
+
+    def patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's unpooled features as a token grid ``[B, H', W', C]``: a CNN's last
+        feature map, or a ViT's patch tokens (prefix tokens dropped) on its patch grid."""
+        feats = self.backbone.forward_features(self._preprocess(images))
+        if feats.ndim == 4:  # timm CNNs: [B, C, H', W']
+            return feats.permute(0, 2, 3, 1)
+        grid = getattr(getattr(self.backbone, "patch_embed", None), "grid_size", None)
+        if feats.ndim == 3 and grid is not None:  # timm ViTs: [B, prefix + H'·W', C]
+            tokens = feats[:, int(getattr(self.backbone, "num_prefix_tokens", 0)) :]
+            return tokens.reshape(feats.shape[0], int(grid[0]), int(grid[1]), feats.shape[-1])
+        raise InputError(f"image tower features of shape {tuple(feats.shape)} have no patch grid")
 
 
 class TextTower(Tower):

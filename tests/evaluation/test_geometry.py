@@ -283,3 +283,55 @@ def test_plots_and_option_errors(tmp_path):
         plot_spectrum({"z": np.zeros(3)}, tmp_path / "z.png")
     with pytest.raises(ConfigError, match="max_uniformty"):
         geometry_task(toy_context(10, {"geometry": {"max_uniformty": 5}}))
+
+
+def test_dense_metrics_in_the_task_use_mirrored_token_grids():
+    """Raw pixels as the token grid are exactly flip-equivariant: the mirrored grid, mirrored back,
+    equals the original, so dense alignment is 0; dense uniformity is the naive one over all tokens."""
+    from contrastkit.data import make_shapes
+    from contrastkit.evaluation.geometry import geometry_task
+
+    pairs = make_shapes("test", 12, image_size=16)
+    emb = torch.randn(12, 4, generator=torch.Generator().manual_seed(0))
+
+    def pixels(x):
+        return x.float().permute(0, 2, 3, 1) + 1.0  # +1: no all-zero token to normalise
+
+    enc = Encoders(lambda x: emb[: len(x)], lambda t: torch.ones(len(t), 4), image_patches=pixels)
+    out, _ = geometry_task(EvalContext(enc, pairs, options={"geometry": {"max_dense": 3}}))
+    assert out["geometry/dense/alignment"] == pytest.approx(0.0, abs=1e-12)
+    tokens = F.normalize(pixels(pairs.images[:3]).reshape(-1, 3).double(), dim=1)
+    sq = torch.cdist(tokens, tokens).square()
+    off = ~torch.eye(len(tokens), dtype=torch.bool)
+    naive = math.log(torch.exp(-2.0 * sq[off]).mean().item())
+    assert out["geometry/dense/uniformity"] == pytest.approx(naive, abs=1e-6)
+    assert out["geometry/dense/n_tokens"] == 3 * 16 * 16
+    off_out, _ = geometry_task(EvalContext(enc, pairs, options={"geometry": {"max_dense": 0}}))
+    assert not any("dense" in k for k in off_out)
+
+
+@pytest.mark.parametrize(
+    "arch,kwargs,grid",
+    [
+        ("resnet18", {"layers": [1, 1, 1, 1], "channels": [8, 8, 8, 8], "stem_width": 8}, (2, 2, 8)),
+        (
+            "vit_tiny_patch16_224",
+            {"img_size": 64, "patch_size": 16, "depth": 1, "embed_dim": 16, "num_heads": 2},
+            (4, 4, 16),
+        ),
+    ],
+)
+def test_image_towers_expose_their_token_grid_and_model_encoders_pass_it_on(arch, kwargs, grid):
+    from contrastkit.evaluation import model_encoders
+    from contrastkit.models import ModelConfig, TowerConfig, build_model
+
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    base = ModelConfig.tiny()
+    cfg = ModelConfig(
+        towers={**base.towers, "image": TowerConfig("timm", {"arch": arch, "kwargs": kwargs})}, embed_dim=8
+    )
+    model = build_model(cfg, texts=["a red circle", "a blue square"]).eval()
+    tokens = model.towers["image"].patch_tokens(images)
+    assert tuple(tokens.shape) == (3, *grid)
+    enc = model_encoders(model)
+    torch.testing.assert_close(enc.image_patches(images), tokens.detach())
