@@ -8,13 +8,18 @@ embeddings alone: it is built with its defaults (plus ``total_steps`` = the step
 embeddings. A loss that accepts ``labels`` trains with the Shapes shape+color class ids
 (``data.label_task``; two-object images get unique ids); a loss that *needs* other batch fields
 (``weights``, extra negatives, a past model's embeddings) is skipped with the reason printed.
+Losses beyond pairs (loss zoo II) train with a recipe from ``RECIPES``: two augmented views, a
+momentum encoder, the Shapes attribute vector as a third modality (MLP tower), or caption
+concepts; ``clip_plus_ssl:<ssl>`` rows combine CLIP with an image–image SSL loss.
 
 Each loss trains in a fresh subprocess and run folder (``--out/<loss>``) through the Python API
 (``contrastkit.train.RunConfig`` / ``train`` with ``LossConfig(name)``, then
 ``contrastkit.evaluation.evaluate_run`` on the test split), with the demo model and optimiser
 (warm-up shortened to a tenth of the budget; non-finite steps are skipped and the run stops after
 10 in a row, reported as a failure). Columns: training-loop wall seconds (data generation
-and evaluation excluded), test zero-shot top-1 on shape+color and on color, test text→image R@1.
+and evaluation excluded), test zero-shot top-1 on shape+color and on color, test text→image R@1,
+and a shape+color linear probe of the image embeddings (fixed λ, 50/50 split of the test images) —
+the only meaningful column for image-only objectives, which leave the text tower untrained.
 A budget this small ranks losses by early progress, not by their final quality.
 
     python benchmarks/loss_zoo.py --losses clip,siglip,m3col --steps 60
