@@ -1,6 +1,7 @@
 """The ``contrastkit`` command line: a thin layer over the Python API.
 
-contrastkit demo [--out runs] [--threads N]
+contrastkit demo [shapes|fashion|emoji] [--out runs] [--threads N]
+contrastkit wise runs/NAME --alphas 0,0.25,0.5,0.75,1 [--reference fashion_mnist:test]
 contrastkit train --config configs/shapes-clip.yaml [--set train.steps=100 ...] [--name NAME]
 contrastkit train --resume runs/NAME
 contrastkit eval runs/NAME [--splits test,unseen] [--tasks zeroshot,retrieval]
@@ -23,11 +24,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="train + evaluate CLIP on built-in Shapes (~4 min on 2 CPU cores)")
+    d = sub.add_parser(
+        "demo",
+        help="shapes (default): CLIP on built-in Shapes; fashion: LiT on Fashion-MNIST with locked MiniLM; "
+        "emoji: frozen EfficientNet-Lite0 + MiniLM with trained heads",
+    )
+    d.add_argument(
+        "which", nargs="?", default="shapes", choices=["shapes", "fashion", "emoji"], help="which demo"
+    )
     d.add_argument("--out", default="runs", help="parent folder of the run (default: runs)")
     d.add_argument("--threads", type=int, default=0, help="torch threads (0 = one per core)")
     d.add_argument("--steps", type=int, default=None, help="override the number of training steps")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    w = sub.add_parser("wise", help="WiSE-FT: zero-shot accuracy of interpolated initial/fine-tuned weights")
+    w.add_argument("run", metavar="RUN", help="run folder")
+    w.add_argument(
+        "--alphas", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1", help="comma-separated α in [0, 1]"
+    )
+    w.add_argument(
+        "--reference", metavar="DATA:SPLIT", help="also evaluate a reference data set, e.g. digits:test"
+    )
+    w.add_argument("--n", type=int, default=None, help="evaluate at most N images per split")
 
     t = sub.add_parser("train", help="train from a config file, or resume a run")
     g = t.add_mutually_exclusive_group(required=True)
@@ -185,15 +203,48 @@ def _list(what: str) -> None:
     print("\n".join(reg.names()))
 
 
+def _demo(args: argparse.Namespace) -> None:
+    progress = not args.no_progress
+    if args.which == "fashion":
+        from contrastkit.demo.fashion import run_fashion_demo
+
+        run_fashion_demo(args.out, threads=args.threads, steps=args.steps, progress=progress)
+    elif args.which == "emoji":
+        from contrastkit.demo.emoji import run_emoji_demo
+
+        run_emoji_demo(args.out, threads=args.threads)
+    else:
+        from contrastkit.demo import run_demo
+
+        run_demo(args.out, threads=args.threads, steps=args.steps, progress=progress)
+
+
+def _wise(args: argparse.Namespace) -> None:
+    from contrastkit.core.errors import InputError
+    from contrastkit.evaluation.wise import format_wise, wise_sweep
+
+    try:
+        alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
+    except ValueError:
+        raise InputError(f"--alphas must be comma-separated numbers, got {args.alphas!r}") from None
+    reference = None
+    if args.reference:
+        name, sep, split = args.reference.partition(":")
+        reference = (name, split if sep else "test")
+    rows = wise_sweep(args.run, alphas, reference, args.n)
+    print(format_wise(rows))
+    print(f"wrote {args.run}/wise.json and {args.run}/wise.png")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from contrastkit.core.errors import ContrastkitError
 
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
-            from contrastkit.demo import run_demo
-
-            run_demo(args.out, threads=args.threads, steps=args.steps, progress=not args.no_progress)
+            _demo(args)
+        elif args.command == "wise":
+            _wise(args)
         elif args.command == "train":
             _train(args)
         elif args.command == "eval":

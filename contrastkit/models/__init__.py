@@ -1,11 +1,20 @@
 """Models: towers from timm and transformers, combined into a multi-modality dual encoder."""
 
-from contrastkit.models.dual_encoder import DualEncoder, ModelConfig, TowerConfig, build_model
+from contrastkit.models.cache import CachedTextTower, cached_features
+from contrastkit.models.dual_encoder import (
+    DualEncoder,
+    ModelConfig,
+    TowerConfig,
+    build_model,
+    lock_parameters,
+)
+from contrastkit.models.pretrained import load_weights, map_state_dict, resolve_path
 from contrastkit.models.tokenizer import encode, load_tokenizer, train_word_tokenizer
 from contrastkit.models.towers import TOWERS, ImageTower, TextTower, Tower, TowerContext
 
 __all__ = [
     "TOWERS",
+    "CachedTextTower",
     "DualEncoder",
     "ImageTower",
     "ModelConfig",
@@ -14,7 +23,12 @@ __all__ = [
     "TowerConfig",
     "TowerContext",
     "build_model",
+    "cached_features",
     "encode",
     "load_tokenizer",
+    "load_weights",
+    "lock_parameters",
+    "map_state_dict",
+    "resolve_path",
     "train_word_tokenizer",
 ]

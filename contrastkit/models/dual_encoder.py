@@ -12,6 +12,7 @@ modality under ``"<key>:ema"`` (``"image@1:ema"``, computed without gradient).
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,15 @@ from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.models.momentum import MomentumConfig, MomentumEncoder
 from contrastkit.models.towers import TOWERS, TextTower, Tower, TowerContext
 
-__all__ = ["EMA_SUFFIX", "DualEncoder", "ModelConfig", "TowerConfig", "build_model", "split_key"]
+__all__ = [
+    "EMA_SUFFIX",
+    "DualEncoder",
+    "ModelConfig",
+    "TowerConfig",
+    "build_model",
+    "lock_parameters",
+    "split_key",
+]
 
 EMA_SUFFIX = ":ema"
 
@@ -56,6 +65,13 @@ class TowerConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """Towers by modality, projection heads to ``embed_dim``, optional momentum encoder.
+
+    ``lock``: freeze named parameter groups — ``fnmatch`` patterns over the model's parameter
+    names (``"towers.text.encoder.embeddings.*"``, ``"projections.image.*"``); each pattern must
+    match at least one parameter. Whole towers lock with ``TowerConfig.locked`` (also eval mode).
+    """
+
     towers: dict[str, TowerConfig] = field(
         default_factory=lambda: {
             "image": TowerConfig(
@@ -83,6 +99,7 @@ class ModelConfig:
     embed_dim: int = 128
     projection: Literal["linear", "mlp", "none"] = "linear"
     momentum: MomentumConfig | None = None
+    lock: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.towers) < 2:
@@ -253,4 +270,22 @@ def build_model(
         )
         towers[modality] = TOWERS.build(tcfg.name, context=ctx, **tcfg.params)
     locked = [m for m, t in cfg.towers.items() if t.locked]
-    return DualEncoder(towers, cfg.embed_dim, cfg.projection, locked, cfg.momentum)
+    model = DualEncoder(towers, cfg.embed_dim, cfg.projection, locked, cfg.momentum)
+    lock_parameters(model, cfg.lock)
+    return model
+
+
+def lock_parameters(model: nn.Module, patterns: Sequence[str]) -> list[str]:
+    """Set ``requires_grad=False`` on every parameter whose name matches one of ``patterns``
+    (``fnmatch``); returns the locked names. A pattern matching nothing is a :class:`ConfigError`."""
+    names = [n for n, _ in model.named_parameters()]
+    locked: list[str] = []
+    for pat in patterns:
+        hits = fnmatch.filter(names, pat)
+        if not hits:
+            raise ConfigError(f"model.lock pattern {pat!r} matches no parameter; e.g. {names[:3]}")
+        locked += hits
+    params = dict(model.named_parameters())
+    for n in locked:
+        params[n].requires_grad_(False)
+    return sorted(set(locked))

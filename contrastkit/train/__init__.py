@@ -1,5 +1,6 @@
 """Training: typed run configs, AdamW + warm-up/cosine, a step guard, atomic checkpoints, resume."""
 
+from contrastkit.train.adapters import AdapterConfig, Heads, train_heads
 from contrastkit.train.checkpoint import (
     CheckpointState,
     latest_checkpoint,
@@ -19,11 +20,14 @@ from contrastkit.train.trainer import (
     resume,
     train,
 )
+from contrastkit.train.wise import initial_model, interpolate_weights, wise_models
 
 __all__ = [
+    "AdapterConfig",
     "Callback",
     "CheckpointState",
     "GuardConfig",
+    "Heads",
     "MetricsLogger",
     "OptimConfig",
     "RunConfig",
@@ -32,6 +36,8 @@ __all__ = [
     "TrainResult",
     "build_optimizer",
     "build_scheduler",
+    "initial_model",
+    "interpolate_weights",
     "latest_checkpoint",
     "load_checkpoint",
     "load_run",
@@ -43,4 +49,6 @@ __all__ = [
     "resume",
     "save_checkpoint",
     "train",
+    "train_heads",
+    "wise_models",
 ]
