@@ -1,7 +1,9 @@
 """Forward + backward time and memory of every registered loss at N = 4096, D = 512, float32.
 
-Each loss runs in its own subprocess; the table reports its time as a ratio to the **floor** (the
-three N×D×N matrix products any exact pairwise loss needs, measured in the same run) and its peak
+Each loss runs in its own subprocess; the table reports its time as a ratio to its own **floor** (the
+three N×D×N matrix products any exact pairwise loss needs — at 2N for losses over both views stacked,
+SimCLR layout — timed in the same subprocess, alternating with the loss, so machine load hits both
+alike; best of ``--repeats`` each) and its peak
 extra memory in units of one N×N float32 matrix (64 MiB at N = 4096), beside lightly's and
 pytorch-metric-learning's versions where installed (``pip install lightly pytorch-metric-learning``,
 an optional benchmark extra). Losses that need extra batch fields get synthetic ones: ``labels``
@@ -101,25 +103,37 @@ def _step_fn(name: str, n: int, d: int):
     return lambda x, y: loss(x, y, **aux).backward()
 
 
-def run_one(name: str, n: int, d: int, threads: int, repeats: int) -> dict:
+def run_one(name: str, n: int, d: int, threads: int, repeats: int, floor: str) -> dict:
+    """Time ``name`` and its own floor alternately in this process (so machine load affects both
+    alike): best-of-``repeats`` seconds of each, their ratio, and the loss's peak extra memory."""
     import torch
 
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(n, d, generator=g).requires_grad_()
     y = torch.randn(n, d, generator=g).requires_grad_()
-    step = _step_fn(name, n, d)
-    step(x, y)  # warm-up
-    times, extra = [], 0
+    steps = {"loss": _step_fn(name, n, d), "floor": _step_fn(floor, n, d)}
+    for step in steps.values():
+        step(x, y)  # warm-up
+    times: dict[str, list[float]] = {"loss": [], "floor": []}
+    extra = 0
     for _ in range(repeats):
-        x.grad = y.grad = None
-        reset_peak()
-        base = rss_bytes()
-        t0 = time.perf_counter()
-        step(x, y)
-        times.append(time.perf_counter() - t0)
-        extra = max(extra, peak_bytes() - base - 2 * n * d * 4)
-    return {"time_s": min(times), "nxn": max(extra, 0) / (n * n * 4)}
+        for key, step in steps.items():
+            x.grad = y.grad = None
+            reset_peak()
+            base = rss_bytes()
+            t0 = time.perf_counter()
+            step(x, y)
+            times[key].append(time.perf_counter() - t0)
+            if key == "loss":
+                extra = max(extra, peak_bytes() - base - 2 * n * d * 4)
+    best = {k: min(v) for k, v in times.items()}
+    return {
+        "time_s": best["loss"],
+        "floor_s": best["floor"],
+        "ratio": best["loss"] / best["floor"],
+        "nxn": max(extra, 0) / (n * n * 4),
+    }
 
 
 def main() -> None:
@@ -130,41 +144,30 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--losses", help="comma-separated registry names (default: all)")
     p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--floor", default="floor", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.n, args.dim, args.threads, args.repeats)))
+        print(json.dumps(run_one(args.one, args.n, args.dim, args.threads, args.repeats, args.floor)))
         return
     names = args.losses.split(",") if args.losses else registry()
     print(f"N={args.n}, D={args.dim}, float32, {args.threads} threads, best of {args.repeats}")
-    print("| loss | time s | × own floor | own floor | peak extra (N×N matrices) |")
-    print("|---|---:|---:|---|---:|")
-    floors: dict[str, float] = {}
-    for name in ["floor", "floor@2N", *names, *EXTERNAL]:
-        cmd = [
-            sys.executable,
-            __file__,
-            "--one",
-            name,
-            "--n",
-            str(args.n),
-            "--dim",
-            str(args.dim),
-            "--threads",
-            str(args.threads),
-            "--repeats",
-            str(args.repeats),
-        ]
+    print(
+        "| loss | time s | own floor s (same process) | × own floor | own floor | peak extra (N×N matrices) |"
+    )
+    print("|---|---:|---:|---:|---|---:|")
+    for name in [*names, *EXTERNAL]:
+        own = "floor@2N" if name in LAYOUT_2N else "floor"
+        cmd = [sys.executable, __file__, "--one", name, "--floor", own]
+        for flag in ("n", "dim", "threads", "repeats"):
+            cmd += [f"--{flag}", str(getattr(args, flag))]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             err = (out.stderr.strip().splitlines() or ["?"])[-1][:90]
-            print(f"| {name} | — | — | failed: {err} |", flush=True)
+            print(f"| {name} | — | — | — | failed: {err} | — |", flush=True)
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        if name.startswith("floor"):
-            floors[name] = r["time_s"]
-        own = "floor@2N" if name in LAYOUT_2N or name == "floor@2N" else "floor"
-        ratio = r["time_s"] / floors[own] if own in floors else float("nan")
-        print(f"| {name} | {r['time_s']:.3f} | {ratio:.2f} | {own} | {r['nxn']:.1f} |", flush=True)
+        cells = f"{r['time_s']:.3f} | {r['floor_s']:.3f} | {r['ratio']:.2f} | {own} | {r['nxn']:.1f}"
+        print(f"| {name} | {cells} |", flush=True)
 
 
 if __name__ == "__main__":
