@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 EMOJI  := .cache/npm/node_modules/emoji-datasource-google/emoji.json
 
-.PHONY: setup data fashion-mnist demo test test-all lint bench clean
+.PHONY: setup data fashion-mnist demo demo-fashion demo-emoji test test-all lint bench clean
 
 setup: $(STAMP) data
 
@@ -35,6 +35,12 @@ $(STAMP): requirements.txt pyproject.toml
 
 demo: setup  ## train + evaluate CLIP on built-in Shapes (runs/demo)
 	$(BIN)/contrastkit demo
+
+demo-fashion: setup  ## LiT on Fashion-MNIST: locked MiniLM text tower, CNN from scratch (runs/fashion-lit*)
+	$(BIN)/contrastkit demo fashion
+
+demo-emoji: setup  ## frozen EfficientNet-Lite0 + MiniLM, trained heads, on emoji names (runs/emoji)
+	$(BIN)/contrastkit demo emoji
 
 test: setup  ## the test suite CI runs (slow tests excluded)
 	$(BIN)/python -m pytest -q

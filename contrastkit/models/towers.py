@@ -258,7 +258,7 @@ def hf_pretrained_tower(
 
     folder = resolve_path(path)
     if not folder.is_dir():
-        raise MissingFileError(f"no such model folder {folder}")
+        raise MissingFileError(f"no Hugging Face model: no such folder {folder}")
     if not (folder / "config.json").is_file():
         raise MissingFileError(f"no Hugging Face model (config.json) in {folder}")
     tokenizer = load_tokenizer(folder)

@@ -80,7 +80,7 @@ def test_efficientnet_lite0_classifies_bundled_photos_sensibly():
 
 
 def test_missing_local_folder_and_uninstalled_package_are_clear(tmp_path):
-    with pytest.raises(MissingFileError, match="no such model folder"):
+    with pytest.raises(MissingFileError, match="no Hugging Face model: no such folder"):
         TOWERS.build("hf_pretrained", path=str(tmp_path / "minilm"))
     with pytest.raises(MissingFileError, match="config.json"):
         TOWERS.build("hf_pretrained", path=str(tmp_path))
