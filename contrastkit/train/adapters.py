@@ -79,9 +79,10 @@ class Heads(nn.Module):
         self.eval()
         out = []
         for head, f in ((self.image, image_feats), (self.text, text_feats)):
-            out.append(
-                None if f is None else F.normalize(head(torch.as_tensor(np.asarray(f))).float(), dim=-1)
-            )
+            x = (
+                None if f is None else torch.from_numpy(np.array(f, dtype=np.float32))
+            )  # a copy: memmaps are read-only
+            out.append(None if x is None else F.normalize(head(x).float(), dim=-1))
         return tuple(out)
 
 
