@@ -112,6 +112,7 @@ class _Payload:
     """Anything that is not a tensor: a pickle that would run code on load."""
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickled_objects_are_refused(tmp_path):
     path = tmp_path / "model.pth"
     with open(path, "wb") as f:
