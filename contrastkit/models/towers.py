@@ -261,7 +261,9 @@ def hf_pretrained_tower(
         raise MissingFileError(f"no Hugging Face model: no such folder {folder}")
     if not (folder / "config.json").is_file():
         raise MissingFileError(f"no Hugging Face model (config.json) in {folder}")
-    tokenizer = load_tokenizer(folder)
+    saved = None if context is None or context.assets_dir is None else context.assets_dir / "tokenizer"
+    # a saved run uses the tokenizer recorded in its assets, not whatever the folder holds now
+    tokenizer = load_tokenizer(saved if saved is not None and saved.is_dir() else folder)
     encoder = AutoModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=None)
     return TextTower(encoder, tokenizer, max_length, pooling)
 

@@ -52,6 +52,8 @@ def test_fashion_lit_run_keeps_the_text_tower_and_evaluates_unseen_prompts(tmp_p
     assert list((tmp_path / "cache" / "features").glob("*.npy"))  # training captions cached on disk
     _, model, _, _ = load_run(tmp_path / "lit")
     assert isinstance(model.towers["text"], CachedTextTower)
+    assets = tmp_path / "lit" / "assets" / "text"
+    assert (assets / "tokenizer").is_dir() and (assets / "cached_texts.json").is_file()  # recorded in the run
     start = initial_model(tmp_path / "lit").state_dict()
     text_keys = [k for k in start if k.startswith("towers.text.")]
     assert text_keys and all(torch.equal(start[k], model.state_dict()[k]) for k in text_keys)
