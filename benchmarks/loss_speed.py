@@ -7,8 +7,8 @@ alike; best of ``--repeats`` each) and its peak
 extra memory in units of one N×N float32 matrix (64 MiB at N = 4096), beside lightly's and
 pytorch-metric-learning's versions where installed (``pip install lightly pytorch-metric-learning``,
 an optional benchmark extra). Losses that need extra batch fields get synthetic ones: ``labels``
-(100 classes), ``weights`` (a random 0/1 relevance matrix with a positive diagonal), and
-``negatives`` (4 extra negatives per pair).
+(100 classes), ``weights`` (a random 0/1 relevance matrix with a positive diagonal),
+``negatives`` (4 extra negatives per pair) and ``past_x``/``past_y`` (Sy-CON's past embeddings).
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/loss_speed.py [--n 4096] [--losses clip,ntxent]
 """
@@ -73,6 +73,8 @@ def _aux(loss, n: int, d: int, g):
         w = (torch.rand(n, n, generator=g) < 0.01).float()
         w.fill_diagonal_(1.0)
         aux["weights"] = w
+    if "past_x" in accepts:  # Sy-CON: a frozen past model's embeddings of both views
+        aux["past_x"], aux["past_y"] = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
     if "negatives" in accepts or "negatives" in sig:
         aux["negatives"] = torch.randn(n, 4, d, generator=g)
     return aux
