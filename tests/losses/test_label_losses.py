@@ -7,7 +7,6 @@ import torch
 
 from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.losses.base import LOSSES
-from contrastkit.losses.clip import clip_loss
 from contrastkit.losses.classification import (
     harmonic_contrastive_loss,
     harmonic_logits,
@@ -15,6 +14,7 @@ from contrastkit.losses.classification import (
     squentropy_contrastive_loss,
     squentropy_loss,
 )
+from contrastkit.losses.clip import clip_loss
 from contrastkit.losses.labels import CatLIPLoss, TagAlignLoss, catlip_loss, concept_targets, tagalign_loss
 from contrastkit.losses.mlcd import MLCDLoss, assign_positives, fit_prototypes, mlcd_loss
 
