@@ -66,8 +66,9 @@ def _image_features(spec: dict, pairs: PairSet, cache_dir: Path | None) -> np.nd
     if "size" in spec:
         tower.size = spec["size"]
     key = fingerprint(kind="image", tower=spec, data=hash_inputs(pairs.images))
+    # batches of 8: at 224 px big activation buffers cost more in page faults than they save
     return cached_features(
-        key, len(pairs), lambda a, b: tower(pairs.images[a:b]), cache_dir, 64, {"tower": spec}
+        key, len(pairs), lambda a, b: tower(pairs.images[a:b]), cache_dir, 8, {"tower": spec}
     )
 
 
