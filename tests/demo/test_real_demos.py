@@ -81,3 +81,28 @@ def test_fashion_demo_meets_its_target(tmp_path):
 
     report = run_fashion_demo(str(tmp_path), progress=False)
     assert report["zero_shot"] >= TARGET
+
+
+def test_emoji_step_selection_uses_a_group_safe_validation_split_of_the_training_names():
+    import numpy as np
+
+    from contrastkit.data.emoji import base_name, split_groups
+    from contrastkit.demo.emoji import STEP_GRID, VAL_FRACTION, _select_steps
+    from contrastkit.train.adapters import AdapterConfig
+
+    names = [
+        f"{who} {thing}"
+        for thing in ("cook", "pilot", "judge", "artist", "farmer", "singer")
+        for who in ("man", "woman")
+    ]
+    names += [f"thing {i}" for i in range(28)]
+    rng = np.random.default_rng(0)
+    txt = rng.normal(size=(len(names), 8)).astype(np.float32)
+    img = txt @ rng.normal(size=(8, 8)).astype(np.float32)  # images: a linear function of the text
+    cfg, scores = _select_steps(img, txt, names, AdapterConfig(batch_size=16))
+    assert list(scores) == list(STEP_GRID) and cfg.steps in STEP_GRID
+    assert scores[cfg.steps] == max(scores.values()) and all(0 <= v <= 1 for v in scores.values())
+    parts = split_groups(names, seed=1, test_fraction=VAL_FRACTION, val_fraction=0.0)
+    fit = {base_name(names[i]) for i in parts["train"]}
+    val = {base_name(names[i]) for i in parts["test"]}
+    assert val and not fit & val  # "man cook" and "woman cook" never straddle fit / validation
