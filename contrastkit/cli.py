@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
         "--reference", metavar="DATA:SPLIT", help="also evaluate a reference data set, e.g. digits:test"
     )
     w.add_argument("--n", type=int, default=None, help="evaluate at most N images per split")
+    w.add_argument(
+        "--recalibrate",
+        type=int,
+        default=512,
+        help="training images per endpoint for re-estimating batch-norm statistics (0: off)",
+    )
 
     t = sub.add_parser("train", help="train from a config file, or resume a run")
     g = t.add_mutually_exclusive_group(required=True)
@@ -231,7 +237,7 @@ def _wise(args: argparse.Namespace) -> None:
     if args.reference:
         name, sep, split = args.reference.partition(":")
         reference = (name, split if sep else "test")
-    rows = wise_sweep(args.run, alphas, reference, args.n)
+    rows = wise_sweep(args.run, alphas, reference, args.n, args.recalibrate)
     print(format_wise(rows))
     print(f"wrote {args.run}/wise.json and {args.run}/wise.png")
 

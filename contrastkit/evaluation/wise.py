@@ -16,7 +16,7 @@ from contrastkit.data import build, load_split
 from contrastkit.data.pairs import PairSet
 from contrastkit.evaluation.tracking import zero_shot_accuracy
 from contrastkit.train.trainer import load_run_config
-from contrastkit.train.wise import wise_models
+from contrastkit.train.wise import calibration_images, wise_models
 
 __all__ = ["format_wise", "plot_wise", "wise_sweep"]
 
@@ -33,7 +33,9 @@ def _targets(
             out[f"{split}/{task}"] = (pairs, task)
     if reference is not None:
         name, split = reference
-        pairs = build(name, split)
+        # the run's image size: the towers were trained at it (other data parameters stay default)
+        size = {k: v for k, v in cfg.data.params.items() if k == "image_size"}
+        pairs = build(name, split, **size)
         pairs = pairs if n is None or n >= len(pairs) else pairs.subset(range(n))
         for task in pairs.tasks:
             out[f"reference:{name}/{split}/{task}"] = (pairs, task)
@@ -47,14 +49,18 @@ def wise_sweep(
     alphas: list[float],
     reference: tuple[str, str] | None = None,
     n: int | None = None,
+    recalibrate: int = 512,
 ) -> list[dict[str, float]]:
-    """One row per α: ``{"alpha": α, "<split>/<task>": top-1, …}``; writes wise.json/.png."""
+    """One row per α: ``{"alpha": α, "<split>/<task>": top-1, …}``; writes wise.json/.png.
+    ``recalibrate``: training images per endpoint run for re-estimating batch-norm statistics of
+    the interpolated models (:func:`contrastkit.train.wise.recalibrate_batchnorm`); 0 = off."""
     run_dir = Path(run_dir)
     if not alphas:
         raise InputError("give at least one alpha")
     targets = _targets(run_dir, reference, n)
     rows = []
-    for a, model in wise_models(run_dir, list(alphas)):
+    calibration = calibration_images(run_dir, recalibrate) if recalibrate > 0 else None
+    for a, model in wise_models(run_dir, list(alphas), calibration):
         row = {"alpha": float(a)}
         for key, (pairs, task) in targets.items():
             row[key] = float(zero_shot_accuracy(model, pairs, task)["top1"])

@@ -79,6 +79,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     progress: bool = True
     tensorboard: bool = True
+    # fine-tune: start from the newest checkpoint of this run folder (its weights and assets, e.g.
+    # the tokenizer; the loss's learnable state too when its loss config is the same)
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every", "ckpt_every", "keep_checkpoints"):

@@ -16,6 +16,7 @@ periodic work (e.g. zero-shot tracking) through ``callbacks`` — functions
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 import warnings
@@ -125,13 +126,15 @@ def _session(cfg: RunConfig, run_dir: Path, fresh: bool, ctx: DistContext, devic
         raise ConfigError(
             f"data.modalities has 'attributes' but data set {cfg.data.name!r} provides none (Shapes does)"
         )
-    if fresh:
+    loss = build_loss(cfg.loss)
+    if fresh and cfg.train.init_from:
+        model = _init_from(cfg, Path(cfg.train.init_from), loss, run_dir if ctx.main else None)
+    elif fresh:
         model = build_model(cfg.model, texts=train_set.flat_captions()[0])
         if ctx.main:
             model.save_assets(run_dir / "assets")
     else:
         model = build_model(cfg.model, assets_dir=run_dir / "assets")
-    loss = build_loss(cfg.loss)
     objective = _objective(cfg, loss, ctx)
     model.to(device)
     loss.to(device)
@@ -153,6 +156,24 @@ def _session(cfg: RunConfig, run_dir: Path, fresh: bool, ctx: DistContext, devic
         StepGuard(cfg.guard),
         logger,
     )
+
+
+def _init_from(cfg: RunConfig, source: Path, loss: PairLoss, run_dir: Path | None) -> DualEncoder:
+    """The model (and, for the same loss config, the loss state) of ``source``'s newest checkpoint,
+    built with its assets; records which checkpoint in ``run_dir/init_from.json`` (θ₀ of WiSE-FT)."""
+    from contrastkit.train.checkpoint import load_weights
+
+    if not (source / "config.yaml").is_file():
+        raise MissingFileError(f"train.init_from: no contrastkit run folder at {source}")
+    ckpt = latest_checkpoint(source)
+    model = build_model(cfg.model, assets_dir=source / "assets")
+    same_loss = load_run_config(source).loss == cfg.loss
+    load_weights(ckpt, model, loss if same_loss else None)
+    if run_dir is not None:
+        model.save_assets(run_dir / "assets")
+        record = {"run": str(source.resolve()), "checkpoint": str(ckpt.resolve()), "loss_state": same_loss}
+        atomic_write_text(run_dir / "init_from.json", json.dumps(record, indent=1))
+    return model
 
 
 def train(cfg: RunConfig, *, overwrite: bool = False, callbacks: Sequence[Callback] = ()) -> TrainResult:
