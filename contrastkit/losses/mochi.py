@@ -63,18 +63,24 @@ def _check_config(n_hard: int, n_mix: int, n_mix_query: int) -> None:
         raise ConfigError(f"n_mix (s) and n_mix_query (s′) must be >= 0, got {n_mix}, {n_mix_query}")
 
 
-def _synthesize(
-    q: torch.Tensor,
-    queue: torch.Tensor,
+class _Draws(NamedTuple):
+    pair: torch.Tensor  # [B, s, 2]
+    alpha: torch.Tensor  # [B, s]
+    j: torch.Tensor  # [B, s′]
+    beta: torch.Tensor  # [B, s′]
+
+
+def _draw(
     sims: torch.Tensor,
+    n_queue: int,
     n_hard: int,
     n_mix: int,
     n_mix_query: int,
     generator: torch.Generator | None,
-) -> MochiSynthetics:
-    b = q.shape[0]
-    dev, dt = q.device, q.dtype
-    n_eff = min(n_hard, queue.shape[0])  # fewer filled slots than N → use them all
+) -> _Draws:
+    """The random choices of MoCHi for queries with similarities ``sims [B, K]`` to the queue."""
+    b, dev, dt = sims.shape[0], sims.device, sims.dtype
+    n_eff = min(n_hard, n_queue)  # fewer filled slots than N → use them all
     s1 = n_mix if n_eff >= 2 else 0  # a type-1 pair needs two distinct entries
     s2 = n_mix_query if n_eff >= 1 else 0
     top = sims.topk(n_eff, dim=1).indices if n_eff else sims.new_zeros((b, 0), dtype=torch.long)
@@ -84,13 +90,57 @@ def _synthesize(
     c = c + (c >= a).long()
     pair = torch.stack([top.gather(1, a), top.gather(1, c)], dim=-1)
     alpha = torch.rand((b, s1), generator=generator, device=dev, dtype=dt)
-    w = alpha.unsqueeze(-1)
-    type1 = F.normalize(w * queue[pair[..., 0]] + (1 - w) * queue[pair[..., 1]], dim=-1)
     j = top.gather(1, torch.randint(0, max(n_eff, 1), (b, s2), generator=generator, device=dev))
     beta = 0.5 * torch.rand((b, s2), generator=generator, device=dev, dtype=dt)
-    w = beta.unsqueeze(-1)
-    type2 = F.normalize(w * q.unsqueeze(1) + (1 - w) * queue[j], dim=-1)
-    return MochiSynthetics(type1, type2, pair, alpha, j, beta)
+    return _Draws(pair, alpha, j, beta)
+
+
+def _build(q: torch.Tensor, queue: torch.Tensor, d: _Draws) -> tuple[torch.Tensor, torch.Tensor]:
+    """Type-1 ``[B, s, d]`` and type-2 ``[B, s′, d]`` synthetic negatives of the draws ``d``."""
+    w = d.alpha.unsqueeze(-1)
+    type1 = F.normalize(w * queue[d.pair[..., 0]] + (1 - w) * queue[d.pair[..., 1]], dim=-1)
+    w = d.beta.unsqueeze(-1)
+    type2 = F.normalize(w * q.unsqueeze(1) + (1 - w) * queue[d.j], dim=-1)
+    return type1, type2
+
+
+def _synthesize(
+    q: torch.Tensor,
+    queue: torch.Tensor,
+    sims: torch.Tensor,
+    n_hard: int,
+    n_mix: int,
+    n_mix_query: int,
+    generator: torch.Generator | None,
+) -> MochiSynthetics:
+    d = _draw(sims, queue.shape[0], n_hard, n_mix, n_mix_query, generator)
+    type1, type2 = _build(q, queue, d)
+    return MochiSynthetics(type1, type2, d.pair, d.alpha, d.j, d.beta)
+
+
+def _chunk_logits(
+    q: torch.Tensor, q_detached: torch.Tensor, queue: torch.Tensor, *draws: torch.Tensor
+) -> torch.Tensor:
+    type1, type2 = _build(q_detached, queue, _Draws(*draws))
+    return torch.cat([torch.einsum("bd,bsd->bs", q, type1), torch.einsum("bd,bsd->bs", q, type2)], dim=1)
+
+
+def _synthetic_logits(q: torch.Tensor, queue: torch.Tensor, d: _Draws, budget: int = 1 << 24) -> torch.Tensor:
+    """``[q·H, q·H′]`` ``[B, s + s′]`` computed over chunks of queries whose synthetics are rebuilt
+    in the backward pass (activation checkpointing): memory O(budget) floats instead of the
+    ``B·(s + s′)·d`` of materialising every synthetic negative at once (8 GiB at B = 4096,
+    s = 1024, d = 512). The synthetics are built from the detached queries, as in MoCHi."""
+    from torch.utils.checkpoint import checkpoint
+
+    per_query = max(1, (d.alpha.shape[1] + d.beta.shape[1]) * q.shape[1])
+    chunk = max(1, budget // per_query)
+    qd = q.detach()
+    out = []
+    for lo in range(0, q.shape[0], chunk):
+        hi = lo + chunk
+        part = (q[lo:hi], qd[lo:hi], queue, *(t[lo:hi] for t in d))
+        out.append(checkpoint(_chunk_logits, *part, use_reentrant=False, preserve_rng_state=False))
+    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -151,8 +201,8 @@ def mochi_loss(
     l_neg = q @ queue.T
     parts = [l_pos, l_neg]
     if (n_mix or n_mix_query) and queue.shape[0]:
-        syn = _synthesize(q.detach(), queue, l_neg.detach(), n_hard, n_mix, n_mix_query, generator)
-        parts += [torch.einsum("bd,bsd->bs", q, syn.type1), torch.einsum("bd,bsd->bs", q, syn.type2)]
+        draws = _draw(l_neg.detach(), queue.shape[0], n_hard, n_mix, n_mix_query, generator)
+        parts.append(_synthetic_logits(q, queue, draws))
     logits = torch.cat(parts, dim=1) / temperature
     return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
 

@@ -252,3 +252,38 @@ def test_bad_input_and_config_are_clear_errors():
         make(warmup_steps=-1)
     with pytest.raises(TypeError):
         MoCHiLoss(dim=4)  # N, s, s′ and the warm-up are required (paper defaults unverified)
+
+
+def test_chunked_synthetic_logits_equal_the_materialised_ones_and_save_less_memory(rng):
+    """Query chunks with synthetics rebuilt in backward give the same logits and gradients as
+    building every synthetic at once, while autograd keeps only a chunk's worth of them."""
+    from contrastkit.losses.mochi import _build, _draw, _synthetic_logits
+
+    b, kq, d = 12, 40, 8
+    q, queue = rand(rng, b, d), rand_queue(rng, kq, d)
+    draws = _draw((q @ queue.T).detach(), kq, 16, 10, 4, torch.Generator().manual_seed(3))
+    t1, t2 = _build(q.detach(), queue, draws)
+    want = torch.cat([torch.einsum("bd,bsd->bs", q, t1), torch.einsum("bd,bsd->bs", q, t2)], dim=1)
+    (gw,) = torch.autograd.grad(want.square().sum(), q)
+
+    def saved_bytes(budget):
+        total = {}
+
+        def pack(t):  # distinct storages: the queue is saved by reference by every chunk
+            total[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = _synthetic_logits(q, queue, draws, budget=budget)
+        return out, sum(total.values())
+
+    got, small = saved_bytes(budget=14 * d)  # one query per chunk
+    (gg,) = torch.autograd.grad(got.square().sum(), q)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(gg, gw, rtol=0, atol=1e-12)
+    # autograd of the checkpointed chunks keeps only their inputs (queries, queue, draws): no
+    # synthetic negative; materialising them keeps all B·(s+s′)·d of them for the backward pass
+    synthetics = b * 14 * d * 8
+    assert small < synthetics, (small, synthetics)
+    inputs = (2 * q.numel() + queue.numel() + draws.alpha.numel() + draws.beta.numel()) * 8
+    assert small <= inputs + draws.pair.numel() * 8 + draws.j.numel() * 8
