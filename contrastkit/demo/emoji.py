@@ -141,9 +141,7 @@ def run_emoji_demo(
             timing[f"train/{label}/{vname}"] = time.perf_counter() - t1
     wall = time.perf_counter() - t0
     print(f"\ntext->image over {len(test_set)} unseen emoji names")
-    print(
-        f"{'image tower / heads':<26} {'R@1':>6} {'R@5':>6} {'R@10':>6}  steps (validation R@1 by steps)"
-    )
+    print(f"{'image tower / heads':<26} {'R@1':>6} {'R@5':>6} {'R@10':>6}  steps (validation R@1 by steps)")
     for k, r in results.items():
         sel = selection[k]
         val = ", ".join(f"{n}: {v:.3f}" for n, v in sel["validation_R@1"].items())
