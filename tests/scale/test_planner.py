@@ -41,5 +41,5 @@ def test_measured_activation_memory_grows_with_the_model():
     m_small, m_big = build_model(small, texts=texts), build_model(big, texts=texts)
     a = measure_sample_memory(m_small, batch_for(m_small), torch.device("cpu"))
     b = measure_sample_memory(m_big, batch_for(m_big), torch.device("cpu"))
-    assert 0 < a < b
+    assert 0 < a < b, (a, b)
     assert b > 100_000  # the demo model keeps >100 kB of activations per 32 px sample
