@@ -24,8 +24,9 @@ class DataConfig:
     ``"image@0" … "image@{V-1}"`` — augmentations of the images configured by ``augment``, seeded
     by ``(train.seed, step, view)`` so resume is exact (docs/architecture.md).
     ``concepts``: put multi-hot caption concepts in every batch as ``targets [B, C]`` (CatLIP,
-    TagAlign): the words of the sampled caption over the split's sorted non-stop-word vocabulary
-    (:mod:`contrastkit.core.concepts`).
+    TagAlign) of training batches: the words of the sampled caption over the training split's
+    sorted non-stop-word vocabulary (plain lower-cased words, no lemmas: "dog" ≠ "dogs";
+    :mod:`contrastkit.core.concepts`). Evaluation does not use them.
     """
 
     name: str = "shapes"

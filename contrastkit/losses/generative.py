@@ -27,8 +27,10 @@ contrastive term is an error unless ``allow_single=True``; captioning works. A b
 are all pad is an error (the mean would be 0/0).
 
 Tiled / distributed: dense only (the module holds a decoder, so there is no ``pure()`` form for
-``TiledLoss`` / ``GatherLoss``); for several devices gather embeddings and ids first, or average
-the per-device losses (the caption CE is per-token, so only the contrastive term needs gathering).
+``TiledLoss`` / ``GatherLoss``); for several devices gather embeddings and ids first. The caption
+CE is per-token and needs no other sample, so devices may compute it locally; averaging the local
+values equals the global per-token mean only when every device has the same number of non-pad
+targets (weight each by its count otherwise). The contrastive term needs the gathered batch.
 Related: L-CLIP, L-SIGLIP.
 """
 
