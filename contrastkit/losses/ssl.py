@@ -219,8 +219,8 @@ class _PredictionTargetLoss(MultiLoss):
     def forward(self, emb: dict[str, torch.Tensor], **aux: Any) -> torch.Tensor:  # type: ignore[override]
         self.check_aux(aux)
         p1, p2, z1, z2 = self.select(emb)
-        if self.predictor is not None:  # one call over both views: batch-norm statistics as in BYOL
-            p1, p2 = self.predictor(torch.cat([p1, p2])).chunk(2)
+        if self.predictor is not None:  # one call per view: per-view batch-norm statistics, as
+            p1, p2 = self.predictor(p1), self.predictor(p2)  # SimSiam's reference code does
         return type(self).fn(p1, p2, z1, z2)
 
 
