@@ -49,6 +49,7 @@ __all__ = [
     "cross_uniformity",
     "cua_loss",
     "cuaxu_loss",
+    "log_mean_exp_offdiag",
     "uniformity",
     "uniformity_loss",
 ]
@@ -59,14 +60,49 @@ def _check(name: str, value: float) -> None:
         raise ConfigError(f"{name} must be > 0, got {value}")
 
 
-def _log_mean_exp_offdiag(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
-    """``log mean_{i≠j} exp(−t ‖a_i − b_j‖²)`` over the N(N−1) off-diagonal pairs."""
+class _OffDiagLogMeanExp(torch.autograd.Function):
+    """``log mean_{i≠j} exp(−t ‖a_i − b_j‖²)`` with a hand-written backward.
+
+    Why not plain autograd: it keeps several N×N temporaries and, for ``a is b`` (uniformity),
+    runs two N×N×D products where one suffices. Here forward keeps one N×N matrix (the exponents)
+    and backward needs one product (``a is b``: the weights are symmetric) or two (cross form):
+    with ``W = −t·g·softmax_offdiag(e)`` (``g`` the incoming gradient),
+    ``∂/∂a_i = 2(Σ_j W_ij a_i − Σ_j W_ij b_j)`` and ``∂/∂b_j = 2(Σ_i W_ij b_j − Σ_i W_ij a_i)``.
+    Rounding can make ``‖a_i − b_j‖²`` slightly negative for coincident points; it is clamped to 0
+    (its gradient there is ≈ 0 either way: ``2(a_i − b_j)``).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, t: float, same: bool) -> torch.Tensor:
+        n = a.shape[0]
+        na, nb = (a * a).sum(1), (b * b).sum(1)
+        e = torch.mm(a, b.T).mul_(2.0).sub_(na[:, None]).sub_(nb[None, :])  # −‖a_i − b_j‖²
+        e.clamp_max_(0.0).mul_(t).fill_diagonal_(float("-inf"))
+        lse = e.flatten().logsumexp(0)
+        ctx.save_for_backward(a, b, e, lse)
+        ctx.t, ctx.same = t, same
+        return lse - math.log(n * (n - 1))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        a, b, e, lse = ctx.saved_tensors
+        w = e.sub_(lse).exp_().mul_(-ctx.t * grad)  # reuses the saved exponents' memory
+        if ctx.same:  # w is symmetric: both sides' terms are equal, 4(rowsum·x − W x)
+            return (w.sum(1)[:, None] * a - w @ a).mul_(4.0), None, None, None
+        ga = (w.sum(1)[:, None] * a - w @ b).mul_(2.0)
+        gb = (w.sum(0)[:, None] * b - w.T @ a).mul_(2.0)
+        return ga, gb, None, None
+
+
+def log_mean_exp_offdiag(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """``log mean_{i≠j} exp(−t ‖a_i − b_j‖²)`` over the N(N−1) off-diagonal pairs (pass the same
+    tensor twice for one set's uniformity: its backward then needs a single product)."""
     n = a.shape[0]
     if n < 2:
         raise InputError(f"uniformity needs N >= 2 points (it averages over pairs), got N={n}")
-    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
-    e = (-t) * sq.clamp_min(0.0)  # rounding can make ‖a − b‖² slightly negative
-    return e.fill_diagonal_(float("-inf")).flatten().logsumexp(0) - math.log(n * (n - 1))
+    same = a is b
+    return _OffDiagLogMeanExp.apply(a, a if same else b, float(t), same)
 
 
 def alignment_loss(
@@ -87,7 +123,7 @@ def uniformity(x: torch.Tensor, t: float = 2.0, *, normalize: bool = True) -> to
     check_embeddings("x", x)
     _check("t", t)
     x = maybe_normalize(x, normalize)
-    return _log_mean_exp_offdiag(x, x, t)
+    return log_mean_exp_offdiag(x, x, t)
 
 
 def uniformity_loss(
@@ -106,7 +142,7 @@ def cross_uniformity(
     check_pair(x, y)
     _check("t", t)
     x = maybe_normalize(x, normalize)
-    return _log_mean_exp_offdiag(x, maybe_normalize(y, normalize).to(x.dtype), t)
+    return log_mean_exp_offdiag(x, maybe_normalize(y, normalize).to(x.dtype), t)
 
 
 def align_uniform_loss(

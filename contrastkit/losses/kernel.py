@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from contrastkit.core.checks import check_finite, check_pair
 from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.losses.base import LOSSES, PairLoss, as_float, maybe_normalize
+from contrastkit.losses.geometry import log_mean_exp_offdiag
 
 __all__ = [
     "DecoupledUniformityLoss",
@@ -236,11 +237,8 @@ def decoupled_uniformity_loss(
         if not lam_ > 0:
             raise ConfigError(f"lam must be > 0, got {lam_}")
         mu = prior_alpha(k, lam_) @ mu
-    sq = (mu * mu).sum(1)
-    d2 = sq[:, None] + sq[None, :] - 2 * (mu @ mu.T)
-    off = ~torch.eye(n, dtype=torch.bool, device=mu.device)
     # mean over i≠j equals mean over i<j (symmetric matrix); LSE keeps large t from underflowing
-    return torch.logsumexp((-t * d2)[off], dim=0) - math.log(n * (n - 1))
+    return log_mean_exp_offdiag(mu, mu, t)
 
 
 @LOSSES.register("decoupled_uniformity")
