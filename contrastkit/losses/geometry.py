@@ -87,7 +87,7 @@ class _OffDiagLogMeanExp(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         a, b, e, lse = ctx.saved_tensors
-        w = e.sub_(lse).exp_().mul_(-ctx.t * grad)  # reuses the saved exponents' memory
+        w = (e - lse).exp_().mul_(-ctx.t * grad)  # e stays intact: backward may run again
         if ctx.same:  # w is symmetric: both sides' terms are equal, 4(rowsum·x − W x)
             return (w.sum(1)[:, None] * a - w @ a).mul_(4.0), None, None, None
         ga = (w.sum(1)[:, None] * a - w @ b).mul_(2.0)
