@@ -23,8 +23,11 @@ from torch import nn
 
 from contrastkit.core.errors import ConfigError
 from contrastkit.losses.base import PairLoss
+from contrastkit.losses.clip import clip_loss
+from contrastkit.losses.siglip import siglip_loss
 from contrastkit.scale.config import ScaleConfig
 from contrastkit.scale.distributed import GatherLoss, SigLIPRingLoss
+from contrastkit.scale.gather_all import GatherAllLoss
 
 __all__ = ["DistContext", "all_mean", "all_true", "average_gradients", "init_from_env", "wrap_loss"]
 
@@ -58,7 +61,10 @@ def init_from_env(device: torch.device) -> DistContext:
 
 
 def wrap_loss(loss: PairLoss, scale: ScaleConfig, ctx: DistContext) -> PairLoss:
-    """The cross-rank form of ``loss`` selected by ``scale.dist_loss`` (identity on one rank)."""
+    """The cross-rank form of ``loss`` selected by ``scale.dist_loss`` (identity on one rank):
+    CLIP/SigLIP get :class:`GatherLoss` (local or global) or the SigLIP ring; every other pair
+    loss and every :class:`MultiLoss` get :class:`GatherAllLoss` (the gathered batch on every
+    rank, exact for any loss)."""
     if not ctx.active:
         return loss
     if scale.tile_size is not None and scale.dist_loss != "local":
@@ -68,8 +74,23 @@ def wrap_loss(loss: PairLoss, scale: ScaleConfig, ctx: DistContext) -> PairLoss:
         )
     if scale.dist_loss == "ring":
         return SigLIPRingLoss(loss)
+    if not _is_clip_or_siglip(loss):  # every other loss: the whole batch on every rank (exact)
+        if scale.tile_size is not None:
+            raise ConfigError(
+                f"scale.tile_size across processes works for CLIP/SigLIP only; {type(loss).__name__} "
+                "runs as GatherAllLoss (the gathered batch on every rank): unset scale.tile_size"
+            )
+        return GatherAllLoss(loss)
     local = scale.dist_loss == "local"
     return GatherLoss(loss, gather_with_grad=True, local_loss=local, tile_size=scale.tile_size)
+
+
+def _is_clip_or_siglip(loss: PairLoss) -> bool:
+    try:
+        fn, _ = loss.pure()
+    except NotImplementedError:
+        return False
+    return fn in (clip_loss, siglip_loss)
 
 
 @torch.no_grad()

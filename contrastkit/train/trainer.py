@@ -99,7 +99,7 @@ def _device(name: str) -> torch.device:
 def _objective(cfg: RunConfig, loss: PairLoss, ctx: DistContext) -> PairLoss:
     """What the step computes: ``loss`` in tiles if ``scale.tile_size`` is set, across ranks if
     several processes run. The wrappers share ``loss``'s parameters. A :class:`MultiLoss` runs
-    as it is: single process, untiled, unchunked (a clear error otherwise)."""
+    untiled and unchunked (a clear error otherwise); across processes on the gathered batch."""
     if isinstance(loss, MultiLoss):
         name = type(loss).__name__
         if cfg.scale.tile_size is not None or cfg.scale.chunk_size is not None:
@@ -107,12 +107,7 @@ def _objective(cfg: RunConfig, loss: PairLoss, ctx: DistContext) -> PairLoss:
                 f"{name} is a MultiLoss (several embedding sets): scale.tile_size and scale.chunk_size "
                 "(gradient caching) work with pair losses only; unset them"
             )
-        if ctx.active:
-            raise ConfigError(
-                f"{name} is a MultiLoss: training with it on several processes is not supported yet; "
-                "run one process"
-            )
-        return loss
+        return wrap_loss(loss, cfg.scale, ctx)  # several processes: GatherAllLoss
     if ctx.active:
         return wrap_loss(loss, cfg.scale, ctx)
     return loss if cfg.scale.tile_size is None else TiledLoss(loss, cfg.scale.tile_size)
@@ -249,7 +244,7 @@ def _compute_loss(s: _Session, emb: dict[str, torch.Tensor], batch: dict[str, to
     aux = {k: v for k, v in batch.items() if k in accepts}
     if "text_ids" in accepts and "text_ids" not in aux and "text" in batch:
         aux["text_ids"] = batch["text"]
-    if isinstance(s.objective, MultiLoss):
+    if isinstance(s.loss, MultiLoss):  # the objective may be a cross-rank wrapper of it
         return s.objective({k: v.float() for k, v in emb.items()}, **aux)
     pair = s.model.modalities[:2]
     missing = [m for m in pair if m not in emb]

@@ -58,3 +58,37 @@ def test_tiles_and_chunks_across_ranks_match_one_process(tmp_path):
 def test_tiles_with_a_global_cross_rank_loss_are_refused_clearly(tmp_path):
     msgs = spawn_gloo(_tiled_worker, 2, str(tmp_path), "global", timeout_s=120)
     assert all("needs scale.dist_loss=local" in m for m in msgs)
+
+
+def _any_loss_config(out_dir, name: str, variant: str):
+    """A non-CLIP pair loss with labels, or a MultiLoss over three modalities (GatherAllLoss)."""
+    from contrastkit.losses import LossConfig
+    from contrastkit.models import TowerConfig
+
+    cfg = _vit_config(out_dir, name)
+    if variant == "supcon":
+        data = dataclasses.replace(cfg.data, label_task="shape")
+        return dataclasses.replace(cfg, data=data, loss=LossConfig("supcon"))
+    towers = {**cfg.model.towers, "attributes": TowerConfig("mlp", {"input_dim": 45, "hidden_dim": 16})}
+    return dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, modalities=("image", "text", "attributes")),
+        model=dataclasses.replace(cfg.model, towers=towers),
+        loss=LossConfig("pairwise_clip"),
+    )
+
+
+def _any_loss_worker(out_dir: str, variant: str) -> list[float]:
+    result = train(_any_loss_config(out_dir, "multi", variant))
+    return [r["loss"] for r in read_metrics(result.run_dir)]
+
+
+@pytest.mark.parametrize("variant", ["supcon", "pairwise_clip"])
+def test_any_loss_on_two_ranks_matches_one_process(tmp_path, variant):
+    """Losses without a memory-efficient cross-rank form run as GatherAllLoss: the same losses."""
+    single = [
+        r["loss"] for r in read_metrics(train(_any_loss_config(tmp_path / "one", "single", variant)).run_dir)
+    ]
+    multi = spawn_gloo(_any_loss_worker, 2, str(tmp_path / "two"), variant, timeout_s=300)
+    assert len(multi[0]) == len(single) == 4
+    assert multi[0] == pytest.approx(single, rel=1e-4)
