@@ -27,6 +27,7 @@ from contrastkit.core.registry import Registry
 __all__ = [
     "AUX_FIELDS",
     "LOSSES",
+    "LearnableScaleLoss",
     "LossConfig",
     "LossTerm",
     "MultiLoss",
@@ -125,6 +126,24 @@ class PairLoss(nn.Module):
     def log_values(self) -> dict[str, float]:
         """Scalars worth logging every step (temperature, bias…)."""
         return {}
+
+
+class LearnableScaleLoss(PairLoss):
+    """Base of losses with CLIP's learnable logit scale ``θ_s = log(1/τ)`` (:func:`learnable_log_scale`):
+    clamped to ``[0, ln max_scale]`` after each optimizer step, logged as ``logit_scale``."""
+
+    def __init__(
+        self, init_temperature: float = 0.07, learnable: bool = True, max_scale: float = 100.0
+    ) -> None:
+        super().__init__()
+        self.log_scale, self.max_log_scale = learnable_log_scale(init_temperature, max_scale, learnable)
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        self.log_scale.clamp_(0.0, self.max_log_scale)
+
+    def log_values(self) -> dict[str, float]:
+        return {"logit_scale": float(self.log_scale.detach().exp())}
 
 
 class MultiLoss(PairLoss):

@@ -35,7 +35,7 @@ import torch
 
 from contrastkit.core.checks import check_embeddings, check_pair
 from contrastkit.core.errors import ConfigError, InputError
-from contrastkit.losses.base import LOSSES, PairLoss, learnable_log_scale, maybe_normalize
+from contrastkit.losses.base import LOSSES, LearnableScaleLoss, PairLoss, maybe_normalize
 from contrastkit.losses.clip import clip_loss
 
 __all__ = [
@@ -264,7 +264,7 @@ class AlignUniformLoss(PairLoss):
 
 
 @LOSSES.register("cua")
-class CUALoss(PairLoss):
+class CUALoss(LearnableScaleLoss):
     """Module form of :func:`cua_loss` with CLIP's learnable ``θ_s = log s`` (init ``log(1/0.07)``,
     clamped to ``[0, ln max_scale]`` after each optimizer step).
 
@@ -289,8 +289,7 @@ class CUALoss(PairLoss):
         align_weight: float = 1.0,
         cross_uniform_weight: float | None = None,
     ) -> None:
-        super().__init__()
-        self.log_scale, self.max_log_scale = learnable_log_scale(init_temperature, max_scale, learnable)
+        super().__init__(init_temperature, learnable, max_scale)
         _check("t", t)
         _check("alpha", alpha)
         if cross_uniform_weight is None:
@@ -306,13 +305,6 @@ class CUALoss(PairLoss):
 
     def pure(self) -> tuple[Callable[..., torch.Tensor], dict[str, Any]]:
         return type(self).fn, {"scale": self.log_scale.exp(), **self.kwargs}
-
-    @torch.no_grad()
-    def after_optimizer_step(self) -> None:
-        self.log_scale.clamp_(0.0, self.max_log_scale)
-
-    def log_values(self) -> dict[str, float]:
-        return {"logit_scale": float(self.log_scale.detach().exp())}
 
 
 @LOSSES.register("cuaxu")

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from contrastkit.core.checks import check_finite, check_pair, check_scalar_param
 from contrastkit.core.errors import ConfigError, InputError
-from contrastkit.losses.base import LOSSES, PairLoss, learnable_log_scale, maybe_normalize
+from contrastkit.losses.base import LOSSES, LearnableScaleLoss, PairLoss, maybe_normalize
 
 __all__ = [
     "CLIPINLoss",
@@ -278,23 +278,8 @@ class LLaVELoss(PairLoss):
         return llave_loss, {"scale": self.scale, "alpha": self.alpha}
 
 
-class _LearnableScale(PairLoss):
-    """A CLIP-style learnable ``θ_s = log(1/τ)``, clamped to ``[0, ln max_scale]`` after each step."""
-
-    def __init__(self, init_temperature: float, learnable: bool, max_scale: float) -> None:
-        super().__init__()
-        self.log_scale, self.max_log_scale = learnable_log_scale(init_temperature, max_scale, learnable)
-
-    @torch.no_grad()
-    def after_optimizer_step(self) -> None:
-        self.log_scale.clamp_(0.0, self.max_log_scale)
-
-    def log_values(self) -> dict[str, float]:
-        return {"logit_scale": float(self.log_scale.detach().exp())}
-
-
 @LOSSES.register("hn_nce")
-class HNNCELoss(_LearnableScale):
+class HNNCELoss(LearnableScaleLoss):
     """Module form of :func:`hn_nce_loss`: learnable τ as in L-CLIP (init 0.07, s ≤ 100)."""
 
     def __init__(
@@ -371,7 +356,7 @@ class HardNegativePenaltyLoss(PairLoss):
 
 
 @LOSSES.register("clip_in")
-class CLIPINLoss(_LearnableScale):
+class CLIPINLoss(LearnableScaleLoss):
     """Module form of :func:`clip_in_loss`: learnable τ as in L-CLIP (init 0.07, s ≤ 100); the
     batch field ``negatives [N, K, d]`` is optional."""
 

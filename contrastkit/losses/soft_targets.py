@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from contrastkit.core.checks import check_finite, check_pair, check_scalar_param
 from contrastkit.core.errors import ConfigError, InputError
-from contrastkit.losses.base import LOSSES, PairLoss, learnable_log_scale, maybe_normalize
+from contrastkit.losses.base import LOSSES, LearnableScaleLoss, maybe_normalize
 
 __all__ = [
     "CWCLLoss",
@@ -93,21 +93,6 @@ def _soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
 
 
-class _ScaleModule(PairLoss):
-    """Shared CLIP-style learnable ``θ_s = log s`` (clamped to ``[0, ln max_scale]`` after each step)."""
-
-    def __init__(self, init_temperature: float, learnable: bool, max_scale: float) -> None:
-        super().__init__()
-        self.log_scale, self.max_log_scale = learnable_log_scale(init_temperature, max_scale, learnable)
-
-    @torch.no_grad()
-    def after_optimizer_step(self) -> None:
-        self.log_scale.clamp_(0.0, self.max_log_scale)
-
-    def log_values(self) -> dict[str, float]:
-        return {"logit_scale": float(self.log_scale.detach().exp())}
-
-
 # ---------------------------------------------------------------------------------------------- CWCL
 def cwcl_weights(q: torch.Tensor) -> torch.Tensor:
     """CWCL's intra-modal weights ``w_ij = (q̂_i·q̂_j + 1)/2 ∈ [0, 1]`` (``q̂`` unit rows), no gradient."""
@@ -160,7 +145,7 @@ def cwcl_loss(
 
 
 @LOSSES.register("cwcl")
-class CWCLLoss(_ScaleModule):
+class CWCLLoss(LearnableScaleLoss):
     """Module form of :func:`cwcl_loss`: ``x`` = trained modality, ``y`` = frozen modality.
 
     Args: ``init_temperature`` (0.07, CLIP-style), ``learnable``, ``max_scale`` (100), ``symmetric``,
@@ -250,7 +235,7 @@ def medclip_loss(
 
 
 @LOSSES.register("medclip")
-class MedCLIPLoss(_ScaleModule):
+class MedCLIPLoss(LearnableScaleLoss):
     """Module form of :func:`medclip_loss` (MedCLIP: ``θ_s`` init ``log(1/0.07)``, clamp ``[0, ln 100]``).
 
     Batch fields: ``labels`` [N] or ``weights`` [N, N] (at most one; neither: ``S = I``).
@@ -320,7 +305,7 @@ def multi_positive_loss(
 
 
 @LOSSES.register("multi_positive")
-class MultiPositiveLoss(_ScaleModule):
+class MultiPositiveLoss(LearnableScaleLoss):
     """Module form of :func:`multi_positive_loss` (CLIP-style scale). Batch field: ``labels`` [N]."""
 
     accepts = frozenset({"labels"})
@@ -381,7 +366,7 @@ def xmc_decoupled_loss(
 
 
 @LOSSES.register("xmc_decoupled")
-class XMCDecoupledLoss(_ScaleModule):
+class XMCDecoupledLoss(LearnableScaleLoss):
     """Module form of :func:`xmc_decoupled_loss`; DEXML default: fixed τ = 0.05 (``learnable=False``).
 
     Batch field: ``weights`` [N, N] 0/1 relevance (default: identity).
