@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "ContrastkitError",
+    "DataError",
     "InputError",
     "MissingFileError",
     "TrainingDivergedError",
@@ -42,3 +43,7 @@ class MissingFileError(ContrastkitError, FileNotFoundError):
 
 class TrainingDivergedError(ContrastkitError, RuntimeError):
     """Training produced too many non-finite or spiking steps and was stopped."""
+
+
+class DataError(ContrastkitError, RuntimeError):
+    """The data cannot feed the run: too many unusable samples, or a source that is empty."""

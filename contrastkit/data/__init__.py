@@ -5,7 +5,6 @@ Sources are registered by name; ``build(name, split, **params)`` returns a :clas
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from contrastkit.core.registry import Registry
@@ -25,11 +24,16 @@ from contrastkit.data.shapes import make_shapes
 
 __all__ = [
     "DATASETS",
+    "SOURCES",
     "ClassTask",
     "DataConfig",
+    "ImageConfig",
     "PairBatchSampler",
     "PairDataset",
     "PairSet",
+    "PairTable",
+    "ShardSource",
+    "Source",
     "build",
     "english_articles",
     "load_split",
@@ -38,6 +42,9 @@ __all__ = [
     "make_fashion_mnist",
     "make_loader",
     "make_shapes",
+    "open_split",
+    "source_captions",
+    "train_loader",
 ]
 
 DATASETS: Registry[PairSet] = Registry("data set")
@@ -52,9 +59,8 @@ def build(name: str, split: str, **params: Any) -> PairSet:
     return DATASETS.build(name, split=split, **params)
 
 
-def load_split(cfg: DataConfig, split: str, progress: bool = False) -> PairSet:
-    """The ``split`` of the data set configured by ``cfg``."""
-    params = cfg.split_params(split)
-    if "progress" in inspect.signature(DATASETS.get(cfg.name)).parameters:
-        params.setdefault("progress", progress)
-    return build(cfg.name, split, **params)
+# file sources build on the registry above, so they are imported after it
+from contrastkit.data.images import ImageConfig  # noqa: E402
+from contrastkit.data.loading import SOURCES, Source, load_split, open_split, source_captions, train_loader  # noqa: E402
+from contrastkit.data.shards import ShardSource  # noqa: E402
+from contrastkit.data.table import PairTable  # noqa: E402

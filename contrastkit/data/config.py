@@ -7,6 +7,8 @@ from typing import Any
 
 from contrastkit.core.errors import ConfigError
 from contrastkit.data.augment import AugmentConfig
+from contrastkit.data.images import ImageConfig
+from contrastkit.data.textaug import TextAugConfig
 
 __all__ = ["DataConfig"]
 
@@ -27,6 +29,13 @@ class DataConfig:
     TagAlign) of training batches: the words of the sampled caption over the training split's
     sorted non-stop-word vocabulary (plain lower-cased words, no lemmas: "dog" ≠ "dogs";
     :mod:`contrastkit.core.concepts`). Evaluation does not use them.
+
+    File sources (``csv``, ``tsv``, ``parquet``, ``imagefolder``, ``hf``, ``webdataset``;
+    docs/data.md): ``image`` is how their images are decoded and transformed (size, training
+    crop/flip/jitter); ``extras``: extra columns (or shard json fields) to put in batches;
+    ``text_augment``: caption augmentation of training batches (CLIP🚀's EDA recipe, null = off);
+    ``max_skip_fraction``: stop when more than this fraction of the samples read were unusable
+    (counted from ``skip_grace`` samples on).
     """
 
     name: str = "shapes"
@@ -47,6 +56,11 @@ class DataConfig:
     views: int = 0
     concepts: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    extras: tuple[str, ...] = ()
+    text_augment: TextAugConfig | None = None
+    max_skip_fraction: float = 0.01
+    skip_grace: int = 1000
 
     def __post_init__(self) -> None:
         known = ("image", "text", "attributes")
@@ -62,6 +76,13 @@ class DataConfig:
         for s in (self.train_split, *self.eval_splits):
             if s not in self.splits:
                 raise ConfigError(f"data split {s!r} is not declared in data.splits {sorted(self.splits)}")
+        if not 0 <= self.max_skip_fraction <= 1:
+            raise ConfigError(f"data.max_skip_fraction must be in [0, 1], got {self.max_skip_fraction}")
+        if self.skip_grace < 0:
+            raise ConfigError(f"data.skip_grace must be >= 0, got {self.skip_grace}")
+        clash = [e for e in self.extras if e in (*known, "labels", "targets") or e.startswith("_")]
+        if clash:
+            raise ConfigError(f"data.extras {clash} clash with batch keys; rename those columns")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
 

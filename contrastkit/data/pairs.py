@@ -26,10 +26,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from contrastkit.core.concepts import caption_vocabulary, concept_targets
 from contrastkit.core.errors import InputError
 from contrastkit.data.augment import AugmentConfig, make_views
+from contrastkit.data.skips import SKIPS_KEY
 
 __all__ = [
     "MODALITIES",
+    "SEED_KEY",
     "ClassTask",
+    "Collate",
     "PairBatchSampler",
     "PairDataset",
     "PairSet",
@@ -39,6 +42,7 @@ __all__ = [
 ]
 
 MODALITIES = ("image", "text", "attributes")  # what a PairSet can put in a batch
+SEED_KEY = "_seed"  # batch field: the integers that seed this batch's text augmentation
 
 Batch = dict[str, torch.Tensor]
 
@@ -205,10 +209,16 @@ class PairDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict[str, object]:
         return self.__getitems__([key])
 
+    def _load(
+        self, keys: Sequence[tuple[int, int]]
+    ) -> tuple[Sequence[tuple[int, int]], torch.Tensor, dict[str, object]]:
+        """The keys actually used, their images, and extra batch fields. File-backed subclasses
+        decode here, may substitute unusable samples and add fields (extra columns, skip counts)."""
+        return keys, self.pairs.images[torch.tensor([k[0] for k in keys], dtype=torch.long)], {}
+
     def __getitems__(self, keys: Sequence[tuple[int, int]]) -> dict[str, object]:
+        keys, images, item = self._load(keys)
         idx = torch.tensor([k[0] for k in keys], dtype=torch.long)
-        item: dict[str, object] = {}
-        images = self.pairs.images[idx]
         if "image" in self.modalities:
             item["image"] = images
         if "text" in self.modalities:
@@ -221,6 +231,8 @@ class PairDataset(Dataset):
             item.update(
                 make_views(images, self.views, self.augment, self.seed, keys.step, keys.offset, keys.total)
             )
+        if isinstance(keys, SampledBatch):  # seeds per-batch text augmentation (Collate)
+            item[SEED_KEY] = (self.seed, keys.step, keys.offset)
         if self.labels is not None:
             item["labels"] = self.labels[idx]
         if self.vocabulary is not None:
@@ -288,6 +300,41 @@ class PairBatchSampler(Sampler[list[tuple[int, int]]]):
         return 2**62
 
 
+class Collate:
+    """Finish a batch in the loader worker: augment its captions (``augment_text``, seeded by the
+    batch's ``_seed`` field), tokenise ``text`` and any text extra columns, and with ``truncated``
+    (texts → how many exceed the text tower's context) count truncated captions under the
+    batch's ``_skips`` (:mod:`contrastkit.data.skips`). Picklable."""
+
+    def __init__(
+        self,
+        tokenize: Callable[[list[str]], torch.Tensor] | None,
+        text_keys: Sequence[str] = ("text",),
+        truncated: Callable[[list[str]], int] | None = None,
+        augment_text: Callable[[list[str], Sequence[int]], list[str]] | None = None,
+    ) -> None:
+        self.tokenize, self.text_keys, self.truncated = tokenize, tuple(text_keys), truncated
+        self.augment_text = augment_text
+
+    def __call__(self, item: dict[str, object]) -> Batch:
+        out = dict(item)
+        seed = out.pop(SEED_KEY, None)
+        if self.augment_text is not None and "text" in out:
+            if seed is None:
+                raise InputError("text augmentation needs batches that carry their seed (_seed)")
+            out["text"] = self.augment_text(out["text"], seed)  # type: ignore[arg-type]
+        if self.truncated is not None and "text" in out:
+            n = self.truncated(out["text"])  # type: ignore[arg-type]
+            if n:
+                skips = dict(out.get(SKIPS_KEY, {}))  # type: ignore[call-overload]
+                skips["truncated caption"] = skips.get("truncated caption", 0) + n
+                out[SKIPS_KEY] = skips
+        for k in self.text_keys:
+            if k in out and self.tokenize is not None:
+                out[k] = self.tokenize(out[k])  # type: ignore[arg-type]
+        return out  # type: ignore[return-value]
+
+
 def make_loader(
     pairs: PairSet,
     tokenize: Callable[[list[str]], torch.Tensor] | None,
@@ -309,17 +356,11 @@ def make_loader(
     if "text" in modalities and tokenize is None:
         raise InputError("batches with text need a tokenize function")
 
-    def collate(item: dict[str, object]) -> Batch:
-        if "text" not in item:
-            return item  # type: ignore[return-value]
-        out = {**item, "text": tokenize(item["text"])}  # type: ignore[arg-type, misc]
-        return out  # type: ignore[return-value]
-
     sampler = PairBatchSampler([len(c) for c in pairs.captions], batch_size, seed, start, shard)
     return DataLoader(
         PairDataset(pairs, label_task, modalities, views, augment, seed, concepts),
         batch_sampler=sampler,
-        collate_fn=collate,
+        collate_fn=Collate(tokenize),
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
     )

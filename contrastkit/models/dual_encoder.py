@@ -253,6 +253,10 @@ class DualEncoder(nn.Module):
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         return self.text_tower().tokenize(texts)
 
+    def count_truncated(self, texts: list[str]) -> int:
+        """How many ``texts`` exceed the text tower's context (and are truncated by ``tokenize``)."""
+        return self.text_tower().count_truncated(texts)
+
     def save_assets(self, folder: Path) -> None:
         for m, tower in self.towers.items():
             tower.save_assets(Path(folder) / m)

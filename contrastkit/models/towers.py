@@ -117,6 +117,11 @@ class TextTower(Tower):
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         return encode(self.tokenizer, texts, self.max_length)
 
+    def count_truncated(self, texts: list[str]) -> int:
+        """How many of ``texts`` are longer than the context (``tokenize`` truncates them)."""
+        ids = self.tokenizer(list(texts), truncation=False, add_special_tokens=True)["input_ids"]
+        return sum(len(t) > self.max_length for t in ids)
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.ndim != 2 or ids.dtype != torch.long:
             raise InputError(

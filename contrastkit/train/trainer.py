@@ -32,8 +32,9 @@ from contrastkit.core.config import from_dict, load_yaml, to_dict
 from contrastkit.core.errors import ConfigError, MissingFileError
 from contrastkit.core.io import atomic_write_text
 from contrastkit.core.runtime import seed_everything, set_threads
-from contrastkit.data import load_split, make_loader
-from contrastkit.data.pairs import PairSet
+from contrastkit.data import Source, open_split, source_captions, train_loader
+from contrastkit.data.shards import POS_KEY, ShardSource
+from contrastkit.data.skips import SKIPS_KEY, SkipTally
 from contrastkit.losses import from_config as build_loss
 from contrastkit.losses.base import MultiLoss, PairLoss
 from contrastkit.models.dual_encoder import DualEncoder, build_model
@@ -72,7 +73,7 @@ class _Session:
     cfg: RunConfig
     run_dir: Path
     device: torch.device
-    train_set: PairSet
+    train_set: Source
     model: DualEncoder
     loss: PairLoss  # the configured loss: checkpointed, optimised, clamped
     objective: PairLoss  # what is computed: ``loss`` or a tiled/cross-rank wrapper of it
@@ -81,6 +82,8 @@ class _Session:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     guard: StepGuard
     logger: MetricsLogger
+    skips: SkipTally
+    stream_state: dict[int, list[int]]  # a shard source's newest place per stream slot (this rank's)
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
@@ -116,8 +119,8 @@ def _objective(cfg: RunConfig, loss: PairLoss, ctx: DistContext) -> PairLoss:
 def _session(cfg: RunConfig, run_dir: Path, fresh: bool, ctx: DistContext, device: torch.device) -> _Session:
     set_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)  # the same on every rank: identical initial weights
-    train_set = load_split(cfg.data, cfg.data.train_split, progress=cfg.train.progress and ctx.main)
-    if "attributes" in cfg.data.modalities and train_set.attributes is None:
+    train_set = open_split(cfg.data, cfg.data.train_split, progress=cfg.train.progress and ctx.main)
+    if "attributes" in cfg.data.modalities and getattr(train_set, "attributes", None) is None:
         raise ConfigError(
             f"data.modalities has 'attributes' but data set {cfg.data.name!r} provides none (Shapes does)"
         )
@@ -125,7 +128,7 @@ def _session(cfg: RunConfig, run_dir: Path, fresh: bool, ctx: DistContext, devic
     if fresh and cfg.train.init_from:
         model = _init_from(cfg, Path(cfg.train.init_from), loss, run_dir if ctx.main else None)
     elif fresh:
-        model = build_model(cfg.model, texts=train_set.flat_captions()[0])
+        model = build_model(cfg.model, texts=source_captions(train_set))
         if ctx.main:
             model.save_assets(run_dir / "assets")
     else:
@@ -150,6 +153,8 @@ def _session(cfg: RunConfig, run_dir: Path, fresh: bool, ctx: DistContext, devic
         scheduler,
         StepGuard(cfg.guard),
         logger,
+        SkipTally(),
+        {},
     )
 
 
@@ -207,6 +212,7 @@ def resume(run_dir: str | Path, *, callbacks: Sequence[Callback] = ()) -> TrainR
     s = _session(cfg, run_dir, fresh=False, ctx=ctx, device=device)
     state = load_checkpoint(ckpt, s.model, s.loss, s.optimizer, s.scheduler)
     s.guard.load_state_dict(state.extra["guard"])
+    _restore_data_state(s, state.extra.get("data", {}))
     if ctx.main:
         s.logger.truncate_after(state.step)
     return _fit(s, start=state.step, callbacks=callbacks)
@@ -325,13 +331,58 @@ def _record(
                 "step_time": t2 - t1,
                 "samples_per_s": rate,
                 "skipped_total": s.guard.total,
+                **s.skips.log_values(),
                 **({"skip_reason": reason} if reason else {}),
             },
         )
     return rate
 
 
+def _data_state(s: _Session) -> dict:
+    """What resuming the data needs beyond the step: skip totals and, for a shard source, every
+    stream slot's place (gathered from all ranks)."""
+    slots: dict[int, list[int]] = dict(s.stream_state)
+    if s.dist.active and isinstance(s.train_set, ShardSource):
+        import torch.distributed as dist
+
+        parts: list[dict | None] = [None] * s.dist.world
+        dist.all_gather_object(parts, slots)
+        slots = {k: v for part in parts for k, v in (part or {}).items()}
+    return {
+        "skips": s.skips.state_dict(),
+        "stream": {str(k): v for k, v in sorted(slots.items())},
+        "layout": {"world": s.dist.world, "num_workers": s.cfg.data.num_workers},
+    }
+
+
+def _restore_data_state(s: _Session, state: dict) -> None:
+    s.skips.load_state_dict(state.get("skips", {}))
+    if not isinstance(s.train_set, ShardSource):
+        return
+    layout = state.get("layout", {})
+    now = {"world": s.dist.world, "num_workers": s.cfg.data.num_workers}
+    if layout and layout != now:
+        raise ConfigError(
+            f"this run streamed its shards with {layout['world']} rank(s) × {layout['num_workers']} "
+            f"worker(s); resume it with the same layout (now {now['world']} × {now['num_workers']}) "
+            "to continue the exact stream"
+        )
+    s.stream_state = {int(k): list(v) for k, v in state.get("stream", {}).items()}
+
+
+def _take_batch(s: _Session, raw: dict) -> dict[str, torch.Tensor]:
+    """Pop the loader's bookkeeping fields (skips, stream place), count and check skips, and
+    move the batch to the device."""
+    skips = raw.pop(SKIPS_KEY, {})
+    s.stream_state.update(raw.pop(POS_KEY, {}))
+    rows = len(next(v for v in raw.values() if isinstance(v, torch.Tensor)))
+    s.skips.add(skips, rows)
+    s.skips.check(s.cfg.data.max_skip_fraction, s.cfg.data.skip_grace)
+    return {k: v.to(s.device, non_blocking=True) for k, v in raw.items()}
+
+
 def _checkpoint(s: _Session, step: int) -> None:
+    data_state = _data_state(s)
     if s.dist.main:
         save_checkpoint(
             s.run_dir / "checkpoints",
@@ -340,7 +391,7 @@ def _checkpoint(s: _Session, step: int) -> None:
             s.loss,
             s.optimizer,
             s.scheduler,
-            {"guard": s.guard.state_dict(), "batches_consumed": step},
+            {"guard": s.guard.state_dict(), "batches_consumed": step, "data": data_state},
             keep=s.cfg.train.keep_checkpoints,
         )
     s.dist.barrier()
@@ -349,19 +400,17 @@ def _checkpoint(s: _Session, step: int) -> None:
 def _fit(s: _Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
     cfg = s.cfg.train
     data = s.cfg.data
-    loader = make_loader(
+    text = "text" in data.modalities
+    loader = train_loader(
         s.train_set,
-        s.model.tokenize if "text" in data.modalities else None,
+        data,
+        s.model.tokenize if text else None,
         cfg.batch_size,
         cfg.seed,
         start=start,
-        num_workers=data.num_workers,
         shard=(s.dist.rank, s.dist.world),
-        label_task=data.label_task,
-        modalities=data.modalities,
-        views=data.views,
-        augment=data.augment,
-        concepts=data.concepts,
+        stream_state={k: v for k, v in s.stream_state.items()},
+        truncated=s.model.count_truncated if text else None,
     )
     bar = tqdm(
         total=cfg.steps,
@@ -377,7 +426,7 @@ def _fit(s: _Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
     try:
         while step < cfg.steps:
             t0 = time.perf_counter()
-            batch = {k: v.to(s.device, non_blocking=True) for k, v in next(batches).items()}
+            batch = _take_batch(s, next(batches))
             t1 = time.perf_counter()
             torch.manual_seed(_step_seed(cfg.seed, step, s.dist.rank))
             loss_val, grad_norm, reason = _step(s, batch, step)
@@ -390,6 +439,7 @@ def _fit(s: _Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
                 scale=f"{scale:.2f}",
                 sps=f"{rate:.0f}",
                 skipped=s.guard.total,
+                bad_data=s.skips.skipped,
                 refresh=False,
             )
             bar.update(1)

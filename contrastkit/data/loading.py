@@ -1,0 +1,151 @@
+"""One entry point from a data config to evaluation sets and training loaders, for every source.
+
+* :func:`open_split` — the configured split as a :class:`~contrastkit.data.pairs.PairSet` (a
+  built-in set), a :class:`~contrastkit.data.table.PairTable` (``csv``, ``tsv``, ``parquet``,
+  ``imagefolder``, ``hf``) or a :class:`~contrastkit.data.shards.ShardSource` (``webdataset``).
+* :func:`load_split` — the split decoded in memory as a PairSet (what evaluation uses); file
+  sources are decoded with the evaluation transform of ``data.image``.
+* :func:`train_loader` — the infinite, resumable stream of training batches of any of them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from contrastkit.core.errors import ConfigError
+from contrastkit.core.registry import Registry
+from contrastkit.data.config import DataConfig
+from contrastkit.data.folders import make_hf, make_imagefolder
+from contrastkit.data.pairs import Collate, PairBatchSampler, PairDataset, PairSet
+from contrastkit.data.shards import ShardSource, ShardStream, make_webdataset
+from contrastkit.data.table import PairTable, TableDataset
+from contrastkit.data.tabular import make_csv, make_parquet, make_tsv
+
+__all__ = ["SOURCES", "Source", "load_split", "open_split", "source_captions", "train_loader"]
+
+Source = PairSet | PairTable | ShardSource
+
+SOURCES: Registry[PairTable | ShardSource] = Registry("data source")
+SOURCES.register("csv")(make_csv)
+SOURCES.register("tsv")(make_tsv)
+SOURCES.register("parquet")(make_parquet)
+SOURCES.register("imagefolder")(make_imagefolder)
+SOURCES.register("hf")(make_hf)
+SOURCES.register("webdataset")(make_webdataset)
+
+
+def open_split(cfg: DataConfig, split: str, progress: bool = False) -> Source:
+    """The ``split`` of ``cfg``'s data, undecoded for file sources."""
+    from contrastkit.data import DATASETS
+
+    params = cfg.split_params(split)
+    if cfg.name in SOURCES:
+        return SOURCES.build(cfg.name, split=split, **params)
+    if "progress" in inspect.signature(DATASETS.get(cfg.name)).parameters:
+        params.setdefault("progress", progress)
+    return DATASETS.build(cfg.name, split=split, **params)
+
+
+def load_split(cfg: DataConfig, split: str, progress: bool = False) -> PairSet:
+    """The ``split`` of ``cfg``'s data as an in-memory PairSet (file sources decoded with the
+    evaluation transform; unusable rows are dropped with a warning that counts them)."""
+    source = open_split(cfg, split, progress)
+    if isinstance(source, PairSet):
+        return source
+    pairs, skips = source.pairset(cfg.image, progress)
+    if skips:
+        warnings.warn(f"{source.name}: skipped {dict(skips)}", stacklevel=2)
+    return pairs
+
+
+def source_captions(source: Source) -> list[str]:
+    """Training captions to build a word tokenizer from (a shard source: the first 50,000)."""
+    if isinstance(source, ShardSource):
+        return source.captions()
+    return source.flat_captions()[0]
+
+
+def train_loader(
+    source: Source,
+    cfg: DataConfig,
+    tokenize: Callable[[list[str]], torch.Tensor] | None,
+    batch_size: int,
+    seed: int,
+    start: int = 0,
+    shard: tuple[int, int] = (0, 1),
+    stream_state: Mapping[int, Sequence[int]] | None = None,
+    truncated: Callable[[list[str]], int] | None = None,
+) -> DataLoader:
+    """The infinite stream of training batches starting after ``start`` consumed batches (this
+    rank's shard of each global batch). ``stream_state``: a shard source's saved slot places."""
+    if "text" in cfg.modalities and tokenize is None:
+        raise ConfigError("batches with text need a tokenize function")
+    augment_text = None
+    if cfg.text_augment is not None:
+        from contrastkit.data.textaug import TextAugmenter
+
+        augment_text = TextAugmenter(cfg.text_augment)
+    text_extras = _text_extras(source, cfg.extras)
+    collate = Collate(tokenize, ("text", *text_extras), truncated, augment_text)
+    workers = cfg.num_workers
+    common: dict[str, Any] = {
+        "num_workers": workers,
+        "persistent_workers": workers > 0,
+        "collate_fn": collate,
+    }
+    if isinstance(source, ShardSource):
+        if cfg.concepts:
+            raise ConfigError(
+                "data.concepts needs the whole caption vocabulary: not available for webdataset"
+            )
+        stream = ShardStream(
+            source,
+            cfg.image,
+            batch_size,
+            seed,
+            shard,
+            workers,
+            stream_state,
+            start,
+            cfg.views,
+            cfg.augment,
+            cfg.label_task,
+            cfg.extras,
+        )
+        return DataLoader(stream, batch_size=None, **common)
+    sampler = PairBatchSampler([len(c) for c in source.captions], batch_size, seed, start, shard)
+    if isinstance(source, PairTable):
+        dataset: PairDataset = TableDataset(
+            source,
+            cfg.image,
+            cfg.label_task,
+            cfg.modalities,
+            cfg.views,
+            cfg.augment,
+            seed,
+            cfg.concepts,
+            cfg.extras,
+        )
+    else:
+        if cfg.extras:
+            raise ConfigError(
+                f"data.extras {list(cfg.extras)}: built-in set {cfg.name!r} has no extra columns"
+            )
+        dataset = PairDataset(
+            source, cfg.label_task, cfg.modalities, cfg.views, cfg.augment, seed, cfg.concepts
+        )
+    return DataLoader(dataset, batch_sampler=sampler, **common)
+
+
+def _text_extras(source: Source, extras: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(source, ShardSource):
+        return tuple(e for e in extras if e in source.text_fields)
+    if isinstance(source, PairTable):
+        return tuple(e for e in extras if e in source.extras and source.extras[e].kind == "text")
+    return ()
