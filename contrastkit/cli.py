@@ -5,6 +5,9 @@ contrastkit wise runs/NAME --alphas 0,0.25,0.5,0.75,1 [--reference fashion_mnist
 contrastkit train --config configs/shapes-clip.yaml [--set train.steps=100 ...] [--name NAME]
 contrastkit train --resume runs/NAME
 contrastkit eval runs/NAME [--splits test,unseen] [--tasks zeroshot,retrieval]
+contrastkit eval runs/NAME --data imagefolder --data-param root=photos [--classes a,b] [--templates FILE]
+contrastkit data shards pairs.csv --out shards/ [--shard-size 1000] [--image-size 256]
+contrastkit data inspect photos/ [--out inspect-photos] [--samples 16]
 contrastkit list {losses,towers,datasets}
 """
 
@@ -79,12 +82,47 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--data-param", action="append", default=[], metavar="KEY=VALUE", help="data set parameter: n=500"
     )
-    e.add_argument("--classes", help="text file of class names, one per line (label order)")
-    e.add_argument("--templates", help="text file of prompt templates with {}, one per line")
+    e.add_argument(
+        "--classes", help="class names in label order: a text file, one per line, or a comma list: cat,dog"
+    )
+    e.add_argument(
+        "--templates",
+        help="prompt templates with {}: a text file, one per line, or a |-separated list: "
+        "'a photo of a {}.|a drawing of a {}.'",
+    )
     e.add_argument("--class-task", help="class task the --classes file names (default: the first)")
     e.add_argument("--train-split", help="split to fit probes on (tasks that need one)")
     e.add_argument("--out", help="output folder (default: the run folder; eval/NAME for a model)")
     e.add_argument("--batch-size", type=int, help="encoder batch size (default: 256 run, 64 model)")
+
+    da = sub.add_parser("data", help="convert a data source to WebDataset shards, or inspect it")
+    dsub = da.add_subparsers(dest="data_command", required=True)
+    src_help = (
+        "a .csv/.tsv/.parquet file, an ImageFolder directory, a Hugging Face save_to_disk folder, "
+        "a built-in set NAME:SPLIT (shapes:train){}"
+    )
+    sh = dsub.add_parser("shards", help="write a source as WebDataset tar shards with a manifest")
+    sh.add_argument("src", metavar="SRC", help=src_help.format(""))
+    sh.add_argument("--out", required=True, help="output folder of the shards")
+    sh.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default: 1000)")
+    sh.add_argument("--image-size", type=int, help="resize the shorter side to this (default: copy bytes)")
+    sh.add_argument("--prefix", default="shard", help="shard file name prefix (default: shard)")
+    ins = dsub.add_parser("inspect", help="decode every image; count problems; histograms and samples")
+    ins.add_argument(
+        "src", metavar="SRC", help=src_help.format(", or shards: a .tar, a {a..b} pattern, a folder")
+    )
+    ins.add_argument("--out", help="output folder (default: ./inspect-NAME)")
+    ins.add_argument("--samples", type=int, default=16, help="images in samples.png (default: 16)")
+    for sp in (sh, ins):
+        sp.add_argument("--split", default="train", help="split to read (default: train)")
+        sp.add_argument(
+            "--param",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="source parameter, value read as YAML: caption_columns=[a,b] (repeatable)",
+        )
+        sp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     pl = sub.add_parser("plan", help="largest contrastive batch that fits a memory budget")
     pl.add_argument("config", help="YAML run config")
@@ -130,18 +168,35 @@ def _train(args: argparse.Namespace) -> None:
         print(format_table(evaluate_run(result.run_dir)["metrics"]))
 
 
-def _eval(args: argparse.Namespace) -> None:
+def _params(items: Sequence[str], flag: str) -> dict[str, object]:
+    """``KEY=VALUE`` items as a dict, values read as YAML (``[a, b]`` → a list, ``5`` → an int)."""
     import yaml
 
     from contrastkit.core.errors import ConfigError
-    from contrastkit.evaluation.report import evaluate_model, format_table
 
     params = {}
-    for item in args.data_param:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--data-param expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
         params[key] = yaml.safe_load(value)
+    return params
+
+
+def _prompts(value: str | None, sep: str) -> str | list[str] | None:
+    """A prompt option: an existing file's path, else a ``sep``-separated list (a template list: any
+    value with ``{}``); a value with neither is taken as a file name (missing → a clear error)."""
+    if value is None or os.path.isfile(os.path.expanduser(value)):
+        return value
+    if sep in value or (sep == "|" and "{}" in value):
+        return [v.strip() for v in value.split(sep)]
+    return value
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from contrastkit.evaluation.report import evaluate_model, format_table
+
+    params = _params(args.data_param, "--data-param")
     report = evaluate_model(
         args.run,
         out_dir=args.out,
@@ -149,14 +204,36 @@ def _eval(args: argparse.Namespace) -> None:
         splits=args.splits.split(",") if args.splits else None,
         tasks=args.tasks.split(","),
         data_params=params or None,
-        classes=args.classes,
-        templates=args.templates,
+        classes=_prompts(args.classes, ","),
+        templates=_prompts(args.templates, "|"),
         class_task=args.class_task,
         train_split=args.train_split,
         batch_size=args.batch_size,
     )
     print(format_table(report["metrics"]))
     print(f"wrote {report['outputs_dir']}/: " + ", ".join(report["outputs"]))
+
+
+def _data(args: argparse.Namespace) -> None:
+    from contrastkit.core.errors import ConfigError
+    from contrastkit.data.inspect import format_inspect, inspect_source, resolve_source, source_label
+    from contrastkit.data.shards import ShardSource
+
+    source = resolve_source(args.src, args.split, _params(args.param, "--param"))
+    progress = not args.no_progress
+    if args.data_command == "inspect":
+        out = args.out or f"inspect-{source_label(args.src)}"
+        report = inspect_source(source, out, args.samples, progress)
+        print(format_inspect(report))
+        print(f"wrote {out}/: inspect.json, histograms.png, samples.png")
+        return
+    from contrastkit.data.convert import write_shards
+    from contrastkit.data.inspect import shards_summary
+
+    if isinstance(source, ShardSource):
+        raise ConfigError(f"{args.src} is already WebDataset shards")
+    manifest = write_shards(source, args.out, args.shard_size, args.image_size, args.prefix, progress)
+    print(shards_summary(manifest, args.out))
 
 
 def _plan(args: argparse.Namespace) -> None:
@@ -255,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _train(args)
         elif args.command == "eval":
             _eval(args)
+        elif args.command == "data":
+            _data(args)
         elif args.command == "plan":
             _plan(args)
         elif args.command == "study":

@@ -15,8 +15,14 @@ folder) evaluates splits and writes to the output folder:
 * a run folder also keeps ``metrics.json`` (metrics + protocol, as before).
 
 Prompt files (``classes``/``templates``): UTF-8, one entry a line, blank lines and ``#`` lines
-ignored; a template must contain ``{}``; the class list must have as many names as the task has
-classes (label order). Missing file, empty list, bad template, wrong count → one-line error.
+ignored (or the entries as a list); a template must contain ``{}``; the class list must have as
+many names as the task has classes (label order). Missing file, empty list, bad template, wrong
+count → one-line error.
+
+``data`` may also name a file source (``csv``, ``tsv``, ``parquet``, ``imagefolder``, ``hf``,
+``webdataset``; :mod:`contrastkit.data.loading`) with ``data_params`` as in a config: its splits are
+decoded with the run's ``data.image`` transform (a run trained on a built-in set: its
+``image_size``; a Hugging Face model: its processor's resize size) and evaluated like any pair set.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import re
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +43,7 @@ import torch.nn.functional as F
 
 from contrastkit.core.errors import InputError, MissingFileError
 from contrastkit.core.io import atomic_path, atomic_write_json, read_json
-from contrastkit.data import build, load_split
+from contrastkit.data import SOURCES, DataConfig, ImageConfig, build, load_split
 from contrastkit.data.pairs import PairSet
 from contrastkit.evaluation.encoders import Encoders, model_encoders
 from contrastkit.evaluation.external import HFEncoders, checked_encoders, file_sha256, hf_encoders
@@ -118,14 +124,25 @@ def read_lines(path: str | Path, what: str) -> tuple[str, ...]:
     return lines
 
 
+def _entries(value: str | Path | Sequence[str], what: str) -> tuple[tuple[str, ...], str]:
+    """The entries of a prompt file, or of a list given directly; and how to name their source."""
+    if isinstance(value, (str, Path)):
+        return read_lines(value, what), str(value)
+    entries = tuple(s.strip() for s in value if s.strip())
+    if not entries:
+        raise InputError(f"the {what} list is empty")
+    return entries, f"the {what} list"
+
+
 def apply_prompt_files(
     pairs: PairSet,
-    classes: str | Path | None = None,
-    templates: str | Path | None = None,
+    classes: str | Path | Sequence[str] | None = None,
+    templates: str | Path | Sequence[str] | None = None,
     class_task: str | None = None,
 ) -> PairSet:
     """``pairs`` with class names of ``class_task`` (default: the first task) from ``classes`` and
-    the templates of every task (only ``class_task`` if given) from ``templates``."""
+    the templates of every task (only ``class_task`` if given) from ``templates`` (files, or the
+    entries as lists)."""
     if classes is None and templates is None:
         return pairs
     if not pairs.tasks:
@@ -135,19 +152,19 @@ def apply_prompt_files(
         raise InputError(f"unknown class task {name!r}; the data set has {sorted(pairs.tasks)}")
     tasks = dict(pairs.tasks)
     if templates is not None:
-        tpl = read_lines(templates, "templates")
+        tpl, where = _entries(templates, "templates")
         bad = [t for t in tpl if "{}" not in t]
         if bad:
-            raise InputError(f"template {bad[0]!r} in {templates} has no '{{}}' placeholder for the class")
+            raise InputError(f"template {bad[0]!r} in {where} has no '{{}}' placeholder for the class")
         for k in [name] if class_task else list(tasks):
             tasks[k] = replace(tasks[k], templates=tpl)
     if classes is not None:
-        names = read_lines(classes, "class names")
+        names, where = _entries(classes, "class names")
         n = len(tasks[name].classnames)
         if len(names) != n:
-            raise InputError(f"{classes} lists {len(names)} class names but task {name!r} has {n} classes")
+            raise InputError(f"{where} lists {len(names)} class names but task {name!r} has {n} classes")
         if len(set(names)) < len(names):
-            warnings.warn(f"duplicate class names in {classes}: their scores tie", stacklevel=2)
+            warnings.warn(f"duplicate class names in {where}: their scores tie", stacklevel=2)
         tasks[name] = replace(tasks[name], classnames=names)
     return replace(pairs, tasks=tasks)
 
@@ -262,10 +279,48 @@ def _report(
     return report
 
 
+def _data_split(data: str, split: str, params: dict[str, Any] | None, image: ImageConfig) -> PairSet:
+    """``split`` of a built-in set, or of a file source decoded with ``image`` (module docstring)."""
+    if data not in SOURCES:
+        return build(data, split, **(params or {}))
+    cfg = DataConfig(
+        name=data,
+        params=dict(params or {}),
+        splits={split: {}},
+        train_split=split,
+        eval_splits=(split,),
+        image=image,
+    )
+    return load_split(cfg, split)
+
+
 def _load_sets(
-    data: str, splits: Sequence[str], params: dict[str, Any] | None, prompt_files: dict[str, Any]
-) -> dict[str, PairSet]:
-    return {s: apply_prompt_files(build(data, s, **(params or {})), **prompt_files) for s in splits}
+    data: str,
+    splits: Sequence[str],
+    params: dict[str, Any] | None,
+    prompt_files: dict[str, Any],
+    train_split: str | None,
+    image: ImageConfig,
+) -> tuple[dict[str, PairSet], PairSet | None, dict[str, Any]]:
+    """The evaluated splits, the probes' training split and the data record of ``data``."""
+    sets = {s: apply_prompt_files(_data_split(data, s, params, image), **prompt_files) for s in splits}
+    train = _data_split(data, train_split, params, image) if train_split else None
+    record: dict[str, Any] = {"data": data, "data_params": dict(params or {})}
+    if data in SOURCES:
+        record["image"] = asdict(image)
+    return sets, train, record
+
+
+def _run_image(cfg: DataConfig) -> ImageConfig:
+    """How a run decodes other data: as it trained (a file source), else at its images' size."""
+    size = cfg.split_params(cfg.train_split).get("image_size")
+    return replace(cfg.image, size=int(size)) if cfg.name not in SOURCES and size else cfg.image
+
+
+def _model_image(record: dict[str, Any]) -> ImageConfig:
+    """Decode size for a Hugging Face model: its processor's resize size (else 224)."""
+    resize = (record.get("image_preprocessing") or {}).get("resize") or {}
+    return ImageConfig(size=int(resize.get("shortest_edge") or resize.get("height") or 224))
 
 
 def evaluate_run(
@@ -298,9 +353,10 @@ def evaluate_run(
         train = load_split(cfg.data, train_split) if train_split else None
         data_record = {"data": cfg.data.name, "data_params": {s: cfg.data.split_params(s) for s in names}}
     else:
-        sets = _load_sets(data, splits or ("test",), data_params, prompt_files)
-        train = build(data, train_split, **(data_params or {})) if train_split else None
-        data_record = {"data": data, "data_params": dict(data_params or {})}
+        image = _run_image(cfg.data)
+        sets, train, data_record = _load_sets(
+            data, splits or ("test",), data_params, prompt_files, train_split, image
+        )
     report = _report(
         enc, _run_record(run_dir, model, ckpt), sets, tasks, run_dir, data_record, train, options
     )
@@ -353,9 +409,7 @@ def evaluate_model(
         enc = hf_encoders(path, batch_size=batch_size or 64)
         record, out_dir = dict(enc.info), out_dir or Path("eval") / path.resolve().name
     data, splits = data or "shapes", splits or ("test",)
-    sets = _load_sets(data, splits, data_params, kw)
-    train = build(data, train_split, **(data_params or {})) if train_split else None
-    data_record = {"data": data, "data_params": dict(data_params or {})}
+    sets, train, data_record = _load_sets(data, splits, data_params, kw, train_split, _model_image(record))
     return _report(enc, record, sets, tasks, Path(out_dir), data_record, train, options)
 
 
