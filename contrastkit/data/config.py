@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from contrastkit.core.errors import ConfigError
 from contrastkit.data.augment import AugmentConfig
 from contrastkit.data.images import ImageConfig
 from contrastkit.data.textaug import TextAugConfig
 
-__all__ = ["DataConfig"]
+__all__ = ["DataConfig", "SourceConfig"]
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One source of a training mixture (``data.sources``): a data set or file source by name,
+    its parameters, and its weight (normalised over the mixture)."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.weight >= 0:
+            raise ConfigError(f"data.sources: weight of {self.name!r} must be >= 0, got {self.weight}")
 
 
 @dataclass(frozen=True)
@@ -35,7 +49,9 @@ class DataConfig:
     crop/flip/jitter); ``extras``: extra columns (or shard json fields) to put in batches;
     ``text_augment``: caption augmentation of training batches (CLIP🚀's EDA recipe, null = off);
     ``max_skip_fraction``: stop when more than this fraction of the samples read were unusable
-    (counted from ``skip_grace`` samples on).
+    (counted from ``skip_grace`` samples on). ``sources``: train on a weighted mixture of sources
+    instead (each built for ``train_split``; ``mix``: ``rows`` = every batch in proportion,
+    ``batch`` = one source per batch, ZeroVL); evaluation splits still come from ``name``.
     """
 
     name: str = "shapes"
@@ -61,6 +77,8 @@ class DataConfig:
     text_augment: TextAugConfig | None = None
     max_skip_fraction: float = 0.01
     skip_grace: int = 1000
+    sources: tuple[SourceConfig, ...] = ()
+    mix: Literal["rows", "batch"] = "rows"
 
     def __post_init__(self) -> None:
         known = ("image", "text", "attributes")
@@ -73,7 +91,9 @@ class DataConfig:
             raise ConfigError("data.modalities is empty and data.views is 0: batches would be empty")
         if self.views < 0:
             raise ConfigError(f"data.views must be >= 0 (0 = no augmented views), got {self.views}")
-        for s in (self.train_split, *self.eval_splits):
+        if self.sources and not sum(src.weight for src in self.sources) > 0:
+            raise ConfigError("data.sources: the weights sum to 0")
+        for s in (*(() if self.sources else (self.train_split,)), *self.eval_splits):
             if s not in self.splits:
                 raise ConfigError(f"data split {s!r} is not declared in data.splits {sorted(self.splits)}")
         if not 0 <= self.max_skip_fraction <= 1:

@@ -10,9 +10,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,14 +24,30 @@ from contrastkit.core.errors import ConfigError
 from contrastkit.core.registry import Registry
 from contrastkit.data.config import DataConfig
 from contrastkit.data.folders import make_hf, make_imagefolder
+from contrastkit.data.mix import MixBatchSampler, MixDataset
 from contrastkit.data.pairs import Collate, PairBatchSampler, PairDataset, PairSet
 from contrastkit.data.shards import ShardSource, ShardStream, make_webdataset
 from contrastkit.data.table import PairTable, TableDataset
 from contrastkit.data.tabular import make_csv, make_parquet, make_tsv
 
-__all__ = ["SOURCES", "Source", "load_split", "open_split", "source_captions", "train_loader"]
+__all__ = ["SOURCES", "Mixture", "Source", "load_split", "open_split", "source_captions", "train_loader"]
 
-Source = PairSet | PairTable | ShardSource
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """The training split of every ``data.sources`` entry, with its weight (:mod:`contrastkit.data.mix`)."""
+
+    parts: tuple[PairSet | PairTable, ...]
+    weights: tuple[float, ...]
+    name: str = "mixture"
+
+    @property
+    def captions(self) -> tuple[tuple[str, ...], ...]:
+        return tuple(c for p in self.parts for c in p.captions)
+
+
+Source = PairSet | PairTable | ShardSource | Mixture
 
 SOURCES: Registry[PairTable | ShardSource] = Registry("data source")
 SOURCES.register("csv")(make_csv)
@@ -44,6 +62,17 @@ def open_split(cfg: DataConfig, split: str, progress: bool = False) -> Source:
     """The ``split`` of ``cfg``'s data, undecoded for file sources."""
     from contrastkit.data import DATASETS
 
+    if cfg.sources and split == cfg.train_split:
+        parts = []
+        for src in cfg.sources:
+            one = dataclasses.replace(
+                cfg, name=src.name, params=src.params, splits={split: {}}, eval_splits=(), sources=()
+            )
+            part = open_split(one, split, progress)
+            if isinstance(part, (ShardSource, Mixture)):
+                raise ConfigError(f"data.sources: {src.name!r} streams shards and cannot be mixed here")
+            parts.append(part)
+        return Mixture(tuple(parts), tuple(s.weight for s in cfg.sources))
     params = cfg.split_params(split)
     if cfg.name in SOURCES:
         return SOURCES.build(cfg.name, split=split, **params)
@@ -58,6 +87,8 @@ def load_split(cfg: DataConfig, split: str, progress: bool = False) -> PairSet:
     source = open_split(cfg, split, progress)
     if isinstance(source, PairSet):
         return source
+    if isinstance(source, Mixture):
+        raise ConfigError("a mixture of sources is for training; evaluate each source on its own")
     pairs, skips = source.pairset(cfg.image, progress)
     if skips:
         warnings.warn(f"{source.name}: skipped {dict(skips)}", stacklevel=2)
@@ -68,7 +99,7 @@ def source_captions(source: Source) -> list[str]:
     """Training captions to build a word tokenizer from (a shard source: the first 50,000)."""
     if isinstance(source, ShardSource):
         return source.captions()
-    return source.flat_captions()[0]
+    return [c for caps in source.captions for c in caps]
 
 
 def train_loader(
@@ -119,33 +150,27 @@ def train_loader(
             cfg.extras,
         )
         return DataLoader(stream, batch_size=None, **common)
+    if isinstance(source, Mixture):
+        n_caps = [[len(c) for c in p.captions] for p in source.parts]
+        mixed = MixBatchSampler(n_caps, source.weights, batch_size, seed, start, shard, cfg.mix)
+        dataset = MixDataset([_indexed(p, cfg, seed) for p in source.parts])
+        return DataLoader(dataset, batch_sampler=mixed, **common)
     sampler = PairBatchSampler([len(c) for c in source.captions], batch_size, seed, start, shard)
+    return DataLoader(_indexed(source, cfg, seed), batch_sampler=sampler, **common)
+
+
+def _indexed(source: PairSet | PairTable, cfg: DataConfig, seed: int) -> PairDataset:
+    args = (cfg.label_task, cfg.modalities, cfg.views, cfg.augment, seed, cfg.concepts)
     if isinstance(source, PairTable):
-        dataset: PairDataset = TableDataset(
-            source,
-            cfg.image,
-            cfg.label_task,
-            cfg.modalities,
-            cfg.views,
-            cfg.augment,
-            seed,
-            cfg.concepts,
-            cfg.extras,
-        )
-    else:
-        if cfg.extras:
-            raise ConfigError(
-                f"data.extras {list(cfg.extras)}: built-in set {cfg.name!r} has no extra columns"
-            )
-        dataset = PairDataset(
-            source, cfg.label_task, cfg.modalities, cfg.views, cfg.augment, seed, cfg.concepts
-        )
-    return DataLoader(dataset, batch_sampler=sampler, **common)
+        return TableDataset(source, cfg.image, *args, extras=cfg.extras)
+    if cfg.extras:
+        raise ConfigError(f"data.extras {list(cfg.extras)}: built-in set {source.name!r} has no extra column")
+    return PairDataset(source, *args)
 
 
 def _text_extras(source: Source, extras: Sequence[str]) -> tuple[str, ...]:
     if isinstance(source, ShardSource):
         return tuple(e for e in extras if e in source.text_fields)
-    if isinstance(source, PairTable):
-        return tuple(e for e in extras if e in source.extras and source.extras[e].kind == "text")
-    return ()
+    parts = source.parts if isinstance(source, Mixture) else (source,)
+    tables = [p for p in parts if isinstance(p, PairTable)]
+    return tuple(e for e in extras if any(e in t.extras and t.extras[e].kind == "text" for t in tables))

@@ -345,6 +345,7 @@ def evaluate_run(
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     cfg, model, _, ckpt = load_run(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir
     enc = model_encoders(model, batch_size=batch_size)
     prompt_files = {"classes": classes, "templates": templates, "class_task": class_task}
     if data is None:
@@ -357,9 +358,7 @@ def evaluate_run(
         sets, train, data_record = _load_sets(
             data, splits or ("test",), data_params, prompt_files, train_split, image
         )
-    report = _report(
-        enc, _run_record(run_dir, model, ckpt), sets, tasks, run_dir, data_record, train, options
-    )
+    report = _report(enc, _run_record(run_dir, model, ckpt), sets, tasks, out, data_record, train, options)
     legacy = {
         "run": str(run_dir),
         "checkpoint": ckpt.name,

@@ -31,8 +31,14 @@ def _source(shard_dir: Path, buffer: int = 7):
 
 def _epoch_keys(shard_dir: str, rank: int, world: int, workers: int) -> list[str]:
     stream = ShardStream(
-        _source(Path(shard_dir)), ImageConfig(size=16), 4 * world, seed=1, shard=(rank, world),
-        num_workers=workers, keys=True, epochs=1,
+        _source(Path(shard_dir)),
+        ImageConfig(size=16),
+        4 * world,
+        seed=1,
+        shard=(rank, world),
+        num_workers=workers,
+        keys=True,
+        epochs=1,
     )
     loader = DataLoader(stream, batch_size=None, num_workers=workers)
     return [k for batch in loader for k in batch["__key__"]]

@@ -35,7 +35,9 @@ def _config(shards: Path, out: Path, name: str) -> RunConfig:
         num_workers=2,
         image=ImageConfig(size=32, crop_scale=(0.6, 1.0), flip=0.5),
     )
-    train_cfg = dataclasses.replace(base.train, steps=STEPS, ckpt_every=CKPT_EVERY, log_every=1, batch_size=16)
+    train_cfg = dataclasses.replace(
+        base.train, steps=STEPS, ckpt_every=CKPT_EVERY, log_every=1, batch_size=16
+    )
     return dataclasses.replace(base, data=data, train=train_cfg)
 
 
