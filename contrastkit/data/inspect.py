@@ -29,15 +29,18 @@ from contrastkit.core.errors import ConfigError, DataError, MissingFileError
 from contrastkit.core.io import atomic_path, atomic_write_json
 from contrastkit.core.registry import check_kwargs
 from contrastkit.data.images import SkipSample, decode_image
-from contrastkit.data.loading import SOURCES, Source
+from contrastkit.data.loading import SOURCES
 from contrastkit.data.pairs import PairSet
 from contrastkit.data.shards import ShardSource, iter_shard
+from contrastkit.data.table import PairTable
 from contrastkit.data.tabular import make_table
 
-__all__ = ["format_inspect", "inspect_source", "resolve_source", "shards_summary", "source_label"]
+__all__ = ["Source", "format_inspect", "inspect_source", "resolve_source", "shards_summary", "source_label"]
 
 TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 HF_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
+
+Source = PairSet | PairTable | ShardSource  # what a path or NAME:SPLIT resolves to (no mixtures)
 
 
 def _builtin(src: str) -> tuple[str, str] | None:
@@ -112,13 +115,14 @@ def _rows(source: Source, broken: Counter[str]) -> Iterator[_Row]:
         for url in source.urls:
             for raw in iter_shard(url, broken):
                 ext = next((e for e in source.image_keys if e in raw), None)
-                meta = json.loads(raw["json"]) if "json" in raw else {}
+                try:
+                    meta = json.loads(raw["json"]) if "json" in raw else {}
+                except ValueError:
+                    meta = {}
                 caps = meta.get("captions") if isinstance(meta, dict) else None
-                if not caps:
-                    text = raw.get(source.text_key, b"")
-                    caps = [text.decode("utf-8", "replace")]
-                label = raw.get(source.label_key) if source.label_key else None
-                labels = {"class": int(label.decode().strip())} if label is not None else {}
+                caps = caps or [raw.get(source.text_key, b"").decode("utf-8", "replace")]
+                label = raw.get(source.label_key, b"").decode().strip() if source.label_key else ""
+                labels = {"class": int(label)} if label.lstrip("-").isdigit() else {}
                 yield _Row(raw[ext] if ext else None, tuple(str(c) for c in caps), labels, "missing key")
         return
     for i in range(len(source)):
@@ -258,6 +262,13 @@ def _pyplot() -> Any:
     return plt
 
 
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    _pyplot().close(fig)
+
+
 def _plot_histograms(report: dict[str, Any], path: Path) -> None:
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -274,10 +285,7 @@ def _plot_histograms(report: dict[str, Any], path: Path) -> None:
         ax.set_xlabel(label)
         ax.set_ylabel("count")
     fig.suptitle(f"{report['source']}: {report['rows']} rows", fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _plot_samples(tiles: list[tuple[torch.Tensor | None, str]], path: Path, title: str) -> None:
@@ -296,10 +304,7 @@ def _plot_samples(tiles: list[tuple[torch.Tensor | None, str]], path: Path, titl
         text = "\n".join(lines[:3]) + ("…" if len(lines) > 3 else "")
         ax.text(0.5, -0.04, text, transform=ax.transAxes, ha="center", va="top", fontsize=7)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def format_inspect(report: dict[str, Any]) -> str:

@@ -82,10 +82,25 @@ def iter_shard(path: str, skips: Counter[str] | None = None) -> Iterator[dict[st
 
     try:
         with open(path, "rb") as f:
+            complete = _has_end_blocks(f)
             yield from group_by_keys(members(f))
     except Exception:  # tarfile raises several types on damaged archives
-        if skips is not None:
-            skips["bad shard"] += 1
+        complete = False
+    if not complete and skips is not None:
+        skips["bad shard"] += 1
+
+
+def _has_end_blocks(f: Any) -> bool:
+    """Whether a tar file ends with its two zero blocks: a file cut short almost never does, and
+    tarfile's stream mode reads such a file up to the cut without an error."""
+    size = f.seek(0, 2)
+    if size < 1024:
+        f.seek(0)
+        return False
+    f.seek(size - 1024)
+    tail = f.read(1024)
+    f.seek(0)
+    return tail == bytes(1024)
 
 
 @dataclass(frozen=True)

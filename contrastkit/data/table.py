@@ -121,7 +121,8 @@ class PairTable:
         keep, images, captions = [], [], []
         for i in tqdm(range(len(self)), desc=f"decode {self.name}", disable=not progress, unit="img"):
             caps = tuple(c for c in self.captions[i] if c.strip())
-            skips["empty caption"] += len(self.captions[i]) - len(caps)
+            if len(caps) < len(self.captions[i]):
+                skips["empty caption"] += len(self.captions[i]) - len(caps)
             if not caps:
                 continue
             try:
