@@ -8,6 +8,7 @@ contrastkit eval runs/NAME [--splits test,unseen] [--tasks zeroshot,retrieval]
 contrastkit eval runs/NAME --data imagefolder --data-param root=photos [--classes a,b] [--templates FILE]
 contrastkit data shards pairs.csv --out shards/ [--shard-size 1000] [--image-size 256]
 contrastkit data inspect photos/ [--out inspect-photos] [--samples 16]
+contrastkit data export shapes:train --out data/shapes-csv [--split train]
 contrastkit list {losses,towers,datasets}
 """
 
@@ -95,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="output folder (default: the run folder; eval/NAME for a model)")
     e.add_argument("--batch-size", type=int, help="encoder batch size (default: 256 run, 64 model)")
 
-    da = sub.add_parser("data", help="convert a data source to WebDataset shards, or inspect it")
+    da = sub.add_parser("data", help="convert a data source (WebDataset shards, CSV + files), or inspect it")
     dsub = da.add_subparsers(dest="data_command", required=True)
     src_help = (
         "a .csv/.tsv/.parquet file, an ImageFolder directory, a Hugging Face save_to_disk folder, "
@@ -107,13 +108,16 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default: 1000)")
     sh.add_argument("--image-size", type=int, help="resize the shorter side to this (default: copy bytes)")
     sh.add_argument("--prefix", default="shard", help="shard file name prefix (default: shard)")
+    ex = dsub.add_parser("export", help="write a source as image files + pairs.csv (the csv source's layout)")
+    ex.add_argument("src", metavar="SRC", help=src_help.format(""))
+    ex.add_argument("--out", required=True, help="output folder (pairs.csv + images/; splits append)")
     ins = dsub.add_parser("inspect", help="decode every image; count problems; histograms and samples")
     ins.add_argument(
         "src", metavar="SRC", help=src_help.format(", or shards: a .tar, a {a..b} pattern, a folder")
     )
     ins.add_argument("--out", help="output folder (default: ./inspect-NAME)")
     ins.add_argument("--samples", type=int, default=16, help="images in samples.png (default: 16)")
-    for sp in (sh, ins):
+    for sp in (sh, ex, ins):
         sp.add_argument("--split", default="train", help="split to read (default: train)")
         sp.add_argument(
             "--param",
@@ -227,11 +231,15 @@ def _data(args: argparse.Namespace) -> None:
         print(format_inspect(report))
         print(f"wrote {out}/: inspect.json, histograms.png, samples.png")
         return
-    from contrastkit.data.convert import write_shards
+    from contrastkit.data.convert import write_csv, write_shards
     from contrastkit.data.inspect import shards_summary
 
     if isinstance(source, ShardSource):
         raise ConfigError(f"{args.src} is already WebDataset shards")
+    if args.data_command == "export":
+        path = write_csv(source, args.out, args.split, progress)
+        print(f"wrote {len(source)} {args.split} rows to {path} (images under {path.parent / 'images'})")
+        return
     manifest = write_shards(source, args.out, args.shard_size, args.image_size, args.prefix, progress)
     print(shards_summary(manifest, args.out))
 
@@ -282,7 +290,10 @@ def _list(what: str) -> None:
     elif what == "towers":
         from contrastkit.models import TOWERS as reg
     else:
-        from contrastkit.data import DATASETS as reg
+        from contrastkit.data import DATASETS, SOURCES
+
+        print("\n".join([*DATASETS.names(), *(f"{n}  (file source: docs/data.md)" for n in SOURCES.names())]))
+        return
     print("\n".join(reg.names()))
 
 

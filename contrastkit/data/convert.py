@@ -31,7 +31,7 @@ from contrastkit.data.images import SkipSample, decode_image
 from contrastkit.data.pairs import PairSet
 from contrastkit.data.table import PairTable
 
-__all__ = ["encode_image", "write_shards"]
+__all__ = ["encode_image", "write_csv", "write_shards"]
 
 
 def encode_image(img: torch.Tensor, fmt: str = "png", quality: int = 95) -> bytes:
@@ -150,3 +150,45 @@ def write_shards(
     }
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1))
     return manifest
+
+
+def write_csv(
+    src: PairSet | PairTable, out_dir: str | Path, split: str = "train", progress: bool = False
+) -> Path:
+    """Write ``src`` as ``out_dir/images/*.png`` (files of a table: copied) and ``out_dir/pairs.csv``
+    with columns ``image`` (relative path), ``caption`` and ``caption_<k>`` (further captions),
+    one column per class task, and ``split``; appends to an existing ``pairs.csv`` of that folder, so
+    several splits can share one file (``split_column: split``). Returns the CSV's path."""
+    import csv
+
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    width = max(len(c) for c in src.captions)
+    header = ["image", "caption", *[f"caption_{k}" for k in range(1, width)], *src.tasks, "split"]
+    path = out / "pairs.csv"
+    if path.is_file():
+        with open(path, newline="") as f:
+            old = next(csv.reader(f), [])
+        if old != header:
+            raise ConfigError(f"{path} has columns {old}; this source needs {header}: use another folder")
+    new = not path.is_file()
+    with open(path, "a", newline="") as f:
+        w = csv.writer(f)
+        if new:
+            w.writerow(header)
+        for i in tqdm(range(len(src)), desc=f"csv {out}", unit="img", disable=not progress):
+            name = f"images/{split}-{i:07d}"
+            if isinstance(src, PairSet):
+                name += ".png"
+                (out / name).write_bytes(encode_image(src.images[i]))
+            else:
+                ref = src.images[i]
+                if ref is None or (isinstance(ref, str) and not Path(ref).is_file()):
+                    continue  # nothing to copy; counted when the original is read
+                data = ref if isinstance(ref, bytes) else Path(ref).read_bytes()
+                name += "." + _ext(ref, data)
+                (out / name).write_bytes(data)
+            caps = list(src.captions[i]) + [""] * (width - len(src.captions[i]))
+            labels = [t.classnames[t.labels[i]] if t.labels[i] >= 0 else "" for t in src.tasks.values()]
+            w.writerow([name, *caps, *labels, split])
+    return path

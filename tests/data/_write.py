@@ -66,8 +66,9 @@ def write_table(path: Path, header: Sequence[str], rows: Iterable[Sequence], del
 
 
 def source_config(name: str, params: dict, image: ImageConfig, **changes) -> DataConfig:
-    """A file source with one split, ``train``, and no evaluation splits."""
-    return DataConfig(name=name, params=params, splits={"train": {}}, eval_splits=(), image=image, **changes)
+    """A file source with one split, ``train`` (unless ``changes`` declare others), no evaluation."""
+    changes = {"splits": {"train": {}}, "eval_splits": (), **changes}
+    return DataConfig(name=name, params=params, image=image, **changes)
 
 
 def run_config(out_dir: Path, name: str, data: DataConfig, **train_changes) -> RunConfig:

@@ -184,16 +184,21 @@ def written(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def memory_losses(tmp_path_factory, written):
-    """The losses of 3 training steps on each slice in memory."""
-    cache: dict[str, dict[int, float]] = {}
+def run_losses(tmp_path_factory, written):
+    """The logged losses of 3 training steps on ``(ds, fmt)`` (``fmt="memory"``: the in-memory
+    slice), each run once per module."""
+    cache: dict[tuple[str, str], dict[int, float]] = {}
+    out = tmp_path_factory.mktemp("runs")
 
-    def get(ds: str) -> dict[int, float]:
-        if ds not in cache:
-            out = tmp_path_factory.mktemp("runs")
-            result = train(run_config(out, f"{ds}-memory", written(ds).memory, steps=3))
-            cache[ds] = logged_losses(result.run_dir)
-        return cache[ds]
+    def get(ds: str, fmt: str) -> dict[int, float]:
+        if (ds, fmt) not in cache:
+            w = written(ds)
+            data = w.memory if fmt == "memory" else w.configs[fmt]
+            result = train(run_config(out, f"{ds}-{fmt}", data, steps=3))
+            losses = logged_losses(result.run_dir)
+            assert result.step == 3 and result.last_loss == losses[3]
+            cache[ds, fmt] = losses
+        return cache[ds, fmt]
 
     return get
 
@@ -210,9 +215,8 @@ def _named_labels(pairs: PairSet) -> list[str] | None:
 def test_load_split_decodes_the_source_exactly(written, ds, fmt):
     w = written(ds)
     ref = w.refs[fmt]
-    with warnings.catch_warnings():  # nothing is skipped (see the xfail test of the warning below)
+    with warnings.catch_warnings():  # nothing is skipped, so nothing is reported
         warnings.filterwarnings("error", message=r".*skipped")
-        warnings.filterwarnings("ignore", message=r".*skipped \{'empty caption': 0\}$")  # wins: added last
         pairs = load_split(w.configs[fmt], "train")
     n, s = len(w.source), SIZES[ds]
     assert pairs.images.dtype == torch.uint8 and pairs.images.shape == (n, 3, s, s)
@@ -267,19 +271,42 @@ def test_train_loader_batches_equal_the_in_memory_batches(written, ds, fmt):
 
 
 @pytest.mark.parametrize(("ds", "fmt"), cases())
-def test_three_training_steps_from_every_format(written, memory_losses, tmp_path, ds, fmt):
-    w = written(ds)
-    result = train(run_config(tmp_path, f"{ds}-{fmt}", w.configs[fmt], steps=3))
-    losses = logged_losses(result.run_dir)
+def test_three_training_steps_from_every_format(run_losses, ds, fmt):
+    losses = run_losses(ds, fmt)
     assert sorted(losses) == [1, 2, 3] and all_finite(losses.values())
-    assert result.step == 3 and result.last_loss == losses[3]
-    if fmt in SAME_ORDER:  # same batches as in memory ⇒ same losses
-        memory = memory_losses(ds)
-        assert all_finite(memory.values())
-        assert [losses[k] for k in (1, 2, 3)] == pytest.approx([memory[k] for k in (1, 2, 3)], abs=1e-6)
+    if fmt in SAME_ORDER:  # the same batches as the CSV ⇒ the same losses
+        csv = run_losses(ds, "csv")
+        assert [losses[k] for k in (1, 2, 3)] == pytest.approx([csv[k] for k in (1, 2, 3)], abs=1e-6)
 
 
-# --- defects found while writing these tests (synthetic data, no installation needed) -----------
+@pytest.mark.parametrize(
+    "ds",
+    [
+        pytest.param("fashion", marks=needs_fashion),
+        pytest.param(
+            "emoji",
+            marks=[
+                needs_emoji,
+                pytest.mark.xfail(
+                    strict=True,
+                    reason="bug: make_emoji (emoji.py:100 and :122-123) builds its images from "
+                    "transposed HWC arrays, so PairSet.images is channels-last strided (stride "
+                    "(12288, 1, 192, 3), not contiguous); batches keep that layout, the convolutions "
+                    "take another kernel, and training differs from the same pixels read from files "
+                    "(step-1 loss 4.191317 vs 4.191305, step 3 3.53831 vs 3.54006). Fix: "
+                    "torch.from_numpy(np.ascontiguousarray(pix))",
+                ),
+            ],
+        ),
+    ],
+)
+def test_csv_training_equals_in_memory_training(run_losses, ds):
+    memory, csv = run_losses(ds, "memory"), run_losses(ds, "csv")
+    assert all_finite(memory.values()) and all_finite(csv.values())
+    assert [csv[k] for k in (1, 2, 3)] == pytest.approx([memory[k] for k in (1, 2, 3)], abs=1e-6)
+
+
+# --- table details (synthetic data, no installation needed) ------------------------------------
 
 
 def _shapes_csv(folder: Path, captions, labels, n: int = 4) -> DataConfig:
@@ -289,12 +316,6 @@ def _shapes_csv(folder: Path, captions, labels, n: int = 4) -> DataConfig:
     return source_config("csv", {"path": str(path), "label_columns": ["label"]}, exact(32))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: PairTable.pairset (table.py:124) always creates an 'empty caption' entry, even "
-    "of 0, so load_split (loading.py:62, `if skips:`) warns 'skipped {'empty caption': 0}' for "
-    "a table with nothing skipped",
-)
 def test_load_split_of_a_clean_table_does_not_warn(tmp_path):
     cfg = _shapes_csv(tmp_path, ["a red circle", "a blue square", "a star", "a dot"], ["a", "b", "a", "b"])
     with warnings.catch_warnings(record=True) as caught:
