@@ -15,6 +15,7 @@ per rank (as with plain DDP).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +30,15 @@ from contrastkit.scale.config import ScaleConfig
 from contrastkit.scale.distributed import GatherLoss, SigLIPRingLoss
 from contrastkit.scale.gather_all import GatherAllLoss
 
-__all__ = ["DistContext", "all_mean", "all_true", "average_gradients", "init_from_env", "wrap_loss"]
+__all__ = [
+    "DistContext",
+    "all_mean",
+    "all_sum_counts",
+    "all_true",
+    "average_gradients",
+    "init_from_env",
+    "wrap_loss",
+]
 
 
 @dataclass(frozen=True)
@@ -135,3 +144,12 @@ def all_true(flag: bool, ctx: DistContext) -> bool:
     t = torch.tensor([1 if flag else 0], device=ctx.device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item())
+
+
+def all_sum_counts(counts: dict[str, int], keys: Sequence[str], ctx: DistContext) -> dict[str, int]:
+    """``counts`` summed over ranks for every name in ``keys`` (one all_reduce)."""
+    if not ctx.active:
+        return {k: int(counts.get(k, 0)) for k in keys}
+    t = torch.tensor([int(counts.get(k, 0)) for k in keys], dtype=torch.int64, device=ctx.device)
+    dist.all_reduce(t)
+    return dict(zip(keys, t.tolist()))

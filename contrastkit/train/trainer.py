@@ -34,7 +34,7 @@ from contrastkit.core.io import atomic_write_text
 from contrastkit.core.runtime import seed_everything, set_threads
 from contrastkit.data import Source, open_split, source_captions, train_loader
 from contrastkit.data.shards import POS_KEY, ShardSource
-from contrastkit.data.skips import SKIPS_KEY, SkipTally
+from contrastkit.data.skips import REASONS, SKIPS_KEY, SkipTally
 from contrastkit.losses import from_config as build_loss
 from contrastkit.losses.base import MultiLoss, PairLoss
 from contrastkit.models.dual_encoder import DualEncoder, build_model
@@ -44,6 +44,7 @@ from contrastkit.train.config import RunConfig
 from contrastkit.train.distributed import (
     DistContext,
     all_mean,
+    all_sum_counts,
     all_true,
     average_gradients,
     broadcast_parameters,
@@ -375,8 +376,9 @@ def _take_batch(s: _Session, raw: dict) -> dict[str, torch.Tensor]:
     move the batch to the device."""
     skips = raw.pop(SKIPS_KEY, {})
     s.stream_state.update(raw.pop(POS_KEY, {}))
-    rows = len(next(v for v in raw.values() if isinstance(v, torch.Tensor)))
-    s.skips.add(skips, rows)
+    skips["rows"] = len(next(v for v in raw.values() if isinstance(v, torch.Tensor)))
+    total = all_sum_counts(skips, ("rows", *REASONS), s.dist)  # every rank decides on the same totals
+    s.skips.add({k: v for k, v in total.items() if k != "rows"}, total["rows"])
     s.skips.check(s.cfg.data.max_skip_fraction, s.cfg.data.skip_grace)
     return {k: v.to(s.device, non_blocking=True) for k, v in raw.items()}
 
