@@ -33,7 +33,6 @@ from contrastkit.data.tabular import make_csv, make_parquet, make_tsv
 __all__ = ["SOURCES", "Mixture", "Source", "load_split", "open_split", "source_captions", "train_loader"]
 
 
-
 @dataclass(frozen=True)
 class Mixture:
     """The training split of every ``data.sources`` entry, with its weight (:mod:`contrastkit.data.mix`)."""

@@ -96,6 +96,8 @@ class PairSet:
             raise InputError(
                 f"images must be uint8 [N, 3, H, W], got {self.images.dtype} {tuple(self.images.shape)}"
             )
+        if not self.images.is_contiguous():  # a channels-last view would change conv kernels and numbers
+            object.__setattr__(self, "images", self.images.contiguous())
         if len(self.captions) != self.images.shape[0]:
             raise InputError(f"{len(self.captions)} caption lists for {self.images.shape[0]} images")
         if any(len(c) == 0 for c in self.captions):

@@ -24,6 +24,7 @@ in seconds).
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,20 +41,30 @@ DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
 
 def read_columns(path: Path, fmt: str) -> dict[str, list]:
-    """Every column of a csv/tsv/parquet file as Python lists (pyarrow)."""
+    """Every column of a csv/tsv/parquet file as Python lists (pyarrow). Text files are read as
+    strings throughout (a caption "1984" or a label "007" must not become a number); numbers in
+    extra columns are parsed later (:func:`extra_column`)."""
+    import pyarrow as pa
+
     if not path.is_file():
         raise MissingFileError(f"{fmt} source: no file at {path}")
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
-    else:
-        import pyarrow.csv as pacsv
+            table = pq.read_table(path)
+        else:
+            import pyarrow.csv as pacsv
 
-        opts = pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",")
-        # strings stay strings (a caption "1984" or a label "007" must not become a number)
-        conv = pacsv.ConvertOptions(strings_can_be_null=False)
-        table = pacsv.read_csv(path, parse_options=opts, convert_options=conv)
+            delimiter = "\t" if fmt == "tsv" else ","
+            with open(path, newline="", encoding="utf-8") as f:
+                header = next(csv.reader(f, delimiter=delimiter), [])
+            conv = pacsv.ConvertOptions(
+                column_types={name: pa.string() for name in header}, strings_can_be_null=False
+            )
+            table = pacsv.read_csv(path, pacsv.ReadOptions(), pacsv.ParseOptions(delimiter=delimiter), conv)
+    except pa.ArrowInvalid as err:
+        raise DataError(f"{fmt} source {path}: cannot read it as {fmt}: {err}") from None
     return {name: table.column(name).to_pylist() for name in table.column_names}
 
 
@@ -110,10 +121,22 @@ def class_task(values: Sequence[Any], templates: Sequence[str], classnames: Sequ
     return ClassTask(names, tuple(templates), np.asarray(labels, dtype=np.int64))
 
 
+def _number(v: Any) -> Any:
+    if not isinstance(v, str):
+        return v
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
 def extra_column(values: Sequence[Any], text: bool) -> ExtraColumn:
     """A pass-through column: text (tokenised), float/int numbers, or string categories."""
     if text:
         return ExtraColumn(tuple(values), "text")
+    values = [_number(v) for v in values]  # text files hold numbers as strings
     present = [v for v in values if v is not None]
     if all(isinstance(v, (bool, int, np.integer)) for v in present) and len(present) == len(values):
         return ExtraColumn(tuple(int(v) for v in values), "int")
@@ -152,7 +175,8 @@ def make_table(
         rows = np.flatnonzero(values == split)
         if len(rows) == 0:
             raise DataError(
-                f"{file.name}: no rows with {split_column} = {split!r}; values: {sorted(set(values))}"
+                f"{file.name}: no rows with {split_column} = {split!r}; "
+                f"values: {sorted({str(v) for v in values})}"
             )
     if limit is not None:
         rows = rows[:limit]

@@ -16,7 +16,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pyarrow
 import pytest
 import torch
 
@@ -235,23 +234,11 @@ def _split_csv(folder: Path):
     return source_config("csv", params, exact(32), splits={"train": {}, "test": {}})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: make_table (tabular.py:151, :155) formats the split values from a numpy array, so "
-    "the error reads \"values: [np.str_('train'), np.str_('val')]\" instead of \"['train', 'val']\"",
-)
 def test_missing_split_error_lists_the_values_plainly(tmp_path):
     with pytest.raises(DataError, match=r"values: \['train', 'val'\]$"):
         open_split(_split_csv(tmp_path), "test")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pyarrow.lib.ArrowInvalid,
-    reason="bug: tabular.read_columns (tabular.py:56) passes a 0-byte CSV to pyarrow, which raises "
-    "pyarrow.lib.ArrowInvalid('Empty CSV file') instead of the DataError an empty source gives",
-)
 def test_zero_byte_csv_is_a_data_error(tmp_path):
     (tmp_path / "zero.csv").write_bytes(b"")
     with pytest.raises(DataError):

@@ -298,19 +298,7 @@ def test_three_training_steps_from_every_format(run_losses, ds, fmt):
         pytest.param("fashion", marks=needs_fashion),
         pytest.param(
             "emoji",
-            marks=[
-                needs_emoji,
-                pytest.mark.xfail(
-                    strict=True,
-                    raises=AssertionError,
-                    reason="bug: make_emoji (emoji.py:100 and :122-123) builds its images from "
-                    "transposed HWC arrays, so PairSet.images is channels-last strided (stride "
-                    "(12288, 1, 192, 3), not contiguous); batches keep that layout, the convolutions "
-                    "take another kernel, and training differs from the same pixels read from files "
-                    "(step-1 loss 4.191317 vs 4.191305, step 3 3.53831 vs 3.54006). Fix: "
-                    "torch.from_numpy(np.ascontiguousarray(pix))",
-                ),
-            ],
+            marks=needs_emoji,
         ),
     ],
 )
@@ -340,13 +328,6 @@ def test_load_split_of_a_clean_table_does_not_warn(tmp_path):
     assert [str(m.message) for m in caught if "skipped" in str(m.message)] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: tabular.read_columns (tabular.py:55-56) lets pyarrow infer column types, so a "
-    "label column '007','010','3' becomes integers (class names '10','3','7') and a caption "
-    "'007' becomes '7', though the comment there promises strings stay strings",
-)
 def test_csv_cells_that_look_like_numbers_stay_strings(tmp_path):
     cfg = _shapes_csv(tmp_path, ["1984", "007", "2001", "42"], ["007", "010", "3", "007"])
     table = open_split(cfg, "train")
