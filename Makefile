@@ -53,6 +53,7 @@ bench: setup  ## benchmarks of docs/performance.md (installs open_clip for the c
 	$(BIN)/python benchmarks/loss_scaling.py
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/loss_speed.py
+	$(BIN)/python benchmarks/data_throughput.py
 
 lint: setup
 	$(BIN)/ruff check .
