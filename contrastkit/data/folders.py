@@ -30,7 +30,7 @@ import numpy as np
 
 from contrastkit.core.errors import ConfigError, DataError, MissingFileError
 from contrastkit.data.pairs import ClassTask
-from contrastkit.data.table import PairTable
+from contrastkit.data.table import PAIR_KEY, PairTable
 from contrastkit.data.tabular import DEFAULT_TEMPLATES, _captions, _image_ref, class_task, extra_column
 
 __all__ = ["IMAGE_EXTENSIONS", "make_hf", "make_imagefolder"]
@@ -76,8 +76,9 @@ def make_imagefolder(
 def make_hf(
     split: str,
     path: str,
-    image_column: str = "image",
+    image_column: str | None = "image",
     caption_columns: Sequence[str] = ("caption",),
+    pair_column: str | None = None,
     label_columns: Sequence[str] = (),
     templates: Sequence[str] = DEFAULT_TEMPLATES,
     extra_columns: Sequence[str] = (),
@@ -98,7 +99,9 @@ def make_hf(
         if split not in ds:
             raise ConfigError(f"hf source {folder}: no split {split!r}; splits are {list(ds)}")
         ds = ds[split]
-    wanted = [image_column, *caption_columns, *label_columns, *extra_columns, *text_columns]
+    images_in = [image_column] if image_column else []
+    pairs_in = [pair_column] if pair_column else []
+    wanted = [*images_in, *caption_columns, *pairs_in, *label_columns, *extra_columns, *text_columns]
     missing = [c for c in wanted if c not in ds.column_names]
     if missing:
         raise ConfigError(f"hf source {folder}: no column(s) {missing}; columns are {ds.column_names}")
@@ -106,10 +109,10 @@ def make_hf(
         ds = ds.select(range(min(limit, len(ds))))
     if len(ds) == 0:
         raise DataError(f"hf source {folder} ({split}) has no rows")
-    if isinstance(ds.features[image_column], datasets.Image):
+    if image_column and isinstance(ds.features[image_column], datasets.Image):
         ds = ds.cast_column(image_column, datasets.Image(decode=False))  # bytes/paths, decoded in workers
     cols = {c: ds[c] for c in dict.fromkeys(wanted)}
-    images = [_image_ref(v, folder) for v in cols[image_column]]
+    images = [_image_ref(v, folder) for v in cols[image_column]] if image_column else [None] * len(ds)
     captions = tuple(_captions(cols, caption_columns, None, r) for r in range(len(ds)))
     tasks = {}
     for c in label_columns:
@@ -118,4 +121,6 @@ def make_hf(
         tasks[c] = class_task(cols[c], templates, names)
     extras = {c: extra_column(cols[c], text=False) for c in extra_columns}
     extras.update({c: extra_column(cols[c], text=True) for c in text_columns})
+    if pair_column:
+        extras[PAIR_KEY] = extra_column(cols[pair_column], text=True)
     return PairTable(images, captions, tasks, extras, name=f"{folder.name}:{split}")

@@ -27,7 +27,7 @@ from contrastkit.data.folders import make_hf, make_imagefolder
 from contrastkit.data.mix import MixBatchSampler, MixDataset
 from contrastkit.data.pairs import Collate, PairBatchSampler, PairDataset, PairSet
 from contrastkit.data.shards import ShardSource, ShardStream, make_webdataset
-from contrastkit.data.table import PairTable, TableDataset
+from contrastkit.data.table import PAIR_KEY, PairTable, TableDataset
 from contrastkit.data.tabular import make_csv, make_parquet, make_tsv
 
 __all__ = ["SOURCES", "Mixture", "Source", "load_split", "open_split", "source_captions", "train_loader"]
@@ -98,7 +98,14 @@ def source_captions(source: Source) -> list[str]:
     """Training captions to build a word tokenizer from (a shard source: the first 50,000)."""
     if isinstance(source, ShardSource):
         return source.captions()
-    return [c for caps in source.captions for c in caps]
+    parts = source.parts if isinstance(source, Mixture) else (source,)
+    pairs = [
+        str(v)
+        for p in parts
+        if isinstance(p, PairTable) and PAIR_KEY in p.extras
+        for v in p.extras[PAIR_KEY].values
+    ]
+    return [c for caps in source.captions for c in caps] + pairs
 
 
 def train_loader(
@@ -172,4 +179,7 @@ def _text_extras(source: Source, extras: Sequence[str]) -> tuple[str, ...]:
         return tuple(e for e in extras if e in source.text_fields)
     parts = source.parts if isinstance(source, Mixture) else (source,)
     tables = [p for p in parts if isinstance(p, PairTable)]
-    return tuple(e for e in extras if any(e in t.extras and t.extras[e].kind == "text" for t in tables))
+    pair = (PAIR_KEY,) if any(PAIR_KEY in t.extras for t in tables) else ()
+    return pair + tuple(
+        e for e in extras if any(e in t.extras and t.extras[e].kind == "text" for t in tables)
+    )

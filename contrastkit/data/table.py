@@ -34,7 +34,9 @@ from contrastkit.data.images import ImageConfig, SkipSample, load_image
 from contrastkit.data.pairs import ClassTask, PairDataset, PairSet, SampledBatch
 from contrastkit.data.skips import SKIPS_KEY
 
-__all__ = ["ExtraColumn", "PairTable", "TableDataset", "extra_tensor"]
+__all__ = ["PAIR_KEY", "ExtraColumn", "PairTable", "TableDataset", "extra_tensor"]
+
+PAIR_KEY = "text@1"  # a text-pair table's second text (pair_column): a view of the text modality
 
 _TAG = 0x7AB1E  # separates substitute draws from the sampler's and the augmentations' streams
 MAX_ATTEMPTS = 64  # consecutive unusable substitutes before a batch gives up
@@ -165,12 +167,20 @@ class TableDataset(PairDataset):
             raise InputError(f"extra column(s) {missing} not in {table.name}; it has {sorted(table.extras)}")
         self.table = table
         self.image = image
-        self.extras = tuple(extras)
+        self.extras = tuple(extras) + (
+            (PAIR_KEY,) if PAIR_KEY in table.extras and PAIR_KEY not in extras else ()
+        )
+        self.decode = "image" in self.modalities or views > 0
         self._n_captions = np.asarray([len(c) for c in table.captions])
 
     def _sample(self, i: int, j: int, key: Sequence[int]) -> torch.Tensor:
         if not self.table.captions[i][j].strip():
             raise SkipSample("empty caption", f"row {i}")
+        pair = self.table.extras.get(PAIR_KEY)
+        if pair is not None and not str(pair.values[i] or "").strip():
+            raise SkipSample("empty caption", f"row {i} ({PAIR_KEY})")
+        if not self.decode:  # text-only batches: no image is read
+            return torch.empty(0, dtype=torch.uint8)
         return self.table.read(i, self.image, key)
 
     def _load(

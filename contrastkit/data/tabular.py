@@ -33,7 +33,7 @@ import numpy as np
 
 from contrastkit.core.errors import ConfigError, DataError, MissingFileError
 from contrastkit.data.pairs import ClassTask
-from contrastkit.data.table import ExtraColumn, PairTable
+from contrastkit.data.table import PAIR_KEY, ExtraColumn, PairTable
 
 __all__ = ["DEFAULT_TEMPLATES", "class_task", "extra_column", "make_table", "read_columns"]
 
@@ -150,9 +150,10 @@ def make_table(
     split: str,
     path: str,
     fmt: str = "csv",
-    image_column: str = "image",
+    image_column: str | None = "image",
     caption_columns: Sequence[str] = ("caption",),
     caption_sep: str | None = None,
+    pair_column: str | None = None,
     label_columns: Sequence[str] = (),
     templates: Sequence[str] = DEFAULT_TEMPLATES,
     extra_columns: Sequence[str] = (),
@@ -164,10 +165,11 @@ def make_table(
     """The ``split`` rows of a csv/tsv/parquet file as a :class:`PairTable` (module docstring)."""
     file = Path(path).expanduser()
     columns = read_columns(file, fmt)
-    _require(columns, [image_column], "image", file)
+    _require(columns, [image_column] if image_column else [], "image", file)
     _require(columns, caption_columns, "caption", file)
     _require(columns, [*label_columns, *extra_columns, *text_columns], "label/extra", file)
-    n = len(columns[image_column])
+    _require(columns, [pair_column] if pair_column else [], "pair", file)
+    n = len(columns[caption_columns[0]]) if caption_columns else 0
     rows = np.arange(n)
     if split_column is not None:
         _require(columns, [split_column], "split", file)
@@ -184,11 +186,13 @@ def make_table(
         raise DataError(f"{fmt} source {file} has no rows")
     root = Path(image_root).expanduser() if image_root else file.parent
     cols = {k: [v[i] for i in rows] for k, v in columns.items()}
-    images = [_image_ref(v, root) for v in cols[image_column]]
+    images = [_image_ref(v, root) for v in cols[image_column]] if image_column else [None] * len(rows)
     captions = tuple(_captions(cols, caption_columns, caption_sep, r) for r in range(len(rows)))
     tasks = {c: class_task(cols[c], templates) for c in label_columns}
     extras = {c: extra_column(cols[c], text=False) for c in extra_columns}
     extras.update({c: extra_column(cols[c], text=True) for c in text_columns})
+    if pair_column:
+        extras[PAIR_KEY] = extra_column(cols[pair_column], text=True)
     return PairTable(images, captions, tasks, extras, name=f"{file.name}:{split}")
 
 

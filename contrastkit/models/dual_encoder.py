@@ -102,8 +102,8 @@ class ModelConfig:
     lock: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if len(self.towers) < 2:
-            raise ConfigError(f"model.towers needs at least two modalities, got {list(self.towers)}")
+        if not self.towers:  # one tower: a Siamese encoder of two views, e.g. text and text@1 (pairs)
+            raise ConfigError("model.towers is empty: name at least one modality's tower")
         if self.embed_dim < 1:
             raise ConfigError(f"model.embed_dim must be >= 1, got {self.embed_dim}")
         bad = [m for m in self.towers if "@" in m or ":" in m]

@@ -254,6 +254,8 @@ def _compute_loss(s: _Session, emb: dict[str, torch.Tensor], batch: dict[str, to
     if isinstance(s.loss, MultiLoss):  # the objective may be a cross-rank wrapper of it
         return s.objective({k: v.float() for k, v in emb.items()}, **aux)
     pair = s.model.modalities[:2]
+    if len(pair) == 1:  # one tower (text pairs, image views): the modality against its view 1
+        pair = (pair[0], f"{pair[0]}@1")
     missing = [m for m in pair if m not in emb]
     if missing:
         raise ConfigError(
