@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from contrastkit.core.errors import ConfigError
 from contrastkit.data import DataConfig, PairBatchSampler, make_shapes, open_split, train_loader
-from contrastkit.models import ModelConfig
+from contrastkit.models import ModelConfig, build_model
 from contrastkit.train import RunConfig, load_run, read_metrics, train
 
 
@@ -65,17 +65,22 @@ def test_a_text_tower_learns_to_match_paraphrases(tmp_path):
         train=dataclasses.replace(base.train, steps=60, batch_size=32, log_every=10),
     )
     rows = read_metrics(train(cfg).run_dir)
-    assert rows[-1]["loss"] < rows[0]["loss"] - 1.0
+    assert [r["step"] for r in rows] == [10, 20, 30, 40, 50, 60]
     _, trained, _, _ = load_run(tmp_path / "runs" / "tiny")
+    untrained = build_model(model, assets_dir=tmp_path / "runs" / "tiny" / "assets").eval()
     test = open_split(_data(test_path), "train")
     anchors = [c[0] for c in test.captions][:64]
     positives = list(test.extras["text@1"].values)[:64]
-    with torch.no_grad():
-        a = F.normalize(trained.encode("text", trained.tokenize(anchors)), dim=-1)
-        p = F.normalize(trained.encode("text@1", trained.tokenize(positives)), dim=-1)
-    top1 = (a @ p.T).argmax(1).eq(torch.arange(len(anchors))).float().mean().item()
-    untrained_chance = 1 / len(anchors)
-    assert top1 > 10 * untrained_chance  # held-out paraphrase retrieval, 64-way
+
+    def top1(m) -> float:  # held-out paraphrase retrieval, 64-way (chance 1/64)
+        with torch.no_grad():
+            a = F.normalize(m.encode("text", m.tokenize(anchors)), dim=-1)
+            p = F.normalize(m.encode("text@1", m.tokenize(positives)), dim=-1)
+        return (a @ p.T).argmax(1).eq(torch.arange(len(anchors))).float().mean().item()
+
+    before, after = top1(untrained), top1(trained)
+    print(f"paraphrase top-1: untrained {before:.3f}, trained {after:.3f}")
+    assert after > 0.7 and after > before + 0.3  # measured: 0.34 → 0.88
 
 
 def test_a_missing_pair_column_lists_the_columns(tmp_path):
