@@ -32,9 +32,7 @@ from contrastkit.core.config import from_dict, load_yaml, to_dict
 from contrastkit.core.errors import ConfigError, MissingFileError
 from contrastkit.core.io import atomic_write_text
 from contrastkit.core.runtime import seed_everything, set_threads
-from contrastkit.data import Source, open_split, source_captions, train_loader
-from contrastkit.data.shards import POS_KEY, ShardSource
-from contrastkit.data.skips import REASONS, SKIPS_KEY, SkipTally
+from contrastkit.data import Source, open_split, source_captions
 from contrastkit.losses import from_config as build_loss
 from contrastkit.losses.base import MultiLoss, PairLoss
 from contrastkit.models.dual_encoder import DualEncoder, build_model
@@ -44,13 +42,13 @@ from contrastkit.train.config import RunConfig
 from contrastkit.train.distributed import (
     DistContext,
     all_mean,
-    all_sum_counts,
     all_true,
     average_gradients,
     broadcast_parameters,
     init_from_env,
     wrap_loss,
 )
+from contrastkit.train.feed import DataFeed
 from contrastkit.train.guard import StepGuard
 from contrastkit.train.logger import MetricsLogger
 from contrastkit.train.optim import build_optimizer, build_scheduler, param_groups
@@ -83,8 +81,7 @@ class _Session:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     guard: StepGuard
     logger: MetricsLogger
-    skips: SkipTally
-    stream_state: dict[int, list[int]]  # a shard source's newest place per stream slot (this rank's)
+    feed: DataFeed  # the training batches, skip totals and stream places
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
@@ -154,8 +151,7 @@ def _session(cfg: RunConfig, run_dir: Path, fresh: bool, ctx: DistContext, devic
         scheduler,
         StepGuard(cfg.guard),
         logger,
-        SkipTally(),
-        {},
+        DataFeed(train_set, cfg.data, ctx),
     )
 
 
@@ -213,7 +209,7 @@ def resume(run_dir: str | Path, *, callbacks: Sequence[Callback] = ()) -> TrainR
     s = _session(cfg, run_dir, fresh=False, ctx=ctx, device=device)
     state = load_checkpoint(ckpt, s.model, s.loss, s.optimizer, s.scheduler)
     s.guard.load_state_dict(state.extra["guard"])
-    _restore_data_state(s, state.extra.get("data", {}))
+    s.feed.load_state_dict(state.extra.get("data", {}))
     if ctx.main:
         s.logger.truncate_after(state.step)
     return _fit(s, start=state.step, callbacks=callbacks)
@@ -334,59 +330,15 @@ def _record(
                 "step_time": t2 - t1,
                 "samples_per_s": rate,
                 "skipped_total": s.guard.total,
-                **s.skips.log_values(),
+                **s.feed.skips.log_values(),
                 **({"skip_reason": reason} if reason else {}),
             },
         )
     return rate
 
 
-def _data_state(s: _Session) -> dict:
-    """What resuming the data needs beyond the step: skip totals and, for a shard source, every
-    stream slot's place (gathered from all ranks)."""
-    slots: dict[int, list[int]] = dict(s.stream_state)
-    if s.dist.active and isinstance(s.train_set, ShardSource):
-        import torch.distributed as dist
-
-        parts: list[dict | None] = [None] * s.dist.world
-        dist.all_gather_object(parts, slots)
-        slots = {k: v for part in parts for k, v in (part or {}).items()}
-    return {
-        "skips": s.skips.state_dict(),
-        "stream": {str(k): v for k, v in sorted(slots.items())},
-        "layout": {"world": s.dist.world, "num_workers": s.cfg.data.num_workers},
-    }
-
-
-def _restore_data_state(s: _Session, state: dict) -> None:
-    s.skips.load_state_dict(state.get("skips", {}))
-    if not isinstance(s.train_set, ShardSource):
-        return
-    layout = state.get("layout", {})
-    now = {"world": s.dist.world, "num_workers": s.cfg.data.num_workers}
-    if layout and layout != now:
-        raise ConfigError(
-            f"this run streamed its shards with {layout['world']} rank(s) × {layout['num_workers']} "
-            f"worker(s); resume it with the same layout (now {now['world']} × {now['num_workers']}) "
-            "to continue the exact stream"
-        )
-    s.stream_state = {int(k): list(v) for k, v in state.get("stream", {}).items()}
-
-
-def _take_batch(s: _Session, raw: dict) -> dict[str, torch.Tensor]:
-    """Pop the loader's bookkeeping fields (skips, stream place), count and check skips, and
-    move the batch to the device."""
-    skips = raw.pop(SKIPS_KEY, {})
-    s.stream_state.update(raw.pop(POS_KEY, {}))
-    skips["rows"] = len(next(v for v in raw.values() if isinstance(v, torch.Tensor)))
-    total = all_sum_counts(skips, ("rows", *REASONS), s.dist)  # every rank decides on the same totals
-    s.skips.add({k: v for k, v in total.items() if k != "rows"}, total["rows"])
-    s.skips.check(s.cfg.data.max_skip_fraction, s.cfg.data.skip_grace)
-    return {k: v.to(s.device, non_blocking=True) for k, v in raw.items()}
-
-
 def _checkpoint(s: _Session, step: int) -> None:
-    data_state = _data_state(s)
+    data_state = s.feed.state_dict()
     if s.dist.main:
         save_checkpoint(
             s.run_dir / "checkpoints",
@@ -405,16 +357,12 @@ def _fit(s: _Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
     cfg = s.cfg.train
     data = s.cfg.data
     text = "text" in data.modalities
-    loader = train_loader(
-        s.train_set,
-        data,
+    loader = s.feed.loader(
         s.model.tokenize if text else None,
+        s.model.count_truncated if text else None,
         cfg.batch_size,
         cfg.seed,
-        start=start,
-        shard=(s.dist.rank, s.dist.world),
-        stream_state={k: v for k, v in s.stream_state.items()},
-        truncated=s.model.count_truncated if text else None,
+        start,
     )
     bar = tqdm(
         total=cfg.steps,
@@ -430,7 +378,7 @@ def _fit(s: _Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
     try:
         while step < cfg.steps:
             t0 = time.perf_counter()
-            batch = _take_batch(s, next(batches))
+            batch = s.feed.take(next(batches), s.device)
             t1 = time.perf_counter()
             torch.manual_seed(_step_seed(cfg.seed, step, s.dist.rank))
             loss_val, grad_norm, reason = _step(s, batch, step)
@@ -443,7 +391,7 @@ def _fit(s: _Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
                 scale=f"{scale:.2f}",
                 sps=f"{rate:.0f}",
                 skipped=s.guard.total,
-                bad_data=s.skips.skipped,
+                bad_data=s.feed.skips.skipped,
                 refresh=False,
             )
             bar.update(1)
