@@ -44,6 +44,21 @@ __all__ = [
 _TAG = 0x5EED_A119  # separates the augmentation streams from the sampler's (seed, epoch) streams
 
 
+def check_crop_flip_jitter(cfg: object, where: str) -> None:
+    """Validate the crop/flip/jitter fields shared by :class:`AugmentConfig` and ``ImageConfig``."""
+    lo, hi = cfg.crop_scale  # type: ignore[attr-defined]
+    if not 0 < lo <= hi <= 1:
+        raise ConfigError(f"{where}.crop_scale must satisfy 0 < lo <= hi <= 1, got {(lo, hi)}")
+    rlo, rhi = cfg.crop_ratio  # type: ignore[attr-defined]
+    if not 0 < rlo <= rhi:
+        raise ConfigError(f"{where}.crop_ratio must satisfy 0 < lo <= hi, got {(rlo, rhi)}")
+    if not 0 <= cfg.flip <= 1:  # type: ignore[attr-defined]
+        raise ConfigError(f"{where}.flip is a probability in [0, 1], got {cfg.flip}")  # type: ignore[attr-defined]
+    for name in ("brightness", "contrast", "saturation"):
+        if not 0 <= getattr(cfg, name) <= 1:
+            raise ConfigError(f"{where}.{name} must be in [0, 1], got {getattr(cfg, name)}")
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
     """Strengths of the view augmentations (``data.augment``); see the module docstring.
@@ -60,19 +75,7 @@ class AugmentConfig:
     size: int | None = None
 
     def __post_init__(self) -> None:
-        lo, hi = self.crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise ConfigError(
-                f"data.augment.crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale}"
-            )
-        rlo, rhi = self.crop_ratio
-        if not 0 < rlo <= rhi:
-            raise ConfigError(f"data.augment.crop_ratio must satisfy 0 < lo <= hi, got {self.crop_ratio}")
-        if not 0 <= self.flip <= 1:
-            raise ConfigError(f"data.augment.flip is a probability in [0, 1], got {self.flip}")
-        for name in ("brightness", "contrast", "saturation"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"data.augment.{name} must be in [0, 1], got {getattr(self, name)}")
+        check_crop_flip_jitter(self, "data.augment")
         if self.size is not None and self.size < 1:
             raise ConfigError(f"data.augment.size must be >= 1 or null, got {self.size}")
 

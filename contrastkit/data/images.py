@@ -40,6 +40,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from contrastkit.core.errors import ConfigError
+from contrastkit.data.augment import check_crop_flip_jitter
 
 __all__ = ["ImageConfig", "SkipSample", "decode_image", "load_image", "transform_image"]
 
@@ -80,16 +81,7 @@ class ImageConfig:
     def __post_init__(self) -> None:
         if self.size < 1:
             raise ConfigError(f"data.image.size must be >= 1, got {self.size}")
-        lo, hi = self.crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise ConfigError(f"data.image.crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale}")
-        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
-            raise ConfigError(f"data.image.crop_ratio must satisfy 0 < lo <= hi, got {self.crop_ratio}")
-        if not 0 <= self.flip <= 1:
-            raise ConfigError(f"data.image.flip is a probability in [0, 1], got {self.flip}")
-        for name in ("brightness", "contrast", "saturation"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"data.image.{name} must be in [0, 1], got {getattr(self, name)}")
+        check_crop_flip_jitter(self, "data.image")
         if not 0 <= self.hue <= 0.5:
             raise ConfigError(f"data.image.hue must be in [0, 0.5], got {self.hue}")
 

@@ -8,26 +8,9 @@ import torch
 
 from contrastkit.core.errors import InputError, MissingFileError
 from contrastkit.data import build
-from contrastkit.data.emoji import base_name, emoji_dir, emoji_records, split_groups
-from contrastkit.data.fashion import CLASSES, EVAL_TEMPLATES, TRAIN_TEMPLATES, fashion_dir
-
-
-def _installed(find) -> bool:
-    try:
-        find()
-    except MissingFileError:
-        return False
-    return True
-
-
-needs_fashion = pytest.mark.skipif(
-    not _installed(fashion_dir),
-    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist; make setup)",
-)
-needs_emoji = pytest.mark.skipif(
-    not _installed(emoji_dir),
-    reason="emoji data not installed (npm install --prefix .cache/npm emoji-datasource-google)",
-)
+from contrastkit.data.emoji import base_name, emoji_records, split_groups
+from contrastkit.data.fashion import CLASSES, EVAL_TEMPLATES, TRAIN_TEMPLATES
+from tests.data._write import needs_emoji, needs_fashion
 
 
 @needs_fashion
