@@ -186,7 +186,7 @@ def _params(items: Sequence[str], flag: str) -> dict[str, object]:
         try:
             params[key] = yaml.safe_load(value)
         except yaml.YAMLError as err:
-            hint = ' (quote list items that contain braces: [\"a {}\", \"b {}\"])' if "{" in value else ""
+            hint = ' (quote list items that contain braces: ["a {}", "b {}"])' if "{" in value else ""
             first = str(err).splitlines()[0]
             raise ConfigError(f"{flag} {key}: cannot read {value!r} as a YAML value: {first}{hint}") from None
     return params

@@ -118,9 +118,11 @@ def train_loader(
     shard: tuple[int, int] = (0, 1),
     stream_state: Mapping[int, Sequence[int]] | None = None,
     truncated: Callable[[list[str]], int] | None = None,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """The infinite stream of training batches starting after ``start`` consumed batches (this
-    rank's shard of each global batch). ``stream_state``: a shard source's saved slot places."""
+    rank's shard of each global batch). ``stream_state``: a shard source's saved slot places;
+    ``truncated``: counts captions beyond the text context; ``pin_memory``: for a CUDA device."""
     if "text" in cfg.modalities and tokenize is None:
         raise ConfigError("batches with text need a tokenize function")
     augment_text = None
@@ -135,6 +137,7 @@ def train_loader(
         "num_workers": workers,
         "persistent_workers": workers > 0,
         "collate_fn": collate,
+        "pin_memory": pin_memory,  # page-locked batches: the copy to a GPU overlaps the step
     }
     if isinstance(source, ShardSource):
         if cfg.concepts:

@@ -40,11 +40,13 @@ class DataFeed:
         batch_size: int,
         seed: int,
         start: int,
+        device: torch.device,
     ) -> DataLoader:
         """The stream of batches after ``start`` consumed ones (from the restored places)."""
-        shard = (self.dist.rank, self.dist.world)
+        shard, pin = (self.dist.rank, self.dist.world), device.type == "cuda"
+        places = dict(self.places)
         return train_loader(
-            self.source, self.cfg, tokenize, batch_size, seed, start, shard, dict(self.places), truncated
+            self.source, self.cfg, tokenize, batch_size, seed, start, shard, places, truncated, pin
         )
 
     def take(self, raw: dict, device: torch.device) -> dict[str, torch.Tensor]:

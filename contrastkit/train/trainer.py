@@ -363,6 +363,7 @@ def _fit(s: _Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
         cfg.batch_size,
         cfg.seed,
         start,
+        s.device,
     )
     bar = tqdm(
         total=cfg.steps,
