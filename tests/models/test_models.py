@@ -92,8 +92,9 @@ def test_errors():
             ),
             texts=["a"],
         )
-    with pytest.raises(ConfigError, match="at least two modalities"):
-        ModelConfig(towers={"image": TowerConfig("timm")})
+    with pytest.raises(ConfigError, match="model.towers is empty"):
+        ModelConfig(towers={})
+    assert list(ModelConfig(towers={"text": TowerConfig("hf_text")}).towers) == ["text"]  # text pairs
     with pytest.raises(MissingFileError, match="no Hugging Face model"):
         build_model(
             ModelConfig(
