@@ -157,15 +157,18 @@ class ShardSource:
         return out
 
     def pairset(self, image: ImageConfig, progress: bool = False) -> tuple[PairSet, Counter[str]]:
-        """Every usable sample, in shard order, decoded with the evaluation transform."""
+        """Every usable sample, in shard order, decoded with the evaluation transform (with every
+        caption ``KEY.json`` lists, for retrieval)."""
         from tqdm.auto import tqdm
 
         skips: Counter[str] = Counter()
         rows: list[dict[str, Any]] = []
+        metas: list[bytes | None] = []  # KEY.json: every caption of a sample written by data shards
         for url in tqdm(self.urls, desc=f"read {self.name}", disable=not progress, unit="shard"):
             for raw in iter_shard(url, skips):
                 try:
                     rows.append(self.decode(raw, image, None))
+                    metas.append(raw.get("json"))
                 except SkipSample as err:
                     skips[err.reason] += 1
         if not rows:
@@ -176,7 +179,20 @@ class ShardSource:
             names = self.classnames or tuple(str(c) for c in range(int(labels.max()) + 1))
             tasks["class"] = ClassTask(tuple(names), self.templates, labels)
         images = torch.stack([r["image"] for r in rows])
-        return PairSet(images, tuple((r["text"],) for r in rows), tasks, self.name), skips
+        captions = tuple(_all_captions(raw_json, r["text"]) for r, raw_json in zip(rows, metas))
+        return PairSet(images, captions, tasks, self.name), skips
+
+
+def _all_captions(meta: bytes | None, text: str) -> tuple[str, ...]:
+    """A sample's captions for evaluation: ``KEY.json``'s ``captions`` list when it has one (as
+    ``contrastkit data shards`` writes), else the ``.txt`` caption."""
+    try:
+        caps = json.loads(meta)["captions"] if meta else None
+    except (ValueError, KeyError, TypeError):
+        caps = None
+    if isinstance(caps, list) and caps and all(isinstance(c, str) and c.strip() for c in caps):
+        return tuple(c.strip() for c in caps)
+    return (text,)
 
 
 class ShardStream(IterableDataset):

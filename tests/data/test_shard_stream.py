@@ -97,3 +97,13 @@ def test_resume_from_saved_places_continues_the_exact_stream(shard_dir, workers)
             assert a[POS_KEY] == b[POS_KEY]
     epochs = {p[0] for b in full for p in b[POS_KEY].values()}
     assert epochs >= {0, 1, 2}  # the comparison crossed epoch boundaries
+
+
+def test_evaluation_from_shards_keeps_every_caption_and_exact_images(tmp_path):
+    pairs = make_shapes("test", n=30, image_size=16, seed=5)
+    write_shards(pairs, tmp_path, shard_size=8)
+    decoded, skips = make_webdataset("test", str(tmp_path / "shard-{000000..000003}.tar")).pairset(
+        ImageConfig(size=16)
+    )
+    assert not skips and torch.equal(decoded.images, pairs.images)  # PNG round trip, identity resize
+    assert decoded.captions == pairs.captions and max(len(c) for c in pairs.captions) >= 2
