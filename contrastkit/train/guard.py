@@ -1,14 +1,18 @@
-"""Step guard: detect non-finite losses/gradients and loss spikes; skip and count them."""
+"""Step guard: detect non-finite losses/gradients, loss spikes and non-finite weights after a step;
+skip (and undo) such steps and count them."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+import torch
+from torch import nn
+
 from contrastkit.core.errors import TrainingDivergedError
 from contrastkit.train.config import GuardConfig
 
-__all__ = ["StepGuard"]
+__all__ = ["StepGuard", "WeightSnapshot", "all_finite", "module_tensors"]
 
 
 @dataclass
@@ -74,3 +78,61 @@ class StepGuard:
     def load_state_dict(self, state: dict) -> None:
         for k, v in state.items():
             setattr(self, k, v)
+
+
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every element of every tensor is finite (one reduction per dtype group)."""
+    floats = [t for t in tensors if t.is_floating_point() and t.numel()]
+    if not floats:
+        return True
+    return bool(torch.stack([torch.isfinite(t).all() for t in floats]).all())
+
+
+class WeightSnapshot:
+    """The trainable parameters and their optimizer state as they were before an optimizer step,
+    so that a step leaving any of them non-finite (``lr=inf``, ``weight_decay=nan``, an overflow)
+    can be undone exactly instead of being saved. Buffers are allocated once and reused."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self._params: list[torch.Tensor] = []
+        self._state: dict[int, dict[str, torch.Tensor]] = {}
+        self._had_state: list[bool] = []
+
+    def take(self) -> None:
+        if not self._params:
+            self._params = [torch.empty_like(p) for p in self.params]
+        with torch.no_grad():
+            torch._foreach_copy_(self._params, [p.detach() for p in self.params])
+        self._had_state = [p in self.optimizer.state for p in self.params]
+        for i, p in enumerate(self.params):
+            for k, v in self.optimizer.state.get(p, {}).items():
+                if isinstance(v, torch.Tensor):
+                    buf = self._state.setdefault(i, {}).get(k)
+                    if buf is None or buf.shape != v.shape:
+                        buf = self._state[i][k] = torch.empty_like(v)
+                    buf.copy_(v)
+
+    def finite(self) -> bool:
+        """Whether the parameters and the optimizer state are all finite now."""
+        state = [v for p in self.params for v in self.optimizer.state.get(p, {}).values()]
+        return all_finite([p.detach() for p in self.params]) and all_finite(
+            [v for v in state if isinstance(v, torch.Tensor)]
+        )
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put back the parameters and optimizer state of :meth:`take`."""
+        torch._foreach_copy_([p.detach() for p in self.params], self._params)
+        for i, p in enumerate(self.params):
+            if not self._had_state[i]:
+                self.optimizer.state.pop(p, None)
+                continue
+            for k, buf in self._state.get(i, {}).items():
+                self.optimizer.state[p][k].copy_(buf)
+
+
+def module_tensors(*modules: nn.Module) -> list[torch.Tensor]:
+    """Every parameter and buffer of ``modules`` (what a checkpoint saves)."""
+    return [t.detach() for m in modules for t in (*m.parameters(), *m.buffers())]

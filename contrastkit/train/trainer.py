@@ -17,10 +17,10 @@ periodic work (e.g. zero-shot tracking) through ``callbacks`` — functions
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +29,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from contrastkit.core.config import from_dict, load_yaml, to_dict
-from contrastkit.core.errors import ConfigError, MissingFileError
+from contrastkit.core.errors import ConfigError, MissingFileError, TrainingDivergedError
 from contrastkit.core.io import atomic_write_text
 from contrastkit.core.runtime import seed_everything, set_threads
 from contrastkit.data import Source, open_split, source_captions
@@ -49,9 +49,10 @@ from contrastkit.train.distributed import (
     wrap_loss,
 )
 from contrastkit.train.feed import DataFeed
-from contrastkit.train.guard import StepGuard
+from contrastkit.train.guard import StepGuard, WeightSnapshot, all_finite, module_tensors
 from contrastkit.train.logger import MetricsLogger
 from contrastkit.train.optim import build_optimizer, build_scheduler, param_groups
+from contrastkit.train.rundir import RunLock, clear_for_overwrite, run_folder, write_marker
 
 __all__ = ["Callback", "TrainResult", "load_run", "load_run_config", "resume", "train"]
 
@@ -82,6 +83,7 @@ class _Session:
     guard: StepGuard
     logger: MetricsLogger
     feed: DataFeed  # the training batches, skip totals and stream places
+    snapshot: WeightSnapshot  # weights + optimizer state before a step, to undo a non-finite one
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
@@ -152,6 +154,7 @@ def _session(cfg: RunConfig, run_dir: Path, fresh: bool, ctx: DistContext, devic
         StepGuard(cfg.guard),
         logger,
         DataFeed(train_set, cfg.data, ctx),
+        WeightSnapshot(optimizer),
     )
 
 
@@ -177,42 +180,67 @@ def train(cfg: RunConfig, *, overwrite: bool = False, callbacks: Sequence[Callba
     """Start run ``cfg.out_dir/cfg.name`` and train it for ``cfg.train.steps`` steps.
 
     Under ``torchrun`` (or inside an initialised process group) every rank calls this; rank 0
-    writes the run folder, logs and checkpoints.
+    locks and writes the run folder, logs and checkpoints (:mod:`contrastkit.train.rundir`).
     """
-    run_dir = Path(cfg.out_dir) / cfg.name
+    run_dir = run_folder(cfg.out_dir, cfg.name)
     device = _device(cfg.train.device)
     ctx = init_from_env(device)
-    exists = (run_dir / "checkpoints").exists() or (run_dir / "config.yaml").exists()
-    if exists and not overwrite:
-        raise ConfigError(
-            f"run folder {run_dir} already exists; resume it (contrastkit train --resume "
-            f"{run_dir}), pick another name, or pass overwrite"
+    with RunLock(run_dir) if ctx.main else nullcontext():
+        exists = (run_dir / "checkpoints").exists() or (run_dir / "config.yaml").exists()
+        if exists and not overwrite:
+            raise ConfigError(_exists_message(run_dir))
+        ctx.barrier()  # every rank has looked before rank 0 clears the folder
+        if ctx.main:
+            if exists:
+                clear_for_overwrite(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_marker(run_dir)
+            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        ctx.barrier()
+        s = _session(cfg, run_dir, fresh=True, ctx=ctx, device=device)
+        return _fit(s, start=0, callbacks=callbacks)
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    ckpts = run_dir / "checkpoints"
+    return (ckpts / "latest.json").is_file() or any(ckpts.glob("step_*"))
+
+
+def _exists_message(run_dir: Path) -> str:
+    if _has_checkpoint(run_dir):
+        return (
+            f"run folder {run_dir} already exists; resume it (contrastkit train --resume {run_dir}), "
+            "pick another name (--name), or start it again with --overwrite"
         )
-    ctx.barrier()  # every rank has looked before rank 0 clears the folder
-    if ctx.main:
-        if exists:
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    ctx.barrier()
-    s = _session(cfg, run_dir, fresh=True, ctx=ctx, device=device)
-    return _fit(s, start=0, callbacks=callbacks)
+    return (
+        f"run folder {run_dir} already exists but has no checkpoint yet (it stopped before its first "
+        f"one); contrastkit train --resume {run_dir} starts it again from step 0 with its config, "
+        "or pick another name (--name), or pass --overwrite"
+    )
 
 
 def resume(run_dir: str | Path, *, callbacks: Sequence[Callback] = ()) -> TrainResult:
-    """Continue a run from its newest checkpoint, exactly as if it had never stopped."""
+    """Continue a run from its newest checkpoint, exactly as if it had never stopped. A run that
+    stopped before its first checkpoint starts again from step 0 with its saved config."""
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    ckpt = latest_checkpoint(run_dir)
     device = _device(cfg.train.device)
     ctx = init_from_env(device)
-    s = _session(cfg, run_dir, fresh=False, ctx=ctx, device=device)
-    state = load_checkpoint(ckpt, s.model, s.loss, s.optimizer, s.scheduler)
-    s.guard.load_state_dict(state.extra["guard"])
-    s.feed.load_state_dict(state.extra.get("data", {}))
-    if ctx.main:
-        s.logger.truncate_after(state.step)
-    return _fit(s, start=state.step, callbacks=callbacks)
+    with RunLock(run_dir) if ctx.main else nullcontext():
+        if not _has_checkpoint(run_dir):
+            warnings.warn(f"{run_dir} has no checkpoint yet: starting it from step 0", stacklevel=2)
+            s = _session(cfg, run_dir, fresh=True, ctx=ctx, device=device)
+            if ctx.main:
+                s.logger.truncate_after(0)
+            return _fit(s, start=0, callbacks=callbacks)
+        ckpt = latest_checkpoint(run_dir)
+        s = _session(cfg, run_dir, fresh=False, ctx=ctx, device=device)
+        state = load_checkpoint(ckpt, s.model, s.loss, s.optimizer, s.scheduler)
+        s.guard.load_state_dict(state.extra["guard"])
+        s.feed.load_state_dict(state.extra.get("data", {}))
+        if ctx.main:
+            s.logger.truncate_after(state.step)
+        return _fit(s, start=state.step, callbacks=callbacks)
 
 
 def load_run(run_dir: str | Path) -> tuple[RunConfig, DualEncoder, PairLoss, Path]:
@@ -289,7 +317,12 @@ def _step(s: _Session, batch: dict[str, torch.Tensor], step: int) -> tuple[float
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
             reason = s.guard.check_grad_norm(grad_norm)
     if reason is None:
+        s.snapshot.take()
         s.optimizer.step()
+        if not all_true(s.snapshot.finite(), s.dist):  # undo it: never carry non-finite weights on
+            s.snapshot.restore()
+            reason = "non-finite weights or optimizer state after the step (undone)"
+    if reason is None:
         s.loss.after_optimizer_step()
         s.model.after_optimizer_step(step, s.cfg.train.steps)
     s.optimizer.zero_grad(set_to_none=True)
@@ -338,6 +371,11 @@ def _record(
 
 
 def _checkpoint(s: _Session, step: int) -> None:
+    if not all_finite(module_tensors(s.model, s.loss)):  # never replace a good checkpoint with this
+        raise TrainingDivergedError(
+            f"weights or buffers are non-finite at step {step}; checkpoint not written (the newest good "
+            f"one is kept). Last skipped step: {s.guard.last_reason or 'none'}"
+        )
     data_state = s.feed.state_dict()
     if s.dist.main:
         save_checkpoint(
@@ -399,6 +437,11 @@ def _fit(s: _Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
             for every, fn in callbacks:
                 if s.dist.main and (step % every == 0 or step == cfg.steps):
                     s.logger.log(step, fn(step, s.model))
+            if step == cfg.steps and s.guard.good_steps == 0:
+                raise TrainingDivergedError(
+                    f"every step of this run was skipped ({s.guard.total}); last: {s.guard.last_reason}. "
+                    "Nothing was learned and the final checkpoint is not written"
+                )
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
                 _checkpoint(s, step)
     finally:
