@@ -26,7 +26,16 @@ from types import TracebackType
 from contrastkit.core.errors import ConfigError
 from contrastkit.core.io import atomic_write_text
 
-__all__ = ["MARKER", "RunLock", "check_run_name", "clear_for_overwrite", "run_folder", "write_marker"]
+__all__ = [
+    "MARKER",
+    "RunLock",
+    "check_run_name",
+    "clear_for_overwrite",
+    "exists_message",
+    "has_checkpoint",
+    "run_folder",
+    "write_marker",
+]
 
 MARKER = ".contrastkit-run"
 _NAME = re.compile(r"[A-Za-z0-9_+=-][A-Za-z0-9._+=-]{0,127}")
@@ -68,6 +77,26 @@ def clear_for_overwrite(run_dir: Path) -> None:
             "or pick another name"
         )
     shutil.rmtree(run_dir)
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether the run folder holds any checkpoint (intact or not)."""
+    ckpts = run_dir / "checkpoints"
+    return (ckpts / "latest.json").is_file() or any(ckpts.glob("step_*"))
+
+
+def exists_message(run_dir: Path) -> str:
+    """What to run when a fresh start finds ``run_dir`` already there."""
+    if has_checkpoint(run_dir):
+        return (
+            f"run folder {run_dir} already exists; resume it (contrastkit train --resume {run_dir}), "
+            "pick another name (--name), or start it again with --overwrite"
+        )
+    return (
+        f"run folder {run_dir} already exists but has no checkpoint yet (it stopped before its first "
+        f"one); contrastkit train --resume {run_dir} starts it again from step 0 with its config, "
+        "or pick another name (--name), or pass --overwrite"
+    )
 
 
 class RunLock:

@@ -52,7 +52,14 @@ from contrastkit.train.feed import DataFeed
 from contrastkit.train.guard import StepGuard, WeightSnapshot, all_finite, module_tensors
 from contrastkit.train.logger import MetricsLogger
 from contrastkit.train.optim import build_optimizer, build_scheduler, param_groups
-from contrastkit.train.rundir import RunLock, clear_for_overwrite, run_folder, write_marker
+from contrastkit.train.rundir import (
+    RunLock,
+    clear_for_overwrite,
+    exists_message,
+    has_checkpoint,
+    run_folder,
+    write_marker,
+)
 
 __all__ = ["Callback", "TrainResult", "load_run", "load_run_config", "resume", "train"]
 
@@ -188,7 +195,7 @@ def train(cfg: RunConfig, *, overwrite: bool = False, callbacks: Sequence[Callba
     with RunLock(run_dir) if ctx.main else nullcontext():
         exists = (run_dir / "checkpoints").exists() or (run_dir / "config.yaml").exists()
         if exists and not overwrite:
-            raise ConfigError(_exists_message(run_dir))
+            raise ConfigError(exists_message(run_dir))
         ctx.barrier()  # every rank has looked before rank 0 clears the folder
         if ctx.main:
             if exists:
@@ -201,24 +208,6 @@ def train(cfg: RunConfig, *, overwrite: bool = False, callbacks: Sequence[Callba
         return _fit(s, start=0, callbacks=callbacks)
 
 
-def _has_checkpoint(run_dir: Path) -> bool:
-    ckpts = run_dir / "checkpoints"
-    return (ckpts / "latest.json").is_file() or any(ckpts.glob("step_*"))
-
-
-def _exists_message(run_dir: Path) -> str:
-    if _has_checkpoint(run_dir):
-        return (
-            f"run folder {run_dir} already exists; resume it (contrastkit train --resume {run_dir}), "
-            "pick another name (--name), or start it again with --overwrite"
-        )
-    return (
-        f"run folder {run_dir} already exists but has no checkpoint yet (it stopped before its first "
-        f"one); contrastkit train --resume {run_dir} starts it again from step 0 with its config, "
-        "or pick another name (--name), or pass --overwrite"
-    )
-
-
 def resume(run_dir: str | Path, *, callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Continue a run from its newest checkpoint, exactly as if it had never stopped. A run that
     stopped before its first checkpoint starts again from step 0 with its saved config."""
@@ -227,7 +216,7 @@ def resume(run_dir: str | Path, *, callbacks: Sequence[Callback] = ()) -> TrainR
     device = _device(cfg.train.device)
     ctx = init_from_env(device)
     with RunLock(run_dir) if ctx.main else nullcontext():
-        if not _has_checkpoint(run_dir):
+        if not has_checkpoint(run_dir):
             warnings.warn(f"{run_dir} has no checkpoint yet: starting it from step 0", stacklevel=2)
             s = _session(cfg, run_dir, fresh=True, ctx=ctx, device=device)
             if ctx.main:
