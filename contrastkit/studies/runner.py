@@ -82,7 +82,7 @@ def execute_run(spec: RunSpec, study: StudyConfig, threads: int) -> dict[str, An
     cfg = from_dict(RunConfig, spec.cfg)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads, progress=False))
     callbacks = [_dynamics_callback(study, cfg, study.dynamics_every)] if study.dynamics_every else []
-    if (spec.run_dir / "checkpoints" / "latest.json").is_file():
+    if (spec.run_dir / "config.yaml").is_file():  # resume: from its newest intact checkpoint, or step 0
         result = resume(spec.run_dir, callbacks=callbacks)
     else:
         result = train(cfg, overwrite=True, callbacks=callbacks)

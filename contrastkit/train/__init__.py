@@ -2,11 +2,15 @@
 
 from contrastkit.train.adapters import AdapterConfig, Heads, train_heads
 from contrastkit.train.checkpoint import (
+    CheckpointError,
     CheckpointState,
+    CheckpointWriteError,
+    MissingCheckpointError,
     latest_checkpoint,
     load_checkpoint,
     load_weights,
     save_checkpoint,
+    verify_checkpoint,
 )
 from contrastkit.train.config import GuardConfig, OptimConfig, RunConfig, TrainConfig
 from contrastkit.train.guard import StepGuard
@@ -25,10 +29,13 @@ from contrastkit.train.wise import initial_model, interpolate_weights, wise_mode
 __all__ = [
     "AdapterConfig",
     "Callback",
+    "CheckpointError",
     "CheckpointState",
+    "CheckpointWriteError",
     "GuardConfig",
     "Heads",
     "MetricsLogger",
+    "MissingCheckpointError",
     "OptimConfig",
     "RunConfig",
     "StepGuard",
@@ -50,5 +57,6 @@ __all__ = [
     "save_checkpoint",
     "train",
     "train_heads",
+    "verify_checkpoint",
     "wise_models",
 ]

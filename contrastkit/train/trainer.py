@@ -237,7 +237,7 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, DualEncoder, PairLoss, Pat
     from contrastkit.train.checkpoint import load_weights
 
     cfg = load_run_config(run_dir)
-    ckpt = latest_checkpoint(run_dir)
+    ckpt = latest_checkpoint(run_dir, fallback=False)  # evaluating a damaged checkpoint is an error
     model = build_model(cfg.model, assets_dir=Path(run_dir) / "assets")
     loss = build_loss(cfg.loss)
     load_weights(ckpt, model, loss)
