@@ -177,3 +177,14 @@ def test_lock_and_name_checks_cost_nothing_noticeable(tmp_path):
         with RunLock(tmp_path / "r"):
             pass
     assert time.perf_counter() - t0 < 2.0
+
+
+def test_eval_of_a_damaged_checkpoint_is_a_one_line_error_naming_the_file(tmp_path, capsys):
+    run = train(_cfg(tmp_path, name="damaged")).run_dir
+    weights = latest_checkpoint(run) / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    rc = main(["eval", str(run), "--tasks", "zeroshot"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error:") and "model.safetensors" in err and "\n" not in err
