@@ -18,6 +18,10 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from contrastkit.train import RunConfig
 
 __all__ = ["main"]
 
@@ -161,7 +165,9 @@ def _train(args: argparse.Namespace) -> None:
         data = apply_overrides(load_yaml(args.config), args.overrides)
         if args.name:
             data["name"] = args.name
-        result = train(from_dict(RunConfig, data), overwrite=args.overwrite)
+        cfg = from_dict(RunConfig, data)
+        _check_machine(cfg)
+        result = train(cfg, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return
     print(
@@ -172,10 +178,21 @@ def _train(args: argparse.Namespace) -> None:
         print(format_table(evaluate_run(result.run_dir)["metrics"]))
 
 
-def _params(items: Sequence[str], flag: str) -> dict[str, object]:
-    """``KEY=VALUE`` items as a dict, values read as YAML (``[a, b]`` → a list, ``5`` → an int)."""
-    import yaml
+def _check_machine(cfg: RunConfig) -> None:
+    """Refuse, before a run folder is made, what this machine cannot do: more threads than cores,
+    a device it lacks, an ``out_dir`` that cannot be written."""
+    from contrastkit.core.io import check_writable_dir
+    from contrastkit.core.runtime import check_threads, resolve_device
 
+    check_threads(cfg.train.threads, "train.threads")
+    resolve_device(cfg.train.device, "train.device")
+    check_writable_dir(cfg.out_dir, "out_dir")
+
+
+def _params(items: Sequence[str], flag: str) -> dict[str, object]:
+    """``KEY=VALUE`` items as a dict, values read as YAML (``[a, b]`` → a list, ``5`` → an int)
+    with the config loader's limits (:func:`contrastkit.core.config.parse_yaml`)."""
+    from contrastkit.core.config import parse_yaml
     from contrastkit.core.errors import ConfigError
 
     params = {}
@@ -184,11 +201,11 @@ def _params(items: Sequence[str], flag: str) -> dict[str, object]:
         if not sep or not key:
             raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
         try:
-            params[key] = yaml.safe_load(value)
-        except yaml.YAMLError as err:
-            hint = ' (quote list items that contain braces: ["a {}", "b {}"])' if "{" in value else ""
-            first = str(err).splitlines()[0]
-            raise ConfigError(f"{flag} {key}: cannot read {value!r} as a YAML value: {first}{hint}") from None
+            params[key] = parse_yaml(value, f"{flag} {key}")
+        except ConfigError as err:
+            bad = "not valid YAML" in str(err) and "{" in value
+            hint = ' (quote list items that contain braces: ["a {}", "b {}"])' if bad else ""
+            raise ConfigError(f"{err}{hint}") from None
     return params
 
 
@@ -203,8 +220,11 @@ def _prompts(value: str | None, sep: str) -> str | list[str] | None:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    from contrastkit.core.errors import ConfigError
     from contrastkit.evaluation.report import evaluate_model, format_table
 
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     params = _params(args.data_param, "--data-param")
     report = evaluate_model(
         args.run,
@@ -303,6 +323,9 @@ def _list(what: str) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
+    from contrastkit.core.runtime import check_threads
+
+    check_threads(args.threads, "--threads")
     progress = not args.no_progress
     if args.which == "fashion":
         from contrastkit.demo.fashion import run_fashion_demo

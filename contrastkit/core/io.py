@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from contrastkit.core.errors import MissingFileError
+from contrastkit.core.errors import ConfigError, MissingFileError
 
-__all__ = ["atomic_path", "atomic_write_json", "atomic_write_text", "read_json"]
+__all__ = ["atomic_path", "atomic_write_json", "atomic_write_text", "check_writable_dir", "read_json"]
 
 
 @contextmanager
@@ -61,3 +61,28 @@ def read_json(path: str | Path) -> Any:
     if not p.is_file():
         raise MissingFileError(f"file not found: {p}")
     return json.loads(p.read_text())
+
+
+def check_writable_dir(path: str | Path, what: str = "out_dir") -> Path:
+    """Create folder ``path`` (with its parents) if needed and check that a file can be written in it.
+
+    Raises a one-line :class:`ConfigError` naming ``what`` when a file (or a dangling link) stands
+    where a folder must be, or when the folder cannot be created or written (permissions, a
+    read-only or pseudo file system), instead of an ``OSError`` traceback mid-run. Returns the path.
+    """
+    p = Path(path).expanduser()
+    for folder in (p, *p.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                kind = "a file" if folder.exists() else "a dangling link"
+                where = f"{what} {p} is" if folder == p else f"{what} {p}: {folder} is"
+                raise ConfigError(f"{where} {kind}, not a folder")
+            break
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ConfigError(f"{what} {p} is not a writable folder: {err.strerror or err}") from None
+    return p

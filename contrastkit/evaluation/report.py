@@ -323,6 +323,14 @@ def _model_image(record: dict[str, Any]) -> ImageConfig:
     return ImageConfig(size=int(resize.get("shortest_edge") or resize.get("height") or 224))
 
 
+def _check_batch_size(batch_size: int | None) -> None:
+    """An encoder batch size is an integer >= 1 (``None``: the default), refused up front."""
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+
+
 def evaluate_run(
     run_dir: str | Path,
     splits: Sequence[str] | None = None,
@@ -342,6 +350,7 @@ def evaluate_run(
     outputs of :func:`evaluate_model` into ``out_dir`` (default: the run folder)."""
     from contrastkit.train import load_run  # evaluation sits above train: this import is downward
 
+    _check_batch_size(batch_size)
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     cfg, model, _, ckpt = load_run(run_dir)
@@ -388,6 +397,7 @@ def evaluate_model(
     or an :class:`Encoders`; returns the ``eval.json`` report. Defaults: a run's own data set and
     eval splits, else ``shapes`` / ``test``; ``out_dir`` = the run folder, ``eval/<folder name>``
     for a Hugging Face model (required for encoders)."""
+    _check_batch_size(batch_size)
     kw = {"classes": classes, "templates": templates, "class_task": class_task}
     if isinstance(model, Encoders):
         if out_dir is None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import importlib.util
 import pickle
+import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -53,22 +55,47 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if not file.is_file():
         raise MissingFileError(f"no weights file {file}")
     if file.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(file))
+        try:
+            return load_file(str(file))
+        except SafetensorError as e:
+            raise InputError(f"refusing {file}: not a valid safetensors file ({e})") from None
     try:
-        obj = torch.load(str(file), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(
-            f"refusing {file}: it is not a plain tensor state dict loadable with weights_only=True "
-            f"(pickled objects are never executed); convert it to safetensors. ({first})"
-        ) from None
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(str(file), map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise InputError(f"cannot read weights file {file}: {e.strerror or e}") from None
+    except Exception as e:  # garbage makes torch's loader raise anything (KeyError, UnpicklingError…)
+        raise InputError(_refusal(file, e)) from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise InputError(f"{file} does not hold a state dict of tensors (got {type(obj).__name__})")
     return dict(obj)
+
+
+def _refusal(file: Path, err: BaseException) -> str:
+    """One line on why ``file`` was not loaded, and what to do (no traceback, no torch advice)."""
+    with open(file, "rb") as fh:
+        head = fh.read(2)
+    if not head or isinstance(err, EOFError):
+        return f"refusing {file}: it is empty or truncated (not a complete PyTorch weights file)"
+    refused = isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in str(err)
+    if not refused or not head.startswith((b"PK", b"\x80")):  # torch.save's zip, a pickle (protocol >= 2)
+        return f"refusing {file}: it is not a PyTorch weights file (.pt/.pth/.bin) nor .safetensors"
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    holds = f", it holds {found.group(1)}" if found else ""
+    src, out = str(file), str(file.with_suffix(".safetensors"))
+    return (
+        f"refusing {file}: it is a pickle that cannot be loaded safely (torch.load with weights_only=True "
+        f"refuses it{holds}; a full load could run code in it). If you trust the file, convert it to "
+        f'safetensors where you trust it: python -c "import torch, safetensors.torch as st; '
+        f'st.save_file(torch.load({src!r}, weights_only=False), {out!r})" (for a pickled model, save '
+        "its .state_dict()), then use the .safetensors file"
+    )
 
 
 def map_state_dict(

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 from contrastkit.core.errors import ConfigError
+from contrastkit.core.runtime import check_device_name, check_seed
 from contrastkit.data.config import DataConfig
 from contrastkit.losses.base import LossConfig
 from contrastkit.models.dual_encoder import ModelConfig
 from contrastkit.scale.config import ScaleConfig
 
-__all__ = ["GuardConfig", "OptimConfig", "RunConfig", "TrainConfig"]
+__all__ = ["MAX_LR", "GuardConfig", "OptimConfig", "RunConfig", "TrainConfig"]
+
+MAX_LR = 10.0  # OptimConfig's docstring says why
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,11 @@ class OptimConfig:
 
     Weight decay applies to matrices only (not biases, norms, or the loss's temperature/bias).
     ``grad_clip``: max global gradient norm (``None``: no clipping, the norm is still logged).
+
+    Every number must be finite. ``lr`` is at most :data:`MAX_LR` (10): Adam-family updates move
+    each weight by about ``lr`` per step whatever the gradient's scale, so an ``lr`` above 10 only
+    ever diverges (useful values are 1e-5 … 1e-1), and a huge one overflows float32 in the
+    scheduler. ``eps`` (added to Adam's denominator) must be > 0 and at most 1.
     """
 
     lr: float = 2e-3
@@ -31,14 +40,18 @@ class OptimConfig:
     grad_clip: float | None = 1.0
 
     def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if not 0 < self.lr <= MAX_LR:
+            raise ConfigError(f"optim.lr must be > 0 and <= {MAX_LR:g} (a finite step size), got {self.lr}")
+        if not 0 < self.eps <= 1:
+            raise ConfigError(f"optim.eps must be > 0 and <= 1, got {self.eps}")
+        if not math.isfinite(self.weight_decay):
+            raise ConfigError(f"optim.weight_decay must be finite, got {self.weight_decay}")
         if self.weight_decay < 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError("optim: weight_decay and warmup_steps must be >= 0, min_lr_ratio in [0, 1]")
         if not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"optim.betas must be in [0, 1), got {self.betas}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ConfigError(f"optim.grad_clip must be > 0 or null, got {self.grad_clip}")
+        if self.grad_clip is not None and not 0 < self.grad_clip < math.inf:
+            raise ConfigError(f"optim.grad_clip must be > 0 and finite, or null, got {self.grad_clip}")
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,8 @@ class GuardConfig:
             raise ConfigError(f"guard.ema_decay must be in (0, 1), got {self.ema_decay}")
         if self.max_consecutive < 1 or self.max_total < 1:
             raise ConfigError("guard.max_consecutive and guard.max_total must be >= 1")
+        if self.spike_warmup < 0:
+            raise ConfigError(f"guard.spike_warmup must be >= 0, got {self.spike_warmup}")
 
 
 @dataclass(frozen=True)
@@ -89,6 +104,10 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.threads < 0:
             raise ConfigError(f"train.threads must be >= 0 (0 = all cores), got {self.threads}")
+        # the cap at this machine's cores is checked where threads are set (core.runtime.check_threads):
+        # a run config must stay loadable (eval, WiSE-FT) on a machine with fewer cores
+        check_seed(self.seed, "train.seed")
+        check_device_name(self.device, "train.device")
 
 
 @dataclass(frozen=True)

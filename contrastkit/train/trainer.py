@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 
 from contrastkit.core.config import from_dict, load_yaml, to_dict
 from contrastkit.core.errors import ConfigError, MissingFileError, TrainingDivergedError
-from contrastkit.core.io import atomic_write_text
-from contrastkit.core.runtime import seed_everything, set_threads
+from contrastkit.core.io import atomic_write_text, check_writable_dir
+from contrastkit.core.runtime import check_threads, resolve_device, seed_everything, set_threads
 from contrastkit.data import Source, open_split, source_captions
 from contrastkit.losses import from_config as build_loss
 from contrastkit.losses.base import MultiLoss, PairLoss
@@ -101,9 +101,7 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
 
 
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return resolve_device(name)  # a device this machine lacks is a ConfigError, not a late traceback
 
 
 def _objective(cfg: RunConfig, loss: PairLoss, ctx: DistContext) -> PairLoss:
@@ -124,7 +122,7 @@ def _objective(cfg: RunConfig, loss: PairLoss, ctx: DistContext) -> PairLoss:
 
 
 def _session(cfg: RunConfig, run_dir: Path, fresh: bool, ctx: DistContext, device: torch.device) -> _Session:
-    set_threads(cfg.train.threads)
+    set_threads(cfg.train.threads, cap=not fresh)  # a resumed run may come from a bigger machine
     seed_everything(cfg.train.seed)  # the same on every rank: identical initial weights
     train_set = open_split(cfg.data, cfg.data.train_split, progress=cfg.train.progress and ctx.main)
     if "attributes" in cfg.data.modalities and getattr(train_set, "attributes", None) is None:
@@ -190,8 +188,17 @@ def train(cfg: RunConfig, *, overwrite: bool = False, callbacks: Sequence[Callba
     locks and writes the run folder, logs and checkpoints (:mod:`contrastkit.train.rundir`).
     """
     run_dir = run_folder(cfg.out_dir, cfg.name)
+    check_threads(cfg.train.threads)
     device = _device(cfg.train.device)
     ctx = init_from_env(device)
+    per_rank = cfg.train.batch_size // ctx.world
+    if per_rank < 2:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} gives {per_rank} example(s) per process on "
+            f"{ctx.world}: a contrastive batch needs at least 2 per process (negatives; batch norm)"
+        )
+    if ctx.main:
+        check_writable_dir(cfg.out_dir)
     with RunLock(run_dir) if ctx.main else nullcontext():
         exists = (run_dir / "checkpoints").exists() or (run_dir / "config.yaml").exists()
         if exists and not overwrite:
