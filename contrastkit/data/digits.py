@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from contrastkit.core.errors import InputError
+from contrastkit.core.registry import NonNegInt, PositiveInt
 from contrastkit.data.pairs import ClassTask, PairSet
 
 __all__ = ["DIGIT_WORDS", "make_digits"]
@@ -20,7 +21,7 @@ _TEMPLATES = ("a handwritten {word}", "the digit {num}", "a picture of the numbe
 _FRACTIONS = {"train": (0.0, 0.7), "val": (0.7, 0.8), "test": (0.8, 1.0)}
 
 
-def make_digits(split: str = "train", image_size: int = 32, seed: int = 0) -> PairSet:
+def make_digits(split: str = "train", image_size: PositiveInt = 32, seed: NonNegInt = 0) -> PairSet:
     """The ``split`` part of sklearn's digits, upscaled (nearest) to ``image_size`` RGB."""
     from sklearn.datasets import load_digits  # heavy import, only when this data set is used
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from contrastkit.core.errors import InputError
+from contrastkit.core.registry import Fraction, NonNegInt, PositiveInt
 from contrastkit.data.locate import locate_data, repo_root
 from contrastkit.data.pairs import PairSet
 
@@ -102,10 +103,10 @@ def _load_png(path: Path, image_size: int) -> np.ndarray:
 
 def make_emoji(
     split: str = "train",
-    image_size: int = 64,
-    test_fraction: float = 0.2,
-    val_fraction: float = 0.0,
-    seed: int = 0,
+    image_size: PositiveInt = 64,
+    test_fraction: Fraction = 0.2,
+    val_fraction: Fraction = 0.0,
+    seed: NonNegInt = 0,
 ) -> PairSet:
     """The ``split`` of the emoji pairs: RGB ``uint8 [N, 3, image_size, image_size]``, one caption
     (the emoji's name) each."""

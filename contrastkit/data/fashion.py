@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
+from annotated_types import Ge
 
 from contrastkit.core.errors import InputError
+from contrastkit.core.registry import NonNegInt, PositiveInt
 from contrastkit.data.locate import locate_data
 from contrastkit.data.pairs import ClassTask, PairSet, english_articles
 
@@ -68,10 +71,10 @@ def read_idx(path: Path) -> np.ndarray:
 
 def make_fashion_mnist(
     split: str = "train",
-    image_size: int = 28,
-    n: int | None = None,
+    image_size: Annotated[int, Ge(28)] = 28,
+    n: PositiveInt | None = None,
     exclude: tuple[str, ...] | list[str] = (),
-    seed: int = 0,
+    seed: NonNegInt = 0,
 ) -> PairSet:
     """The ``split`` of Fashion-MNIST as RGB ``uint8 [N, 3, image_size, image_size]`` pairs with
     one caption per training template, and the 10-way task ``"class"`` (eval templates)."""

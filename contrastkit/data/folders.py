@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from contrastkit.core.errors import ConfigError, DataError, MissingFileError
+from contrastkit.core.registry import PositiveInt
 from contrastkit.data.pairs import ClassTask
 from contrastkit.data.table import PAIR_KEY, PairTable
 from contrastkit.data.tabular import DEFAULT_TEMPLATES, _captions, _image_ref, class_task, extra_column
@@ -44,10 +45,10 @@ def _pretty(name: str) -> str:
 
 def make_imagefolder(
     split: str,
-    root: str,
+    root: str | Path,
     templates: Sequence[str] = DEFAULT_TEMPLATES,
     classnames: dict[str, str] | None = None,
-    limit: int | None = None,
+    limit: PositiveInt | None = None,
 ) -> PairTable:
     """A class-per-folder image tree as a :class:`PairTable` with a ``class`` task."""
     from torchvision.datasets.folder import find_classes, make_dataset
@@ -75,7 +76,7 @@ def make_imagefolder(
 
 def make_hf(
     split: str,
-    path: str,
+    path: str | Path,
     image_column: str | None = "image",
     caption_columns: Sequence[str] = ("caption",),
     pair_column: str | None = None,
@@ -83,7 +84,7 @@ def make_hf(
     templates: Sequence[str] = DEFAULT_TEMPLATES,
     extra_columns: Sequence[str] = (),
     text_columns: Sequence[str] = (),
-    limit: int | None = None,
+    limit: PositiveInt | None = None,
 ) -> PairTable:
     """The ``split`` of a local Hugging Face ``datasets`` folder as a :class:`PairTable`."""
     import datasets

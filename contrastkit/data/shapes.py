@@ -30,12 +30,15 @@ every colour and shape is still seen) never appear in the ``train``/``val``/``te
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import torch
+from annotated_types import Ge, Le
 from tqdm.auto import tqdm
 
 from contrastkit.core.errors import InputError
+from contrastkit.core.registry import NonNegInt, PositiveInt, Probability
 from contrastkit.data.pairs import ClassTask, PairSet, english_articles
 
 __all__ = [
@@ -255,11 +258,11 @@ def _pair(rng: np.random.Generator, size: int, allowed: list[tuple[str, str]], n
 
 def make_shapes(
     split: str = "train",
-    n: int = 1000,
-    image_size: int = 32,
-    seed: int = 0,
-    two_object_fraction: float = 0.3,
-    captions_per_image: int = 2,
+    n: PositiveInt = 1000,
+    image_size: Annotated[int, Ge(16), Le(256)] = 32,
+    seed: NonNegInt = 0,
+    two_object_fraction: Probability = 0.3,
+    captions_per_image: Annotated[int, Ge(1), Le(3)] = 2,
     progress: bool = False,
 ) -> PairSet:
     """Generate ``n`` Shapes images of ``split`` (one of ``SPLITS``) deterministically.

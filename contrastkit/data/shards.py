@@ -43,6 +43,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from contrastkit.core.errors import ConfigError, DataError, InputError, MissingFileError
+from contrastkit.core.registry import NonNegInt
 from contrastkit.data.augment import AugmentConfig, make_views
 from contrastkit.data.images import ImageConfig, SkipSample, load_image
 from contrastkit.data.pairs import SEED_KEY, ClassTask, PairSet
@@ -349,7 +350,7 @@ def make_webdataset(
     label_key: str | None = None,
     json_fields: Sequence[str] = (),
     text_fields: Sequence[str] = (),
-    shuffle_buffer: int = 1000,
+    shuffle_buffer: NonNegInt = 1000,
     classnames: Sequence[str] = (),
     templates: Sequence[str] = ("a photo of a {}.",),
 ) -> ShardSource:

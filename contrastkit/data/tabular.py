@@ -25,6 +25,7 @@ in seconds).
 from __future__ import annotations
 
 import csv
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from contrastkit.core.errors import ConfigError, DataError, MissingFileError
+from contrastkit.core.registry import PositiveInt
 from contrastkit.data.pairs import ClassTask
 from contrastkit.data.table import PAIR_KEY, ExtraColumn, PairTable
 
@@ -148,7 +150,7 @@ def extra_column(values: Sequence[Any], text: bool) -> ExtraColumn:
 
 def make_table(
     split: str,
-    path: str,
+    path: str | Path,
     fmt: str = "csv",
     image_column: str | None = "image",
     caption_columns: Sequence[str] = ("caption",),
@@ -159,8 +161,8 @@ def make_table(
     extra_columns: Sequence[str] = (),
     text_columns: Sequence[str] = (),
     split_column: str | None = None,
-    image_root: str | None = None,
-    limit: int | None = None,
+    image_root: str | Path | None = None,
+    limit: PositiveInt | None = None,
 ) -> PairTable:
     """The ``split`` rows of a csv/tsv/parquet file as a :class:`PairTable` (module docstring)."""
     file = Path(path).expanduser()
@@ -209,3 +211,15 @@ def make_tsv(split: str, path: str, **params: Any) -> PairTable:
 def make_parquet(split: str, path: str, **params: Any) -> PairTable:
     """Image–caption pairs from a Parquet file (see :func:`make_table` for parameters)."""
     return make_table(split, path, "parquet", **params)
+
+
+def _takes_table_params(fn: Any) -> None:
+    """Give a file source ``make_table``'s parameters (less ``fmt``) as its signature and
+    annotations, so the data source registry checks ``data.params`` names, types and ranges."""
+    sig = inspect.signature(make_table)
+    fn.__signature__ = sig.replace(parameters=[p for n, p in sig.parameters.items() if n != "fmt"])
+    fn.__annotations__ = {k: v for k, v in make_table.__annotations__.items() if k != "fmt"}
+
+
+for _source in (make_csv, make_tsv, make_parquet):
+    _takes_table_params(_source)

@@ -45,6 +45,7 @@ from torch import nn
 
 from contrastkit.core.checks import check_finite, check_pair
 from contrastkit.core.errors import ConfigError, InputError
+from contrastkit.core.registry import NonNegative, Positive, PositiveInt
 from contrastkit.losses.base import LOSSES, PairLoss, as_float, maybe_normalize
 
 __all__ = ["AMCLLoss", "amcl_loss", "amcl_temperature"]
@@ -153,12 +154,12 @@ class AMCLLoss(PairLoss):
 
     def __init__(
         self,
-        dim: int | None = None,
-        heads: int = 3,
-        eta: float = 1e-5,
-        tau_max: float = 2.0,
-        beta: float = 0.01,
-        k: int = 100,
+        dim: PositiveInt | None = None,
+        heads: PositiveInt = 3,
+        eta: Positive = 1e-5,
+        tau_max: Positive = 2.0,
+        beta: NonNegative = 0.01,
+        k: PositiveInt = 100,
         normalize: bool = True,
     ) -> None:
         super().__init__()

@@ -35,13 +35,14 @@ embeddings (and batch fields) first. N = 1: mw raises (no negative pair); sycon 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from contrastkit.core.checks import check_embeddings, check_finite, check_pair
 from contrastkit.core.errors import ConfigError, InputError
+from contrastkit.core.registry import Positive, PositiveInt
 from contrastkit.losses.base import LOSSES, PairLoss, maybe_normalize
 
 __all__ = ["MWLoss", "SyCONLoss", "mw_loss", "sycon_loss"]
@@ -166,7 +167,12 @@ class MWLoss(PairLoss):
 
     accepts = frozenset({"labels", "weights"})
 
-    def __init__(self, temperature: float = 1.0, scope: str = "global", chunk_size: int = 1 << 22) -> None:
+    def __init__(
+        self,
+        temperature: Positive = 1.0,
+        scope: Literal["global", "per_query"] = "global",
+        chunk_size: PositiveInt = 1 << 22,
+    ) -> None:
         super().__init__()
         if scope not in ("global", "per_query"):
             raise ConfigError(f"scope must be 'global' or 'per_query', got {scope!r}")
@@ -263,7 +269,7 @@ class SyCONLoss(PairLoss):
     accepts = frozenset({"past_x", "past_y", "pred_x", "pred_y"})
 
     def __init__(
-        self, temperature: float = 0.2, stability_temperature: float = 0.2, allow_single: bool = False
+        self, temperature: Positive = 0.2, stability_temperature: Positive = 0.2, allow_single: bool = False
     ) -> None:
         super().__init__()
         if not temperature > 0 or not stability_temperature > 0:

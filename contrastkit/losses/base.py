@@ -15,14 +15,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge
 from torch import nn
 
 from contrastkit.core.errors import ConfigError, InputError
-from contrastkit.core.registry import Registry
+from contrastkit.core.registry import Positive, Registry
 
 __all__ = [
     "AUX_FIELDS",
@@ -30,12 +31,16 @@ __all__ = [
     "LearnableScaleLoss",
     "LossConfig",
     "LossTerm",
+    "MaxScale",
     "MultiLoss",
     "PairLoss",
     "as_float",
     "learnable_log_scale",
     "maybe_normalize",
 ]
+
+MaxScale = Annotated[float, Ge(1)]
+"""``max_scale`` of a learnable logit scale: the clamp bound ``s <= max_scale`` (>= 1)."""
 
 AUX_FIELDS = ("labels", "weights")  # optional batch fields a loss may use: labels [N], weights [N, N]
 
@@ -133,7 +138,7 @@ class LearnableScaleLoss(PairLoss):
     clamped to ``[0, ln max_scale]`` after each optimizer step, logged as ``logit_scale``."""
 
     def __init__(
-        self, init_temperature: float = 0.07, learnable: bool = True, max_scale: float = 100.0
+        self, init_temperature: Positive = 0.07, learnable: bool = True, max_scale: MaxScale = 100.0
     ) -> None:
         super().__init__()
         self.log_scale, self.max_log_scale = learnable_log_scale(init_temperature, max_scale, learnable)

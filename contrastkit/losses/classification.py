@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from contrastkit.core.checks import check_embeddings, check_pair
 from contrastkit.core.errors import ConfigError, InputError
+from contrastkit.core.registry import NonNegative, Positive
 from contrastkit.losses.base import LOSSES, PairLoss, as_float, maybe_normalize
 
 __all__ = [
@@ -149,7 +150,7 @@ def harmonic_contrastive_loss(
 class SquentropyLoss(PairLoss):
     """Module form of :func:`squentropy_contrastive_loss` (fixed temperature τ, s = 1/τ)."""
 
-    def __init__(self, temperature: float = 0.07, symmetric: bool = False, normalize: bool = True) -> None:
+    def __init__(self, temperature: Positive = 0.07, symmetric: bool = False, normalize: bool = True) -> None:
         super().__init__()
         if not temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {temperature}")
@@ -165,7 +166,7 @@ class HarmonicLoss(PairLoss):
     """Module form of :func:`harmonic_contrastive_loss` (n = sqrt(d) unless given)."""
 
     def __init__(
-        self, n: float | None = None, eps: float = 1e-8, symmetric: bool = False, normalize: bool = True
+        self, n: float | None = None, eps: NonNegative = 1e-8, symmetric: bool = False, normalize: bool = True
     ) -> None:
         super().__init__()
         if (n is not None and not n > 0) or eps < 0:

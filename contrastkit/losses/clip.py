@@ -28,7 +28,8 @@ from torch import nn
 
 from contrastkit.core.checks import check_pair, check_scalar_param
 from contrastkit.core.errors import InputError
-from contrastkit.losses.base import LOSSES, PairLoss, learnable_log_scale, maybe_normalize
+from contrastkit.core.registry import Positive
+from contrastkit.losses.base import LOSSES, MaxScale, PairLoss, learnable_log_scale, maybe_normalize
 
 __all__ = ["CLIPLoss", "clip_loss"]
 
@@ -85,9 +86,9 @@ class CLIPLoss(PairLoss):
 
     def __init__(
         self,
-        init_temperature: float = 0.07,
+        init_temperature: Positive = 0.07,
         learnable: bool = True,
-        max_scale: float = 100.0,
+        max_scale: MaxScale = 100.0,
         init_bias: float | None = None,
         allow_single: bool = False,
     ) -> None:

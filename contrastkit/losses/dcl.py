@@ -32,6 +32,7 @@ import torch
 
 from contrastkit.core.checks import check_pair, check_scalar_param
 from contrastkit.core.errors import ConfigError, InputError
+from contrastkit.core.registry import Positive
 from contrastkit.losses.base import LOSSES, PairLoss, maybe_normalize
 
 __all__ = ["DCLLoss", "DCLWLoss", "dcl_loss", "dclw_loss", "dclw_weights"]
@@ -133,7 +134,7 @@ class DCLLoss(PairLoss):
         temperature: ``τ`` (default 0.1).
     """
 
-    def __init__(self, temperature: float = 0.1) -> None:
+    def __init__(self, temperature: Positive = 0.1) -> None:
         super().__init__()
         _check_positive("temperature", temperature)
         self.temperature = float(temperature)
@@ -150,7 +151,7 @@ class DCLWLoss(PairLoss):
         temperature: ``τ`` (default 0.1). sigma: ``σ`` of the weighting (default 0.5).
     """
 
-    def __init__(self, temperature: float = 0.1, sigma: float = 0.5) -> None:
+    def __init__(self, temperature: Positive = 0.1, sigma: Positive = 0.5) -> None:
         super().__init__()
         _check_positive("temperature", temperature)
         _check_positive("sigma", sigma)

@@ -44,7 +44,8 @@ from torch import nn
 
 from contrastkit.core.checks import check_embeddings, check_finite, check_pair
 from contrastkit.core.errors import ConfigError, InputError
-from contrastkit.losses.base import LOSSES, PairLoss, as_float, learnable_log_scale
+from contrastkit.core.registry import Fraction, NonNegative, NonNegInt, Positive, PositiveInt
+from contrastkit.losses.base import LOSSES, MaxScale, PairLoss, as_float, learnable_log_scale
 from contrastkit.losses.clip import clip_loss
 
 __all__ = ["CaptionDecoder", "CaptioningLoss", "CoCaLoss", "caption_loss", "coca_loss"]
@@ -167,14 +168,14 @@ class CaptioningLoss(PairLoss):
 
     def __init__(
         self,
-        vocab_size: int = 1000,
-        pad_id: int = 0,
-        width: int = 256,
-        layers: int = 2,
-        heads: int = 4,
-        max_len: int = 77,
-        dim: int | None = None,
-        dropout: float = 0.0,
+        vocab_size: PositiveInt = 1000,
+        pad_id: NonNegInt = 0,
+        width: PositiveInt = 256,
+        layers: PositiveInt = 2,
+        heads: PositiveInt = 4,
+        max_len: PositiveInt = 77,
+        dim: PositiveInt | None = None,
+        dropout: Fraction = 0.0,
     ) -> None:
         super().__init__()
         if not 0 <= pad_id < vocab_size:
@@ -219,19 +220,19 @@ class CoCaLoss(CaptioningLoss):
 
     def __init__(
         self,
-        vocab_size: int = 1000,
-        pad_id: int = 0,
-        width: int = 256,
-        layers: int = 2,
-        heads: int = 4,
-        max_len: int = 77,
-        dim: int | None = None,
-        dropout: float = 0.0,
-        lambda_con: float = 1.0,
-        lambda_cap: float = 2.0,
-        init_temperature: float = 0.07,
+        vocab_size: PositiveInt = 1000,
+        pad_id: NonNegInt = 0,
+        width: PositiveInt = 256,
+        layers: PositiveInt = 2,
+        heads: PositiveInt = 4,
+        max_len: PositiveInt = 77,
+        dim: PositiveInt | None = None,
+        dropout: Fraction = 0.0,
+        lambda_con: NonNegative = 1.0,
+        lambda_cap: NonNegative = 2.0,
+        init_temperature: Positive = 0.07,
         learnable: bool = True,
-        max_scale: float = 100.0,
+        max_scale: MaxScale = 100.0,
         allow_single: bool = False,
         normalize: bool = True,
     ) -> None:

@@ -35,7 +35,8 @@ import torch
 
 from contrastkit.core.checks import check_embeddings, check_pair
 from contrastkit.core.errors import ConfigError, InputError
-from contrastkit.losses.base import LOSSES, LearnableScaleLoss, PairLoss, maybe_normalize
+from contrastkit.core.registry import NonNegative, Positive
+from contrastkit.losses.base import LOSSES, LearnableScaleLoss, MaxScale, PairLoss, maybe_normalize
 from contrastkit.losses.clip import clip_loss
 
 __all__ = [
@@ -227,7 +228,7 @@ def cuaxu_loss(
 class AlignmentLoss(PairLoss):
     """Module form of :func:`alignment_loss` (``alpha``, default 2)."""
 
-    def __init__(self, alpha: float = 2.0) -> None:
+    def __init__(self, alpha: Positive = 2.0) -> None:
         super().__init__()
         _check("alpha", alpha)
         self.alpha = float(alpha)
@@ -240,7 +241,7 @@ class AlignmentLoss(PairLoss):
 class UniformityLoss(PairLoss):
     """Module form of :func:`uniformity_loss`, ``½(L_uniform(x) + L_uniform(y))`` (``t``, default 2)."""
 
-    def __init__(self, t: float = 2.0) -> None:
+    def __init__(self, t: Positive = 2.0) -> None:
         super().__init__()
         _check("t", t)
         self.t = float(t)
@@ -253,7 +254,7 @@ class UniformityLoss(PairLoss):
 class AlignUniformLoss(PairLoss):
     """Module form of :func:`align_uniform_loss` (``alpha`` 2, ``t`` 2, ``lam`` 1)."""
 
-    def __init__(self, alpha: float = 2.0, t: float = 2.0, lam: float = 1.0) -> None:
+    def __init__(self, alpha: Positive = 2.0, t: Positive = 2.0, lam: NonNegative = 1.0) -> None:
         super().__init__()
         _check("alpha", alpha)
         _check("t", t)
@@ -279,15 +280,15 @@ class CUALoss(LearnableScaleLoss):
 
     def __init__(
         self,
-        init_temperature: float = 0.07,
+        init_temperature: Positive = 0.07,
         learnable: bool = True,
-        max_scale: float = 100.0,
-        t: float = 2.0,
-        alpha: float = 2.0,
-        clip_weight: float = 1.0,
-        uniform_weight: float = 1.0,
-        align_weight: float = 1.0,
-        cross_uniform_weight: float | None = None,
+        max_scale: MaxScale = 100.0,
+        t: Positive = 2.0,
+        alpha: Positive = 2.0,
+        clip_weight: NonNegative = 1.0,
+        uniform_weight: NonNegative = 1.0,
+        align_weight: NonNegative = 1.0,
+        cross_uniform_weight: NonNegative | None = None,
     ) -> None:
         super().__init__(init_temperature, learnable, max_scale)
         _check("t", t)

@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Gt, Le
 
 from contrastkit.core.checks import check_finite, check_pair, check_scalar_param
 from contrastkit.core.errors import ConfigError, InputError
-from contrastkit.losses.base import LOSSES, LearnableScaleLoss, PairLoss, maybe_normalize
+from contrastkit.core.registry import Fraction, NonNegative, Positive, PositiveInt
+from contrastkit.losses.base import LOSSES, LearnableScaleLoss, MaxScale, PairLoss, maybe_normalize
 
 __all__ = [
     "CLIPINLoss",
@@ -268,7 +270,7 @@ def clip_in_loss(
 class LLaVELoss(PairLoss):
     """Module form of :func:`llave_loss` (no learnable parameters: s = 50, α = 0.5)."""
 
-    def __init__(self, scale: float = 50.0, alpha: float = 0.5) -> None:
+    def __init__(self, scale: Positive = 50.0, alpha: float = 0.5) -> None:
         super().__init__()
         if not scale > 0:
             raise ConfigError(f"scale must be > 0, got {scale}")
@@ -284,10 +286,10 @@ class HNNCELoss(LearnableScaleLoss):
 
     def __init__(
         self,
-        init_temperature: float = 0.07,
+        init_temperature: Positive = 0.07,
         learnable: bool = True,
-        max_scale: float = 100.0,
-        alpha: float = 1.0,
+        max_scale: MaxScale = 100.0,
+        alpha: NonNegative = 1.0,
         beta: float = 0.5,
         beta_t2i: float | None = None,
         detach_weights: bool = False,
@@ -312,7 +314,11 @@ class HCLLoss(PairLoss):
     """Module form of :func:`hcl_loss` (fixed τ = 0.5, τ⁺ = 0.1, β = 1)."""
 
     def __init__(
-        self, temperature: float = 0.5, tau_plus: float = 0.1, beta: float = 1.0, detach_weights: bool = False
+        self,
+        temperature: Positive = 0.5,
+        tau_plus: Fraction = 0.1,
+        beta: float = 1.0,
+        detach_weights: bool = False,
     ) -> None:
         super().__init__()
         if not temperature > 0:
@@ -336,7 +342,10 @@ class HardNegativePenaltyLoss(PairLoss):
     """Module form of :func:`hard_negative_penalty_loss` (fixed τ; top-k or fraction of negatives)."""
 
     def __init__(
-        self, temperature: float = 0.5, top_k: int | None = None, hard_fraction: float = 0.25
+        self,
+        temperature: Positive = 0.5,
+        top_k: PositiveInt | None = None,
+        hard_fraction: Annotated[float, Gt(0), Le(1)] = 0.25,
     ) -> None:
         super().__init__()
         if not temperature > 0:
@@ -363,7 +372,7 @@ class CLIPINLoss(LearnableScaleLoss):
     accepts = frozenset({"negatives"})
 
     def __init__(
-        self, init_temperature: float = 0.07, learnable: bool = True, max_scale: float = 100.0
+        self, init_temperature: Positive = 0.07, learnable: bool = True, max_scale: MaxScale = 100.0
     ) -> None:
         super().__init__(init_temperature, learnable, max_scale)
 

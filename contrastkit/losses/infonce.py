@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from contrastkit.core.checks import check_pair, check_scalar_param
 from contrastkit.core.errors import ConfigError, InputError
-from contrastkit.losses.base import LOSSES, PairLoss, learnable_log_scale, maybe_normalize
+from contrastkit.core.registry import Positive
+from contrastkit.losses.base import LOSSES, MaxScale, PairLoss, learnable_log_scale, maybe_normalize
 from contrastkit.losses.clip import clip_loss
 
 __all__ = ["InfoNCELoss", "NTXentLoss", "infonce_loss", "ntxent_loss"]
@@ -141,7 +142,7 @@ class NTXentLoss(PairLoss):
     """
 
     def __init__(
-        self, temperature: float = 0.1, reduction: Reduction = "mean", allow_single: bool = False
+        self, temperature: Positive = 0.1, reduction: Reduction = "mean", allow_single: bool = False
     ) -> None:
         super().__init__()
         _check_positive("temperature", temperature)
@@ -174,9 +175,9 @@ class InfoNCELoss(PairLoss):
 
     def __init__(
         self,
-        init_temperature: float = 0.07,
+        init_temperature: Positive = 0.07,
         learnable: bool = True,
-        max_scale: float = 100.0,
+        max_scale: MaxScale = 100.0,
         symmetric: bool = False,
         allow_single: bool = False,
     ) -> None:

@@ -30,13 +30,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Gt, Le
 
 from contrastkit.core.checks import check_finite, check_pair
 from contrastkit.core.errors import ConfigError, InputError
+from contrastkit.core.registry import Positive, Probability
 from contrastkit.losses.base import LOSSES, PairLoss, as_float, maybe_normalize
 from contrastkit.losses.geometry import log_mean_exp_offdiag
 
@@ -140,11 +142,11 @@ class KernelInfoNCELoss(PairLoss):
 
     def __init__(
         self,
-        temperature: float = 0.1,
-        gamma: float = 2.0,
-        layout: str = "views",
-        mixture: str | None = None,
-        mix_weight: float = 0.5,
+        temperature: Positive = 0.1,
+        gamma: Annotated[float, Gt(0), Le(2)] = 2.0,
+        layout: Literal["views", "cross"] = "views",
+        mixture: Literal["sum", "concat"] | None = None,
+        mix_weight: Probability = 0.5,
         allow_single: bool = False,
     ) -> None:
         super().__init__()
@@ -248,7 +250,11 @@ class DecoupledUniformityLoss(PairLoss):
     accepts = frozenset({"weights", "prior"})
 
     def __init__(
-        self, t: float = 2.0, kernel: str = "rbf", sigma: float | None = None, lam: float | None = 0.01
+        self,
+        t: Positive = 2.0,
+        kernel: Literal["rbf", "cosine"] = "rbf",
+        sigma: Positive | None = None,
+        lam: Positive | None = 0.01,
     ) -> None:
         super().__init__()
         if not t > 0:

@@ -29,7 +29,8 @@ from torch import nn
 from contrastkit.core.checks import check_embeddings, check_finite, check_pair
 from contrastkit.core.concepts import concept_targets
 from contrastkit.core.errors import ConfigError, InputError
-from contrastkit.losses.base import LOSSES, PairLoss, as_float, learnable_log_scale, maybe_normalize
+from contrastkit.core.registry import NonNegative, Positive, PositiveInt
+from contrastkit.losses.base import LOSSES, MaxScale, PairLoss, as_float, learnable_log_scale, maybe_normalize
 from contrastkit.losses.clip import clip_loss
 
 __all__ = [
@@ -197,9 +198,9 @@ class CatLIPLoss(_ConceptLoss):
 
     def __init__(
         self,
-        num_concepts: int | None = None,
+        num_concepts: PositiveInt | None = None,
         vocabulary: Sequence[str] | None = None,
-        dim: int | None = None,
+        dim: PositiveInt | None = None,
         normalize: bool = True,
         reduction: str = "batch_mean",
         stop_words: Sequence[str] | None = None,
@@ -224,13 +225,13 @@ class TagAlignLoss(_ConceptLoss):
 
     def __init__(
         self,
-        num_concepts: int | None = None,
+        num_concepts: PositiveInt | None = None,
         vocabulary: Sequence[str] | None = None,
-        dim: int | None = None,
-        lambda_con: float = 1.0,
-        lambda_tag: float = 1.0,
-        init_temperature: float = 0.07,
-        max_scale: float = 100.0,
+        dim: PositiveInt | None = None,
+        lambda_con: NonNegative = 1.0,
+        lambda_tag: NonNegative = 1.0,
+        init_temperature: Positive = 0.07,
+        max_scale: MaxScale = 100.0,
         normalize: bool = True,
         reduction: str = "mean",
         stop_words: Sequence[str] | None = None,

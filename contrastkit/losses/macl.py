@@ -33,6 +33,7 @@ import torch
 
 from contrastkit.core.checks import check_pair
 from contrastkit.core.errors import ConfigError, InputError
+from contrastkit.core.registry import Positive
 from contrastkit.losses.base import LOSSES, PairLoss, maybe_normalize
 
 __all__ = ["MACL_VARIANTS", "MACLLoss", "macl_loss", "macl_temperature"]
@@ -138,7 +139,7 @@ class MACLLoss(PairLoss):
     def __init__(
         self,
         variant: str = "linear",
-        temperature: float = 0.1,
+        temperature: Positive = 0.1,
         coef: float | None = None,
         a0: float = 0.0,
         symmetric: bool = False,

@@ -38,6 +38,7 @@ import torch
 
 from contrastkit.core.checks import check_pair, check_scalar_param
 from contrastkit.core.errors import ConfigError, InputError
+from contrastkit.core.registry import NonNegative, Positive
 from contrastkit.losses.base import LOSSES, PairLoss, maybe_normalize
 
 __all__ = [
@@ -156,7 +157,11 @@ class _MarginModule(PairLoss):
     fn: Callable[..., torch.Tensor]
 
     def __init__(
-        self, scale: float = 5.0, margin: float = 0.2, symmetric: bool = True, allow_single: bool = False
+        self,
+        scale: Positive = 5.0,
+        margin: NonNegative = 0.2,
+        symmetric: bool = True,
+        allow_single: bool = False,
     ) -> None:
         super().__init__()
         if not scale > 0:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from contrastkit.core.checks import check_finite, check_pair
 from contrastkit.core.errors import ConfigError, InputError
+from contrastkit.core.registry import NonNegative, Positive, PositiveInt, Probability
 from contrastkit.losses.base import LOSSES, PairLoss, maybe_normalize
 
 __all__ = [
@@ -188,12 +189,12 @@ class M3CoLLoss(_Seeded):
 
     def __init__(
         self,
-        temperature: float = 0.1,
-        soft_temperature: float = 0.125,
-        beta_alpha: float = 0.15,
-        select_prob: float = 0.5,
-        mixup_pct: float = 0.33,
-        total_steps: int = 800,
+        temperature: Positive = 0.1,
+        soft_temperature: Positive = 0.125,
+        beta_alpha: Positive = 0.15,
+        select_prob: Probability = 0.5,
+        mixup_pct: Probability = 0.33,
+        total_steps: PositiveInt = 800,
         phase: Literal["mixco", "softclip"] | None = None,
         seed: int = 0,
         normalize: bool = True,
@@ -324,9 +325,9 @@ class MetrixLoss(_Seeded):
 
     def __init__(
         self,
-        alpha: float = 2.0,
-        weight: float = 1.0,
-        temperature: float = 0.1,
+        alpha: Positive = 2.0,
+        weight: NonNegative = 1.0,
+        temperature: Positive = 0.1,
         seed: int = 0,
         normalize: bool = True,
     ) -> None:

@@ -14,12 +14,14 @@ gather embeddings (and targets) across devices first. Related: L-SUPCON, L-CATLI
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from annotated_types import Gt, Le
 
 from contrastkit.core.checks import check_embeddings, check_pair
 from contrastkit.core.errors import ConfigError, InputError
+from contrastkit.core.registry import Positive, PositiveInt
 from contrastkit.losses.base import LOSSES, PairLoss, as_float, maybe_normalize
 
 __all__ = ["MLCDLoss", "assign_positives", "fit_prototypes", "mlcd_loss"]
@@ -146,9 +148,9 @@ class MLCDLoss(PairLoss):
 
     def __init__(
         self,
-        num_positives: int = 8,
-        scale: float = 32.0,
-        sample_ratio: float = 1.0,
+        num_positives: PositiveInt = 8,
+        scale: Positive = 32.0,
+        sample_ratio: Annotated[float, Gt(0), Le(1)] = 1.0,
         seed: int = 0,
         normalize: bool = True,
         prototypes: torch.Tensor | None = None,

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from contrastkit.core.checks import check_pair, check_queue
 from contrastkit.core.errors import ConfigError, InputError
+from contrastkit.core.registry import NonNegInt, Positive, PositiveInt
 from contrastkit.losses.base import LOSSES, PairLoss, as_float, maybe_normalize
 
 __all__ = ["MoCHiLoss", "MochiSynthetics", "mochi_loss", "mochi_synthetics"]
@@ -229,13 +230,13 @@ class MoCHiLoss(PairLoss):
 
     def __init__(
         self,
-        dim: int,
-        n_hard: int,
-        n_mix: int,
-        n_mix_query: int,
-        warmup_steps: int,
-        queue_size: int = 65536,
-        temperature: float = 0.2,
+        dim: PositiveInt,
+        n_hard: PositiveInt,
+        n_mix: NonNegInt,
+        n_mix_query: NonNegInt,
+        warmup_steps: NonNegInt,
+        queue_size: PositiveInt = 65536,
+        temperature: Positive = 0.2,
         seed: int = 0,
         random_init: bool = True,
     ) -> None:

@@ -55,6 +55,7 @@ import torch.nn.functional as F
 
 from contrastkit.core.checks import check_pair, check_queue, check_scalar_param
 from contrastkit.core.errors import ConfigError, InputError
+from contrastkit.core.registry import Positive, PositiveInt
 from contrastkit.losses.base import LOSSES, MultiLoss, as_float, maybe_normalize
 
 __all__ = [
@@ -158,12 +159,12 @@ class MoCo2Loss(MultiLoss):
 
     def __init__(
         self,
-        dim: int,
-        queue_size: int = 65536,
-        temperature: float = 0.2,
+        dim: PositiveInt,
+        queue_size: PositiveInt = 65536,
+        temperature: Positive = 0.2,
         query: str | Sequence[str] = "image@0",
         key: str | Sequence[str] = "image@1:ema",
-        top_k: int | None = None,
+        top_k: PositiveInt | None = None,
         max_similarity: float | None = None,
         seed: int = 0,
     ) -> None:
@@ -267,7 +268,7 @@ class MoCo3Loss(MultiLoss):
 
     def __init__(
         self,
-        temperature: float = 1.0,
+        temperature: Positive = 1.0,
         queries: Sequence[str] = ("image@0", "image@1"),
         keys: Sequence[str] = ("image@0:ema", "image@1:ema"),
         allow_single: bool = False,

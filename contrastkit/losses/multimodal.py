@@ -43,7 +43,8 @@ from torch import nn
 
 from contrastkit.core.checks import check_embeddings, check_pair, check_scalar_param
 from contrastkit.core.errors import ConfigError, InputError
-from contrastkit.losses.base import LOSSES, MultiLoss, learnable_log_scale, maybe_normalize
+from contrastkit.core.registry import Positive, Probability
+from contrastkit.losses.base import LOSSES, MaxScale, MultiLoss, learnable_log_scale, maybe_normalize
 from contrastkit.losses.clip import clip_loss
 
 __all__ = [
@@ -210,9 +211,9 @@ class GRAMLoss(MultiLoss):
         self,
         anchor: str = "text",
         modalities: Sequence[str] | None = None,
-        init_temperature: float = 0.07,
+        init_temperature: Positive = 0.07,
         learnable: bool = True,
-        label_smoothing: float = 0.1,
+        label_smoothing: Probability = 0.1,
         eps: float = 1e-12,
         allow_single: bool = False,
     ) -> None:
@@ -260,9 +261,9 @@ class PairwiseCLIPLoss(MultiLoss):
         anchor: str = "text",
         modalities: Sequence[str] | None = None,
         per_pair: bool = False,
-        init_temperature: float = 0.07,
+        init_temperature: Positive = 0.07,
         learnable: bool = True,
-        max_scale: float = 100.0,
+        max_scale: MaxScale = 100.0,
         allow_single: bool = False,
     ) -> None:
         super().__init__()

@@ -40,12 +40,14 @@ Modules read ``"<modality>@0" … "<modality>@{V−1}"`` (default modality ``"im
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from annotated_types import Ge
 
 from contrastkit.core.checks import check_embeddings, check_finite, check_pair, check_scalar_param
 from contrastkit.core.errors import ConfigError, InputError
+from contrastkit.core.registry import NonNegInt, Positive
 from contrastkit.losses.base import LOSSES, MultiLoss, as_float, maybe_normalize
 
 __all__ = [
@@ -233,8 +235,8 @@ class MVInfoNCELoss(_ViewLoss):
 
     def __init__(
         self,
-        n_views: int = 2,
-        temperature: float = 0.2,
+        n_views: Annotated[int, Ge(2)] = 2,
+        temperature: Positive = 0.2,
         modality: str = "image",
         keys: Sequence[str] | None = None,
         allow_single: bool = False,
@@ -253,8 +255,8 @@ class MVDHELLoss(_ViewLoss):
 
     def __init__(
         self,
-        n_views: int = 2,
-        temperature: float = 0.2,
+        n_views: Annotated[int, Ge(2)] = 2,
+        temperature: Positive = 0.2,
         modality: str = "image",
         keys: Sequence[str] | None = None,
     ) -> None:
@@ -272,9 +274,9 @@ class ColloSSLLoss(_ViewLoss):
 
     def __init__(
         self,
-        n_views: int = 2,
-        temperature: float = 0.1,
-        anchor: int = 0,
+        n_views: Annotated[int, Ge(2)] = 2,
+        temperature: Positive = 0.1,
+        anchor: NonNegInt = 0,
         positives: Sequence[int] | None = None,
         negatives: Sequence[int] | None = None,
         modality: str = "image",

@@ -30,6 +30,7 @@ from torch import nn
 
 from contrastkit.core.checks import check_embeddings, check_scalar_param
 from contrastkit.core.errors import InputError
+from contrastkit.core.registry import Positive
 from contrastkit.losses.base import LOSSES, PairLoss, maybe_normalize
 
 __all__ = ["SigLIPLoss", "siglip_loss"]
@@ -95,10 +96,10 @@ class SigLIPLoss(PairLoss):
 
     def __init__(
         self,
-        init_scale: float = 10.0,
+        init_scale: Positive = 10.0,
         init_bias: float = -10.0,
         learnable: bool = True,
-        max_scale: float | None = None,
+        max_scale: Positive | None = None,
     ) -> None:
         super().__init__()
         if not init_scale > 0:

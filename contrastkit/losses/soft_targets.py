@@ -24,14 +24,15 @@ Related: L-CLIP (one-hot targets: each loss reduces to it, see the tests), L-SUP
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from contrastkit.core.checks import check_finite, check_pair, check_scalar_param
 from contrastkit.core.errors import ConfigError, InputError
-from contrastkit.losses.base import LOSSES, LearnableScaleLoss, maybe_normalize
+from contrastkit.core.registry import Positive
+from contrastkit.losses.base import LOSSES, LearnableScaleLoss, MaxScale, maybe_normalize
 
 __all__ = [
     "CWCLLoss",
@@ -156,9 +157,9 @@ class CWCLLoss(LearnableScaleLoss):
 
     def __init__(
         self,
-        init_temperature: float = 0.07,
+        init_temperature: Positive = 0.07,
         learnable: bool = True,
-        max_scale: float = 100.0,
+        max_scale: MaxScale = 100.0,
         symmetric: bool = True,
         weight_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
         allow_single: bool = False,
@@ -245,11 +246,11 @@ class MedCLIPLoss(LearnableScaleLoss):
 
     def __init__(
         self,
-        init_temperature: float = 0.07,
+        init_temperature: Positive = 0.07,
         learnable: bool = True,
-        max_scale: float = 100.0,
-        target: str = "softmax",
-        target_temperature: float = 1.0,
+        max_scale: MaxScale = 100.0,
+        target: Literal["softmax", "normalize"] = "softmax",
+        target_temperature: Positive = 1.0,
         allow_single: bool = False,
     ) -> None:
         super().__init__(init_temperature, learnable, max_scale)
@@ -312,10 +313,10 @@ class MultiPositiveLoss(LearnableScaleLoss):
 
     def __init__(
         self,
-        init_temperature: float = 0.07,
+        init_temperature: Positive = 0.07,
         learnable: bool = True,
-        max_scale: float = 100.0,
-        form: str = "in",
+        max_scale: MaxScale = 100.0,
+        form: Literal["in", "out"] = "in",
         allow_single: bool = False,
     ) -> None:
         super().__init__(init_temperature, learnable, max_scale)
@@ -376,9 +377,9 @@ class XMCDecoupledLoss(LearnableScaleLoss):
 
     def __init__(
         self,
-        init_temperature: float = 0.05,
+        init_temperature: Positive = 0.05,
         learnable: bool = False,
-        max_scale: float = 100.0,
+        max_scale: MaxScale = 100.0,
         allow_single: bool = False,
     ) -> None:
         super().__init__(init_temperature, learnable, max_scale)

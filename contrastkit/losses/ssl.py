@@ -59,6 +59,7 @@ from torch import nn
 
 from contrastkit.core.checks import check_pair
 from contrastkit.core.errors import ConfigError, InputError
+from contrastkit.core.registry import NonNegative, NonNegInt, PositiveInt
 
 # imported so the terms clip_plus_ssl builds by name are registered (clip, siglip, ntxent, moco*)
 from contrastkit.losses import clip, infonce, momentum, siglip  # noqa: F401
@@ -165,7 +166,7 @@ class BarlowTwinsLoss(PairLoss):
         lambd: λ (5e-3; the official code uses 0.0051). eps: BatchNorm eps (1e-5).
     """
 
-    def __init__(self, lambd: float = 5e-3, eps: float = 1e-5) -> None:
+    def __init__(self, lambd: NonNegative = 5e-3, eps: NonNegative = 1e-5) -> None:
         super().__init__()
         if not lambd >= 0 or not eps >= 0:
             raise ConfigError(f"lambd and eps must be >= 0, got {lambd}, {eps}")
@@ -242,8 +243,8 @@ class BYOLLoss(_PredictionTargetLoss):
         self,
         predictions: Sequence[str] = ("image@0", "image@1"),
         targets: Sequence[str] = ("image@0:ema", "image@1:ema"),
-        predictor_hidden: int = 0,
-        dim: int | None = None,
+        predictor_hidden: NonNegInt = 0,
+        dim: PositiveInt | None = None,
         predictor_bn: bool = True,
     ) -> None:
         super().__init__(predictions, targets, predictor_hidden, dim, predictor_bn)
@@ -267,8 +268,8 @@ class SimSiamLoss(_PredictionTargetLoss):
         self,
         predictions: Sequence[str] = ("image@0", "image@1"),
         projections: Sequence[str] = ("image@0:ema", "image@1:ema"),
-        predictor_hidden: int = 0,
-        dim: int | None = None,
+        predictor_hidden: NonNegInt = 0,
+        dim: PositiveInt | None = None,
         predictor_bn: bool = True,
     ) -> None:
         super().__init__(predictions, projections, predictor_hidden, dim, predictor_bn)
@@ -296,11 +297,11 @@ class CLIPPlusSSLLoss(MultiLoss, WeightedTerms):
     def __init__(
         self,
         ssl: str = "ntxent",
-        ssl_weight: float = 1.0,
+        ssl_weight: NonNegative = 1.0,
         ssl_params: dict[str, Any] | None = None,
         contrastive: str = "clip",
         contrastive_params: dict[str, Any] | None = None,
-        image_text_weight: float = 1.0,
+        image_text_weight: NonNegative = 1.0,
         image_text: Sequence[str] = ("image@0", "text"),
         views: Sequence[str] = ("image@0", "image@1"),
     ) -> None:

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 
 from contrastkit.core.checks import check_embeddings, check_pair, check_scalar_param
 from contrastkit.core.errors import ConfigError, InputError
+from contrastkit.core.registry import Positive
 from contrastkit.losses.base import LOSSES, PairLoss, as_float, maybe_normalize
 
 __all__ = ["SupConLoss", "supcon_loss"]
@@ -173,9 +174,9 @@ class SupConLoss(PairLoss):
 
     def __init__(
         self,
-        temperature: float = 0.1,
+        temperature: Positive = 0.1,
         variant: Literal["out", "in"] = "out",
-        base_temperature: float | None = None,
+        base_temperature: Positive | None = None,
         zero_positive: Literal["ignore", "zero"] = "ignore",
         relu_head: bool = False,
     ) -> None:

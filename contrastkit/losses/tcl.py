@@ -36,6 +36,7 @@ from torch import nn
 
 from contrastkit.core.checks import check_embeddings, check_finite, check_pair, check_queue
 from contrastkit.core.errors import ConfigError, InputError
+from contrastkit.core.registry import NonNegInt, Positive, PositiveInt, Probability
 from contrastkit.losses.base import LOSSES, MultiLoss, as_float, maybe_normalize
 from contrastkit.losses.multiview import _check_temperature
 
@@ -264,14 +265,14 @@ class TCLLoss(MultiLoss):
 
     def __init__(
         self,
-        dim: int,
-        queue_size: int = 65536,
-        init_temperature: float = 0.07,
+        dim: PositiveInt,
+        queue_size: PositiveInt = 65536,
+        init_temperature: Positive = 0.07,
         learnable: bool = True,
-        min_temperature: float = 0.001,
-        max_temperature: float = 0.5,
-        alpha: float = 0.4,
-        alpha_warmup_steps: int = 0,
+        min_temperature: Positive = 0.001,
+        max_temperature: Positive = 0.5,
+        alpha: Probability = 0.4,
+        alpha_warmup_steps: NonNegInt = 0,
         local: bool = True,
         seed: int = 0,
         random_init: bool = True,

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 
 from contrastkit.core.checks import check_embeddings, check_pair
 from contrastkit.core.errors import ConfigError, InputError
+from contrastkit.core.registry import NonNegative, Positive, PositiveInt
 from contrastkit.losses.base import LOSSES, PairLoss, as_float, maybe_normalize
 
 __all__ = ["WhitenedCSELoss", "draw_shuffles", "group_whiten", "whitenedcse_loss"]
@@ -163,11 +164,11 @@ class WhitenedCSELoss(PairLoss):
 
     def __init__(
         self,
-        groups: int = 8,
-        shuffles: int = 2,
-        temperature: float = 0.05,
+        groups: PositiveInt = 8,
+        shuffles: PositiveInt = 2,
+        temperature: Positive = 0.05,
         method: str = "zca",
-        eps: float = 1e-5,
+        eps: NonNegative = 1e-5,
         seed: int = 0,
         normalize: bool = True,
     ) -> None:

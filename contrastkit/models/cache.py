@@ -27,6 +27,7 @@ import torch
 
 from contrastkit.core.errors import InputError
 from contrastkit.core.io import atomic_path, atomic_write_json
+from contrastkit.core.registry import PositiveInt
 from contrastkit.models.towers import TOWERS, TextTower, Tower, TowerContext
 
 __all__ = ["CachedTextTower", "cached_features", "default_cache_dir", "fingerprint", "hash_inputs"]
@@ -151,8 +152,8 @@ class CachedTextTower(TextTower):
 @TOWERS.register("cached_text")
 def cached_text_tower(
     tower: dict | None = None,
-    cache_dir: str | None = None,
-    batch_size: int = 256,
+    cache_dir: str | Path | None = None,
+    batch_size: PositiveInt = 256,
     context: TowerContext | None = None,
 ) -> CachedTextTower:
     """A locked text tower (``tower``: ``{name, params}``, e.g. ``hf_pretrained`` MiniLM) with the

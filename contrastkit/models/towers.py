@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from contrastkit.core.errors import ConfigError, InputError, MissingFileError
-from contrastkit.core.registry import Registry
+from contrastkit.core.registry import Fraction, PositiveInt, Registry
 from contrastkit.models.pretrained import load_weights, map_state_dict, resolve_path
 from contrastkit.models.tokenizer import encode, load_tokenizer, train_word_tokenizer
 
@@ -165,6 +165,30 @@ class VectorTower(Tower):
 TOWERS: Registry[Tower] = Registry("tower")
 
 
+def _check_timm_kwargs(kwargs: dict | None, tower: str) -> None:
+    """``layers``/``channels`` in timm constructor kwargs are positive integers (or lists of them):
+    timm itself fails deep inside (or builds an empty stage) on ``[-1, ...]``."""
+    for key in ("layers", "channels"):
+        value = (kwargs or {}).get(key)
+        if value is None:
+            continue
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if not items or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in items):
+            raise ConfigError(
+                f"tower {tower!r}: parameter kwargs.{key} must be a positive integer or a list of them, "
+                f"got {value!r}"
+            )
+
+
+def _create_timm(arch: str, tower: str, **kwargs) -> nn.Module:
+    import timm
+
+    try:
+        return timm.create_model(arch, pretrained=False, **kwargs)
+    except TypeError as err:  # a kwarg the architecture's constructor does not take
+        raise ConfigError(f"tower {tower!r}: timm {arch!r} rejects kwargs {kwargs}: {err}") from None
+
+
 @TOWERS.register("timm")
 def timm_tower(
     arch: str = "resnet18",
@@ -175,9 +199,10 @@ def timm_tower(
     (e.g. ``layers``/``channels`` for a small ResNet, ``img_size``/``patch_size``/``depth`` for a ViT)."""
     import timm
 
+    _check_timm_kwargs(kwargs, "timm")
     if arch not in timm.list_models():
         raise InputError(f"unknown timm architecture {arch!r}")
-    model = timm.create_model(arch, pretrained=False, num_classes=0, **(kwargs or {}))
+    model = _create_timm(arch, "timm", num_classes=0, **(kwargs or {}))
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     return ImageTower(model, cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225)))
 
@@ -190,7 +215,7 @@ def timm_pretrained_tower(
     kwargs: dict | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-    size: int | None = None,
+    size: PositiveInt | None = None,
     context: TowerContext | None = None,
 ) -> ImageTower:
     """A timm architecture with pretrained weights from the local file ``weights`` (may be
@@ -199,10 +224,11 @@ def timm_pretrained_tower(
     config, so a saved run evaluates with exactly what it trained with."""
     import timm
 
+    _check_timm_kwargs(kwargs, "timm_pretrained")
     if arch not in timm.list_models():
         raise InputError(f"unknown timm architecture {arch!r}")
     state = load_weights(weights)
-    model = timm.create_model(arch, pretrained=False, **(kwargs or {}))
+    model = _create_timm(arch, "timm_pretrained", **(kwargs or {}))
     try:
         map_state_dict(model, state, key_map)
     except InputError as e:
@@ -215,13 +241,13 @@ def timm_pretrained_tower(
 
 @TOWERS.register("hf_text")
 def hf_text_tower(
-    hidden_size: int = 128,
-    layers: int = 2,
-    heads: int = 2,
-    intermediate_size: int = 256,
-    max_length: int = 32,
-    vocab_size: int = 1000,
-    dropout: float = 0.0,
+    hidden_size: PositiveInt = 128,
+    layers: PositiveInt = 2,
+    heads: PositiveInt = 2,
+    intermediate_size: PositiveInt = 256,
+    max_length: PositiveInt = 32,
+    vocab_size: PositiveInt = 1000,
+    dropout: Fraction = 0.0,
     pooling: Literal["cls", "mean"] = "mean",
     context: TowerContext | None = None,
 ) -> TextTower:
@@ -229,6 +255,10 @@ def hf_text_tower(
     (fresh run) or loaded from ``context.assets_dir/tokenizer`` (rebuilding a trained run)."""
     from transformers import BertConfig, BertModel
 
+    if hidden_size % heads:
+        raise ConfigError(
+            f"tower 'hf_text': parameter hidden_size={hidden_size} must be a multiple of heads={heads}"
+        )
     context = context or TowerContext()
     if context.assets_dir is not None:
         tokenizer = load_tokenizer(context.assets_dir / "tokenizer")
@@ -253,7 +283,7 @@ def hf_text_tower(
 @TOWERS.register("hf_pretrained")
 def hf_pretrained_tower(
     path: str,
-    max_length: int = 64,
+    max_length: PositiveInt = 64,
     pooling: Literal["cls", "mean"] = "mean",
     context: TowerContext | None = None,
 ) -> TextTower:
@@ -275,9 +305,9 @@ def hf_pretrained_tower(
 
 @TOWERS.register("mlp")
 def mlp_tower(
-    input_dim: int | None = None,
-    hidden_dim: int = 128,
-    output_dim: int = 128,
+    input_dim: PositiveInt | None = None,
+    hidden_dim: PositiveInt = 128,
+    output_dim: PositiveInt = 128,
     context: TowerContext | None = None,
 ) -> VectorTower:
     """A two-layer MLP (Linear-GELU-Linear) for float vectors of ``input_dim`` entries (required;

@@ -17,6 +17,7 @@ periodic work (e.g. zero-shot tracking) through ``callbacks`` — functions
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -211,7 +212,12 @@ def train(cfg: RunConfig, *, overwrite: bool = False, callbacks: Sequence[Callba
             write_marker(run_dir)
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         ctx.barrier()
-        s = _session(cfg, run_dir, fresh=True, ctx=ctx, device=device)
+        try:
+            s = _session(cfg, run_dir, fresh=True, ctx=ctx, device=device)
+        except BaseException:  # nothing trained yet: leave no folder that blocks the next attempt
+            if ctx.main:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         return _fit(s, start=0, callbacks=callbacks)
 
 

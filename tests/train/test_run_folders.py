@@ -188,3 +188,13 @@ def test_eval_of_a_damaged_checkpoint_is_a_one_line_error_naming_the_file(tmp_pa
     rc = main(["eval", str(run), "--tasks", "zeroshot"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error:") and "model.safetensors" in err and "\n" not in err
+
+
+def test_a_run_that_fails_before_its_first_step_leaves_no_folder(tmp_path):
+    from contrastkit.losses import LossConfig
+
+    bad = dataclasses.replace(_cfg(tmp_path, name="bad"), loss=LossConfig("clip", {"init_temperature": -1.0}))
+    with pytest.raises(ConfigError, match="init_temperature"):
+        train(bad)
+    assert not (tmp_path / "runs" / "bad").exists()
+    train(_cfg(tmp_path, name="bad"))  # the corrected config starts without --overwrite
