@@ -66,6 +66,10 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.terms and (self.name != "clip" or self.params):
             raise ConfigError("loss: give either name/params or terms, not both")
+        for term, value in self.terms.items():
+            weight = value.weight if isinstance(value, LossTerm) else value
+            if not math.isfinite(weight) or weight < 0:
+                raise ConfigError(f"loss.terms.{term}: the weight must be finite and >= 0, got {weight}")
 
 
 LOSSES: Registry[PairLoss] = Registry("loss")
