@@ -112,7 +112,7 @@ def _resolve_hints(target: Callable[..., Any], sig: inspect.Signature) -> dict[s
 def _model(hints: dict[str, Any]) -> Any:
     import pydantic
 
-    config = pydantic.ConfigDict(strict=True, arbitrary_types_allowed=True)
+    config = pydantic.ConfigDict(strict=True, arbitrary_types_allowed=True, allow_inf_nan=False)
 
     def make(fields: dict[str, Any]) -> Any:
         return pydantic.create_model(

@@ -184,9 +184,39 @@ def _create_timm(arch: str, tower: str, **kwargs) -> nn.Module:
     import timm
 
     try:
-        return timm.create_model(arch, pretrained=False, **kwargs)
+        model = timm.create_model(arch, pretrained=False, **kwargs)
     except TypeError as err:  # a kwarg the architecture's constructor does not take
         raise ConfigError(f"tower {tower!r}: timm {arch!r} rejects kwargs {kwargs}: {err}") from None
+    own = {k: v for k, v in kwargs.items() if k != "num_classes"}
+    if own:
+        _dry_run(model, arch, tower, own)
+    return model
+
+
+def _dry_run(model: nn.Module, arch: str, tower: str, kwargs: dict) -> None:
+    """Run a customised architecture once on a blank image: kwargs timm accepts can still build a
+    model that cannot run (a ResNet with 2 stages: ``layers: [1, 2]``), which should fail here, on
+    the config, not at the first training step. Tries the model's own input size (ViTs are fixed),
+    else 32 then 224 pixels."""
+    grid = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    sizes = [tuple(grid)] if grid is not None else [(32, 32), (224, 224)]
+    was_training = model.training
+    model.eval()
+    error: Exception | None = None
+    try:
+        for h, w in sizes:
+            try:
+                with torch.no_grad():
+                    model(torch.zeros(1, 3, h, w))
+                return
+            except Exception as err:  # any failure means: this architecture does not run
+                error = err
+    finally:
+        model.train(was_training)
+    raise ConfigError(
+        f"tower {tower!r}: timm {arch!r} with kwargs {kwargs} builds but does not run "
+        f"({type(error).__name__}: {str(error).splitlines()[0] if error else ''})"
+    )
 
 
 @TOWERS.register("timm")

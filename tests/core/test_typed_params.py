@@ -308,3 +308,16 @@ def test_shipped_configs_load_and_build_their_components(path):
             if cfg.data.name == "shapes":
                 params["n"] = min(params.get("n", 64), 64)
             DATASETS.build(cfg.data.name, split=split, **params)
+
+
+def test_a_timm_architecture_that_builds_but_cannot_run_is_a_config_error():
+    """Found by the CLI fuzz: a 2-stage ResNet builds in timm and fails at its first forward."""
+    from contrastkit.core.errors import ConfigError
+    from contrastkit.models import TOWERS
+
+    with pytest.raises(ConfigError, match=r"builds but does not run \(AttributeError"):
+        TOWERS.build("timm", arch="resnet18", kwargs={"layers": [1, 2]})
+    tower = TOWERS.build(
+        "timm", arch="resnet18", kwargs={"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64]}
+    )
+    assert tower.training  # the dry run leaves the mode as it was

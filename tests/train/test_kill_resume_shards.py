@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from safetensors.torch import load_file
 
@@ -21,10 +22,10 @@ from contrastkit.data import ImageConfig, make_shapes
 from contrastkit.data.convert import write_shards
 from contrastkit.train import RunConfig, latest_checkpoint, read_metrics, train
 
-STEPS, CKPT_EVERY, KILLS = 36, 3, 5
+STEPS, CKPT_EVERY, KILLS = 36, 3, 5  # the slow campaign: 15 kills over 90 steps
 
 
-def _config(shards: Path, out: Path, name: str) -> RunConfig:
+def _config(shards: Path, out: Path, name: str, steps: int = STEPS) -> RunConfig:
     base = RunConfig.tiny(name=name, out_dir=str(out))
     data = dataclasses.replace(
         base.data,
@@ -36,7 +37,7 @@ def _config(shards: Path, out: Path, name: str) -> RunConfig:
         image=ImageConfig(size=32, crop_scale=(0.6, 1.0), flip=0.5),
     )
     train_cfg = dataclasses.replace(
-        base.train, steps=STEPS, ckpt_every=CKPT_EVERY, log_every=1, batch_size=16
+        base.train, steps=steps, ckpt_every=CKPT_EVERY, log_every=1, batch_size=16
     )
     return dataclasses.replace(base, data=data, train=train_cfg)
 
@@ -60,17 +61,26 @@ def _launch(args: list[str]) -> subprocess.Popen:
 
 
 def test_sigkill_at_random_moments_then_resume_is_bit_exact(tmp_path):
+    _campaign(tmp_path, KILLS, STEPS, seed=0)
+
+
+@pytest.mark.slow
+def test_sigkill_campaign(tmp_path):
+    _campaign(tmp_path, 15, 90, seed=1)
+
+
+def _campaign(tmp_path: Path, n_kills: int, steps: int, seed: int) -> None:
     shards = tmp_path / "shards"
     write_shards(make_shapes("train", n=150, image_size=32, seed=7), shards, shard_size=25)
-    reference = train(_config(shards, tmp_path / "ref", "ref"))
+    reference = train(_config(shards, tmp_path / "ref", "ref", steps))
 
-    cfg = _config(shards, tmp_path / "runs", "killed")
+    cfg = _config(shards, tmp_path / "runs", "killed", steps)
     cfg_file = tmp_path / "killed.yaml"
     cfg_file.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     run = tmp_path / "runs" / "killed"
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     kills = []
-    for i in range(KILLS):
+    for i in range(n_kills):
         target = _step_of(run) + int(rng.integers(1, 5))  # a few checkpoints further each time
         args = ["train", "--config", str(cfg_file)] if i == 0 else ["train", "--resume", str(run)]
         proc = _launch(args)
@@ -84,10 +94,10 @@ def test_sigkill_at_random_moments_then_resume_is_bit_exact(tmp_path):
         kills.append(_step_of(run))
     final = _launch(["train", "--resume", str(run)])
     assert final.wait(timeout=300) == 0, final.stderr.read().decode()[-3000:]
-    assert len(set(kills)) == KILLS and kills[-1] < STEPS  # killed at distinct points, before the end
+    assert len(set(kills)) == n_kills and kills[-1] < steps  # killed at distinct points, before the end
 
     ref_metrics, got = read_metrics(reference.run_dir), read_metrics(run)
-    assert [r["step"] for r in got] == list(range(1, STEPS + 1))
+    assert [r["step"] for r in got] == list(range(1, steps + 1))
     assert [r["loss"] for r in got] == [r["loss"] for r in ref_metrics]  # every logged loss, exactly
     a = load_file(str(latest_checkpoint(reference.run_dir) / "model.safetensors"))
     b = load_file(str(latest_checkpoint(run) / "model.safetensors"))
