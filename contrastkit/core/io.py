@@ -71,18 +71,19 @@ def check_writable_dir(path: str | Path, what: str = "out_dir") -> Path:
     read-only or pseudo file system), instead of an ``OSError`` traceback mid-run. Returns the path.
     """
     p = Path(path).expanduser()
-    for folder in (p, *p.parents):
-        if folder.exists() or folder.is_symlink():
-            if not folder.is_dir():
-                kind = "a file" if folder.exists() else "a dangling link"
-                where = f"{what} {p} is" if folder == p else f"{what} {p}: {folder} is"
-                raise ConfigError(f"{where} {kind}, not a folder")
-            break
-    try:
+    try:  # even looking can fail (a name longer than the file system allows)
+        for folder in (p, *p.parents):
+            if folder.exists() or folder.is_symlink():
+                if not folder.is_dir():
+                    kind = "a file" if folder.exists() else "a dangling link"
+                    where = f"{what} {p} is" if folder == p else f"{what} {p}: {folder} is"
+                    raise ConfigError(f"{where} {kind}, not a folder")
+                break
         p.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=p)
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise ConfigError(f"{what} {p} is not a writable folder: {err.strerror or err}") from None
+        shown = str(p) if len(str(p)) <= 120 else f"{str(p)[:60]}…({len(str(p))} characters)"
+        raise ConfigError(f"{what} {shown} is not a writable folder: {err.strerror or err}") from None
     return p
