@@ -192,12 +192,7 @@ def train(cfg: RunConfig, *, overwrite: bool = False, callbacks: Sequence[Callba
     check_threads(cfg.train.threads)
     device = _device(cfg.train.device)
     ctx = init_from_env(device)
-    per_rank = cfg.train.batch_size // ctx.world
-    if per_rank < 2:
-        raise ConfigError(
-            f"train.batch_size={cfg.train.batch_size} gives {per_rank} example(s) per process on "
-            f"{ctx.world}: a contrastive batch needs at least 2 per process (negatives; batch norm)"
-        )
+    _check_batch_split(cfg, ctx.world)
     if ctx.main:
         check_writable_dir(cfg.out_dir)
     with RunLock(run_dir) if ctx.main else nullcontext():
@@ -219,6 +214,22 @@ def train(cfg: RunConfig, *, overwrite: bool = False, callbacks: Sequence[Callba
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
         return _fit(s, start=0, callbacks=callbacks)
+
+
+def _check_batch_split(cfg: RunConfig, world: int) -> None:
+    """Every tower call sees at least 2 examples: a contrastive batch needs negatives, and a
+    batch-norm layer fails on one example (also in the last gradient-cache chunk)."""
+    per_rank, chunk = cfg.train.batch_size // world, cfg.scale.chunk_size
+    if per_rank < 2:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} gives {per_rank} example(s) per process on "
+            f"{world}: a contrastive batch needs at least 2 per process (negatives; batch norm)"
+        )
+    if chunk is not None and chunk < per_rank and min(chunk, per_rank % chunk or chunk) < 2:
+        raise ConfigError(
+            f"scale.chunk_size={chunk} splits the {per_rank} examples per process into chunks of which "
+            f"one has {min(chunk, per_rank % chunk or chunk)}: every chunk needs at least 2 (batch norm)"
+        )
 
 
 def resume(run_dir: str | Path, *, callbacks: Sequence[Callback] = ()) -> TrainResult:
