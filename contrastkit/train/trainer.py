@@ -169,9 +169,7 @@ def _init_from(cfg: RunConfig, source: Path, loss: PairLoss, run_dir: Path | Non
     built with its assets; records which checkpoint in ``run_dir/init_from.json`` (θ₀ of WiSE-FT)."""
     from contrastkit.train.checkpoint import load_weights
 
-    if not (source / "config.yaml").is_file():
-        raise MissingFileError(f"train.init_from: no contrastkit run folder at {source}")
-    ckpt = latest_checkpoint(source)
+    ckpt = _check_init_from(source)
     model = build_model(cfg.model, assets_dir=source / "assets")
     same_loss = load_run_config(source).loss == cfg.loss
     load_weights(ckpt, model, loss if same_loss else None)
@@ -182,6 +180,21 @@ def _init_from(cfg: RunConfig, source: Path, loss: PairLoss, run_dir: Path | Non
     return model
 
 
+def _check_init_from(source: Path) -> Path:
+    """The checkpoint ``train.init_from`` starts from; a one-line error for anything else (checked
+    before any data is generated or read)."""
+    if not source.is_dir():
+        raise MissingFileError(f"train.init_from: no contrastkit run folder at {source} (no such folder)")
+    if not (source / "config.yaml").is_file():
+        kind = "a Hugging Face model folder" if (source / "config.json").is_file() else "not a run folder"
+        raise ConfigError(
+            f"train.init_from: {source} is {kind}; it takes a contrastkit run folder (with config.yaml "
+            "and checkpoints). Pretrained Hugging Face text models load as towers: model.towers.text: "
+            "{name: hf_pretrained, params: {path: ...}} (docs/real-data.md)"
+        )
+    return latest_checkpoint(source, fallback=False)
+
+
 def train(cfg: RunConfig, *, overwrite: bool = False, callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Start run ``cfg.out_dir/cfg.name`` and train it for ``cfg.train.steps`` steps.
 
@@ -190,6 +203,8 @@ def train(cfg: RunConfig, *, overwrite: bool = False, callbacks: Sequence[Callba
     """
     run_dir = run_folder(cfg.out_dir, cfg.name)
     check_threads(cfg.train.threads)
+    if cfg.train.init_from:
+        _check_init_from(Path(cfg.train.init_from))
     device = _device(cfg.train.device)
     ctx = init_from_env(device)
     _check_batch_split(cfg, ctx.world)

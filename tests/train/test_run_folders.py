@@ -198,3 +198,24 @@ def test_a_run_that_fails_before_its_first_step_leaves_no_folder(tmp_path):
         train(bad)
     assert not (tmp_path / "runs" / "bad").exists()
     train(_cfg(tmp_path, name="bad"))  # the corrected config starts without --overwrite
+
+
+def test_a_bad_init_from_fails_in_one_line_before_any_data_is_read(tmp_path, monkeypatch):
+    import contrastkit.train.trainer as trainer_mod
+
+    def no_data(*a, **k):
+        raise AssertionError("data was opened before init_from was checked")
+
+    monkeypatch.setattr(trainer_mod, "open_split", no_data)
+    hf = tmp_path / "hf-model"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    for source, match in [
+        (tmp_path / "nowhere", "no contrastkit run folder"),
+        (hf, "is a Hugging Face model folder"),
+    ]:
+        cfg = _cfg(tmp_path, name="ft")
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=str(source)))
+        with pytest.raises((ConfigError, FileNotFoundError), match=match):
+            train(cfg)
+        assert not (tmp_path / "runs" / "ft").exists()
