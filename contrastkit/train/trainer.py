@@ -37,6 +37,7 @@ from contrastkit.data import Source, open_split, source_captions
 from contrastkit.losses import from_config as build_loss
 from contrastkit.losses.base import MultiLoss, PairLoss
 from contrastkit.models.dual_encoder import DualEncoder, build_model
+from contrastkit.models.pretrained import check_files
 from contrastkit.scale import TiledLoss, backward_through_chunks, embed_in_chunks
 from contrastkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from contrastkit.train.config import RunConfig
@@ -205,6 +206,8 @@ def train(cfg: RunConfig, *, overwrite: bool = False, callbacks: Sequence[Callba
     check_threads(cfg.train.threads)
     if cfg.train.init_from:
         _check_init_from(Path(cfg.train.init_from))
+    for modality, tower in cfg.model.towers.items():  # pretrained files: before any data is read
+        check_files(tower.params, f"model.towers.{modality}.params")
     device = _device(cfg.train.device)
     ctx = init_from_env(device)
     _check_batch_split(cfg, ctx.world)

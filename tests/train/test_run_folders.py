@@ -219,3 +219,19 @@ def test_a_bad_init_from_fails_in_one_line_before_any_data_is_read(tmp_path, mon
         with pytest.raises((ConfigError, FileNotFoundError), match=match):
             train(cfg)
         assert not (tmp_path / "runs" / "ft").exists()
+
+
+def test_missing_pretrained_files_fail_before_any_data_is_read(tmp_path, monkeypatch):
+    import contrastkit.train.trainer as trainer_mod
+    from contrastkit.core.errors import MissingFileError
+    from contrastkit.models import TowerConfig
+
+    monkeypatch.setattr(trainer_mod, "open_split", lambda *a, **k: pytest.fail("data was read first"))
+    cfg = _cfg(tmp_path, name="pre")
+    towers = {
+        **cfg.model.towers,
+        "text": TowerConfig("cached_text", {"tower": {"name": "hf_pretrained", "params": {"path": "/nope"}}}),
+    }
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, towers=towers))
+    with pytest.raises(MissingFileError, match=r"model.towers.text.params.tower.path: no model folder /nope"):
+        train(cfg)
