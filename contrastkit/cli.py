@@ -9,6 +9,7 @@ contrastkit eval runs/NAME --data imagefolder --data-param root=photos [--classe
 contrastkit data shards pairs.csv --out shards/ [--shard-size 1000] [--image-size 256]
 contrastkit data inspect photos/ [--out inspect-photos] [--samples 16]
 contrastkit data export shapes:train --out data/shapes-csv [--split train]
+contrastkit export runs/NAME --format hf|safetensors --out DIR
 contrastkit list {losses,towers,datasets}
 """
 
@@ -99,6 +100,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--train-split", help="split to fit probes on (tasks that need one)")
     e.add_argument("--out", help="output folder (default: the run folder; eval/NAME for a model)")
     e.add_argument("--batch-size", type=int, help="encoder batch size (default: 256 run, 64 model)")
+
+    ex_ = sub.add_parser("export", help="write a run's model for transformers (hf) or as safetensors")
+    ex_.add_argument("run", metavar="RUN", help="run folder")
+    ex_.add_argument("--format", required=True, choices=["hf", "safetensors"], help="output format")
+    ex_.add_argument("--out", required=True, help="output folder")
 
     da = sub.add_parser("data", help="convert a data source (WebDataset shards, CSV + files), or inspect it")
     dsub = da.add_subparsers(dest="data_command", required=True)
@@ -373,6 +379,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _eval(args)
         elif args.command == "data":
             _data(args)
+        elif args.command == "export":
+            from contrastkit.train.export import export_run
+
+            print(f"wrote {export_run(args.run, args.format, args.out)} ({args.format})")
         elif args.command == "plan":
             _plan(args)
         elif args.command == "study":

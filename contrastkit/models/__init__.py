@@ -8,7 +8,9 @@ from contrastkit.models.dual_encoder import (
     build_model,
     lock_parameters,
 )
+from contrastkit.models.hf_dual import HFDualImageTower, HFDualTextTower, hf_dual_logit_scale
 from contrastkit.models.pretrained import load_weights, map_state_dict, resolve_path
+from contrastkit.models.saved import load
 from contrastkit.models.tokenizer import encode, load_tokenizer, train_word_tokenizer
 from contrastkit.models.towers import TOWERS, ImageTower, TextTower, Tower, TowerContext
 
@@ -16,6 +18,8 @@ __all__ = [
     "TOWERS",
     "CachedTextTower",
     "DualEncoder",
+    "HFDualImageTower",
+    "HFDualTextTower",
     "ImageTower",
     "ModelConfig",
     "TextTower",
@@ -25,6 +29,8 @@ __all__ = [
     "build_model",
     "cached_features",
     "encode",
+    "hf_dual_logit_scale",
+    "load",
     "load_tokenizer",
     "load_weights",
     "lock_parameters",

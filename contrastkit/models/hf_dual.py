@@ -1,0 +1,186 @@
+"""Towers from a pretrained Hugging Face ``CLIPModel`` / ``SiglipModel`` folder (offline).
+
+``hf_dual_image`` and ``hf_dual_text`` split a local CLIP or SigLIP checkpoint into contrastkit's
+image and text towers, each ending in the model's own projection, so with ``projection: none``
+(and ``embed_dim`` = the model's projection size) the embeddings equal ``get_image_features`` /
+``get_text_features`` of transformers:
+
+```yaml
+model:
+  towers:
+    image: {name: hf_dual_image, params: {path: models/my-clip}}
+    text: {name: hf_dual_text, params: {path: models/my-clip}}
+  embed_dim: 512          # the checkpoint's projection_dim
+  projection: none
+```
+
+* Images: uint8 batches go through the folder's image processor settings with torch ops
+  (:class:`~contrastkit.models.preprocess.ImagePreprocess`), i.e. exactly the processor's pixels.
+* Texts: CLIP pads to the longest caption and masks the padding, as ``CLIPProcessor`` does (the
+  mask is rebuilt in the tower: every position up to the first EOS token, so it also holds when the
+  pad token is the EOS token, as in OpenAI's tokenizer); SigLIP pads to ``max_length`` and uses no
+  mask, as its reference implementation.
+* Assets: the tower saves the checkpoint's ``config.json``, tokenizer and image-processor files with
+  the run, and rebuilds from them (weights come from the run's checkpoint), so a run no longer needs
+  the source folder.
+
+``hf_dual_logit_scale(path)`` gives the checkpoint's logit scale and bias for the loss's start.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from contrastkit.core.errors import ConfigError, MissingFileError
+from contrastkit.core.registry import PositiveInt
+from contrastkit.models.preprocess import ImagePreprocess
+from contrastkit.models.pretrained import resolve_path
+from contrastkit.models.towers import TOWERS, TextTower, Tower, TowerContext
+
+__all__ = ["HFDualImageTower", "HFDualTextTower", "hf_dual_kind", "hf_dual_logit_scale"]
+
+_FILES = ("config.json", "preprocessor_config.json")
+
+
+def _folder(path: str, context: TowerContext | None) -> tuple[Path, bool]:
+    """The folder to build from: the run's saved assets when rebuilding, else ``path``."""
+    assets = None if context is None else context.assets_dir
+    if assets is not None and (Path(assets) / "config.json").is_file():
+        return Path(assets), True
+    folder = resolve_path(path)
+    if not (folder / "config.json").is_file():
+        raise MissingFileError(f"no Hugging Face CLIP/SigLIP folder at {folder} (no config.json)")
+    return folder, False
+
+
+def hf_dual_kind(folder: str | Path) -> str:
+    """``clip`` or ``siglip``, from the folder's ``config.json``."""
+    kind = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+    if kind not in ("clip", "siglip"):
+        raise ConfigError(f"{folder}: model_type {kind!r} is not a CLIP or SigLIP checkpoint")
+    return str(kind)
+
+
+def _load(folder: Path, from_assets: bool) -> tuple[str, Any]:
+    from transformers import AutoConfig, CLIPModel, SiglipModel
+
+    kind = hf_dual_kind(folder)
+    cls = CLIPModel if kind == "clip" else SiglipModel
+    if from_assets:  # weights come from the run's checkpoint
+        return kind, cls(AutoConfig.from_pretrained(str(folder), local_files_only=True))
+    return kind, cls.from_pretrained(str(folder), local_files_only=True)
+
+
+def hf_dual_logit_scale(path: str | Path) -> tuple[float, float | None]:
+    """The checkpoint's ``exp(logit_scale)`` and (SigLIP) ``logit_bias``."""
+    kind, model = _load(resolve_path(path), False)
+    bias = float(model.logit_bias.detach()) if kind == "siglip" else None
+    return float(model.logit_scale.detach().exp()), bias
+
+
+def _save(source: Path, folder: Path, extra: Any = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in _FILES:
+        if (source / name).is_file() and source.resolve() != folder.resolve():
+            shutil.copy2(source / name, folder / name)
+    if extra is not None:
+        extra.save_pretrained(str(folder))
+
+
+class HFDualImageTower(Tower):
+    """The vision half of a CLIP/SigLIP checkpoint (with CLIP's projection), on uint8 images."""
+
+    def __init__(self, kind: str, model: Any, prep: ImagePreprocess, source: Path) -> None:
+        super().__init__()
+        self.kind, self.prep, self.source = kind, prep, source
+        self.vision = model.vision_model
+        self.proj = model.visual_projection if kind == "clip" else nn.Identity()
+        cfg = model.config
+        self.output_dim = int(cfg.projection_dim if kind == "clip" else cfg.vision_config.hidden_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = self.prep(images).to(next(self.vision.parameters()).device)
+        return self.proj(self.vision(pixel_values=pixels).pooler_output)
+
+    def save_assets(self, folder: Path) -> None:
+        _save(self.source, folder)
+
+
+class HFDualTextTower(TextTower):
+    """The text half of a CLIP/SigLIP checkpoint (with CLIP's projection) and its tokenizer."""
+
+    def __init__(self, kind: str, model: Any, tokenizer: Any, max_length: int, source: Path) -> None:
+        Tower.__init__(self)
+        self.kind, self.tokenizer, self.max_length, self.source = kind, tokenizer, max_length, source
+        self.encoder = model.text_model
+        self.proj = model.text_projection if kind == "clip" else nn.Identity()
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        self.eos_id = model.config.text_config.eos_token_id
+        self.pooling = "eos" if kind == "clip" else "last"
+        cfg = model.config
+        self.output_dim = int(cfg.projection_dim if kind == "clip" else cfg.text_config.hidden_size)
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        padding = "max_length" if self.kind == "siglip" else True
+        out = self.tokenizer(
+            list(texts), padding=padding, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return out["input_ids"]
+
+    def _mask(self, ids: torch.Tensor) -> torch.Tensor:
+        """CLIPProcessor's attention mask: 1 up to and including the first EOS (else: non-pad)."""
+        is_eos = ids == self.eos_id
+        has = is_eos.any(1, keepdim=True)
+        first = torch.where(has, is_eos.long().argmax(1, keepdim=True), ids.new_full((len(ids), 1), -1))
+        upto = torch.arange(ids.shape[1], device=ids.device)[None] <= first
+        return torch.where(has, upto, ids != self.pad_id).long()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.kind == "siglip":
+            return self.proj(self.encoder(input_ids=ids).pooler_output)
+        return self.proj(self.encoder(input_ids=ids, attention_mask=self._mask(ids)).pooler_output)
+
+    def save_assets(self, folder: Path) -> None:
+        _save(self.source, folder, self.tokenizer)
+
+
+def _prep(folder: Path) -> ImagePreprocess:
+    from transformers import AutoImageProcessor
+
+    if not (folder / "preprocessor_config.json").is_file():
+        raise MissingFileError(f"no preprocessor_config.json in {folder}: the image preprocessing is unknown")
+    return ImagePreprocess.from_processor(
+        AutoImageProcessor.from_pretrained(str(folder), local_files_only=True).to_dict()
+    )
+
+
+@TOWERS.register("hf_dual_image")
+def hf_dual_image_tower(path: str, context: TowerContext | None = None) -> HFDualImageTower:
+    """The image tower of a local CLIP/SigLIP folder (``path`` may be ``pip:<module>/<folder>``)."""
+    folder, from_assets = _folder(path, context)
+    kind, model = _load(folder, from_assets)
+    return HFDualImageTower(kind, model, _prep(folder), folder)
+
+
+@TOWERS.register("hf_dual_text")
+def hf_dual_text_tower(
+    path: str, max_length: PositiveInt | None = None, context: TowerContext | None = None
+) -> HFDualTextTower:
+    """The text tower (and tokenizer) of a local CLIP/SigLIP folder; ``max_length`` defaults to the
+    text model's positions (SigLIP pads to it)."""
+    from transformers import AutoTokenizer
+
+    folder, from_assets = _folder(path, context)
+    kind, model = _load(folder, from_assets)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    n_pos = int(model.config.text_config.max_position_embeddings)
+    length = min(max_length or n_pos, n_pos)
+    if kind == "clip":
+        length = min(length, int(tokenizer.model_max_length))
+    return HFDualTextTower(kind, model, tokenizer, length, folder)

@@ -1,0 +1,198 @@
+"""A local Hugging Face CLIP/SigLIP folder as contrastkit towers: embeddings equal transformers'
+before training, fine-tuning trains them, and the run rebuilds from its own assets."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from contrastkit.data import make_shapes
+from contrastkit.models import ModelConfig, TowerConfig, build_model, hf_dual_logit_scale
+from contrastkit.models.tokenizer import train_word_tokenizer
+
+TEXT = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    max_position_embeddings=16,
+    pad_token_id=0,
+    bos_token_id=2,
+    eos_token_id=3,  # the word tokenizer's [SEP]
+)
+VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=8)
+PROMPTS = ["a red circle", "a blue square", "a small green triangle", "a white star on the left"]
+
+
+def _tokenizer():
+    pairs = make_shapes("train", n=200)
+    return train_word_tokenizer(pairs.flat_captions()[0] + PROMPTS, 200)
+
+
+def save_clip(folder: Path) -> Path:
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(0)
+    tok = _tokenizer()
+    cfg = CLIPConfig(
+        text_config={**TEXT, "vocab_size": len(tok)},
+        vision_config={**VISION, "image_size": 32},
+        projection_dim=16,
+    )
+    model = CLIPModel(cfg).eval()
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(20.0))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        folder
+    )
+    return folder
+
+
+def save_siglip(folder: Path) -> Path:
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    torch.manual_seed(1)
+    tok = _tokenizer()
+    cfg = SiglipConfig(
+        text_config={**TEXT, "vocab_size": len(tok), "projection_size": 32},
+        vision_config={**VISION, "image_size": 24},
+    )
+    model = SiglipModel(cfg).eval()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    SiglipImageProcessor(size={"height": 24, "width": 24}, resample=2).save_pretrained(folder)
+    return folder
+
+
+def hf_model_config(folder: Path, embed_dim: int) -> ModelConfig:
+    return ModelConfig(
+        towers={
+            "image": TowerConfig("hf_dual_image", {"path": str(folder)}),
+            "text": TowerConfig("hf_dual_text", {"path": str(folder)}),
+        },
+        embed_dim=embed_dim,
+        projection="none",
+    )
+
+
+def reference(folder: Path, kind: str, images: torch.Tensor, prompts: list[str]):
+    """What transformers itself computes: processor → get_*_features."""
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel, SiglipModel
+
+    model = (CLIPModel if kind == "clip" else SiglipModel).from_pretrained(folder).eval()
+    pixels = AutoImageProcessor.from_pretrained(folder)(images=list(images), return_tensors="pt")[
+        "pixel_values"
+    ]
+    tok = AutoTokenizer.from_pretrained(folder)
+    kw = {"padding": "max_length", "max_length": 16} if kind == "siglip" else {"padding": True}
+    enc = tok(prompts, return_tensors="pt", truncation=True, **kw)
+    inputs = {"input_ids": enc["input_ids"]}
+    if kind == "clip":
+        inputs["attention_mask"] = enc["attention_mask"]
+
+    def pooled(out):
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    with torch.no_grad():
+        return pooled(model.get_image_features(pixel_values=pixels)), pooled(
+            model.get_text_features(**inputs)
+        )
+
+
+@pytest.mark.parametrize("kind,dim", [("clip", 16), ("siglip", 32)])
+def test_towers_equal_transformers_embeddings(tmp_path, kind, dim):
+    folder = (save_clip if kind == "clip" else save_siglip)(tmp_path / kind)
+    model = build_model(hf_model_config(folder, dim)).eval()
+    images = make_shapes("test", n=5).images
+    ref_img, ref_txt = reference(folder, kind, images, PROMPTS)
+    with torch.no_grad():
+        got_img = model.encode("image", images)
+        got_txt = model.encode("text", model.tokenize(PROMPTS))
+    assert torch.allclose(got_img, ref_img, atol=1e-5) and torch.allclose(got_txt, ref_txt, atol=1e-5)
+    scale, bias = hf_dual_logit_scale(folder)
+    if kind == "clip":
+        assert scale == pytest.approx(20.0) and bias is None
+    else:
+        assert scale > 0 and isinstance(bias, float)
+
+
+def test_a_run_rebuilds_from_its_assets_without_the_source_folder(tmp_path):
+    from contrastkit.train import RunConfig, load_run, read_metrics, train
+
+    folder = save_clip(tmp_path / "clip")
+    base = RunConfig.tiny(out_dir=str(tmp_path / "runs"))
+    cfg = dataclasses.replace(
+        base,
+        model=hf_model_config(folder, 16),
+        train=dataclasses.replace(base.train, steps=4, batch_size=8, log_every=1),
+    )
+    result = train(cfg)
+    assert len(read_metrics(result.run_dir)) == 4
+    moved = tmp_path / "elsewhere"
+    folder.rename(moved)  # the run keeps config, tokenizer and processor in its assets
+    _, trained, _, _ = load_run(result.run_dir)
+    images = make_shapes("test", n=3).images
+    start = build_model(hf_model_config(moved, 16)).eval()
+    with torch.no_grad():
+        changed = (trained.encode("image", images) - start.encode("image", images)).abs().max()
+    assert changed > 1e-4  # fine-tuning moved the pretrained weights
+
+
+@pytest.mark.parametrize("kind,dim", [("clip", 16), ("siglip", 32)])
+def test_fine_tune_then_export_to_transformers_gives_the_same_embeddings(tmp_path, kind, dim):
+    from transformers import AutoModel
+
+    from contrastkit.cli import main
+    from contrastkit.losses import LossConfig
+    from contrastkit.train import RunConfig, load_run, train
+
+    folder = (save_clip if kind == "clip" else save_siglip)(tmp_path / kind)
+    base = RunConfig.tiny(out_dir=str(tmp_path / "runs"))
+    loss = LossConfig("clip") if kind == "clip" else LossConfig("siglip")
+    cfg = dataclasses.replace(
+        base,
+        model=hf_model_config(folder, dim),
+        loss=loss,
+        train=dataclasses.replace(base.train, steps=3, batch_size=8),
+    )
+    run = train(cfg).run_dir
+    assert main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "hf-out")]) == 0
+    _, trained, trained_loss, _ = load_run(run)
+    images = make_shapes("test", n=4).images
+    ref_img, ref_txt = reference(tmp_path / "hf-out", kind, images, PROMPTS)
+    with torch.no_grad():
+        got_img = trained.encode("image", images)
+        got_txt = trained.encode("text", trained.tokenize(PROMPTS))
+    assert torch.allclose(got_img, ref_img, atol=1e-5) and torch.allclose(got_txt, ref_txt, atol=1e-5)
+    exported = AutoModel.from_pretrained(tmp_path / "hf-out")
+    assert float(exported.logit_scale) == pytest.approx(float(trained_loss.log_scale), abs=1e-6)
+    pretrained = AutoModel.from_pretrained(folder)
+    moved = max((a - b).abs().max() for a, b in zip(exported.parameters(), pretrained.parameters()))
+    assert moved > 0  # the export carries the fine-tuned weights, not the source's
+
+
+def test_safetensors_export_rebuilds_anywhere_and_hf_refuses_other_shapes(tmp_path, capsys):
+    from contrastkit.cli import main
+    from contrastkit.models import load
+    from contrastkit.train import RunConfig, load_run, train
+
+    run = train(RunConfig.tiny(out_dir=str(tmp_path / "runs"))).run_dir
+    assert main(["export", str(run), "--format", "safetensors", "--out", str(tmp_path / "st")]) == 0
+    _, trained, _, _ = load_run(run)
+    rebuilt = load(tmp_path / "st")
+    images = make_shapes("test", n=4).images
+    with torch.no_grad():
+        assert torch.equal(rebuilt.encode("image", images), trained.encode("image", images))
+        assert torch.equal(
+            rebuilt.encode("text", rebuilt.tokenize(PROMPTS)),
+            trained.encode("text", trained.tokenize(PROMPTS)),
+        )
+    assert main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "no")]) == 2
+    err = capsys.readouterr().err
+    assert "needs a transformers-shaped model" in err and "--format safetensors" in err
