@@ -68,12 +68,19 @@ def hf_dual_kind(folder: str | Path) -> str:
 
 
 def _load(folder: Path, from_assets: bool) -> tuple[str, Any]:
+    """The checkpoint's model. Rebuilding from a run's assets, the pretrained weights are read from
+    the recorded source folder when it is still there (WiSE-FT's θ₀ is the pretrained model; a
+    checkpoint's weights replace them anyway), else the architecture is built from ``config.json``."""
     from transformers import AutoConfig, CLIPModel, SiglipModel
 
     kind = hf_dual_kind(folder)
     cls = CLIPModel if kind == "clip" else SiglipModel
-    if from_assets:  # weights come from the run's checkpoint
-        return kind, cls(AutoConfig.from_pretrained(str(folder), local_files_only=True))
+    if from_assets:
+        record = folder / "source.json"
+        source = Path(json.loads(record.read_text())["path"]) if record.is_file() else None
+        if source is None or not (source / "config.json").is_file():
+            return kind, cls(AutoConfig.from_pretrained(str(folder), local_files_only=True))
+        folder = source
     return kind, cls.from_pretrained(str(folder), local_files_only=True)
 
 
@@ -86,9 +93,13 @@ def hf_dual_logit_scale(path: str | Path) -> tuple[float, float | None]:
 
 def _save(source: Path, folder: Path, extra: Any = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    for name in _FILES:
-        if (source / name).is_file() and source.resolve() != folder.resolve():
+    if source.resolve() == folder.resolve():
+        return
+    for name in (*_FILES, "source.json"):
+        if (source / name).is_file():
             shutil.copy2(source / name, folder / name)
+    if not (source / "source.json").is_file():  # the pretrained weights' folder (WiSE-FT's θ₀)
+        (folder / "source.json").write_text(json.dumps({"path": str(source.resolve())}))
     if extra is not None:
         extra.save_pretrained(str(folder))
 

@@ -196,3 +196,30 @@ def test_safetensors_export_rebuilds_anywhere_and_hf_refuses_other_shapes(tmp_pa
     assert main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "no")]) == 2
     err = capsys.readouterr().err
     assert "needs a transformers-shaped model" in err and "--format safetensors" in err
+
+
+def test_lit_and_wise_ft_from_a_pretrained_clip(tmp_path):
+    """LiT: the locked pretrained text tower stays bit-identical; WiSE-FT α = 0 is the pretrained
+    model exactly and α = 1 the fine-tuned one."""
+    from contrastkit.train import RunConfig, load_run, train
+    from contrastkit.train.wise import wise_models
+
+    folder = save_clip(tmp_path / "clip")
+    base = RunConfig.tiny(out_dir=str(tmp_path / "runs"))
+    mcfg = hf_model_config(folder, 16)
+    towers = {**mcfg.towers, "text": dataclasses.replace(mcfg.towers["text"], locked=True)}
+    cfg = dataclasses.replace(
+        base,
+        model=dataclasses.replace(mcfg, towers=towers),
+        train=dataclasses.replace(base.train, steps=4, batch_size=8),
+    )
+    run = train(cfg).run_dir
+    _, trained, _, _ = load_run(run)
+    images = make_shapes("test", n=4).images
+    ref_img, ref_txt = reference(folder, "clip", images, PROMPTS)
+    with torch.no_grad():
+        assert torch.allclose(trained.encode("text", trained.tokenize(PROMPTS)), ref_txt, atol=1e-6)  # locked
+        assert not torch.allclose(trained.encode("image", images), ref_img, atol=1e-4)  # fine-tuned
+        wise = {a: m.encode("image", images) for a, m in wise_models(run, [0.0, 1.0])}  # one model, reloaded
+        assert torch.allclose(wise[0.0], ref_img, atol=1e-6)  # θ₀ = the pretrained model
+        assert torch.equal(wise[1.0], trained.encode("image", images))
