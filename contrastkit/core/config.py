@@ -141,14 +141,16 @@ def from_dict(cls: type[C], data: Mapping[str, Any], where: str = "") -> C:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    # a field may be spelled differently in configs (metadata "key"), e.g. ModelConfig.from_ as "from"
+    fields = {f.metadata.get("key", f.name): f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     unknown = [k for k in data if k not in fields]
     if unknown:
         loc = f" in {where}" if where else ""
         raise ConfigError(f"unknown config key(s) {unknown}{loc}; valid keys: {sorted(fields)}")
     kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _convert(value, hints[name], f"{where}.{name}" if where else name)
+    for key, value in data.items():
+        name = fields[key].name
+        kwargs[name] = _convert(value, hints[name], f"{where}.{key}" if where else key)
     try:
         return cls(**kwargs)
     except TypeError as err:  # a required field is missing
@@ -158,7 +160,7 @@ def from_dict(cls: type[C], data: Mapping[str, Any], where: str = "") -> C:
 def to_dict(obj: Any) -> Any:
     """A dataclass (recursively) as plain dicts/lists, ready for YAML or JSON."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.metadata.get("key", f.name): to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, Mapping):

@@ -12,6 +12,7 @@ modality under ``"<key>:ema"`` (``"image@1:ema"``, computed without gradient).
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from contrastkit.core.errors import ConfigError, InputError
+from contrastkit.models.hf_dual import hf_dual_embed_dim
 from contrastkit.models.momentum import MomentumConfig, MomentumEncoder
 from contrastkit.models.towers import TOWERS, TextTower, Tower, TowerContext
 
@@ -100,8 +102,11 @@ class ModelConfig:
     projection: Literal["linear", "mlp", "none"] = "linear"
     momentum: MomentumConfig | None = None
     lock: tuple[str, ...] = ()
+    from_: str | None = field(default=None, metadata={"key": "from"})
 
     def __post_init__(self) -> None:
+        if self.from_ is not None:
+            self._from_pretrained(self.from_)
         if not self.towers:  # one tower: a Siamese encoder of two views, e.g. text and text@1 (pairs)
             raise ConfigError("model.towers is empty: name at least one modality's tower")
         if self.embed_dim < 1:
@@ -115,6 +120,28 @@ class ModelConfig:
                 raise ConfigError(
                     f"model.momentum.modalities {missing} have no tower; towers: {list(self.towers)}"
                 )
+
+    def _from_pretrained(self, spec: str) -> None:
+        """``model.from: hf:DIR``: both towers of a local CLIP/SigLIP folder with its own projections
+        (``projection: none``, ``embed_dim`` = its embedding size). Checked here, so a bad folder is
+        a one-line error before any data is read. Already-derived towers are kept as they are."""
+        kind, _, path = spec.partition(":")
+        if kind != "hf" or not path:
+            raise ConfigError(
+                f"model.from must be hf:DIR (a local transformers CLIPModel/SiglipModel folder), got {spec!r}"
+            )
+        towers = {
+            "image": TowerConfig("hf_dual_image", {"path": path}),
+            "text": TowerConfig("hf_dual_text", {"path": path}),
+        }
+        same = {m: (t.name, t.params.get("path")) for m, t in self.towers.items()}
+        if same == {m: (t.name, path) for m, t in towers.items()}:
+            return  # a saved run's config: towers were derived when it started
+        locked = {m: self.towers[m].locked for m in towers if m in self.towers}
+        towers = {m: dataclasses.replace(t, locked=locked.get(m, False)) for m, t in towers.items()}
+        object.__setattr__(self, "towers", towers)
+        object.__setattr__(self, "embed_dim", hf_dual_embed_dim(path))
+        object.__setattr__(self, "projection", "none")
 
     @classmethod
     def tiny(cls) -> ModelConfig:

@@ -43,7 +43,7 @@ from contrastkit.models.preprocess import ImagePreprocess
 from contrastkit.models.pretrained import resolve_path
 from contrastkit.models.towers import TOWERS, TextTower, Tower, TowerContext
 
-__all__ = ["HFDualImageTower", "HFDualTextTower", "hf_dual_kind", "hf_dual_logit_scale"]
+__all__ = ["HFDualImageTower", "HFDualTextTower", "hf_dual_embed_dim", "hf_dual_kind", "hf_dual_logit_scale"]
 
 _FILES = ("config.json", "preprocessor_config.json")
 
@@ -82,6 +82,19 @@ def _load(folder: Path, from_assets: bool) -> tuple[str, Any]:
             return kind, cls(AutoConfig.from_pretrained(str(folder), local_files_only=True))
         folder = source
     return kind, cls.from_pretrained(str(folder), local_files_only=True)
+
+
+def hf_dual_embed_dim(path: str | Path) -> int:
+    """The embedding size of a CLIP (``projection_dim``) or SigLIP (text hidden size) folder, read
+    from its ``config.json`` without loading weights."""
+    folder = resolve_path(path)
+    if not (folder / "config.json").is_file():
+        raise MissingFileError(f"model.from: no Hugging Face CLIP/SigLIP folder at {folder} (no config.json)")
+    kind = hf_dual_kind(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    if kind == "clip":
+        return int(cfg.get("projection_dim", 512))
+    return int((cfg.get("text_config") or {}).get("hidden_size", 768))
 
 
 def hf_dual_logit_scale(path: str | Path) -> tuple[float, float | None]:

@@ -17,6 +17,7 @@ periodic work (e.g. zero-shot tracking) through ``callbacks`` — functions
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 import warnings
@@ -140,6 +141,8 @@ def _session(cfg: RunConfig, run_dir: Path, fresh: bool, ctx: DistContext, devic
             model.save_assets(run_dir / "assets")
     else:
         model = build_model(cfg.model, assets_dir=run_dir / "assets")
+    if fresh and not cfg.train.init_from and cfg.model.from_:
+        _pretrained_scale(loss, cfg)
     objective = _objective(cfg, loss, ctx)
     model.to(device)
     loss.to(device)
@@ -163,6 +166,22 @@ def _session(cfg: RunConfig, run_dir: Path, fresh: bool, ctx: DistContext, devic
         DataFeed(train_set, cfg.data, ctx),
         WeightSnapshot(optimizer),
     )
+
+
+def _pretrained_scale(loss: PairLoss, cfg: RunConfig) -> None:
+    """Start the loss's logit scale (and SigLIP bias) at the pretrained model's (``model.from``),
+    unless the loss config sets them."""
+    from contrastkit.models.hf_dual import hf_dual_logit_scale
+
+    given = set(cfg.loss.params)
+    scale, bias = hf_dual_logit_scale(cfg.model.from_.partition(":")[2])  # type: ignore[union-attr]
+    with torch.no_grad():
+        log_scale = getattr(loss, "log_scale", None)
+        if isinstance(log_scale, torch.Tensor) and not given & {"init_temperature", "init_scale"}:
+            log_scale.fill_(math.log(scale))
+        own_bias = getattr(loss, "bias", None)
+        if bias is not None and isinstance(own_bias, torch.Tensor) and "init_bias" not in given:
+            own_bias.fill_(bias)
 
 
 def _init_from(cfg: RunConfig, source: Path, loss: PairLoss, run_dir: Path | None) -> DualEncoder:

@@ -223,3 +223,37 @@ def test_lit_and_wise_ft_from_a_pretrained_clip(tmp_path):
         wise = {a: m.encode("image", images) for a, m in wise_models(run, [0.0, 1.0])}  # one model, reloaded
         assert torch.allclose(wise[0.0], ref_img, atol=1e-6)  # θ₀ = the pretrained model
         assert torch.equal(wise[1.0], trained.encode("image", images))
+
+
+def test_model_from_hf_builds_the_pretrained_model_and_its_logit_scale(tmp_path):
+    from contrastkit.cli import main
+    from contrastkit.core.config import from_dict, load_yaml
+    from contrastkit.core.errors import ConfigError
+    from contrastkit.train import RunConfig, load_run, read_metrics
+
+    folder = save_clip(tmp_path / "clip")
+    cfg = from_dict(ModelConfig, {"from": f"hf:{folder}"})
+    assert cfg.embed_dim == 16 and cfg.projection == "none" and cfg.towers["text"].name == "hf_dual_text"
+    with pytest.raises(ConfigError, match="model.from must be hf:DIR"):
+        from_dict(ModelConfig, {"from": str(folder)})
+    with pytest.raises(FileNotFoundError, match="no Hugging Face CLIP/SigLIP folder"):
+        from_dict(ModelConfig, {"from": f"hf:{tmp_path / 'nowhere'}"})
+    sets = [
+        f"model.from=hf:{folder}",
+        "train.steps=2",
+        "train.batch_size=8",
+        "train.log_every=1",
+        "train.threads=1",
+        "train.progress=false",
+        "data.splits.train.n=32",
+        f"out_dir={tmp_path / 'runs'}",
+    ]
+    assert (
+        main(["train", "--config", "configs/shapes-clip.yaml", *[a for s in sets for a in ("--set", s)]]) == 0
+    )
+    run = tmp_path / "runs" / "shapes-clip"
+    saved = from_dict(RunConfig, load_yaml(run / "config.yaml"))
+    assert saved.model.from_ == f"hf:{folder}" and saved.model.embed_dim == 16
+    assert read_metrics(run)[0]["logit_scale"] == pytest.approx(20.0, rel=1e-2)  # the checkpoint's scale
+    _, model, _, _ = load_run(run)
+    assert model.encode("image", make_shapes("test", n=2).images).shape == (2, 16)
