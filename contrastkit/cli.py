@@ -36,10 +36,15 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser(
         "demo",
         help="shapes (default): CLIP on built-in Shapes; fashion: LiT on Fashion-MNIST with locked MiniLM; "
-        "emoji: frozen EfficientNet-Lite0 + MiniLM with trained heads",
+        "emoji: frozen EfficientNet-Lite0 + MiniLM with trained heads; pretrained: a Hugging Face CLIP "
+        "folder fine-tuned on pairs from a CSV, exported, WiSE-FT",
     )
     d.add_argument(
-        "which", nargs="?", default="shapes", choices=["shapes", "fashion", "emoji"], help="which demo"
+        "which",
+        nargs="?",
+        default="shapes",
+        choices=["shapes", "fashion", "emoji", "pretrained"],
+        help="which demo",
     )
     d.add_argument("--out", default="runs", help="parent folder of the run (default: runs)")
     d.add_argument("--threads", type=int, default=0, help="torch threads (0 = one per core)")
@@ -337,6 +342,10 @@ def _demo(args: argparse.Namespace) -> None:
         from contrastkit.demo.fashion import run_fashion_demo
 
         run_fashion_demo(args.out, threads=args.threads, steps=args.steps, progress=progress)
+    elif args.which == "pretrained":
+        from contrastkit.demo.pretrained import pretrained_demo
+
+        pretrained_demo(args.out, threads=args.threads, progress=progress)
     elif args.which == "emoji":
         from contrastkit.demo.emoji import run_emoji_demo
 
