@@ -3,7 +3,6 @@ exactly the model's own preprocessing and logits (``logits_per_image``)."""
 
 import importlib.util
 import json
-import math
 import socket
 from pathlib import Path
 
@@ -23,19 +22,9 @@ from contrastkit.evaluation.external import (
     hf_text_encoder,
 )
 from contrastkit.models.tokenizer import train_word_tokenizer
+from tests.hf_checkpoints import save_clip, save_siglip
 
 CLASSES = ["red circle", "blue square", "green triangle", "white star", "yellow ring"]
-TEXT = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    max_position_embeddings=16,
-    pad_token_id=0,
-    bos_token_id=2,
-    eos_token_id=3,  # the word tokenizer's [SEP]: CLIP pools the first EOS
-)
-VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=8)
 
 
 @pytest.fixture(autouse=True)
@@ -49,49 +38,20 @@ def _offline(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
+def _texts() -> list[str]:
+    return [f"a photo of a {c}" for c in CLASSES] + ["a small thing"]
+
+
 def _tokenizer():
-    return train_word_tokenizer([f"a photo of a {c}" for c in CLASSES] + ["a small thing"], 64)
+    return train_word_tokenizer(_texts(), 64)
 
 
 def _save_clip(folder: Path) -> Path:
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    torch.manual_seed(0)
-    tok = _tokenizer()
-    cfg = CLIPConfig(
-        text_config={**TEXT, "vocab_size": len(tok)},
-        vision_config={**VISION, "image_size": 32},
-        projection_dim=16,
-    )
-    model = CLIPModel(cfg).eval()
-    with torch.no_grad():
-        model.logit_scale.fill_(math.log(20.0))
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    # shortest edge 40 then a 32×32 centre crop: exercises resize, aspect ratio and crop
-    CLIPImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        folder
-    )
-    return folder
+    return save_clip(folder, _texts())
 
 
 def _save_siglip(folder: Path) -> Path:
-    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
-
-    torch.manual_seed(1)
-    tok = _tokenizer()
-    cfg = SiglipConfig(
-        text_config={**TEXT, "vocab_size": len(tok), "projection_size": 32},
-        vision_config={**VISION, "image_size": 24},
-    )
-    model = SiglipModel(cfg).eval()
-    with torch.no_grad():
-        model.logit_scale.fill_(math.log(10.0))
-        model.logit_bias.fill_(-2.5)
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    SiglipImageProcessor(size={"height": 24, "width": 24}, resample=2).save_pretrained(folder)
-    return folder
+    return save_siglip(folder, _texts())
 
 
 def _images(n: int = 6) -> torch.Tensor:

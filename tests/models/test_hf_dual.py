@@ -4,7 +4,6 @@ before training, fine-tuning trains them, and the run rebuilds from its own asse
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
 import pytest
@@ -12,62 +11,18 @@ import torch
 
 from contrastkit.data import make_shapes
 from contrastkit.models import ModelConfig, TowerConfig, build_model, hf_dual_logit_scale
-from contrastkit.models.tokenizer import train_word_tokenizer
+from tests import hf_checkpoints
 
-TEXT = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    max_position_embeddings=16,
-    pad_token_id=0,
-    bos_token_id=2,
-    eos_token_id=3,  # the word tokenizer's [SEP]
-)
-VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=8)
 PROMPTS = ["a red circle", "a blue square", "a small green triangle", "a white star on the left"]
-
-
-def _tokenizer():
-    pairs = make_shapes("train", n=200)
-    return train_word_tokenizer(pairs.flat_captions()[0] + PROMPTS, 200)
+TEXTS = make_shapes("train", n=200).flat_captions()[0] + PROMPTS
 
 
 def save_clip(folder: Path) -> Path:
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    torch.manual_seed(0)
-    tok = _tokenizer()
-    cfg = CLIPConfig(
-        text_config={**TEXT, "vocab_size": len(tok)},
-        vision_config={**VISION, "image_size": 32},
-        projection_dim=16,
-    )
-    model = CLIPModel(cfg).eval()
-    with torch.no_grad():
-        model.logit_scale.fill_(math.log(20.0))
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        folder
-    )
-    return folder
+    return hf_checkpoints.save_clip(folder, TEXTS)
 
 
 def save_siglip(folder: Path) -> Path:
-    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
-
-    torch.manual_seed(1)
-    tok = _tokenizer()
-    cfg = SiglipConfig(
-        text_config={**TEXT, "vocab_size": len(tok), "projection_size": 32},
-        vision_config={**VISION, "image_size": 24},
-    )
-    model = SiglipModel(cfg).eval()
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    SiglipImageProcessor(size={"height": 24, "width": 24}, resample=2).save_pretrained(folder)
-    return folder
+    return hf_checkpoints.save_siglip(folder, TEXTS)
 
 
 def hf_model_config(folder: Path, embed_dim: int) -> ModelConfig:
