@@ -2,7 +2,7 @@
 
 Spec ids (../shared/spec/evaluation.md); inputs are L2-normalised image embeddings ``x`` [I, d], text
 embeddings ``y`` [T, d] and ``owner[k]`` = the image of caption k. Exact definitions (also in
-docs/evaluation.d/probes_geometry.md):
+docs/evaluation.md):
 
 * E-ALIGNUNIF (Wang & Isola; formulas of L-ALIGN/L-UNIFORM, α = 2, t = 2):
   ``alignment = mean_k ‖x_owner(k) − y_k‖^α`` over the T caption pairs;

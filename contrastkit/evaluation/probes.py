@@ -3,7 +3,7 @@
 Spec id: E-LINPROBE (../shared/spec/evaluation.md); generative probes after "Revisiting
 Discriminative vs. Generative Classifiers" (seeds/papers.txt). Features are the L2-normalised image
 embeddings (``ctx.enc.images``); the probe is fit on ``ctx.train_pairs`` and reported on
-``ctx.pairs``. Definitions (documented in docs/evaluation.d/probes_geometry.md):
+``ctx.pairs``. Definitions (documented in docs/evaluation.md):
 
 * **linear** — multinomial logistic regression, scikit-learn ``LogisticRegression(solver="lbfgs",
   C=1/λ)`` (L2, intercept unpenalised), i.e. ``min Σ_i CE_i + (λ/2)‖W‖²``; max_iter 1000 (CLIP).
