@@ -9,7 +9,7 @@ contrastkit eval runs/NAME --data imagefolder --data-param root=photos [--classe
 contrastkit data shards pairs.csv --out shards/ [--shard-size 1000] [--image-size 256]
 contrastkit data inspect photos/ [--out inspect-photos] [--samples 16]
 contrastkit data export shapes:train --out data/shapes-csv [--split train]
-contrastkit export runs/NAME --format hf|safetensors --out DIR
+contrastkit export runs/NAME --format hf|open_clip|safetensors --out DIR
 contrastkit list {losses,towers,datasets}
 """
 
@@ -106,9 +106,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="output folder (default: the run folder; eval/NAME for a model)")
     e.add_argument("--batch-size", type=int, help="encoder batch size (default: 256 run, 64 model)")
 
-    ex_ = sub.add_parser("export", help="write a run's model for transformers (hf) or as safetensors")
+    ex_ = sub.add_parser(
+        "export", help="write a run's model for transformers (hf), open_clip, or as safetensors"
+    )
     ex_.add_argument("run", metavar="RUN", help="run folder")
-    ex_.add_argument("--format", required=True, choices=["hf", "safetensors"], help="output format")
+    ex_.add_argument(
+        "--format", required=True, choices=["hf", "open_clip", "safetensors"], help="output format"
+    )
     ex_.add_argument("--out", required=True, help="output folder")
 
     da = sub.add_parser("data", help="convert a data source (WebDataset shards, CSV + files), or inspect it")

@@ -63,3 +63,39 @@ def save_siglip(folder: Path, texts: list[str]) -> Path:
     tok.save_pretrained(folder)
     SiglipImageProcessor(size={"height": 24, "width": 24}, resample=2).save_pretrained(folder)
     return folder
+
+
+OPEN_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def save_open_clip(folder: Path, bias: float | None = None) -> Path:
+    """An open_clip folder (``open_clip_config.json`` + ``open_clip_model.safetensors``), what
+    ``open_clip.create_model("local-dir:…")`` loads: a 32-pixel ViT, open_clip's BPE tokenizer with a
+    16-token context, logit scale 20 and (if given) a SigLIP-style logit bias."""
+    import json
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    torch.manual_seed(2)
+    folder.mkdir(parents=True, exist_ok=True)
+    model_cfg = dict(OPEN_CLIP, init_logit_scale=math.log(20.0))
+    if bias is not None:
+        model_cfg["init_logit_bias"] = bias
+    pre = {
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+    }
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": pre}))
+    model = open_clip.create_model(f"local-dir:{folder}", load_weights=False)
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(folder / "open_clip_model.safetensors"),
+    )
+    return folder

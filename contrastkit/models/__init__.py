@@ -7,8 +7,10 @@ from contrastkit.models.dual_encoder import (
     TowerConfig,
     build_model,
     lock_parameters,
+    pretrained_logit_scale,
 )
 from contrastkit.models.hf_dual import HFDualImageTower, HFDualTextTower, hf_dual_logit_scale
+from contrastkit.models.openclip_dual import OpenCLIPImageTower, OpenCLIPTextTower
 from contrastkit.models.pretrained import load_weights, map_state_dict, resolve_path
 from contrastkit.models.saved import load
 from contrastkit.models.tokenizer import encode, load_tokenizer, train_word_tokenizer
@@ -22,6 +24,8 @@ __all__ = [
     "HFDualTextTower",
     "ImageTower",
     "ModelConfig",
+    "OpenCLIPImageTower",
+    "OpenCLIPTextTower",
     "TextTower",
     "Tower",
     "TowerConfig",
@@ -35,6 +39,7 @@ __all__ = [
     "load_weights",
     "lock_parameters",
     "map_state_dict",
+    "pretrained_logit_scale",
     "resolve_path",
     "train_word_tokenizer",
 ]

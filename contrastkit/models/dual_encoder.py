@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from contrastkit.core.errors import ConfigError, InputError
-from contrastkit.models.hf_dual import hf_dual_embed_dim
+from contrastkit.models.hf_dual import hf_dual_embed_dim, hf_dual_logit_scale
 from contrastkit.models.momentum import MomentumConfig, MomentumEncoder
+from contrastkit.models.openclip_dual import open_clip_config, open_clip_logit_scale, parse_open_clip
 from contrastkit.models.towers import TOWERS, TextTower, Tower, TowerContext
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "TowerConfig",
     "build_model",
     "lock_parameters",
+    "pretrained_logit_scale",
     "split_key",
 ]
 
@@ -122,25 +124,40 @@ class ModelConfig:
                 )
 
     def _from_pretrained(self, spec: str) -> None:
-        """``model.from: hf:DIR``: both towers of a local CLIP/SigLIP folder with its own projections
-        (``projection: none``, ``embed_dim`` = its embedding size). Checked here, so a bad folder is
+        """``model.from``: both towers of a pretrained image–text model with its own projections
+        (``projection: none``, ``embed_dim`` = its embedding size). ``hf:DIR`` is a local transformers
+        CLIPModel/SiglipModel folder; ``open_clip:NAME:CHECKPOINT`` an open_clip architecture and a
+        local checkpoint file, ``open_clip:DIR`` an open_clip folder. Checked here, so a bad source is
         a one-line error before any data is read. Already-derived towers are kept as they are."""
-        kind, _, path = spec.partition(":")
-        if kind != "hf" or not path:
+        kind, _, rest = spec.partition(":")
+        if kind == "hf" and rest:
+            towers = {
+                "image": TowerConfig("hf_dual_image", {"path": rest}),
+                "text": TowerConfig("hf_dual_text", {"path": rest}),
+            }
+        elif kind == "open_clip" and rest:
+            name, checkpoint = parse_open_clip(rest)
+            params = {"source": name, "checkpoint": checkpoint} if checkpoint else {"source": name}
+            towers = {
+                "image": TowerConfig("open_clip_image", dict(params)),
+                "text": TowerConfig("open_clip_text", dict(params)),
+            }
+        else:
             raise ConfigError(
-                f"model.from must be hf:DIR (a local transformers CLIPModel/SiglipModel folder), got {spec!r}"
+                "model.from must be hf:DIR (a local transformers CLIPModel/SiglipModel folder), "
+                f"open_clip:NAME:CHECKPOINT or open_clip:DIR, got {spec!r}"
             )
-        towers = {
-            "image": TowerConfig("hf_dual_image", {"path": path}),
-            "text": TowerConfig("hf_dual_text", {"path": path}),
-        }
-        same = {m: (t.name, t.params.get("path")) for m, t in self.towers.items()}
-        if same == {m: (t.name, path) for m, t in towers.items()}:
+        same = {m: (t.name, t.params) for m, t in self.towers.items()}
+        if same == {m: (t.name, t.params) for m, t in towers.items()}:
             return  # a saved run's config: towers were derived when it started
+        if kind == "hf":
+            dim = hf_dual_embed_dim(rest)
+        else:
+            dim = int(open_clip_config(*parse_open_clip(rest))["model_cfg"]["embed_dim"])
         locked = {m: self.towers[m].locked for m in towers if m in self.towers}
         towers = {m: dataclasses.replace(t, locked=locked.get(m, False)) for m, t in towers.items()}
         object.__setattr__(self, "towers", towers)
-        object.__setattr__(self, "embed_dim", hf_dual_embed_dim(path))
+        object.__setattr__(self, "embed_dim", dim)
         object.__setattr__(self, "projection", "none")
 
     @classmethod
@@ -161,6 +178,16 @@ class ModelConfig:
             },
             embed_dim=32,
         )
+
+
+def pretrained_logit_scale(spec: str) -> tuple[float, float | None]:
+    """``exp(logit_scale)`` and (SigLIP-style) ``logit_bias`` of a ``model.from`` source."""
+    kind, _, rest = spec.partition(":")
+    if kind == "hf":
+        return hf_dual_logit_scale(rest)
+    if kind == "open_clip":
+        return open_clip_logit_scale(rest)
+    raise ConfigError(f"model.from {spec!r}: expected hf:DIR or open_clip:...")
 
 
 def _projection(kind: str, d_in: int, d_out: int) -> nn.Module:

@@ -30,22 +30,20 @@ model:
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from contrastkit.core.errors import ConfigError, MissingFileError
+from contrastkit.core.errors import ConfigError, InputError, MissingFileError
 from contrastkit.core.registry import PositiveInt
 from contrastkit.models.preprocess import ImagePreprocess
 from contrastkit.models.pretrained import resolve_path
+from contrastkit.models.tokenizer import train_word_tokenizer
 from contrastkit.models.towers import TOWERS, TextTower, Tower, TowerContext
 
 __all__ = ["HFDualImageTower", "HFDualTextTower", "hf_dual_embed_dim", "hf_dual_kind", "hf_dual_logit_scale"]
-
-_FILES = ("config.json", "preprocessor_config.json")
 
 
 def _folder(path: str, context: TowerContext | None) -> tuple[Path, bool]:
@@ -104,25 +102,24 @@ def hf_dual_logit_scale(path: str | Path) -> tuple[float, float | None]:
     return float(model.logit_scale.detach().exp()), bias
 
 
-def _save(source: Path, folder: Path, extra: Any = None) -> None:
+def _save(folder: Path, config: Any, source: Path | None, extra: Any) -> None:
+    """The model's ``config.json``, ``extra`` (its tokenizer or image processor) and ``source.json``
+    (the pretrained weights' folder, WiSE-FT's θ₀; none for a model trained from scratch)."""
     folder.mkdir(parents=True, exist_ok=True)
-    if source.resolve() == folder.resolve():
-        return
-    for name in (*_FILES, "source.json"):
-        if (source / name).is_file():
-            shutil.copy2(source / name, folder / name)
-    if not (source / "source.json").is_file():  # the pretrained weights' folder (WiSE-FT's θ₀)
+    config.save_pretrained(str(folder))
+    extra.save_pretrained(str(folder))
+    if source is not None:
         (folder / "source.json").write_text(json.dumps({"path": str(source.resolve())}))
-    if extra is not None:
-        extra.save_pretrained(str(folder))
 
 
 class HFDualImageTower(Tower):
     """The vision half of a CLIP/SigLIP checkpoint (with CLIP's projection), on uint8 images."""
 
-    def __init__(self, kind: str, model: Any, prep: ImagePreprocess, source: Path) -> None:
+    def __init__(self, kind: str, model: Any, processor: Any, source: Path | None) -> None:
         super().__init__()
-        self.kind, self.prep, self.source = kind, prep, source
+        self.kind, self.processor, self.source = kind, processor, source
+        self.hf_config = model.config
+        self.prep = ImagePreprocess.from_processor(processor.to_dict())
         self.vision = model.vision_model
         self.proj = model.visual_projection if kind == "clip" else nn.Identity()
         cfg = model.config
@@ -133,15 +130,16 @@ class HFDualImageTower(Tower):
         return self.proj(self.vision(pixel_values=pixels).pooler_output)
 
     def save_assets(self, folder: Path) -> None:
-        _save(self.source, folder)
+        _save(folder, self.hf_config, self.source, self.processor)
 
 
 class HFDualTextTower(TextTower):
     """The text half of a CLIP/SigLIP checkpoint (with CLIP's projection) and its tokenizer."""
 
-    def __init__(self, kind: str, model: Any, tokenizer: Any, max_length: int, source: Path) -> None:
+    def __init__(self, kind: str, model: Any, tokenizer: Any, max_length: int, source: Path | None) -> None:
         Tower.__init__(self)
         self.kind, self.tokenizer, self.max_length, self.source = kind, tokenizer, max_length, source
+        self.hf_config = model.config
         self.encoder = model.text_model
         self.proj = model.text_projection if kind == "clip" else nn.Identity()
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
@@ -171,40 +169,117 @@ class HFDualTextTower(TextTower):
         return self.proj(self.encoder(input_ids=ids, attention_mask=self._mask(ids)).pooler_output)
 
     def save_assets(self, folder: Path) -> None:
-        _save(self.source, folder, self.tokenizer)
+        _save(folder, self.hf_config, self.source, self.tokenizer)
 
 
-def _prep(folder: Path) -> ImagePreprocess:
+def _processor(folder: Path) -> Any:
     from transformers import AutoImageProcessor
 
     if not (folder / "preprocessor_config.json").is_file():
         raise MissingFileError(f"no preprocessor_config.json in {folder}: the image preprocessing is unknown")
-    return ImagePreprocess.from_processor(
-        AutoImageProcessor.from_pretrained(str(folder), local_files_only=True).to_dict()
-    )
+    return AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
+
+
+def _new(config: dict[str, Any], tokenizer: Any = None) -> tuple[str, Any]:
+    """A randomly initialised CLIPModel/SiglipModel of ``config`` (``model_type`` + the config
+    class's arguments); with a tokenizer, the text model's vocabulary and special tokens are its."""
+    from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
+
+    args = dict(config)
+    kind = args.pop("model_type", None)
+    if kind not in ("clip", "siglip"):
+        raise ConfigError(f"hf_dual config: model_type must be clip or siglip, got {kind!r}")
+    text = dict(args.pop("text_config", None) or {})
+    if tokenizer is not None:
+        text.update(
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.cls_token_id,
+            eos_token_id=tokenizer.sep_token_id,  # CLIP pools the first EOS: the word tokenizer's [SEP]
+        )
+    elif kind == "siglip":  # SigLIP's text defaults name ids outside its default vocabulary
+        text.setdefault("bos_token_id", None)
+        text.setdefault("eos_token_id", None)
+    cfg_cls, model_cls = (CLIPConfig, CLIPModel) if kind == "clip" else (SiglipConfig, SiglipModel)
+    try:
+        return kind, model_cls(cfg_cls(text_config=text, **args))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"hf_dual config: {err}") from None
+
+
+def _new_processor(kind: str, model: Any) -> Any:
+    """transformers' default processor for the model's image size (CLIP: resize the shorter side
+    and centre-crop, OpenAI mean/std; SigLIP: resize to the square, mean/std 0.5)."""
+    from transformers import CLIPImageProcessor, SiglipImageProcessor
+
+    side = int(model.config.vision_config.image_size)
+    if kind == "clip":
+        return CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+    return SiglipImageProcessor(size={"height": side, "width": side})
+
+
+def _one_source(path: str | None, config: dict[str, Any] | None, tower: str) -> None:
+    if (path is None) == (config is None):
+        raise ConfigError(
+            f"tower {tower!r}: give either path (a pretrained folder) or config (train from scratch)"
+        )
 
 
 @TOWERS.register("hf_dual_image")
-def hf_dual_image_tower(path: str, context: TowerContext | None = None) -> HFDualImageTower:
-    """The image tower of a local CLIP/SigLIP folder (``path`` may be ``pip:<module>/<folder>``)."""
-    folder, from_assets = _folder(path, context)
+def hf_dual_image_tower(
+    path: str | None = None, config: dict[str, Any] | None = None, context: TowerContext | None = None
+) -> HFDualImageTower:
+    """The image tower of a local CLIP/SigLIP folder (``path``, may be ``pip:<module>/<folder>``), or
+    of a new randomly initialised one (``config``: ``model_type`` + CLIPConfig/SiglipConfig args)."""
+    assets = None if context is None else context.assets_dir
+    if config is not None and not (assets is not None and (Path(assets) / "config.json").is_file()):
+        _one_source(path, config, "hf_dual_image")
+        kind, model = _new(config)
+        return HFDualImageTower(kind, model, _new_processor(kind, model), None)
+    _one_source(path, config if path is None else None, "hf_dual_image")
+    folder, from_assets = _folder(path or "", context)
     kind, model = _load(folder, from_assets)
-    return HFDualImageTower(kind, model, _prep(folder), folder)
+    return HFDualImageTower(kind, model, _processor(folder), _source_of(folder, from_assets))
 
 
 @TOWERS.register("hf_dual_text")
 def hf_dual_text_tower(
-    path: str, max_length: PositiveInt | None = None, context: TowerContext | None = None
+    path: str | None = None,
+    config: dict[str, Any] | None = None,
+    max_length: PositiveInt | None = None,
+    vocab_size: PositiveInt = 1000,
+    context: TowerContext | None = None,
 ) -> HFDualTextTower:
-    """The text tower (and tokenizer) of a local CLIP/SigLIP folder; ``max_length`` defaults to the
-    text model's positions (SigLIP pads to it)."""
+    """The text tower (and tokenizer) of a local CLIP/SigLIP folder, or of a new one (``config``;
+    its word tokenizer of up to ``vocab_size`` words is built from the training captions).
+    ``max_length`` defaults to the text model's positions (SigLIP pads to it)."""
     from transformers import AutoTokenizer
 
-    folder, from_assets = _folder(path, context)
-    kind, model = _load(folder, from_assets)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    assets = None if context is None else context.assets_dir
+    if config is not None and not (assets is not None and (Path(assets) / "config.json").is_file()):
+        _one_source(path, config, "hf_dual_text")
+        if context is None or context.texts is None:
+            raise InputError("hf_dual_text with config needs the training captions to build its tokenizer")
+        tokenizer = train_word_tokenizer(context.texts, vocab_size)
+        kind, model = _new(config, tokenizer)
+        source = None
+    else:
+        _one_source(path, config if path is None else None, "hf_dual_text")
+        folder, from_assets = _folder(path or "", context)
+        kind, model = _load(folder, from_assets)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        source = _source_of(folder, from_assets)
     n_pos = int(model.config.text_config.max_position_embeddings)
     length = min(max_length or n_pos, n_pos)
     if kind == "clip":
         length = min(length, int(tokenizer.model_max_length))
-    return HFDualTextTower(kind, model, tokenizer, length, folder)
+    return HFDualTextTower(kind, model, tokenizer, length, source)
+
+
+def _source_of(folder: Path, from_assets: bool) -> Path | None:
+    """The pretrained folder a tower came from: ``folder`` itself, or (rebuilt from a run's assets)
+    the one the assets record, which may be none (trained from scratch)."""
+    if not from_assets:
+        return folder
+    record = folder / "source.json"
+    return Path(json.loads(record.read_text())["path"]) if record.is_file() else None

@@ -28,7 +28,7 @@ from torch import nn
 
 from contrastkit.core.errors import InputError, MissingFileError
 
-__all__ = ["check_files", "load_weights", "map_state_dict", "resolve_path"]
+__all__ = ["check_files", "check_weights", "load_weights", "map_state_dict", "resolve_path"]
 
 _SKIP = "num_batches_tracked"
 
@@ -75,6 +75,37 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise InputError(f"{file} does not hold a state dict of tensors (got {type(obj).__name__})")
     return dict(obj)
+
+
+def check_weights(path: str | Path) -> None:
+    """Check that a weights file loads safely, without reading its tensors: a safetensors header,
+    or ``torch.load(weights_only=True, mmap=True)`` (the pickle is checked, the data stays on disk).
+    Raises what :func:`load_weights` would, so a bad checkpoint fails before any data is read."""
+    file = resolve_path(path)
+    if not file.is_file():
+        raise MissingFileError(f"no weights file {file}")
+    if file.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(file), framework="pt") as fh:
+                fh.keys()
+        except (SafetensorError, OSError) as e:
+            raise InputError(f"refusing {file}: not a valid safetensors file ({e})") from None
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            try:
+                torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):  # a legacy (non-zip) file cannot be mapped: read it
+                    raise
+                torch.load(str(file), map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise InputError(f"cannot read weights file {file}: {e.strerror or e}") from None
+    except Exception as e:
+        raise InputError(_refusal(file, e)) from None
 
 
 def _refusal(file: Path, err: BaseException) -> str:

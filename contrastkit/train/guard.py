@@ -138,5 +138,11 @@ class WeightSnapshot:
 
 
 def module_tensors(*modules: nn.Module) -> list[torch.Tensor]:
-    """Every parameter and buffer of ``modules`` (what a checkpoint saves)."""
-    return [t.detach() for m in modules for t in (*m.parameters(), *m.buffers())]
+    """Every tensor of ``modules``' state dicts (what a checkpoint saves). Non-persistent buffers are
+    left out: they are rebuilt, not learned, and some hold -inf on purpose (causal attention masks)."""
+    return [
+        t.detach()
+        for m in modules
+        for t in m.state_dict(keep_vars=True).values()
+        if isinstance(t, torch.Tensor)
+    ]

@@ -171,10 +171,10 @@ def _session(cfg: RunConfig, run_dir: Path, fresh: bool, ctx: DistContext, devic
 def _pretrained_scale(loss: PairLoss, cfg: RunConfig) -> None:
     """Start the loss's logit scale (and SigLIP bias) at the pretrained model's (``model.from``),
     unless the loss config sets them."""
-    from contrastkit.models.hf_dual import hf_dual_logit_scale
+    from contrastkit.models import pretrained_logit_scale
 
     given = set(cfg.loss.params)
-    scale, bias = hf_dual_logit_scale(cfg.model.from_.partition(":")[2])  # type: ignore[union-attr]
+    scale, bias = pretrained_logit_scale(cfg.model.from_)  # type: ignore[arg-type]
     with torch.no_grad():
         log_scale = getattr(loss, "log_scale", None)
         if isinstance(log_scale, torch.Tensor) and not given & {"init_temperature", "init_scale"}:

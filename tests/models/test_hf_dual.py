@@ -36,7 +36,7 @@ def hf_model_config(folder: Path, embed_dim: int) -> ModelConfig:
     )
 
 
-def reference(folder: Path, kind: str, images: torch.Tensor, prompts: list[str]):
+def reference(folder: Path, kind: str, images: torch.Tensor, prompts: list[str], max_length: int = 16):
     """What transformers itself computes: processor → get_*_features."""
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel, SiglipModel
 
@@ -45,7 +45,7 @@ def reference(folder: Path, kind: str, images: torch.Tensor, prompts: list[str])
         "pixel_values"
     ]
     tok = AutoTokenizer.from_pretrained(folder)
-    kw = {"padding": "max_length", "max_length": 16} if kind == "siglip" else {"padding": True}
+    kw = {"padding": "max_length", "max_length": max_length} if kind == "siglip" else {"padding": True}
     enc = tok(prompts, return_tensors="pt", truncation=True, **kw)
     inputs = {"input_ids": enc["input_ids"]}
     if kind == "clip":
@@ -212,3 +212,31 @@ def test_model_from_hf_builds_the_pretrained_model_and_its_logit_scale(tmp_path)
     assert read_metrics(run)[0]["logit_scale"] == pytest.approx(20.0, rel=1e-2)  # the checkpoint's scale
     _, model, _, _ = load_run(run)
     assert model.encode("image", make_shapes("test", n=2).images).shape == (2, 16)
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_shipped_hf_configs_train_from_scratch_and_export_to_transformers(tmp_path, kind):
+    """configs/shapes-{clip,siglip}-hf.yaml build towers of exactly CLIPModel/SiglipModel shape:
+    a run trained from scratch exports to a folder transformers loads with the same embeddings."""
+    from contrastkit.cli import main
+    from contrastkit.train import load_run
+
+    sets = [
+        "train.steps=3",
+        "train.batch_size=8",
+        "train.threads=1",
+        "train.progress=false",
+        "data.splits.train.n=64",
+        f"out_dir={tmp_path / 'runs'}",
+    ]
+    args = ["train", "--config", f"configs/shapes-{kind}-hf.yaml", *[a for s in sets for a in ("--set", s)]]
+    assert main(args) == 0
+    run, out = tmp_path / "runs" / f"shapes-{kind}-hf", tmp_path / "hf"
+    assert main(["export", str(run), "--format", "hf", "--out", str(out)]) == 0
+    _, trained, _, _ = load_run(run)
+    images = make_shapes("test", n=4).images
+    ref_img, ref_txt = reference(out, kind, images, PROMPTS, max_length=32)
+    with torch.no_grad():
+        assert torch.allclose(trained.encode("image", images), ref_img, atol=1e-5)
+        assert torch.allclose(trained.encode("text", trained.tokenize(PROMPTS)), ref_txt, atol=1e-5)
+    assert not (run / "assets" / "image" / "source.json").exists()  # no pretrained θ₀ to record
