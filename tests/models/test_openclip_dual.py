@@ -30,14 +30,24 @@ def reference(name: str, images: torch.Tensor, prompts: list[str], pretrained: s
         return model.encode_image(pixels), model.encode_text(open_clip.get_tokenizer(name)(prompts)), model
 
 
-def tiny_run(tmp_path: Path, source: str, loss: str = "clip", **model_changes):
+def tiny_run(tmp_path: Path, source: str, loss: str = "clip", csv: bool = False, **model_changes):
+    """A 4-step fine-tune from ``source`` on Shapes, or (``csv``) on the user's-pairs path: 64 PNG
+    files and a CSV of their captions."""
     from contrastkit.losses import LossConfig
     from contrastkit.train import RunConfig, train
+    from tests.data._write import exact, source_config, write_pngs, write_table
 
     base = RunConfig.tiny(out_dir=str(tmp_path / "runs"))
     model = dataclasses.replace(from_dict(ModelConfig, {"from": source}), **model_changes)
     train_cfg = dataclasses.replace(base.train, steps=4, batch_size=8)
     cfg = dataclasses.replace(base, model=model, loss=LossConfig(loss), train=train_cfg)
+    if csv:
+        pairs = make_shapes("train", n=64)
+        names = write_pngs(pairs, tmp_path / "pairs")
+        rows = [[n, c[0]] for n, c in zip(names, pairs.captions)]
+        table = write_table(tmp_path / "pairs" / "pairs.csv", ["image", "caption"], rows)
+        data = source_config("csv", {"path": str(table), "caption_columns": ["caption"]}, exact(32))
+        cfg = dataclasses.replace(cfg, data=data)
     return train(cfg).run_dir
 
 
@@ -96,13 +106,14 @@ def test_bad_sources_fail_in_one_line_before_any_work(tmp_path):
 
 @pytest.mark.parametrize("bias", [None, -2.5])
 def test_fine_tune_then_export_to_open_clip_gives_the_same_embeddings(tmp_path, bias):
+    """open_clip folder → fine-tune on pairs from a CSV → export → open_clip loads the same model."""
     import open_clip
 
     from contrastkit.cli import main
     from contrastkit.train import load_run
 
     folder = save_open_clip(tmp_path / "oc", bias=bias)
-    run = tiny_run(tmp_path, f"open_clip:{folder}", loss="clip" if bias is None else "siglip")
+    run = tiny_run(tmp_path, f"open_clip:{folder}", loss="clip" if bias is None else "siglip", csv=True)
     out = tmp_path / "oc-out"
     assert main(["export", str(run), "--format", "open_clip", "--out", str(out)]) == 0
     _, trained, loss, _ = load_run(run)
