@@ -240,3 +240,27 @@ def test_shipped_hf_configs_train_from_scratch_and_export_to_transformers(tmp_pa
         assert torch.allclose(trained.encode("image", images), ref_img, atol=1e-5)
         assert torch.allclose(trained.encode("text", trained.tokenize(PROMPTS)), ref_txt, atol=1e-5)
     assert not (run / "assets" / "image" / "source.json").exists()  # no pretrained θ₀ to record
+
+
+
+def test_train_only_the_pretrained_heads(tmp_path):
+    """Heads on locked towers from a checkpoint: ``lock`` every tower weight but the checkpoint's own
+    projections (CLIP's visual_projection / text_projection); only those learn, and the model keeps
+    the shape ``--format hf`` exports."""
+    from contrastkit.train import RunConfig, load_run, train
+
+    folder = save_clip(tmp_path / "clip")
+    base = RunConfig.tiny(out_dir=str(tmp_path / "runs"))
+    lock = ("towers.image.vision.*", "towers.text.encoder.*")
+    cfg = dataclasses.replace(
+        base,
+        model=dataclasses.replace(hf_model_config(folder, 16), lock=lock),
+        train=dataclasses.replace(base.train, steps=3, batch_size=8),
+    )
+    start = build_model(cfg.model)
+    _, trained, _, _ = load_run(train(cfg).run_dir)
+    before, after = start.state_dict(), trained.state_dict()
+    heads = {k for k in before if ".proj." in k}
+    assert heads == {"towers.image.proj.weight", "towers.text.proj.weight"}
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in heads)
+    assert all(not torch.equal(before[k], after[k]) for k in heads)
