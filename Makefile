@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 EMOJI  := .cache/npm/node_modules/emoji-datasource-google/emoji.json
 
-.PHONY: setup data fashion-mnist demo demo-fashion demo-emoji test test-all lint bench clean
+.PHONY: setup data fashion-mnist demo demo-fashion demo-emoji test test-all lint bench docs clean
 
 setup: $(STAMP) data
 
@@ -58,5 +58,8 @@ bench: setup  ## benchmarks of docs/performance.md (installs open_clip for the c
 lint: setup
 	$(BIN)/ruff check .
 
+docs: setup  ## topic pages + API reference from the docstrings (mkdocs.yml) -> site/; warnings are errors
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs site .pytest_cache .ruff_cache

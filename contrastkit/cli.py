@@ -1,16 +1,21 @@
 """The ``contrastkit`` command line: a thin layer over the Python API.
 
-contrastkit demo [shapes|fashion|emoji] [--out runs] [--threads N]
+```text
+contrastkit demo [shapes|fashion|emoji|pretrained] [--out runs] [--threads N]
 contrastkit wise runs/NAME --alphas 0,0.25,0.5,0.75,1 [--reference fashion_mnist:test]
 contrastkit train --config configs/shapes-clip.yaml [--set train.steps=100 ...] [--name NAME]
-contrastkit train --resume runs/NAME
+contrastkit train --resume runs/NAME [--set train.steps=M]
 contrastkit eval runs/NAME [--splits test,unseen] [--tasks zeroshot,retrieval]
 contrastkit eval runs/NAME --data imagefolder --data-param root=photos [--classes a,b] [--templates FILE]
 contrastkit data shards pairs.csv --out shards/ [--shard-size 1000] [--image-size 256]
 contrastkit data inspect photos/ [--out inspect-photos] [--samples 16]
 contrastkit data export shapes:train --out data/shapes-csv [--split train]
 contrastkit export runs/NAME --format hf|open_clip|safetensors --out DIR
-contrastkit list {losses,towers,datasets}
+contrastkit plan configs/shapes-clip.yaml --memory 16GiB
+contrastkit study configs/study-shapes-clip-vs-siglip.yaml [--jobs N] [--report-only]
+contrastkit list [tasks|losses|towers|datasets|sources] [--verbose]
+contrastkit explain NAME
+```
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
+
+from contrastkit.commands import KINDS, TasksHelp, explain, listing, plan
+from contrastkit.core.progress import progress_default
 
 if TYPE_CHECKING:
     from contrastkit.train import RunConfig
@@ -70,7 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train from a config file, or resume a run")
     g = t.add_mutually_exclusive_group(required=True)
     g.add_argument("--config", help="YAML run config")
-    g.add_argument("--resume", metavar="RUN", help="run folder to continue from its newest checkpoint")
+    g.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="run folder to continue from its newest checkpoint; with --set train.steps=M: train it "
+        "further, to M steps in all",
+    )
     t.add_argument(
         "--set",
         dest="overrides",
@@ -83,12 +96,19 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     t.add_argument("--eval", action="store_true", help="evaluate after training")
 
-    e = sub.add_parser("eval", help="evaluate a run or a local Hugging Face CLIP/SigLIP folder")
+    e = sub.add_parser(
+        "eval", help="evaluate a run or a local Hugging Face CLIP/SigLIP folder", add_help=False
+    )
+    e.add_argument("-h", "--help", action=TasksHelp)
     e.add_argument("run", metavar="RUN_OR_MODEL", help="run folder or Hugging Face model folder")
     e.add_argument(
         "--splits", "--split", dest="splits", help="comma-separated splits (default: the run's, else test)"
     )
-    e.add_argument("--tasks", default="zeroshot,retrieval", help="comma-separated tasks")
+    e.add_argument(
+        "--tasks",
+        default="zeroshot,retrieval",
+        help="comma-separated tasks (default: zeroshot,retrieval; all listed below)",
+    )
     e.add_argument("--data", help="data set to evaluate on (default: the run's; shapes for a model)")
     e.add_argument(
         "--data-param", action="append", default=[], metavar="KEY=VALUE", help="data set parameter: n=500"
@@ -102,7 +122,11 @@ def _parser() -> argparse.ArgumentParser:
         "'a photo of a {}.|a drawing of a {}.'",
     )
     e.add_argument("--class-task", help="class task the --classes file names (default: the first)")
-    e.add_argument("--train-split", help="split to fit probes on (tasks that need one)")
+    e.add_argument(
+        "--train-split",
+        help="split probes fit on (default: the data set's training split; a file source given with "
+        "--data has none: then a seeded half of each evaluated split, with a warning)",
+    )
     e.add_argument("--out", help="output folder (default: the run folder; eval/NAME for a model)")
     e.add_argument("--batch-size", type=int, help="encoder batch size (default: 256 run, 64 model)")
 
@@ -162,8 +186,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     st.add_argument("--report-only", action="store_true", help="only rebuild the report from finished runs")
 
+    for sp in (e, w, pl, st):  # long phases show progress bars (on stderr) unless asked not to
+        sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     ls = sub.add_parser("list", help="list registered components")
-    ls.add_argument("what", choices=["losses", "towers", "datasets"])
+    ls.add_argument("what", nargs="?", choices=list(KINDS), help="one kind (default: all)")
+    ls.add_argument("-v", "--verbose", action="store_true", help="spec ids, descriptions, parameters")
+    xp = sub.add_parser("explain", help="the full description of a registered component")
+    xp.add_argument("name", metavar="NAME", help="a loss, tower, evaluation task, data set or source")
     return p
 
 
@@ -173,9 +203,7 @@ def _train(args: argparse.Namespace) -> None:
     from contrastkit.train import RunConfig, resume, train
 
     if args.resume:
-        if args.overrides or args.name:
-            raise SystemExit("error: --set/--name cannot change a run being resumed (exact resume)")
-        result = resume(args.resume)
+        result = resume(args.resume, steps=_resume_steps(args.overrides, args.name))
     else:
         data = apply_overrides(load_yaml(args.config), args.overrides)
         if args.name:
@@ -185,12 +213,39 @@ def _train(args: argparse.Namespace) -> None:
         result = train(cfg, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return
-    print(
-        f"trained {result.run_dir}: step {result.step}, loss {result.last_loss:.4f}, "
-        f"{result.skipped} skipped steps, {result.seconds:.0f} s"
-    )
+    if result.already_finished:  # not "loss nan": say why nothing trained, and how to go on
+        print(
+            f"run {result.run_dir} is already finished at step {result.step} (last loss "
+            f"{result.last_loss:.4f}); to train it further, resume it with a larger total: "
+            f"contrastkit train --resume {result.run_dir} --set train.steps=M (M > {result.step})"
+        )
+    else:
+        print(
+            f"trained {result.run_dir}: step {result.step}, loss {result.last_loss:.4f}, "
+            f"{result.skipped} skipped steps, {result.seconds:.0f} s"
+        )
     if args.eval:
         print(format_table(evaluate_run(result.run_dir)["metrics"]))
+
+
+def _resume_steps(overrides: Sequence[str], name: str | None) -> int | None:
+    """The new total of ``--resume … --set train.steps=M`` (extending a run), else ``None``: a
+    resume is exact, so no other setting may change."""
+    from contrastkit.core.config import parse_yaml
+    from contrastkit.core.errors import ConfigError
+
+    keys = [item.partition("=")[0].strip() for item in overrides]
+    if name or any(k != "train.steps" for k in keys) or len(keys) > 1:
+        raise ConfigError(
+            "--resume continues a run exactly: --name and --set cannot change it, except one "
+            "--set train.steps=M (a larger total, to train it further)"
+        )
+    if not overrides:
+        return None
+    steps = parse_yaml(overrides[0].partition("=")[2], "--set train.steps")
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise ConfigError(f"--set train.steps expects an integer, got {steps!r}")
+    return steps
 
 
 def _check_machine(cfg: RunConfig) -> None:
@@ -241,19 +296,20 @@ def _eval(args: argparse.Namespace) -> None:
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     params = _params(args.data_param, "--data-param")
-    report = evaluate_model(
-        args.run,
-        out_dir=args.out,
-        data=args.data,
-        splits=args.splits.split(",") if args.splits else None,
-        tasks=args.tasks.split(","),
-        data_params=params or None,
-        classes=_prompts(args.classes, ","),
-        templates=_prompts(args.templates, "|"),
-        class_task=args.class_task,
-        train_split=args.train_split,
-        batch_size=args.batch_size,
-    )
+    with progress_default(not args.no_progress):
+        report = evaluate_model(
+            args.run,
+            out_dir=args.out,
+            data=args.data,
+            splits=args.splits.split(",") if args.splits else None,
+            tasks=args.tasks.split(","),
+            data_params=params or None,
+            classes=_prompts(args.classes, ","),
+            templates=_prompts(args.templates, "|"),
+            class_task=args.class_task,
+            train_split=args.train_split,
+            batch_size=args.batch_size,
+        )
     print(format_table(report["metrics"]))
     print(f"wrote {report['outputs_dir']}/: " + ", ".join(report["outputs"]))
 
@@ -284,59 +340,6 @@ def _data(args: argparse.Namespace) -> None:
     print(shards_summary(manifest, args.out))
 
 
-def _plan(args: argparse.Namespace) -> None:
-    import torch
-
-    from contrastkit.core import apply_overrides, from_dict, load_yaml, set_threads
-    from contrastkit.data import load_split
-    from contrastkit.models import build_model
-    from contrastkit.scale.planner import measure_sample_memory, parse_bytes, plan_batch
-    from contrastkit.train import RunConfig
-
-    cfg = from_dict(RunConfig, apply_overrides(load_yaml(args.config), args.overrides))
-    budget = parse_bytes(args.memory)
-    set_threads(cfg.train.threads)
-    pairs = load_split(cfg.data, cfg.data.train_split)
-    model = build_model(cfg.model, texts=pairs.flat_captions()[0])
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
-
-    def make_batch(n: int) -> dict[str, torch.Tensor]:
-        idx = [i % len(pairs) for i in range(n)]
-        return {
-            "image": pairs.images[idx].to(device),
-            "text": model.tokenize([pairs.captions[i][0] for i in idx]).to(device),
-        }
-
-    per_sample = measure_sample_memory(model, make_batch, device)
-    n_params = sum(p.numel() for p in model.parameters())
-    p = plan_batch(budget, n_params, per_sample, cfg.loss.name, cfg.model.embed_dim, args.tile, args.chunk)
-    gib = 2**30
-    print(
-        f"model: {n_params / 1e6:.2f} M parameters; fixed {p.fixed / gib:.3f} GiB (weights, grads, AdamW); "
-        f"activations {per_sample / 2**20:.2f} MiB per sample (measured on {device.type})"
-    )
-    print(
-        f"budget {p.budget / gib:.1f} GiB per device, loss {cfg.loss.name}, embed dim {cfg.model.embed_dim}"
-    )
-    print(f"{'method':<40} {'largest batch':>14}")
-    print(f"{'plain (dense loss)':<40} {p.plain:>14,}")
-    print(f"{'scale.tile_size=' + str(p.tile):<40} {p.tiled:>14,}")
-    print(f"{f'scale.tile_size={p.tile}, chunk_size={p.chunk}':<40} {p.cached:>14,}")
-
-
-def _list(what: str) -> None:
-    if what == "losses":
-        from contrastkit.losses import LOSSES as reg
-    elif what == "towers":
-        from contrastkit.models import TOWERS as reg
-    else:
-        from contrastkit.data import DATASETS, SOURCES
-
-        print("\n".join([*DATASETS.names(), *(f"{n}  (file source: docs/data.md)" for n in SOURCES.names())]))
-        return
-    print("\n".join(reg.names()))
-
-
 def _demo(args: argparse.Namespace) -> None:
     from contrastkit.core.runtime import check_threads
 
@@ -353,7 +356,8 @@ def _demo(args: argparse.Namespace) -> None:
     elif args.which == "emoji":
         from contrastkit.demo.emoji import run_emoji_demo
 
-        run_emoji_demo(args.out, threads=args.threads)
+        with progress_default(progress):  # feature caches, head trainings
+            run_emoji_demo(args.out, threads=args.threads)
     else:
         from contrastkit.demo import run_demo
 
@@ -372,7 +376,8 @@ def _wise(args: argparse.Namespace) -> None:
     if args.reference:
         name, sep, split = args.reference.partition(":")
         reference = (name, split if sep else "test")
-    rows = wise_sweep(args.run, alphas, reference, args.n, args.recalibrate)
+    with progress_default(not args.no_progress):
+        rows = wise_sweep(args.run, alphas, reference, args.n, args.recalibrate)
     print(format_wise(rows))
     print(f"wrote {args.run}/wise.json and {args.run}/wise.png")
 
@@ -397,16 +402,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(f"wrote {export_run(args.run, args.format, args.out)} ({args.format})")
         elif args.command == "plan":
-            _plan(args)
+            with progress_default(not args.no_progress):
+                plan(args)
         elif args.command == "study":
             from contrastkit.studies.study import run_study
 
-            run_study(args.file, jobs=args.jobs, only=args.only, report_only=args.report_only)
+            with progress_default(not args.no_progress):
+                run_study(args.file, jobs=args.jobs, only=args.only, report_only=args.report_only)
+        elif args.command == "explain":
+            print(explain(args.name))
         else:
-            _list(args.what)
+            print(listing(args.what, args.verbose))
     except ContrastkitError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into a reader that stopped early (| head)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -1,7 +1,7 @@
 """Architecture: data flows one way; no module imports a layer above its own.
 
 Layers (low → high): core < {data, losses, models} < scale < train < evaluation < studies < top
-(cli, demo). A module may import its own layer or lower ones only (``data``, ``losses`` and
+(demo, commands < cli). A module may import its own layer or lower ones only (``data``, ``losses`` and
 ``models`` are siblings and may not import one another, except where listed).
 """
 
@@ -19,6 +19,7 @@ RANK = {
     "evaluation": 4,
     "studies": 5,
     "demo": 6,
+    "commands": 6,  # handlers cli.py delegates to (list, explain, plan): below cli, which imports it
     "cli": 7,
     "__main__": 8,
     "__init__": 9,

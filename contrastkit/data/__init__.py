@@ -20,10 +20,12 @@ from contrastkit.data.pairs import (
     english_articles,
     make_loader,
 )
+from contrastkit.data.shapes import SPLITS as SHAPES_SPLITS
 from contrastkit.data.shapes import make_shapes
 
 __all__ = [
     "DATASETS",
+    "DATASET_SPLITS",
     "SOURCES",
     "ClassTask",
     "DataConfig",
@@ -35,6 +37,7 @@ __all__ = [
     "ShardSource",
     "Source",
     "build",
+    "check_data",
     "english_articles",
     "load_split",
     "make_digits",
@@ -53,6 +56,14 @@ DATASETS.register("digits")(make_digits)
 DATASETS.register("fashion_mnist")(make_fashion_mnist)
 DATASETS.register("emoji")(make_emoji)
 
+# the splits of each built-in set (its builder refuses others): checked before anything is generated
+DATASET_SPLITS: dict[str, tuple[str, ...]] = {
+    "shapes": SHAPES_SPLITS,
+    "digits": ("train", "val", "test"),
+    "fashion_mnist": ("train", "val", "test"),
+    "emoji": ("train", "val", "test"),
+}
+
 
 def build(name: str, split: str, **params: Any) -> PairSet:
     """The ``split`` of data set ``name``; ``params`` are checked against its builder."""
@@ -61,6 +72,14 @@ def build(name: str, split: str, **params: Any) -> PairSet:
 
 # file sources build on the registry above, so they are imported after it
 from contrastkit.data.images import ImageConfig  # noqa: E402
-from contrastkit.data.loading import SOURCES, Source, load_split, open_split, source_captions, train_loader  # noqa: E402
+from contrastkit.data.loading import (  # noqa: E402
+    SOURCES,
+    Source,
+    check_data,
+    load_split,
+    open_split,
+    source_captions,
+    train_loader,
+)
 from contrastkit.data.shards import ShardSource  # noqa: E402
 from contrastkit.data.table import PairTable  # noqa: E402

@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from contrastkit.core.errors import ConfigError
 from contrastkit.core.io import atomic_write_text
+from contrastkit.core.progress import progress_bar
 from contrastkit.data.images import SkipSample, decode_image
 from contrastkit.data.pairs import PairSet
 from contrastkit.data.table import PairTable
@@ -126,7 +126,7 @@ def write_shards(
         digest = hashlib.sha256(final.read_bytes()).hexdigest()
         shards.append({"name": final.name, "samples": n, "bytes": final.stat().st_size, "sha256": digest})
 
-    bar = tqdm(total=len(src), desc=f"shards {out}", unit="sample", disable=not progress)
+    bar = progress_bar(None, f"shards {out}", progress, total=len(src), unit="sample")
     for sample in _samples(src, image_size, skips):
         if writer is None or n == shard_size:
             if writer is not None:
@@ -176,7 +176,7 @@ def write_csv(
         w = csv.writer(f)
         if new:
             w.writerow(header)
-        for i in tqdm(range(len(src)), desc=f"csv {out}", unit="img", disable=not progress):
+        for i in progress_bar(range(len(src)), f"csv {out}", progress, unit="img"):
             name = f"images/{split}-{i:07d}"
             if isinstance(src, PairSet):
                 name += ".png"

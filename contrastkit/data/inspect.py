@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from contrastkit.core.errors import ConfigError, DataError, MissingFileError
 from contrastkit.core.io import atomic_path, atomic_write_json
+from contrastkit.core.progress import progress_bar
 from contrastkit.core.registry import check_kwargs
 from contrastkit.data.images import SkipSample, decode_image
 from contrastkit.data.loading import SOURCES
@@ -186,7 +186,7 @@ def inspect_source(
     picks = set(np.linspace(0, total - 1, min(samples, total)).round().astype(int)) if total else None
     tiles: list[tuple[torch.Tensor | None, str]] = []
     rows = _rows(source, broken)
-    bar = tqdm(rows, total=total, desc=f"inspect {source.name}", unit="img", disable=not progress)
+    bar = progress_bar(rows, f"inspect {source.name}", progress, total=total, unit="img")
     for i, row in enumerate(bar):
         n_caps.append(len(row.captions))
         first = ""
@@ -272,8 +272,11 @@ def _save(fig: Any, path: Path) -> None:
 def _plot_histograms(report: dict[str, Any], path: Path) -> None:
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, key, label in zip(
-        axes, ("caption_words", "image_short_side"), ("caption length (words)", "image shorter side (px)")
+    for ax, key, label, unit in zip(
+        axes,
+        ("caption_words", "image_short_side"),
+        ("caption length (words)", "image shorter side (px)"),
+        ("captions", "images"),
     ):
         s = report[key]
         if s is None:
@@ -283,7 +286,7 @@ def _plot_histograms(report: dict[str, Any], path: Path) -> None:
             ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", edgecolor="white")
             ax.set_title(f"median {s['median']:g}, range {s['min']}–{s['max']}", fontsize=9)
         ax.set_xlabel(label)
-        ax.set_ylabel("count")
+        ax.set_ylabel(f"number of {unit}")
     fig.suptitle(f"{report['source']}: {report['rows']} rows", fontsize=10)
     _save(fig, path)
 

@@ -15,13 +15,14 @@ import inspect
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from contrastkit.core.errors import ConfigError
-from contrastkit.core.registry import Registry
+from contrastkit.core.errors import ConfigError, MissingFileError
+from contrastkit.core.registry import Registry, check_params
 from contrastkit.data.config import DataConfig
 from contrastkit.data.folders import make_hf, make_imagefolder
 from contrastkit.data.mix import MixBatchSampler, MixDataset
@@ -30,7 +31,16 @@ from contrastkit.data.shards import ShardSource, ShardStream, make_webdataset
 from contrastkit.data.table import PAIR_KEY, PairTable, TableDataset
 from contrastkit.data.tabular import make_csv, make_parquet, make_tsv
 
-__all__ = ["SOURCES", "Mixture", "Source", "load_split", "open_split", "source_captions", "train_loader"]
+__all__ = [
+    "SOURCES",
+    "Mixture",
+    "Source",
+    "check_data",
+    "load_split",
+    "open_split",
+    "source_captions",
+    "train_loader",
+]
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,42 @@ SOURCES.register("parquet")(make_parquet)
 SOURCES.register("imagefolder")(make_imagefolder)
 SOURCES.register("hf")(make_hf)
 SOURCES.register("webdataset")(make_webdataset)
+
+
+# the local file or folder each file source reads (webdataset urls may be remote or brace patterns)
+_SOURCE_PATHS = {
+    "csv": ("path", "file"),
+    "tsv": ("path", "file"),
+    "parquet": ("path", "file"),
+    "imagefolder": ("root", "folder"),
+    "hf": ("path", "datasets folder"),
+}
+
+
+def check_data(cfg: DataConfig, splits: Sequence[str]) -> None:
+    """Refuse, before anything is generated or read, what ``cfg`` alone gets wrong for ``splits``:
+    an undeclared split, an unknown data set or source, a parameter its builder does not take (or
+    out of range), a missing data file or folder, a split a built-in set does not have."""
+    from contrastkit.data import DATASET_SPLITS, DATASETS
+
+    for split in dict.fromkeys(splits):
+        if cfg.sources and split == cfg.train_split:  # a mixture: each source for the train split
+            named = [(src.name, {**src.params}, f"data.sources {src.name!r}") for src in cfg.sources]
+        else:
+            named = [(cfg.name, cfg.split_params(split), f"data split {split!r}")]
+        for name, given, where in named:
+            if name in SOURCES:
+                check_params(SOURCES.get(name), {"split": split, **given}, f"data source {name!r} ({where})")
+                key, kind = _SOURCE_PATHS.get(name, (None, ""))
+                path = Path(str(given[key])).expanduser() if key in given else None
+                if path is not None and not (path.is_dir() if kind.endswith("folder") else path.is_file()):
+                    raise MissingFileError(f"{name} source: no {kind} at {path} (data params {key}, {where})")
+                continue
+            builder = DATASETS.get(name)
+            check_params(builder, {"split": split, **given}, f"data set {name!r} ({where})")
+            known = DATASET_SPLITS.get(name)
+            if known is not None and split not in known:
+                raise ConfigError(f"data set {name!r} has no split {split!r}; available: {list(known)}")
 
 
 def open_split(cfg: DataConfig, split: str, progress: bool = False) -> Source:

@@ -35,9 +35,9 @@ from typing import Annotated
 import numpy as np
 import torch
 from annotated_types import Ge, Le
-from tqdm.auto import tqdm
 
 from contrastkit.core.errors import InputError
+from contrastkit.core.progress import progress_bar
 from contrastkit.core.registry import NonNegInt, PositiveInt, Probability
 from contrastkit.data.pairs import ClassTask, PairSet, english_articles
 
@@ -288,7 +288,7 @@ def make_shapes(
     images = np.empty((n, 3, image_size, image_size), dtype=np.uint8)
     captions, labels = [], np.full((n, 3), -1, dtype=np.int64)
     attributes = np.zeros((n, ATTRIBUTE_DIM), dtype=np.float32)
-    for i in tqdm(range(n), desc=f"shapes/{split}", disable=not progress, leave=False):
+    for i in progress_bar(range(n), f"shapes/{split}", progress, unit="img", leave=False):
         if rng.random() < two_object_fraction:
             objs, caps, where = _pair(rng, image_size, allowed, captions_per_image)
         else:

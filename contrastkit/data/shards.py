@@ -160,12 +160,12 @@ class ShardSource:
     def pairset(self, image: ImageConfig, progress: bool = False) -> tuple[PairSet, Counter[str]]:
         """Every usable sample, in shard order, decoded with the evaluation transform (with every
         caption ``KEY.json`` lists, for retrieval)."""
-        from tqdm.auto import tqdm
+        from contrastkit.core.progress import progress_bar  # not needed by the loader workers
 
         skips: Counter[str] = Counter()
         rows: list[dict[str, Any]] = []
         metas: list[bytes | None] = []  # KEY.json: every caption of a sample written by data shards
-        for url in tqdm(self.urls, desc=f"read {self.name}", disable=not progress, unit="shard"):
+        for url in progress_bar(self.urls, f"read {self.name}", progress, unit="shard"):
             for raw in iter_shard(url, skips):
                 try:
                     rows.append(self.decode(raw, image, None))

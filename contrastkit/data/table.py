@@ -26,9 +26,9 @@ from typing import Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from contrastkit.core.errors import DataError, InputError
+from contrastkit.core.progress import progress_bar
 from contrastkit.data.augment import AugmentConfig
 from contrastkit.data.images import ImageConfig, SkipSample, load_image
 from contrastkit.data.pairs import ClassTask, PairDataset, PairSet, SampledBatch
@@ -121,7 +121,7 @@ class PairTable:
         row left without captions is dropped)."""
         skips: Counter[str] = Counter()
         keep, images, captions = [], [], []
-        for i in tqdm(range(len(self)), desc=f"decode {self.name}", disable=not progress, unit="img"):
+        for i in progress_bar(range(len(self)), f"decode {self.name}", progress, unit="img"):
             caps = tuple(c for c in self.captions[i] if c.strip())
             if len(caps) < len(self.captions[i]):
                 skips["empty caption"] += len(self.captions[i]) - len(caps)

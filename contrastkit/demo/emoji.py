@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from contrastkit.core.io import atomic_write_json
+from contrastkit.core.progress import progress_bar
 from contrastkit.core.runtime import set_threads
 from contrastkit.data import make_emoji
 from contrastkit.data.emoji import split_groups
@@ -99,7 +100,7 @@ def _select_steps(
     parts = split_groups(captions, seed=1, test_fraction=VAL_FRACTION, val_fraction=0.0)
     fit, val = parts["train"], parts["test"]
     scores = {}
-    for steps in STEP_GRID:
+    for steps in progress_bar(STEP_GRID, "select head steps", unit="run"):
         heads, _ = train_heads(img[fit], txt[fit], dataclasses.replace(cfg, steps=steps))
         scores[steps] = _recall(heads, img[val], txt[val])[1]
     best = max(STEP_GRID, key=lambda k: (scores[k], -k))  # ties: fewer steps

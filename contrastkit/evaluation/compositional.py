@@ -43,12 +43,18 @@ Tasks (options under ``ctx.options[name]``; unknown keys raise ConfigError): ``w
 ``winoground/<kind>/{text,image,group,group_match}`` (per-group 0/1 arrays as examples; swap sets of
 :mod:`contrastkit.data.swaps` at the evaluated images' size); ``blind_pairs`` → ``blind_pairs/{rate,
 count,n_differing}`` and ``blind_pairs/<task>/rate`` over the evaluated set's class tasks;
-``suppression`` → ``suppression/<attribute>/{accuracy,chance,gain}`` (per-test-image examples).
+``suppression`` → ``suppression/<attribute>/{accuracy,chance,gain}`` (per-test-image examples; source
+``pairs`` adds ``suppression/self_split``, 1 when it fit on a seeded half of the evaluated set).
+
+``winoground`` and ``suppression`` with source ``shapes`` generate their own images from their seed
+(at the evaluated images' size) and never read the evaluated split: their numbers are the same for
+every split, so they are registered in ``SPLIT_INDEPENDENT`` and a report evaluates them once.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +67,7 @@ from contrastkit.data.pairs import PairSet
 from contrastkit.data.swaps import KINDS, SwapSet, make_attribute_set, make_swap_sets
 from contrastkit.evaluation.encoders import Encoders
 from contrastkit.evaluation.probes import linear_probe
-from contrastkit.evaluation.tasks import EVAL_TASKS, EvalContext, TaskResult
+from contrastkit.evaluation.tasks import EVAL_TASKS, SPLIT_INDEPENDENT, EvalContext, TaskResult
 
 __all__ = [
     "BLIND_DEFAULTS",
@@ -93,6 +99,7 @@ SUPPRESSION_DEFAULTS: dict[str, Any] = {
     "image_size": None,
 }
 _ENUMERATE_MAX_K = 6
+_log = logging.getLogger(__name__)
 
 
 def _as_scores(s: torch.Tensor | np.ndarray, ndim: int = 3) -> np.ndarray:
@@ -354,6 +361,9 @@ def winoground_task(ctx: EvalContext) -> TaskResult:
     return out, examples
 
 
+SPLIT_INDEPENDENT["winoground"] = lambda ctx: True  # swap sets from (n, kind, seed) only
+
+
 @EVAL_TASKS.register("blind_pairs")
 def blind_pairs_task(ctx: EvalContext) -> TaskResult:
     """E-MMVP blind pairs of the evaluated images, differing in the labels of its class tasks."""
@@ -369,11 +379,21 @@ def blind_pairs_task(ctx: EvalContext) -> TaskResult:
     return out, {}
 
 
+def _source(ctx: EvalContext, opts: dict[str, Any]) -> str:
+    """The suppression source ``auto`` resolves to: shapes for a Shapes set, else pairs."""
+    if opts["source"] != "auto":
+        return str(opts["source"])
+    return "shapes" if ctx.pairs.name.startswith("shapes") else "pairs"
+
+
+SPLIT_INDEPENDENT["suppression"] = lambda ctx: (
+    _source(ctx, _options(ctx, "suppression", SUPPRESSION_DEFAULTS)) == "shapes"
+)
+
+
 def _probe_sets(ctx: EvalContext, opts: dict[str, Any]) -> tuple[PairSet, np.ndarray, PairSet, np.ndarray]:
     """(fit set, its embeddings, test set, its embeddings) for the configured source."""
-    source, seed, n_fit = opts["source"], int(opts["seed"]), int(opts["n_fit"])
-    if source == "auto":
-        source = "shapes" if ctx.pairs.name.startswith("shapes") else "pairs"
+    source, seed, n_fit = _source(ctx, opts), int(opts["seed"]), int(opts["n_fit"])
     if source == "shapes":
         size = _image_size(ctx, opts)
         fit = make_attribute_set(n_fit, size, seed, split=0)
@@ -383,6 +403,10 @@ def _probe_sets(ctx: EvalContext, opts: dict[str, Any]) -> tuple[PairSet, np.nda
         raise ConfigError(f"unknown suppression source {source!r}; choose auto, shapes or pairs")
     rng = np.random.default_rng(seed)
     if ctx.train_pairs is None:  # seeded 50/50 split of the evaluated set
+        _log.warning(
+            "suppression: no training split, fitting on a seeded half of %r and reporting the other half",
+            ctx.pairs.name,
+        )
         perm = rng.permutation(len(ctx.pairs))
         fit_i, test_i = np.sort(perm[: len(perm) // 2]), np.sort(perm[len(perm) // 2 :])
         x = ctx.image_emb
@@ -415,4 +439,6 @@ def suppression_task(ctx: EvalContext) -> TaskResult:
         for key in ("accuracy", "chance", "gain"):
             out[f"suppression/{name}/{key}"] = float(r[key])
         examples[f"suppression/{name}/accuracy"] = r["correct"]
+    if _source(ctx, opts) == "pairs":
+        out["suppression/self_split"] = float(ctx.train_pairs is None)
     return out, examples

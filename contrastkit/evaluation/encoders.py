@@ -6,13 +6,14 @@ same metrics run on contrastkit runs, on loaded third-party checkpoints, or on a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from contrastkit.core.errors import InputError
+from contrastkit.core.progress import progress_bar
 from contrastkit.models.dual_encoder import DualEncoder
 
 __all__ = ["Encoders", "model_encoders"]
@@ -29,6 +30,12 @@ class Encoders:
     image_patches: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, kw_only=True)
 
 
+def _batches(n: int, batch_size: int, desc: str) -> Iterable[int]:
+    """Start indices of the batches of ``n`` items, with a progress bar (an inner one: it vanishes
+    when done; quiet for quick calls, see :mod:`contrastkit.core.progress`)."""
+    return progress_bar(range(0, n, batch_size), desc, unit="batch", leave=False)
+
+
 def model_encoders(model: DualEncoder, batch_size: int = 256, device: str | None = None) -> Encoders:
     """Encoders of a :class:`DualEncoder`'s ``image`` and ``text`` towers (eval mode, no grad)."""
     if batch_size < 1:
@@ -38,7 +45,8 @@ def model_encoders(model: DualEncoder, batch_size: int = 256, device: str | None
     @torch.no_grad()
     def images(x: torch.Tensor) -> torch.Tensor:
         model.eval()
-        outs = [model.encode("image", x[i : i + batch_size].to(dev)) for i in range(0, len(x), batch_size)]
+        starts = _batches(len(x), batch_size, "embed images")
+        outs = [model.encode("image", x[i : i + batch_size].to(dev)) for i in starts]
         return F.normalize(torch.cat(outs).float(), dim=-1).cpu()
 
     @torch.no_grad()
@@ -46,7 +54,7 @@ def model_encoders(model: DualEncoder, batch_size: int = 256, device: str | None
         model.eval()
         outs = [
             model.encode("text", model.tokenize(list(t[i : i + batch_size])).to(dev))
-            for i in range(0, len(t), batch_size)
+            for i in _batches(len(t), batch_size, "embed texts")
         ]
         return F.normalize(torch.cat(outs).float(), dim=-1).cpu()
 
@@ -55,7 +63,8 @@ def model_encoders(model: DualEncoder, batch_size: int = 256, device: str | None
     @torch.no_grad()
     def image_patches(x: torch.Tensor) -> torch.Tensor:
         model.eval()
-        outs = [tower.patch_tokens(x[i : i + batch_size].to(dev)) for i in range(0, len(x), batch_size)]
+        starts = _batches(len(x), batch_size, "embed patches")
+        outs = [tower.patch_tokens(x[i : i + batch_size].to(dev)) for i in starts]
         return torch.cat(outs).float().cpu()
 
     return Encoders(images, texts, image_patches=image_patches if hasattr(tower, "patch_tokens") else None)

@@ -1,6 +1,6 @@
 """E-EXTERNAL — :class:`Encoders` from existing checkpoints, loaded offline.
 
-Spec: evaluation of "the models it evaluates" (../shared/spec/evaluation.md: every evaluator talks
+Spec: evaluation of "the models it evaluates" (docs/evaluation.md: every evaluator talks
 to a pair of encoders). Sources:
 
 * ``hf_clip_encoders(path)`` / ``hf_siglip_encoders(path)`` / ``hf_encoders(path)`` (dispatch on
@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from contrastkit.core.errors import ConfigError, InputError, MissingFileError
+from contrastkit.core.progress import progress_bar
 from contrastkit.evaluation.encoders import Encoders
 from contrastkit.models.preprocess import ImagePreprocess
 
@@ -95,7 +96,8 @@ def _weights_record(folder: Path) -> dict[str, str]:
 def _batched(fn: Callable[[Any], torch.Tensor], items: Any, batch_size: int) -> torch.Tensor:
     if len(items) == 0:
         raise InputError("nothing to encode (empty input)")
-    outs = [fn(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+    starts = progress_bar(range(0, len(items), batch_size), "embed", unit="batch", leave=False)
+    outs = [fn(items[i : i + batch_size]) for i in starts]
     return F.normalize(torch.cat(outs).float(), dim=-1).cpu()
 
 

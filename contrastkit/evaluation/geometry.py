@@ -1,6 +1,6 @@
 """E-ALIGNUNIF, E-MODGAP, E-RANK and neural collapse — the geometry of an embedding space.
 
-Spec ids (../shared/spec/evaluation.md); inputs are L2-normalised image embeddings ``x`` [I, d], text
+Spec ids (docs/evaluation.md); inputs are L2-normalised image embeddings ``x`` [I, d], text
 embeddings ``y`` [T, d] and ``owner[k]`` = the image of caption k. Exact definitions (also in
 docs/evaluation.md):
 
@@ -284,10 +284,12 @@ def plot_spectrum(spectra: dict[str, np.ndarray], path: str | Path, title: str =
         if len(ev) == 0 or ev[0] <= 0:
             raise InputError(f"spectrum {name!r} is empty or all zero")
         ax.semilogy(np.arange(1, len(ev) + 1), np.maximum(ev / ev[0], 1e-16), label=name)
-    ax.set_xlabel("index k")
-    ax.set_ylabel("λ_k / λ_1")
-    ax.set_title(title or "normalised embedding covariance spectrum", fontsize=9)
+    ax.set_xlabel("eigenvalue index k (largest first)")
+    ax.set_ylabel("λ_k / λ_1 (relative variance, log scale)")
+    what = "normalised embedding covariance spectrum"
+    ax.set_title(f"{title}: {what}" if title else what, fontsize=9)
     ax.legend()
+    fig.tight_layout()  # keeps the axis labels inside the fixed-size figure
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
@@ -304,16 +306,22 @@ def plot_modality_projection(
     xs, ys = x.double()[_subsample(len(x), max_points, 0)], y.double()[_subsample(len(y), max_points, 1)]
     u = torch.cat([xs, ys])
     mu = u.mean(0)
-    axes = torch.linalg.svd(u - mu, full_matrices=False).Vh[:2].T
+    svd = torch.linalg.svd(u - mu, full_matrices=False)
+    axes = svd.Vh[:2].T
+    share = (svd.S**2 / (svd.S**2).sum()).numpy()  # variance explained, for the axis labels
     px, py = ((xs - mu) @ axes).numpy(), ((ys - mu) @ axes).numpy()
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     for pts, name, col in ((px, "image", "tab:blue"), (py, "text", "tab:orange")):
         ax.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.4, c=col, label=name)
-        ax.scatter(*pts.mean(0), s=120, marker="X", c=col, edgecolors="k")
-    ax.plot(*np.stack([px.mean(0), py.mean(0)]).T, "k--", lw=1)
-    ax.set_title(title or "PCA of image ∪ text embeddings (X: centroids)", fontsize=9)
-    ax.legend()
+        ax.scatter(*pts.mean(0), s=120, marker="X", c=col, edgecolors="k", label=f"{name} centroid")
+    ax.plot(*np.stack([px.mean(0), py.mean(0)]).T, "k--", lw=1, label="modality gap")
+    for i, set_label in enumerate((ax.set_xlabel, ax.set_ylabel)):
+        set_label(f"PC {i + 1}, {100 * share[i]:.0f}% of variance (embedding units)")
+    what = "PCA of image ∪ text embeddings (X: centroids)"
+    ax.set_title(f"{title}: {what}" if title else what, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()  # keeps the axis labels inside the fixed-size figure
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

@@ -1,6 +1,6 @@
 """Multi-label retrieval metrics (XMC-style): precision/recall@k, mAP, ROC-AUC [E-AUC], chunked.
 
-Spec ids: E-AUC (../shared/spec/evaluation.md); the multi-label mAP of E-ZEROSHOT. Queries
+Spec ids: E-AUC (docs/evaluation.md); the multi-label mAP of E-ZEROSHOT. Queries
 q = 1..Q score labels (documents, classes) l = 1..L: ``S[q, l]``; ``relevance[q, l] ∈ {0, 1}``
 (dense array or scipy.sparse; graded relevance is an error). With embeddings, ``S`` is the cosine
 of L2-normalised query and label embeddings in float32 (E-* convention).

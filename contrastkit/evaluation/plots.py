@@ -35,6 +35,10 @@ def plot_similarity(
     )
     ax.set_xticks(range(n), captions, rotation=70, ha="right", fontsize=7)
     ax.set_yticks([])
+    ax.set_xlabel("caption j (text embedding)", fontsize=8)
+    # the thumbnails sit left of the axes: pad the label past them (their width, in points)
+    thumb_pt = 0.62 / n * fig.get_figwidth() * 72
+    ax.set_ylabel("image i (thumbnail)", fontsize=8, labelpad=thumb_pt + 4)
     for i in range(n):  # the images themselves as row labels
         thumb = images[i].permute(1, 2, 0).numpy()
         h = 0.62 / n

@@ -1,6 +1,6 @@
 """E-LINPROBE — probes on frozen image embeddings: linear, kNN, few-shot, generative.
 
-Spec id: E-LINPROBE (../shared/spec/evaluation.md); generative probes after "Revisiting
+Spec id: E-LINPROBE (docs/evaluation.md); generative probes after "Revisiting
 Discriminative vs. Generative Classifiers" (seeds/papers.txt). Features are the L2-normalised image
 embeddings (``ctx.enc.images``); the probe is fit on ``ctx.train_pairs`` and reported on
 ``ctx.pairs``. Definitions (documented in docs/evaluation.md):
@@ -31,12 +31,15 @@ embeddings (``ctx.enc.images``); the probe is fit on ``ctx.train_pairs`` and rep
 
 When ``train_pairs`` is missing or has no labels for a task, the *evaluated* set's labelled images
 are split 50/50 by a seeded permutation (``split_seed``): the first half is fit, the second half is
-reported, and ``probe/<task>/self_split`` is 1. Options (``ctx.options["probe"]``): see
-``PROBE_DEFAULTS``; unknown keys raise ConfigError.
+reported, ``probe/<task>/self_split`` is 1, and a warning is logged (``contrastkit.evaluation``
+loggers; a report also records it in ``eval.json``'s ``protocol.fit_split``). Reports pass the data
+set's training split by default (:mod:`contrastkit.evaluation.report`). Options
+(``ctx.options["probe"]``): see ``PROBE_DEFAULTS``; unknown keys raise ConfigError.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -64,6 +67,7 @@ __all__ = [
 
 LAMBDA_GRID = np.logspace(-6, 2, 97)
 COARSE_INDICES = tuple(range(0, 97, 16))
+_log = logging.getLogger(__name__)
 REFINE_SPANS = (8, 4, 2, 1)
 PROBE_DEFAULTS: dict[str, Any] = {
     "max_train": 5000,  # training features per task (seeded subsample)
@@ -319,6 +323,14 @@ def _splits(
             x_fit = train_emb[np.searchsorted(union, idx)]  # type: ignore[index]
             out[name] = (x_fit, y_fit, x_all[labelled], task.labels[labelled], False)
             continue
+        _log.warning(
+            "probe: task %r has no training split with labels: fitting on a seeded half of the %d "
+            "labelled images of %r and reporting the other half (probe/%s/self_split = 1)",
+            name,
+            len(labelled),
+            ctx.pairs.name,
+            name,
+        )
         perm = np.random.default_rng(int(opts["split_seed"])).permutation(labelled)
         half = len(perm) // 2
         fit, test = np.sort(perm[:half][: int(opts["max_train"])]), np.sort(perm[half:])

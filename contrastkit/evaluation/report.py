@@ -12,7 +12,16 @@ folder) evaluates splits and writes to the output folder:
   allow_pickle=False)``), the arrays whose means are the metrics;
 * ``similarity.png`` (first split) and whatever tasks draw into ``plots/<split>/``
   (``options["plot_dir"]``, e.g. the geometry task);
-* a run folder also keeps ``metrics.json`` (metrics + protocol, as before).
+* a run also gets ``metrics.json`` (metrics + protocol, as before), in the same output folder: a
+  run evaluated with ``out_dir`` elsewhere is left untouched.
+
+Fit split (``protocol.fit_split``): tasks that fit on a training split (``FIT_TASKS``: probes,
+suppression on pairs) use ``train_split`` if given, else the data set's training split — a run's
+``data.train_split``, ``train`` of a built-in set. A file source given as ``data`` has no default (a
+source without split column or split folders returns the same rows for every split). Without one,
+they fit on a seeded half of each evaluated split: a warning is logged and recorded with the
+reason. Tasks whose data do not depend on the evaluated split (``SPLIT_INDEPENDENT``: winoground,
+suppression on generated Shapes) are evaluated once, in the column ``generated``.
 
 Prompt files (``classes``/``templates``): UTF-8, one entry a line, blank lines and ``#`` lines
 ignored (or the entries as a list); a template must contain ``{}``; the class list must have as
@@ -43,11 +52,13 @@ import torch.nn.functional as F
 
 from contrastkit.core.errors import InputError, MissingFileError
 from contrastkit.core.io import atomic_path, atomic_write_json, read_json
-from contrastkit.data import SOURCES, DataConfig, ImageConfig, build, load_split
+from contrastkit.core.progress import progress_bar, progress_enabled
+from contrastkit.data import SOURCES, DataConfig, ImageConfig, check_data, load_split
 from contrastkit.data.pairs import PairSet
 from contrastkit.evaluation.encoders import Encoders, model_encoders
 from contrastkit.evaluation.external import HFEncoders, checked_encoders, file_sha256, hf_encoders
 from contrastkit.evaluation.plots import plot_similarity
+from contrastkit.evaluation.splits import GENERATED, fit_record, fit_split, once_record, split_independent
 from contrastkit.evaluation.tasks import EVAL_TASKS, EvalContext, TaskResult
 
 __all__ = [
@@ -67,7 +78,10 @@ _DEFINITIONS = {
     "zeroshot": "class = norm(mean_m norm(enc_text(template_m(name)))); prediction = argmax cosine; "
     "top1, top5 (NaN if C < 5), balanced accuracy = mean per-class recall; label -1 = not in the task",
     "retrieval": "CLIP_benchmark recall@K: text->image hit if its image is in the top K; image->text hit "
-    "if any own caption is in the top K; ties broken by lower index; median rank 1-based",
+    "if any own caption is in the top K; ties broken by lower index; median rank 1-based; "
+    "R@K_random_ties = exact expectation under uniformly random tie-breaking (per query "
+    "1 - C(t, j)/C(t+m, j), j = K - #strictly better, t other and m own items tied with its best own "
+    "score); tied_queries = queries whose best own score is shared by another item",
 }
 
 
@@ -84,7 +98,9 @@ def _evaluate(
     ctx = EvalContext(enc, pairs, train_pairs, dict(options or {}))
     out: dict[str, float] = {}
     examples: dict[str, np.ndarray] = {}
-    for name in tasks:
+    bar = progress_bar(tasks, f"evaluate {pairs.name or 'pairs'}", unit="task", leave=False)
+    for name in bar:
+        bar.set_postfix_str(name, refresh=False)  # the first task also embeds the split
         metrics, ex = EVAL_TASKS.get(name)(ctx)
         out.update(metrics)
         examples.update(ex)
@@ -245,16 +261,27 @@ def _report(
     metrics: dict[str, dict[str, float]] = {}
     examples: dict[str, np.ndarray] = {}
     prompts: dict[str, dict[str, Any]] = {}
-    for i, (split, pairs) in enumerate(sets.items()):
+    once: dict[str, dict[str, float]] = {}  # split-independent tasks, evaluated at their first split
+    bar = progress_bar(sets.items(), "evaluate", total=len(sets), unit="split")
+    for i, (split, pairs) in enumerate(bar):
         opts = {**(options or {}), "plot_dir": out_dir / "plots" / split}
-        metrics[split], ex = _evaluate(enc, pairs, tasks, train_pairs, opts)
+        free = split_independent(tasks, EvalContext(enc, pairs, train_pairs, opts))
+        metrics[split], ex = _evaluate(enc, pairs, [t for t in tasks if t not in free], train_pairs, opts)
         examples.update({f"{split}/{k}": np.asarray(v, dtype=np.float64) for k, v in ex.items()})
+        todo = [t for t in free if t not in once]
+        if todo:
+            gen_opts = {**opts, "plot_dir": out_dir / "plots" / GENERATED}
+            gen, ex = _evaluate(enc, pairs, todo, train_pairs, gen_opts)
+            once.update({t: gen for t in todo})
+            examples.update({f"{GENERATED}/{k}": np.asarray(v, dtype=np.float64) for k, v in ex.items()})
         if i == 0:
             _similarity_figure(enc, pairs, out_dir / "similarity.png")
             prompts = {
                 k: {"classnames": _listed(t.classnames), "templates": _listed(t.templates)}
                 for k, t in pairs.tasks.items()
             }
+    if once:
+        metrics[GENERATED] = {k: v for m in once.values() for k, v in m.items()}
     with atomic_path(out_dir / "per_example.npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **examples)
     report = {
@@ -262,12 +289,14 @@ def _report(
         "metrics": metrics,
         "n": {s: {"images": len(p), "texts": sum(len(c) for c in p.captions)} for s, p in sets.items()},
         "protocol": {
-            **data_record,
+            **{k: v for k, v in data_record.items() if k != "fit_split"},
             "splits": list(sets),
             "tasks": list(tasks),
             "prompts": prompts,
             "metric_definitions": _definitions(tasks),
             "embeddings": "L2-normalised (eps 1e-12), cosine similarities in float32",
+            "fit_split": fit_record(data_record.get("fit_split", {}), metrics, sets, train_pairs),
+            **({"split_independent": once_record(once)} if once else {}),
         },
         "versions": library_versions(),
         "outputs_dir": str(out_dir),
@@ -281,8 +310,6 @@ def _report(
 
 def _data_split(data: str, split: str, params: dict[str, Any] | None, image: ImageConfig) -> PairSet:
     """``split`` of a built-in set, or of a file source decoded with ``image`` (module docstring)."""
-    if data not in SOURCES:
-        return build(data, split, **(params or {}))
     cfg = DataConfig(
         name=data,
         params=dict(params or {}),
@@ -291,7 +318,7 @@ def _data_split(data: str, split: str, params: dict[str, Any] | None, image: Ima
         eval_splits=(split,),
         image=image,
     )
-    return load_split(cfg, split)
+    return load_split(cfg, split, progress_enabled())
 
 
 def _load_sets(
@@ -301,11 +328,19 @@ def _load_sets(
     prompt_files: dict[str, Any],
     train_split: str | None,
     image: ImageConfig,
+    tasks: Sequence[str] = (),
 ) -> tuple[dict[str, PairSet], PairSet | None, dict[str, Any]]:
-    """The evaluated splits, the probes' training split and the data record of ``data``."""
+    """The evaluated splits, the split ``tasks`` fit on (default: a built-in set's ``train``; a file
+    source has none, module docstring) and the data record of ``data``."""
     sets = {s: apply_prompt_files(_data_split(data, s, params, image), **prompt_files) for s in splits}
-    train = _data_split(data, train_split, params, image) if train_split else None
-    record: dict[str, Any] = {"data": data, "data_params": dict(params or {})}
+    default, origin = "train", f"default: the train split of the built-in data set {data!r}"
+    if data in SOURCES:
+        default = None
+        origin = f"no default for the file source {data!r}: without a split column or split folders "
+        origin += "every split name returns the same rows"
+    load = lambda s: _data_split(data, s, params, image)  # noqa: E731
+    train, fit = fit_split(tasks, train_split, default, origin, load)
+    record: dict[str, Any] = {"data": data, "data_params": dict(params or {}), "fit_split": fit}
     if data in SOURCES:
         record["image"] = asdict(image)
     return sets, train, record
@@ -331,6 +366,32 @@ def _check_batch_size(batch_size: int | None) -> None:
         raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
 
 
+def _named_data(data: str, params: dict[str, Any] | None, splits: Sequence[str]) -> DataConfig:
+    """``data`` with ``params`` and ``splits`` as a data config (what :func:`check_data` checks)."""
+    names = tuple(dict.fromkeys(splits))
+    return DataConfig(
+        name=data,
+        params=dict(params or {}),
+        splits={s: {} for s in names},
+        train_split=names[0],
+        eval_splits=names,
+    )
+
+
+def _check_request(
+    tasks: Sequence[str], data: DataConfig, splits: Sequence[str], prompt_files: dict[str, Any]
+) -> None:
+    """Refuse, before a model is loaded or any data generated or read, what the request alone gets
+    wrong: an unknown task; an unknown data set, split or parameter, a missing data file
+    (:func:`~contrastkit.data.loading.check_data`); a missing or empty prompt file."""
+    for name in tasks:
+        EVAL_TASKS.get(name)  # an unknown name lists the tasks
+    check_data(data, splits)
+    for key, what in (("classes", "class names"), ("templates", "templates")):
+        if prompt_files.get(key) is not None:
+            _entries(prompt_files[key], what)
+
+
 def evaluate_run(
     run_dir: str | Path,
     splits: Sequence[str] | None = None,
@@ -346,26 +407,39 @@ def evaluate_run(
     out_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's newest checkpoint on ``splits`` (default: the config's ``eval_splits``) of
-    its data set (or of ``data`` built with ``data_params``); writes ``RUN/metrics.json`` and the
-    outputs of :func:`evaluate_model` into ``out_dir`` (default: the run folder)."""
-    from contrastkit.train import load_run  # evaluation sits above train: this import is downward
+    its data set (or of ``data`` built with ``data_params``); writes ``metrics.json`` and the
+    outputs of :func:`evaluate_model` into ``out_dir`` (default: the run folder; another folder
+    leaves the run folder untouched). Probes fit on ``train_split`` (default: ``data.train_split``
+    of the run's own data, ``train`` of a built-in ``data``)."""
+    from contrastkit.train import load_run, load_run_config  # evaluation sits above train
 
     _check_batch_size(batch_size)
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
-    cfg, model, _, ckpt = load_run(run_dir)
-    out = Path(out_dir) if out_dir is not None else run_dir
-    enc = model_encoders(model, batch_size=batch_size)
     prompt_files = {"classes": classes, "templates": templates, "class_task": class_task}
+    own = load_run_config(run_dir).data
+    wanted = [*(splits or (own.eval_splits if data is None else ("test",)))]
+    wanted += [train_split] if train_split else []
+    asked = own if data is None else _named_data(data, data_params, wanted)
+    _check_request(tasks, asked, wanted, prompt_files)
+    cfg, model, _, ckpt = load_run(run_dir)
+    out = Path(out_dir).expanduser() if out_dir is not None else run_dir
+    enc = model_encoders(model, batch_size=batch_size)
     if data is None:
         names = list(splits or cfg.data.eval_splits)
-        sets = {s: apply_prompt_files(load_split(cfg.data, s), **prompt_files) for s in names}
-        train = load_split(cfg.data, train_split) if train_split else None
-        data_record = {"data": cfg.data.name, "data_params": {s: cfg.data.split_params(s) for s in names}}
+        bars = progress_enabled()  # generating or decoding a split can take minutes
+        sets = {s: apply_prompt_files(load_split(cfg.data, s, bars), **prompt_files) for s in names}
+        origin, load = "default: the run config's data.train_split", lambda s: load_split(cfg.data, s, bars)
+        train, fit = fit_split(tasks, train_split, cfg.data.train_split, origin, load)
+        data_record = {
+            "data": cfg.data.name,
+            "data_params": {s: cfg.data.split_params(s) for s in names},
+            "fit_split": fit,
+        }
     else:
         image = _run_image(cfg.data)
         sets, train, data_record = _load_sets(
-            data, splits or ("test",), data_params, prompt_files, train_split, image
+            data, splits or ("test",), data_params, prompt_files, train_split, image, tasks
         )
     report = _report(enc, _run_record(run_dir, model, ckpt), sets, tasks, out, data_record, train, options)
     legacy = {
@@ -375,7 +449,7 @@ def evaluate_run(
         "protocol": {**report["protocol"], "model": report["model"], "versions": report["versions"]},
         "seconds": time.perf_counter() - t0,
     }
-    atomic_write_json(run_dir / "metrics.json", legacy)
+    atomic_write_json(out / "metrics.json", legacy)
     return legacy
 
 
@@ -399,6 +473,9 @@ def evaluate_model(
     for a Hugging Face model (required for encoders)."""
     _check_batch_size(batch_size)
     kw = {"classes": classes, "templates": templates, "class_task": class_task}
+    if isinstance(model, Encoders) or not (Path(model).expanduser() / "config.yaml").is_file():
+        wanted = [*(splits or ("test",)), *([train_split] if train_split else [])]
+        _check_request(tasks, _named_data(data or "shapes", data_params, wanted), wanted, kw)
     if isinstance(model, Encoders):
         if out_dir is None:
             raise InputError("evaluate_model(encoders) needs an out_dir for its outputs")
@@ -409,7 +486,7 @@ def evaluate_model(
         if (path / "config.yaml").is_file():
             run_kw = {"data": data, "data_params": data_params, "train_split": train_split, **kw}
             evaluate_run(path, splits, tasks, batch_size or 256, options=options, out_dir=out_dir, **run_kw)
-            return read_json(Path(out_dir or path) / "eval.json")
+            return read_json((Path(out_dir).expanduser() if out_dir is not None else path) / "eval.json")
         if not (path / "config.json").is_file():
             raise MissingFileError(
                 f"{path} is not a contrastkit run (no config.yaml) nor a Hugging Face model folder "
@@ -418,7 +495,8 @@ def evaluate_model(
         enc = hf_encoders(path, batch_size=batch_size or 64)
         record, out_dir = dict(enc.info), out_dir or Path("eval") / path.resolve().name
     data, splits = data or "shapes", splits or ("test",)
-    sets, train, data_record = _load_sets(data, splits, data_params, kw, train_split, _model_image(record))
+    image = _model_image(record)
+    sets, train, data_record = _load_sets(data, splits, data_params, kw, train_split, image, tasks)
     return _report(enc, record, sets, tasks, Path(out_dir), data_record, train, options)
 
 
@@ -428,8 +506,10 @@ def _natural(name: str) -> list[object]:
 
 
 def format_table(metrics: dict[str, dict[str, float]]) -> str:
-    """A plain-text table: one row per metric, one column per split."""
-    splits = list(metrics)
+    """A plain-text table: one row per metric, one column per split, the ``generated`` column of
+    split-independent tasks last (splits without metrics left out: all their tasks were such)."""
+    once = [GENERATED] if metrics.get(GENERATED) else []
+    splits = [s for s in metrics if metrics[s] and s != GENERATED] + once or list(metrics)
     names = sorted({k for m in metrics.values() for k in m}, key=_natural)
     width = max([len(n) for n in names] + [6])
     lines = [f"{'metric':<{width}}  " + "  ".join(f"{s:>9}" for s in splits)]

@@ -1,6 +1,6 @@
 """E-RETRIEVAL — image↔text recall@K with several captions per image, streamed in chunks.
 
-Spec id: E-RETRIEVAL (../shared/spec/evaluation.md), definitions of CLIP_benchmark:
+Spec id: E-RETRIEVAL (docs/evaluation.md), definitions of CLIP_benchmark:
 
 * text→image R@K: a text is a hit if its image is among the K most similar images; mean over texts;
 * image→text R@K: an image is a hit if *any* of its captions is among its K most similar texts;
@@ -22,6 +22,14 @@ Memory is ``O(rows × k)``; a good model needs one pass with ``k = max(ks)``, a 
 towards a full sort. Scores come from faiss's float32 BLAS, so a near-tie closer than float32
 rounding (~1e-7) may order differently from torch's matmul; exact ties (equal vectors) never do.
 Ranks returned by :func:`retrieval_ranks` above ``max(ks)`` may be such lower bounds (faiss path).
+
+Ties (:func:`retrieval_ties`, :func:`random_tie_recall`): when several gallery items share a score
+(identical captions have one embedding: Shapes' 4,000 test captions have 2,182 distinct texts), R@K
+depends on the tie rule. Per query, with ``s`` items scoring strictly above its best positive score,
+``t`` other (non-positive) items and ``m ≥ 1`` positives scoring exactly that score, a uniformly
+random order of the tied group puts a positive in the top K with probability
+``1 − C(t, j) / C(t + m, j)``, ``j = clip(K − s, 0, t + m)`` (no positive among the group's first
+``j`` places: hypergeometric); its mean over queries is the random-tie-break expectation of R@K.
 """
 
 from __future__ import annotations
@@ -39,8 +47,10 @@ __all__ = [
     "FAISS_THRESHOLD",
     "choose_backend",
     "image_to_text_ranks",
+    "random_tie_recall",
     "retrieval_metrics",
     "retrieval_ranks",
+    "retrieval_ties",
     "text_to_image_ranks",
 ]
 
@@ -224,3 +234,65 @@ def retrieval_metrics(
     out["image_to_text_median_rank"] = float(np.median(i2t) + 1)
     out["text_to_image_median_rank"] = float(np.median(t2i) + 1)
     return out
+
+
+def _tie_counts(
+    queries: torch.Tensor, gallery: torch.Tensor, own: Callable[[int, int], torch.Tensor], chunk: int
+) -> np.ndarray:
+    """``[Q, 3]`` int64: per query (ahead, tied others, tied positives) at its best positive score;
+    ``own(start, rows)`` is the ``[rows, G]`` positive mask of the queries from ``start``."""
+    out = []
+    for i in range(0, queries.shape[0], chunk):
+        scores = queries[i : i + chunk] @ gallery.T
+        pos = own(i, scores.shape[0])
+        best = scores.masked_fill(~pos, float("-inf")).max(1, keepdim=True).values
+        eq = scores == best  # a query without positives: best = -inf, nothing equal, all ahead
+        counts = [(scores > best).sum(1), (eq & ~pos).sum(1), (eq & pos).sum(1)]
+        out.append(torch.stack(counts, 1))
+    return torch.cat(out).numpy().astype(np.int64)
+
+
+def retrieval_ties(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, text_owner: np.ndarray | torch.Tensor, chunk: int = 4096
+) -> dict[str, np.ndarray]:
+    """``{"text_to_image": [T, 3], "image_to_text": [I, 3]}``: per query, the gallery items scoring
+    strictly above its best positive (``ahead``), the other items scoring exactly that (``tied``)
+    and the positives scoring exactly that (``positives``; 0 for an image without captions).
+    Same normalisation and chunked float32 products as the dense ranks, so the lower-index rank
+    ``r`` of :func:`retrieval_ranks` satisfies ``ahead ≤ r ≤ ahead + tied``."""
+    check_embeddings("image_emb", image_emb)
+    check_embeddings("text_emb", text_emb)
+    owner = torch.as_tensor(np.asarray(text_owner), dtype=torch.long)
+    if owner.shape != (text_emb.shape[0],) or image_emb.shape[1] != text_emb.shape[1] or chunk < 1:
+        raise InputError(
+            f"retrieval_ties needs text_owner [{text_emb.shape[0]}], equal dimensions and chunk >= 1; got "
+            f"owner {tuple(owner.shape)}, images {tuple(image_emb.shape)}, texts {tuple(text_emb.shape)}"
+        )
+    x = F.normalize(image_emb.float(), dim=-1)
+    t = F.normalize(text_emb.float(), dim=-1)
+    images = torch.arange(x.shape[0])
+
+    def t2i(start: int, rows: int) -> torch.Tensor:
+        return owner[start : start + rows, None] == images[None, :]
+
+    def i2t(start: int, rows: int) -> torch.Tensor:
+        return owner[None, :] == torch.arange(start, start + rows)[:, None]
+
+    return {"text_to_image": _tie_counts(t, x, t2i, chunk), "image_to_text": _tie_counts(x, t, i2t, chunk)}
+
+
+def random_tie_recall(counts: np.ndarray, k: int) -> np.ndarray:
+    """Per query, the probability of a hit in the top ``k`` when tied scores are ordered uniformly at
+    random: ``1 − C(t, j) / C(t + m, j)``, ``j = k − ahead`` (rows of ``counts`` = (ahead, t, m) of
+    :func:`retrieval_ties`); exact, as a product of ``min(j, t + 1)`` ratios in float64."""
+    if k < 1:
+        raise InputError(f"k must be >= 1, got {k}")
+    c = np.asarray(counts, dtype=np.int64).reshape(-1, 3)
+    ahead, t, m = c[:, 0], c[:, 1].astype(np.float64), c[:, 2].astype(np.float64)
+    j = np.clip(k - ahead, 0, c[:, 1] + 1)  # beyond t + 1 places a positive is surely reached
+    miss = np.ones(len(c))  # P(no positive among the tied group's first j places)
+    safe = np.maximum(t + m, 1.0)
+    for i in range(int(j.max(initial=0))):
+        step = i < j
+        miss = np.where(step, miss * np.maximum(t - i, 0.0) / np.maximum(safe - i, 1.0), miss)
+    return np.where(m > 0, 1.0 - miss, 0.0)

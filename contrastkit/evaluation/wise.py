@@ -12,6 +12,7 @@ from pathlib import Path
 
 from contrastkit.core.errors import InputError
 from contrastkit.core.io import atomic_path, atomic_write_json
+from contrastkit.core.progress import progress_bar, progress_enabled
 from contrastkit.data import build, load_split
 from contrastkit.data.pairs import PairSet
 from contrastkit.evaluation.tracking import zero_shot_accuracy
@@ -27,7 +28,7 @@ def _targets(
     cfg = load_run_config(run_dir)
     out = {}
     for split in cfg.data.eval_splits:
-        pairs = load_split(cfg.data, split)
+        pairs = load_split(cfg.data, split, progress_enabled())
         pairs = pairs if n is None or n >= len(pairs) else pairs.subset(range(n))
         for task in pairs.tasks:
             out[f"{split}/{task}"] = (pairs, task)
@@ -60,7 +61,8 @@ def wise_sweep(
     targets = _targets(run_dir, reference, n)
     rows = []
     calibration = calibration_images(run_dir, recalibrate) if recalibrate > 0 else None
-    for a, model in wise_models(run_dir, list(alphas), calibration):
+    models = wise_models(run_dir, list(alphas), calibration)
+    for a, model in progress_bar(models, f"wise {run_dir.name}", total=len(alphas), unit="alpha"):
         row = {"alpha": float(a)}
         for key, (pairs, task) in targets.items():
             row[key] = float(zero_shot_accuracy(model, pairs, task)["top1"])
@@ -92,7 +94,7 @@ def plot_wise(rows: list[dict[str, float]], path: str | Path) -> None:
     for k in (k for k in rows[0] if k != "alpha"):
         ax.plot(alphas, [r[k] for r in rows], marker="o", label=k)
     ax.set_xlabel("α (0 = initial weights, 1 = fine-tuned)")
-    ax.set_ylabel("zero-shot top-1")
+    ax.set_ylabel("zero-shot top-1 (fraction correct)")
     ax.set_title("WiSE-FT weight interpolation")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

@@ -1,6 +1,6 @@
 """E-ZEROSHOT — zero-shot classification with prompt ensembles.
 
-Spec id: E-ZEROSHOT (../shared/spec/evaluation.md), as in open_clip / CLIP_benchmark.
+Spec id: E-ZEROSHOT (docs/evaluation.md), as in open_clip / CLIP_benchmark.
 Class weight ``w_c = norm(mean_m norm(enc_text(t_m(c))))`` — each prompt embedding is normalised
 *before* averaging. Image logits ``x · W`` (argmax is scale-invariant, so no ×100 here).
 Metrics: top-1, top-5 (NaN when C < 5), balanced accuracy (mean per-class recall, over classes

@@ -1,6 +1,6 @@
 """L-AMCL — adaptive multi-head contrastive learning (SimCLR form).
 
-Spec id: L-AMCL (../shared/spec/losses.md) [UNVERIFIED]: spec form (the v2 ``amcl/losses.py`` of
+Spec id: L-AMCL (docs/losses.md) [UNVERIFIED]: spec form (the v2 ``amcl/losses.py`` of
 LeiWangR/cl as described by the spec), not checked against the original paper's equations.
 Paper: Wang, Koniusz, Gedeon, Zheng 2024 (ECCV), "Adaptive Multi-head Contrastive Learning".
 
@@ -80,9 +80,13 @@ def amcl_loss(
     """AMCL loss (SimCLR form) from head outputs and temperature-net features.
 
     Args:
-        zx, zy: ``[C, N, d]`` (or ``[N, d]`` for one head) head outputs of the two views.
-        tx, ty: ``[C, N, e]`` (or ``[N, e]``) φ features of the same rows (``φ(norm(z))``).
-        eta, tau_max: temperature range ``[η, τ_max]``. beta: regulariser weight β.
+        zx: ``[C, N, d]`` (or ``[N, d]`` for one head) head outputs of view 1.
+        zy: the same for view 2.
+        tx: ``[C, N, e]`` (or ``[N, e]``) φ features of the rows of ``zx`` (``φ(norm(z))``).
+        ty: the same for ``zy``.
+        eta: lower end η of the temperature range ``[η, τ_max]``.
+        tau_max: upper end τ_max of the temperature range.
+        beta: regulariser weight β.
         k: negatives per anchor (top-k by cosine), clamped to ``2N − 2``.
         normalize: L2-normalise ``zx, zy`` (cosine similarity ``s``); ``d`` in Ω is their width.
     Returns:

@@ -226,11 +226,12 @@ def sycon_loss(
     """Sy-CON (in-batch form of the reference MoCo loss; see the module docstring).
 
     Args:
-        x, y: ``[N, d]`` current model's embeddings of views 1 and 2.
-        past_x, past_y: ``[N, d]`` frozen past-task model's embeddings of the same views (required;
-            detached here).
-        pred_x, pred_y: ``[N, d]`` current embeddings mapped by the stability predictor (default
-            ``x``, ``y``: identity predictor).
+        x: ``[N, d]`` current model's embeddings of view 1.
+        y: ``[N, d]`` current model's embeddings of view 2.
+        past_x: ``[N, d]`` frozen past-task model's embeddings of view 1 (required; detached here).
+        past_y: the same for view 2.
+        pred_x: ``[N, d]`` ``x`` mapped by the stability predictor (default ``x``: identity predictor).
+        pred_y: the same for ``y`` (default ``y``).
         temperature: τ of the plasticity term; ``stability_temperature``: τ_s of the stability term.
     """
     if past_x is None or past_y is None:

@@ -1,6 +1,6 @@
 """L-CLIP — symmetric InfoNCE with a learnable logit scale.
 
-Spec id: L-CLIP (../shared/spec/losses.md), verified against open_clip's ``ClipLoss``.
+Spec id: L-CLIP (docs/losses.md), verified against open_clip's ``ClipLoss``.
 Paper: Radford et al. 2021, "Learning Transferable Visual Models From Natural Language Supervision".
 
 Formula, with ``x_i, y_j`` L2-normalised and ``s = exp(θ_s)``::

@@ -1,6 +1,6 @@
 """L-DCL / L-DCLW — decoupled contrastive learning (positive removed from the denominator).
 
-Spec ids: L-DCL, L-DCLW [VERIFIED] (../shared/spec/losses.md), checked against lightly
+Spec ids: L-DCL, L-DCLW [VERIFIED] (docs/losses.md), checked against lightly
 ``loss/dcl_loss.py`` and raminnakhli/Decoupled-Contrastive-Learning.
 Paper: Yeh et al. 2022, "Decoupled Contrastive Learning".
 
@@ -95,7 +95,8 @@ def dcl_loss(
     """Decoupled contrastive loss (spec L-DCL), symmetric over the two views.
 
     Args:
-        x, y: ``[N, d]`` view-1 / view-2 embeddings, ``y[i]`` positive of ``x[i]``; N ≥ 2.
+        x: ``[N, d]`` view-1 embeddings; N ≥ 2.
+        y: ``[N, d]`` view-2 embeddings, ``y[i]`` positive of ``x[i]``.
         temperature: ``τ > 0`` (default 0.1).
         normalize: L2-normalise first (default): ``s`` is the cosine similarity.
     Returns:
@@ -116,7 +117,8 @@ def dclw_loss(
     weighted by ``w_i = 2 − N softmax_i(s_ii/σ)`` on detached embeddings (σ → ∞ gives DCL).
 
     Args:
-        x, y: ``[N, d]`` view-1 / view-2 embeddings; N ≥ 2.
+        x: ``[N, d]`` view-1 embeddings; N ≥ 2.
+        y: ``[N, d]`` view-2 embeddings.
         temperature: ``τ > 0`` (default 0.1). sigma: ``σ > 0`` (default 0.5).
         normalize: L2-normalise first (default).
     Returns:

@@ -1,6 +1,6 @@
 """L-COCA — contrastive + captioning (CoCa), and captioning only (OpenVision 2).
 
-Spec id: L-COCA (../shared/spec/losses.md) [VERIFIED loss + weights; PARTIAL architecture].
+Spec id: L-COCA (docs/losses.md) [VERIFIED loss + weights; PARTIAL architecture].
 Paper: Yu et al. 2022, "CoCa: Contrastive Captioners are Image-Text Foundation Models";
 captioning only: "OpenVision 2: A Family of Generative Pretrained Visual Encoders for Multimodal
 Learning" (no spec entry: the text encoder and the contrastive term are removed).
@@ -158,8 +158,13 @@ class CaptioningLoss(PairLoss):
     """Captioning only (OpenVision 2): :func:`caption_loss` of the module's :class:`CaptionDecoder`.
 
     Args:
-        vocab_size, pad_id: of the tokenizer producing ``text_ids``.
-        width, layers, heads, max_len, dropout: decoder size (``max_len`` bounds L − 1).
+        vocab_size: of the tokenizer producing ``text_ids``.
+        pad_id: of the tokenizer producing ``text_ids``.
+        width: decoder width.
+        layers: decoder layers.
+        heads: decoder attention heads.
+        max_len: longest decoded sequence (bounds L − 1).
+        dropout: decoder dropout.
         dim: embedding width d (``None``: lazy; pass it for distributed training).
     ``forward(x, y=None, text_ids=...)``; y (a text embedding) is unused.
     """

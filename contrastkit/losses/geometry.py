@@ -1,6 +1,6 @@
 """Geometry losses on the hypersphere: L-ALIGN, L-UNIFORM, their sum, and L-CUA / L-CUAXU.
 
-* L-ALIGN / L-UNIFORM [VERIFIED] (../shared/spec/losses.md), checked against SsnL/align_uniform.
+* L-ALIGN / L-UNIFORM [VERIFIED] (docs/losses.md), checked against SsnL/align_uniform.
   Paper: Wang & Isola 2020, "Understanding Contrastive Representation Learning through Alignment
   and Uniformity on the Hypersphere"::
 
@@ -178,10 +178,14 @@ def cua_loss(
     """L-CUA: ``w_c·CLIP(s) + w_u·½(L_unif(x) + L_unif(y)) + w_a·L_align`` (+ ``w_x·L_xuniform``).
 
     Args:
-        x, y: ``[N, d]`` image / text embeddings; N ≥ 2.
+        x: ``[N, d]`` image embeddings; N ≥ 2.
+        y: ``[N, d]`` text embeddings.
         scale: CLIP logit scale ``s`` (tensor for a learnable one).
-        t, alpha: uniformity and alignment exponents (2, 2).
-        clip_weight, uniform_weight, align_weight: term weights (1 each).
+        t: uniformity exponent (2).
+        alpha: alignment exponent (2).
+        clip_weight: weight of the CLIP term (1).
+        uniform_weight: weight of the uniformity terms (1).
+        align_weight: weight of the alignment term (1).
         cross_uniform_weight: weight of the cross-modal uniformity (0 here; 1 in :func:`cuaxu_loss`).
         normalize: L2-normalise first (default); every term sees the unit vectors.
     """
@@ -270,9 +274,15 @@ class CUALoss(LearnableScaleLoss):
     clamped to ``[0, ln max_scale]`` after each optimizer step).
 
     Args:
-        init_temperature, learnable, max_scale: as ``CLIPLoss``.
-        t, alpha: uniformity / alignment exponents (2, 2).
-        clip_weight, uniform_weight, align_weight, cross_uniform_weight: term weights (1, 1, 1, 0).
+        init_temperature: as ``CLIPLoss``.
+        learnable: as ``CLIPLoss``.
+        max_scale: as ``CLIPLoss``.
+        t: uniformity exponent (2).
+        alpha: alignment exponent (2).
+        clip_weight: term weight (1).
+        uniform_weight: term weight (1).
+        align_weight: term weight (1).
+        cross_uniform_weight: term weight (0).
     """
 
     default_cross_uniform_weight = 0.0

@@ -1,7 +1,7 @@
 """Hard-negative and re-weighting losses: LLaVE, HN-NCE (DiHT), HCL, an explicit hard-negative
 loss (Wang & Liu) and CLIP-IN.
 
-Spec ids: L-LLAVE, L-HNNCE, L-HCL (../shared/spec/losses.md). ``hard_negative_penalty`` and
+Spec ids: L-LLAVE, L-HNNCE, L-HCL (docs/losses.md). ``hard_negative_penalty`` and
 ``clip_in`` have no spec entry: they are written from the paper abstracts and the standard form of
 the method (spec form, not checked against the original; choices are stated on each function).
 

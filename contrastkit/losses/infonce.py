@@ -1,6 +1,6 @@
 """L-NTXENT and InfoNCE — softmax contrastive losses over two views or two modalities.
 
-* :func:`ntxent_loss` (registry ``ntxent``), spec id L-NTXENT [VERIFIED] (../shared/spec/losses.md).
+* :func:`ntxent_loss` (registry ``ntxent``), spec id L-NTXENT [VERIFIED] (docs/losses.md).
   Paper: Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual Representations"
   (SimCLR). Both views form one batch ``z = [x; y]`` of 2N rows; every row is an anchor whose
   positive is the other view of the same sample and whose candidates are all 2N − 1 other rows::

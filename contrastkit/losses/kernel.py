@@ -105,7 +105,8 @@ def kernel_infonce_loss(
     """Kernel-InfoNCE (see the module docstring).
 
     Args:
-        x, y: ``[N, d]`` the two views (``layout="views"``) or image/text (``layout="cross"``).
+        x: ``[N, d]`` view 1 (``layout="views"``) or images (``layout="cross"``).
+        y: ``[N, d]`` view 2 or texts.
         temperature: τ of ``exp(−‖a−b‖^γ/τ)``.
         gamma: kernel exponent γ ∈ (0, 2] (2 Gaussian, 1 Laplacian).
         layout: ``"views"`` (SimCLR 2N, reference) or ``"cross"`` (CLIP-style N × N, symmetric).
@@ -206,7 +207,8 @@ def decoupled_uniformity_loss(
     """Decoupled uniformity over the centroids of the two views (L-DECUNIF, V = 2).
 
     Args:
-        x, y: ``[N, d]`` the two views of N samples.
+        x: ``[N, d]`` view 1 of N samples.
+        y: ``[N, d]`` view 2 of the same samples.
         t: uniformity scale (2).
         weights: the prior kernel matrix ``K [N, N]`` (batch field), or
         prior: prior features ``[N]`` / ``[N, p]`` (weak attributes, generative-model embeddings)

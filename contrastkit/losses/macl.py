@@ -1,6 +1,6 @@
 """L-MACL — model-aware contrastive learning: adaptive temperature + gradient re-weighting.
 
-Spec id: L-MACL (../shared/spec/losses.md) [VERIFIED against the official core code
+Spec id: L-MACL (docs/losses.md) [VERIFIED against the official core code
 (chenhaoxing/MACL, winnerziqi/MACL ``MACL.py``) and lightly's ``MACLLoss``].
 Paper: Huang et al. 2023 (ICML), "Model-Aware Contrastive Learning: Towards Escaping the Dilemmas".
 

@@ -1,7 +1,7 @@
 """L-AM-NTXENT / L-AAM-NTXENT — NT-Xent with an additive (CosFace) or additive angular (ArcFace)
 margin on the positive.
 
-Spec ids: L-AM-NTXENT, L-AAM-NTXENT [VERIFIED code defaults] (../shared/spec/losses.md), checked
+Spec ids: L-AM-NTXENT, L-AAM-NTXENT [VERIFIED code defaults] (docs/losses.md), checked
 against theolepage/sslsv ``methods/SimCLRMargins``.
 Paper: Lepage & Dehak 2023 (Interspeech), "Experimenting with Additive Margins for Contrastive
 Self-Supervised Speaker Verification".
@@ -128,7 +128,8 @@ def am_ntxent_loss(
     """NT-Xent with an additive cosine margin (CosFace) on the positive (spec L-AM-NTXENT).
 
     Args:
-        x, y: ``[N, d]`` view-1 / view-2 embeddings, ``y[i]`` positive of ``x[i]``.
+        x: ``[N, d]`` view-1 embeddings.
+        y: ``[N, d]`` view-2 embeddings, ``y[i]`` positive of ``x[i]``.
         scale: ``s = 1/τ`` (default 5, τ = 0.2). margin: ``m ≥ 0`` (default 0.2).
         symmetric: both views as anchors over ``[x; y]`` (default) or x→y only.
         normalize: L2-normalise first (default). allow_single: accept N = 1 (loss 0).

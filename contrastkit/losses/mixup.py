@@ -284,7 +284,9 @@ def metrix_loss(
     as in the spec's ``ℓ̃``). With λ ≡ 1 and no labels, ``L_clean = L_mix = clip_loss(s = 1/τ)``.
 
     Args:
-        x, y: ``[N, d]`` paired embeddings (N ≥ 2). lam: ``[N]`` mixing weights in [0, 1].
+        x: ``[N, d]`` embeddings (N ≥ 2).
+        y: ``[N, d]`` embeddings paired with the rows of ``x``.
+        lam: ``[N]`` mixing weights in [0, 1].
         neg: ``[N]`` index of the negative mixed into row k (not checked to be a negative).
         labels: optional ``[N]`` class ids (several positives per anchor).
         temperature: τ (our choice, 0.1). weight: w (1.0). normalize: see module docstring.

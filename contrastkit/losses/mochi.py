@@ -1,6 +1,6 @@
 """L-MOCHI — hard negative mixing (MoCHi) on a MoCo-style negative queue.
 
-Spec id: L-MOCHI (../shared/spec/losses.md) [PARTIAL: defaults]. Paper: Kalantidis et al. 2020,
+Spec id: L-MOCHI (docs/losses.md) [PARTIAL: defaults]. Paper: Kalantidis et al. 2020,
 "Hard Negative Mixing for Contrastive Learning".
 
 Per query ``q`` (unit) with positive key ``k`` and queue ``Q`` (K×d, unit rows, detached):
@@ -185,7 +185,9 @@ def mochi_loss(
         q: ``[B, d]`` queries (gradient flows).
         k: ``[B, d]`` positive keys (normally from the momentum encoder).
         queue: ``[K, d]`` negative keys, used as given (unit rows) and detached; K may be 0.
-        n_hard, n_mix, n_mix_query: MoCHi's N, s, s′ (s = s′ = 0 is plain MoCo).
+        n_hard: MoCHi's N, the number of hardest queue entries mixed.
+        n_mix: MoCHi's s, type-1 synthetics (two hard negatives; s = s′ = 0 is plain MoCo).
+        n_mix_query: MoCHi's s′, type-2 synthetics (the query and a hard negative).
         temperature: τ (MoCo v2: 0.2).
         generator: RNG for the mixing draws (device of ``q``); None uses the global RNG.
         normalize: L2-normalise ``q`` and ``k`` first (default).

@@ -1,6 +1,6 @@
 """L-MOCO2 and L-MOCO3 — momentum-contrast losses (queries from the online encoder, keys from its EMA copy).
 
-* :func:`moco2_loss` (registry ``moco2``), spec id L-MOCO2 [VERIFIED] (../shared/spec/losses.md).
+* :func:`moco2_loss` (registry ``moco2``), spec id L-MOCO2 [VERIFIED] (docs/losses.md).
   Papers: He et al. 2020, "Momentum Contrast for Unsupervised Visual Representation Learning";
   Chen et al. 2020, "Improved Baselines with Momentum Contrastive Learning" (v2: MLP head, τ = 0.2).
   Query ``q`` (unit), positive key ``k = sg(norm(f_k(x_k)))``, negative queue ``Q`` (K×d, unit rows,
@@ -149,7 +149,8 @@ class MoCo2Loss(MultiLoss):
         temperature: τ (v2: 0.2).
         query: key(s) of the queries in the embedding mapping (default ``"image@0"``).
         key: key(s) of the positive keys (default ``"image@1:ema"``), one per query key.
-        top_k, max_similarity: enhanced negative sampling, see :func:`moco2_loss` (default off).
+        top_k: enhanced negative sampling, see :func:`moco2_loss` (default off).
+        max_similarity: enhanced negative sampling, see :func:`moco2_loss` (default off).
         seed: seeds the queue's random initialisation (random normal rows, L2-normalised, as MoCo).
 
     In training mode each call computes the loss with the current queue, then enqueues the detached
@@ -229,8 +230,10 @@ def moco3_loss(
     """MoCo v3: ``ctr(q₁, k₂) + ctr(q₂, k₁)``, ``ctr(q, k) = 2τ · CE(q sg(k)ᵀ/τ, arange N)``.
 
     Args:
-        q1, q2: ``[N, d]`` queries of views 1 and 2 (online predictor outputs; gradient flows).
-        k1, k2: ``[N, d]`` keys of views 1 and 2 (momentum projector outputs; detached).
+        q1: ``[N, d]`` queries of view 1 (online predictor outputs; gradient flows).
+        q2: the same for view 2.
+        k1: ``[N, d]`` keys of view 1 (momentum projector outputs; detached).
+        k2: the same for view 2.
         temperature: τ (1.0 ResNet default; 0.2 for ViT).
         normalize: L2-normalise all four first (default).
         allow_single: accept N = 1 (no negatives: the loss is exactly 0); an InputError otherwise.

@@ -252,8 +252,10 @@ class PairwiseCLIPLoss(MultiLoss):
         modalities: the modality keys to read (anchor included); None = every modality present.
             Required when ``per_pair=True``.
         per_pair: one ``θ_s`` per non-anchor modality (``log_scales[name]``) instead of one shared.
-        init_temperature, learnable, max_scale, allow_single: as :class:`~contrastkit.losses.clip.CLIPLoss`
-            (1/0.07 init, clamp ``θ_s`` to [0, ln 100] after each optimizer step).
+        init_temperature: as :class:`~contrastkit.losses.clip.CLIPLoss` (1/0.07 init).
+        learnable: as ``CLIPLoss``.
+        max_scale: as ``CLIPLoss`` (clamp ``θ_s`` to [0, ln 100] after each optimizer step).
+        allow_single: as ``CLIPLoss``.
     """
 
     def __init__(

@@ -1,6 +1,6 @@
 """L-SIGLIP — pairwise sigmoid loss with learnable temperature and bias.
 
-Spec id: L-SIGLIP (../shared/spec/losses.md), verified against big_vision and open_clip.
+Spec id: L-SIGLIP (docs/losses.md), verified against big_vision and open_clip.
 Paper: Zhai et al. 2023, "Sigmoid Loss for Language Image Pre-Training".
 
 Formula, with ``x_i, y_j`` L2-normalised, ``t = exp(t')``, ``z_ij = +1`` if ``i = j`` else ``−1``::

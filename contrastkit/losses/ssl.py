@@ -90,8 +90,10 @@ def byol_loss(
     """BYOL: ``mean_i [(2 − 2cos(p₁ᵢ, sg z₂ᵢ)) + (2 − 2cos(p₂ᵢ, sg z₁ᵢ))]``.
 
     Args:
-        p1, p2: ``[N, D]`` online predictions of views 1 and 2 (gradient flows).
-        z1, z2: ``[N, D]`` target projections of views 1 and 2 (detached).
+        p1: ``[N, D]`` online predictions of view 1 (gradient flows).
+        p2: the same for view 2.
+        z1: ``[N, D]`` target projections of view 1 (detached).
+        z2: the same for view 2.
         normalize: L2-normalise first (default, BYOL); off: ``‖p − z‖²`` of the raw vectors.
     """
     for a, b, names in ((p1, p2, ("p1", "p2")), (z1, z2, ("z1", "z2")), (p1, z1, ("p1", "z1"))):
@@ -110,8 +112,10 @@ def simsiam_loss(
     """SimSiam: ``½ D(p₁, z₂) + ½ D(p₂, z₁)``, ``D(p, z) = −mean_i cos(p_i, sg z_i)``.
 
     Args:
-        p1, p2: ``[N, D]`` predictions of views 1 and 2 (gradient flows).
-        z1, z2: ``[N, D]`` projections of views 1 and 2 (detached).
+        p1: ``[N, D]`` predictions of view 1 (gradient flows).
+        p2: the same for view 2.
+        z1: ``[N, D]`` projections of view 1 (detached).
+        z2: the same for view 2.
         normalize: cosine (default); off: negative raw dot product.
     """
     for a, b, names in ((p1, p2, ("p1", "p2")), (z1, z2, ("z1", "z2")), (p1, z1, ("p1", "z1"))):
@@ -130,7 +134,8 @@ def barlow_loss(
     """Barlow Twins: ``Σ_i (1 − C_ii)² + λ Σ_{i≠j} C_ij²`` with ``C = z̃ᴬᵀ z̃ᴮ / N``.
 
     Args:
-        x, y: ``[N, D]`` projections of views A and B, N ≥ 2.
+        x: ``[N, D]`` projections of view A, N ≥ 2.
+        y: ``[N, D]`` projections of view B.
         lambd: λ, weight of the redundancy-reduction (off-diagonal) term (paper 5e-3; code 0.0051).
         eps: added to the biased per-dimension variance before the square root (BatchNorm: 1e-5).
         normalize: L2-normalise rows before standardising (off by default: not part of the method).
@@ -258,8 +263,10 @@ class SimSiamLoss(_PredictionTargetLoss):
         predictions: keys of the online outputs of views 1, 2 (``("image@0", "image@1")``).
         projections: keys of the (stop-gradient) projections of views 1, 2; default
             ``("image@0:ema", "image@1:ema")`` (a momentum wrapper with m = 0 gives exactly SimSiam).
-        predictor_hidden, dim, predictor_bn: the loss-owned predictor, as :class:`BYOLLoss`
+        predictor_hidden: the loss-owned predictor's hidden width, as :class:`BYOLLoss`
             (SimSiam: hidden 512 for d = 2048, i.e. a bottleneck of d/4).
+        dim: embedding width d (needed with a predictor), as ``BYOLLoss``.
+        predictor_bn: batch norm in the predictor, as ``BYOLLoss``.
     """
 
     fn = staticmethod(simsiam_loss)

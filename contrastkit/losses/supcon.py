@@ -1,6 +1,6 @@
 """L-SUPCON — supervised contrastive loss (L_out, default, and L_in).
 
-Spec id: L-SUPCON [VERIFIED] (../shared/spec/losses.md), checked against HobbitLong/SupContrast.
+Spec id: L-SUPCON [VERIFIED] (docs/losses.md), checked against HobbitLong/SupContrast.
 Paper: Khosla et al. 2020, "Supervised Contrastive Learning".
 
 The two views ``x`` (view 1) and ``y`` (view 2) of N samples form the anchor set ``I`` of 2N rows

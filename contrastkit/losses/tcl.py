@@ -222,10 +222,13 @@ def tcl_loss(
     given, LMI (image and text local) — 6 terms, or 4 without tokens.
 
     Args:
-        image, text: ``[N, d]`` online global features (gradient flows).
-        image_ema, text_ema: ``[N, d]`` momentum features (detached here; image from the augmented view).
-        image_queue, text_queue: ``[K, d]`` queued momentum features (unit rows, used as given,
+        image: ``[N, d]`` online global image features (gradient flows).
+        text: ``[N, d]`` online global text features (gradient flows).
+        image_ema: ``[N, d]`` momentum image features (detached here; from the augmented view).
+        text_ema: ``[N, d]`` momentum text features (detached here).
+        image_queue: ``[K, d]`` queued momentum image features (unit rows, used as given,
             detached); None or K = 0 is an empty queue.
+        text_queue: the same for texts.
         temperature: τ (a tensor for the learnable one; it gets no gradient through the targets).
         alpha: momentum-distillation weight α ∈ [0, 1] (ALBEF / TCL: 0.4 after a first-epoch ramp).
         image_tokens: ``[N, L_i, d]`` image local tokens (pooled momentum patch features).
@@ -253,8 +256,9 @@ class TCLLoss(MultiLoss):
         alpha: distillation weight (0.4), ramped linearly from 0 over ``alpha_warmup_steps`` training
             steps (ALBEF ramps over the first epoch: pass that epoch's step count; default 0 = no ramp).
         local: include the two LMI terms (the spec's total /6); False: CMA + IMC only (/4).
-        seed, random_init: start with K random unit rows counted as filled (ALBEF / TCL) from this
-            seed; ``random_init=False`` starts empty.
+        seed: seeds the random initial queue rows.
+        random_init: start with K random unit rows counted as filled (ALBEF / TCL) from ``seed``;
+            ``random_init=False`` starts empty.
 
     In training mode each call enqueues the normalised momentum features *after* computing the loss
     and advances ``step``; eval mode leaves the state untouched. Gather ``image:ema`` / ``text:ema``

@@ -129,7 +129,8 @@ def whitenedcse_loss(
     ``[a_p; b_p] = group_whiten([x; y], perms[p], groups)``.
 
     Args:
-        x, y: ``[N, D]`` two views; ``y[i]`` is the positive of ``x[i]``.
+        x: ``[N, D]`` view 1.
+        y: ``[N, D]`` view 2; ``y[i]`` is the positive of ``x[i]``.
         perms: ``[P, D]`` channel permutations (:func:`draw_shuffles`).
         groups: G. temperature: τ. method: ``"zca"`` or ``"pca"``. eps: ε added to the eigenvalues.
         normalize: cosine similarities of the whitened views (default) or raw dot products.
@@ -159,7 +160,13 @@ class WhitenedCSELoss(PairLoss):
     from a generator seeded with ``(seed, step)`` (``step`` is a buffer; it advances in training).
 
     Args:
-        groups (8), shuffles P (2), temperature (0.05), method ("zca"), eps (1e-5), seed (0), normalize.
+        groups: G (8).
+        shuffles: P (2).
+        temperature: τ (0.05).
+        method: ``"zca"`` (default) or ``"pca"``.
+        eps: ε added to the eigenvalues (1e-5).
+        seed: seeds the permutations with ``(seed, step)`` (0).
+        normalize: see :func:`whitenedcse_loss`.
     """
 
     def __init__(

@@ -27,6 +27,7 @@ import torch
 
 from contrastkit.core.errors import InputError
 from contrastkit.core.io import atomic_path, atomic_write_json
+from contrastkit.core.progress import progress_bar
 from contrastkit.core.registry import PositiveInt
 from contrastkit.models.towers import TOWERS, TextTower, Tower, TowerContext
 
@@ -72,7 +73,8 @@ def cached_features(
     meta: dict | None = None,
 ) -> np.ndarray:
     """``float32 [n, D]`` features, memory-mapped from ``<cache_dir>/<key>.npy``; computed by
-    ``compute(start, stop)`` in batches (under ``no_grad``) and written atomically if absent."""
+    ``compute(start, stop)`` in batches (under ``no_grad``, with a progress bar: encoding a data
+    set with a large frozen tower takes minutes) and written atomically if absent."""
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = folder / f"{key}.npy"
     if path.is_file():
@@ -83,14 +85,18 @@ def cached_features(
         raise InputError("nothing to encode (n = 0)")
     folder.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
+        bar = progress_bar(None, f"cache features ({n} rows)", total=n, unit="row")
         first = compute(0, min(batch_size, n)).float().cpu().numpy()
+        bar.update(len(first))
         with atomic_path(path) as tmp:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, first.shape[1]))
             out[: len(first)] = first
             for i in range(len(first), n, batch_size):
                 out[i : i + batch_size] = compute(i, min(i + batch_size, n)).float().cpu().numpy()
+                bar.update(min(batch_size, n - i))
             out.flush()
             del out
+        bar.close()
     atomic_write_json(folder / f"{key}.json", {"key": key, "n": n, **(meta or {})})
     return np.load(path, mmap_mode="r")
 
@@ -123,10 +129,9 @@ class CachedTextTower(TextTower):
     def _encode(self, texts: list[str]) -> torch.Tensor:
         self.inner.eval()
         dev = next(self.inner.parameters()).device
-        outs = [
-            self.inner(self.inner.tokenize(texts[i : i + self.batch_size]).to(dev)).float().cpu()
-            for i in range(0, len(texts), self.batch_size)
-        ]
+        size = self.batch_size
+        starts = progress_bar(range(0, len(texts), size), "encode new texts", unit="batch", leave=False)
+        outs = [self.inner(self.inner.tokenize(texts[i : i + size]).to(dev)).float().cpu() for i in starts]
         return torch.cat(outs)
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Multi-process contrastive losses over ``torch.distributed``: feature gather and SigLIP ring.
 
-Spec ids: S-GATHER and S-SIGLIP-RING (../shared/spec/scale.md), after open_clip's
+Spec ids: S-GATHER and S-SIGLIP-RING (docs/performance.md), after open_clip's
 ``gather_features``/``ClipLoss`` and ``SigLipLoss`` ('shift', 'bidir').
 
 Setting: D ranks, rank r holds b local pairs ``x^(r), y^(r)``; the global batch is their
@@ -265,8 +265,10 @@ def siglip_ring_loss(
     gradient to its owner).
 
     Args:
-        x_local, y_local: ``[b, d]`` this rank's images and texts (same shape on every rank).
-        scale, bias: ``t`` (not its log) and ``b``, replicated on every rank.
+        x_local: ``[b, d]`` this rank's images (same shape on every rank).
+        y_local: ``[b, d]`` this rank's texts (same shape on every rank).
+        scale: ``t`` (not its log), replicated on every rank.
+        bias: ``b``, replicated on every rank.
         normalize: L2-normalise rows first (default), done locally before any exchange.
         variant: ``"shift"`` (D−1 hops to the right) or ``"bidir"`` (⌊(D−1)/2⌋ rounds with both
             neighbours, plus one shift if D−1 is odd) — same result, fewer sequential steps.

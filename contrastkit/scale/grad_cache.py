@@ -1,6 +1,6 @@
 """S-GRADCACHE — exact large-batch contrastive steps with the memory of one chunk.
 
-Spec id: S-GRADCACHE (../shared/spec/scale.md); paper: Gao, Zhang, Han, Callan 2021, "Scaling Deep
+Spec id: S-GRADCACHE (docs/performance.md); paper: Gao, Zhang, Han, Callan 2021, "Scaling Deep
 Contrastive Learning Batch Size under Memory Limited Setup".
 
 The contrastive batch (``batch_size``) and what fits in memory (``chunk_size``) are decoupled:

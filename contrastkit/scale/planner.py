@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from contrastkit.core.errors import InputError
+from contrastkit.core.progress import progress_bar
 from contrastkit.models.dual_encoder import DualEncoder
 
 __all__ = ["MemoryPlan", "measure_sample_memory", "parse_bytes", "plan_batch"]
@@ -108,7 +109,7 @@ def measure_sample_memory(
     model.train().to(device)
     _step_peak(model, make_batch(sizes[0]), device)  # warm-up: allocator pools, lazy kernels
     slopes = []
-    for _ in range(repeats):
+    for _ in progress_bar(range(repeats), "measure memory", unit="repeat"):  # a large model: minutes
         lo = _step_peak(model, make_batch(sizes[0]), device)
         hi = _step_peak(model, make_batch(sizes[1]), device)
         slopes.append(max(hi - lo, 0) / (sizes[1] - sizes[0]))

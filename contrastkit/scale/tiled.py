@@ -1,6 +1,6 @@
 """S-INFCL — exact CLIP and SigLIP losses computed in tiles, memory O(N·d + tile²).
 
-Spec id: S-INFCL (../shared/spec/scale.md); paper: Cheng et al. 2024, "Breaking the Memory
+Spec id: S-INFCL (docs/performance.md); paper: Cheng et al. 2024, "Breaking the Memory
 Barrier: Near Infinite Batch Size Scaling for Contrastive Loss" (Inf-CL), extended as the spec
 asks to the *symmetric* CLIP loss in one pass and to SigLIP.
 

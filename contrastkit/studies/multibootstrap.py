@@ -1,6 +1,6 @@
 """T-MULTIBOOT — the Multi-Bootstrap: inference about training *procedures*, not checkpoints.
 
-Spec ids: T-MULTIBOOT, T-MULTIBOOT-REPORT (../shared/spec/statistics.md); paper: Sellam et al. 2022,
+Spec ids: T-MULTIBOOT, T-MULTIBOOT-REPORT (docs/studies.md); paper: Sellam et al. 2022,
 "The MultiBERTs: BERT Reproductions for Robustness Analysis" (Sec. 3, App. E), reference
 ``language/multiberts/multibootstrap.py``.
 
@@ -10,6 +10,7 @@ draw for both sides). A side's value is the mean over its drawn seeds of each se
 seed's score is the mean over that seed's runs (macro-average: several evaluations of one seed weigh
 as one). Reported: bootstrap means, percentile intervals, and the one-sided p-value
 ``p = mean_k[δ_k ≤ 0]`` (``≥ 0`` when a negative effect is expected), floored at ``1/nboot``.
+``seed_means`` gives the plain per-arm mean over seeds, which the bootstrap means estimate.
 
 RNG: ``numpy.random.RandomState(rng)`` in the reference order per replicate — seeds (paired: one
 draw; unpaired: base then expt), then examples — so numbers reproduce the reference bit for bit.
@@ -27,7 +28,7 @@ import numpy as np
 
 from contrastkit.core.errors import InputError
 
-__all__ = ["BootstrapResult", "Interval", "Runs", "multibootstrap", "summarize"]
+__all__ = ["BootstrapResult", "Interval", "Runs", "multibootstrap", "seed_means", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,30 @@ def _side(runs: Runs, flag: bool) -> dict[Hashable, list[int]]:
     if not out:
         raise InputError(f"no {'intervention' if flag else 'baseline'} runs")
     return out
+
+
+def _arms(runs: Runs, paired: bool) -> tuple[dict[Hashable, list[int]], dict[Hashable, list[int]]]:
+    """Each arm's run rows by seed, seeds sorted; paired: only the seeds both arms have."""
+    base, expt = _side(runs, False), _side(runs, True)
+    if paired:
+        common = _sorted(set(base) & set(expt))
+        if not common:
+            raise InputError("paired bootstrap: no seed appears on both sides")
+        return {s: base[s] for s in common}, {s: expt[s] for s in common}
+    return {s: base[s] for s in _sorted(base)}, {s: expt[s] for s in _sorted(expt)}
+
+
+def seed_means(runs: Runs, *, paired: bool = False) -> tuple[float, float]:
+    """The plain (no resampling) value of each arm: the mean over its seeds of each seed's score
+    (mean over the seed's runs of the mean over all examples) — the seeds the bootstrap uses.
+
+    The bootstrap estimate (``BootstrapResult.base.mean``) is the mean of the replicates; it
+    estimates this number and differs from it by Monte-Carlo noise of order ``std / sqrt(nboot)``.
+    """
+    per_run = np.asarray(runs.scores, dtype=np.float64).mean(1)
+    base, expt = _arms(runs, paired)
+    b, e = (float(np.mean([per_run[g].mean() for g in arm.values()])) for arm in (base, expt))
+    return b, e
 
 
 def _draws(
@@ -176,14 +201,7 @@ def multibootstrap(
     if nboot < 1 or not 0 < level < 1:
         raise InputError(f"nboot must be >= 1 and level in (0, 1), got {nboot}, {level}")
     scores = np.asarray(runs.scores, dtype=np.float64)
-    base, expt = _side(runs, False), _side(runs, True)
-    if paired:
-        common = _sorted(set(base) & set(expt))
-        if not common:
-            raise InputError("paired bootstrap: no seed appears on both sides")
-        base, expt = {s: base[s] for s in common}, {s: expt[s] for s in common}
-    else:
-        base, expt = {s: base[s] for s in _sorted(base)}, {s: expt[s] for s in _sorted(expt)}
+    base, expt = _arms(runs, paired)
     n_ex = scores.shape[1]
     if sample_seeds and sample_examples and n_ex == 1 and len(base) == 1 and len(expt) == 1:
         raise InputError("one seed per side and one example: there is nothing to resample")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,9 @@ import numpy as np
 
 from contrastkit.core.errors import ContrastkitError, InputError
 from contrastkit.core.io import atomic_path, atomic_write_text
+from contrastkit.core.progress import progress_bar
 from contrastkit.studies.config import Setting, StudyConfig
-from contrastkit.studies.multibootstrap import BootstrapResult, Runs, multibootstrap
+from contrastkit.studies.multibootstrap import BootstrapResult, Runs, multibootstrap, seed_means
 from contrastkit.studies.runner import RunSpec
 
 __all__ = ["build_report", "load_scores"]
@@ -30,6 +32,13 @@ def load_scores(spec: RunSpec, metric: str) -> np.ndarray:
                 f"metric {metric!r} not in {path}; available: {sorted(k.replace('|', '/') for k in z)}"
             )
         return z[key]
+
+
+def _unit(metric: str) -> str:
+    """Axis unit of a per-example metric: top-k and recall@K scores are 0/1 hits, so their means
+    are fractions of the examples; anything else is in the metric's own units."""
+    last = metric.rsplit("/", 1)[-1]
+    return "fraction of examples" if last.startswith("top") or "R@" in last else "metric units"
 
 
 def _label(setting: Setting) -> str:
@@ -57,39 +66,71 @@ def _compare(study: StudyConfig, specs: Sequence[RunSpec], c, scores: dict[str, 
         level=study.level,
         expect_negative_effect=c.expect_negative_effect,
     )
-    return base_s[0], expt_s[0], res
+    plain_b, plain_e = seed_means(runs, paired=c.paired)
+    return base_s[0], expt_s[0], Estimate(plain_e - plain_b, res)
 
 
-def _per_setting(study: StudyConfig, specs: Sequence[RunSpec], scores) -> dict[Setting, BootstrapResult]:
+@dataclass(frozen=True)
+class Estimate:
+    """A setting's value or a comparison's δ: the plain mean over seeds (``plain``) next to the
+    Multi-Bootstrap result, whose ``.mean`` is the mean of the replicates — an estimate of
+    ``plain`` up to resampling noise, reported as "bootstrap estimate" so the two are not confused."""
+
+    plain: float
+    boot: BootstrapResult
+
+
+def _per_setting(study: StudyConfig, specs: Sequence[RunSpec], scores) -> dict[Setting, Estimate]:
     out = {}
-    for setting in study.settings():
+    for setting in progress_bar(study.settings(), "report: settings", unit="setting"):  # bootstraps
         rows = [s for s in specs if s.setting == setting]
         sc = np.stack([scores[r.name] for r in rows])
         seeds = [r.seed for r in rows]
         both = Runs(seeds + seeds, [False] * len(rows) + [True] * len(rows), np.concatenate([sc, sc]))
-        out[setting] = multibootstrap(both, paired=True, nboot=study.nboot, level=study.level)
+        res = multibootstrap(both, paired=True, nboot=study.nboot, level=study.level)
+        out[setting] = Estimate(seed_means(both, paired=True)[0], res)
     return out
 
 
-def _forest(comparisons, path: Path, metric: str) -> None:
+def _forest(comparisons: Sequence[tuple[str, Estimate]], path: Path, metric: str) -> None:
+    """One row per comparison: the interval (bar), δ as the plain mean over seeds (dot) and as the
+    bootstrap estimate (cross), the p-value at the right edge inside the axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.transforms import blended_transform_factory
 
-    fig, ax = plt.subplots(figsize=(7.5, max(2.8, 0.6 * len(comparisons) + 1.6)))
-    for i, (_, res) in enumerate(comparisons):
-        d = res.delta
-        ax.errorbar(d.mean, i, xerr=[[d.mean - d.low], [d.high - d.mean]], fmt="o", capsize=4, color="C0")
-        ax.text(d.high, i + 0.18, f" p={res.p_value:.3g}", fontsize=8)
+    n = len(comparisons)
+    level = round(100 * comparisons[0][1].boot.level)
+    fig, ax = plt.subplots(figsize=(7.5, 0.7 * n + 1.9), layout="constrained")
+    for i, (_, est) in enumerate(comparisons):
+        d, first = est.boot.delta, i == 0
+        mid, half = (d.low + d.high) / 2, (d.high - d.low) / 2
+        ci_label = f"{level}% Multi-Bootstrap interval" if first else None
+        ax.errorbar(mid, i, xerr=half, fmt="none", capsize=4, color="C0", lw=2, label=ci_label)
+        ax.plot(est.plain, i, "o", color="C0", label="δ: mean over seeds" if first else None)
+        ax.plot(d.mean, i, "x", color="C3", label="δ: bootstrap estimate" if first else None)
+    # fixed limits: the rows fill the height whatever their number (autoscaling a single row
+    # left half the axes blank), and the right 30% of the x range stays free for the p-values
+    lo = min(0.0, *(e.boot.delta.low for _, e in comparisons))
+    hi = max(0.0, *(e.boot.delta.high for _, e in comparisons))
+    span = (hi - lo) or 1e-3
+    ax.set_xlim(lo - 0.05 * span, hi + 0.45 * span)
+    ax.set_ylim(n - 0.5, -0.5)  # first comparison on top
+    at_right = blended_transform_factory(ax.transAxes, ax.transData)
+    for i, (_, est) in enumerate(comparisons):
+        p = f"p = {est.boot.p_value:.3g}"
+        ax.text(0.98, i, p, transform=at_right, ha="right", va="center", fontsize=8)
     ax.axvline(0, color="grey", lw=1, ls="--")
-    ax.set_yticks(range(len(comparisons)), [label for label, _ in comparisons], fontsize=8)
-    ax.set_xlabel(
-        f"difference in {metric} (intervention − baseline), {int(100 * comparisons[0][1].level)}% CI"
-    )
-    ax.set_title("Multi-Bootstrap comparisons (seeds × examples)", fontsize=10)
+    labels = [label.replace("  vs  ", "\nvs  ") for label, _ in comparisons]
+    ax.set_yticks(range(n), labels, fontsize=7)
+    ax.set_ylabel("intervention vs baseline")
+    ax.set_xlabel(f"δ = intervention − baseline\n{metric} ({_unit(metric)})")
+    ax.set_title("Multi-Bootstrap comparisons (seeds × examples), one-sided p", fontsize=10)
+    fig.legend(loc="outside lower center", ncol=3, fontsize=7, frameon=False)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
 
 
@@ -118,8 +159,8 @@ def _curves(study: StudyConfig, specs: Sequence[RunSpec], path: Path) -> bool:
         ax.fill_between(steps, vals.min(0), vals.max(0), color=f"C{i}", alpha=0.2)
         drawn = True
     if drawn:
-        ax.set_xlabel("step")
-        ax.set_ylabel(study.metric)
+        ax.set_xlabel("training step (optimizer updates)")
+        ax.set_ylabel(f"{study.metric} ({_unit(study.metric)})")
         ax.set_title("learning dynamics: mean over seeds, band = min–max", fontsize=10)
         ax.legend(fontsize=7)
         fig.tight_layout()
@@ -148,17 +189,65 @@ def _parquet(specs: Sequence[RunSpec], scores, study: StudyConfig, path: Path) -
         pq.write_table(pa.table(cols), str(tmp))
 
 
+_TERMS = (
+    "*Mean over seeds*: the plain average of the per-seed values (each seed's mean over all "
+    "examples). *Bootstrap estimate*: the mean of the {nboot} Multi-Bootstrap replicates; it "
+    "estimates the same quantity and differs from the plain mean by resampling noise only. "
+    "*CI*: the percentile interval of the replicates."
+)
+
+
+def _settings_table(study: StudyConfig, specs, scores, per_setting: dict[Setting, Estimate]) -> list[str]:
+    lines = [
+        "## Settings",
+        "",
+        _TERMS.format(nboot=study.nboot),
+        "",
+        f"| setting | mean over seeds | bootstrap estimate | {round(100 * study.level)}% bootstrap CI "
+        "| per-seed values |",
+        "|---|---:|---:|---|---|",
+    ]
+    for setting, est in per_setting.items():
+        vals = ", ".join(f"{scores[s.name].mean():.4f}" for s in specs if s.setting == setting)
+        b = est.boot.base
+        lines.append(
+            f"| {_label(setting)} | {est.plain:.4f} | {b.mean:.4f} | [{b.low:.4f}, {b.high:.4f}] | {vals} |"
+        )
+    return lines
+
+
+def _comparisons_table(study: StudyConfig, comps: Sequence[tuple[str, Estimate]]) -> list[str]:
+    lines = [
+        "",
+        "## Comparisons",
+        "",
+        "δ = intervention − baseline; mean over seeds, bootstrap estimate and CI as above "
+        "(paired: over the seeds both settings ran).",
+        "",
+        f"| intervention vs baseline | δ mean over seeds | δ bootstrap estimate | "
+        f"{round(100 * study.level)}% bootstrap CI | p (one-sided) | paired |",
+        "|---|---:|---:|---|---:|---|",
+    ]
+    for label, est in comps:
+        res, d = est.boot, est.boot.delta
+        lines.append(
+            f"| {label} | {est.plain:+.4f} | {d.mean:+.4f} | [{d.low:+.4f}, {d.high:+.4f}] | "
+            f"{res.p_value:.4g} | {'yes' if res.paired else 'no'} ({res.n_seeds[0]} seeds) |"
+        )
+    return lines
+
+
 def build_report(
     study: StudyConfig, specs: Sequence[RunSpec], root: Path, wall_seconds: float | None = None
 ) -> Path:
     """Write report.md, forest.png, curves.png and results.parquet under ``root``."""
     t0 = time.perf_counter()
-    scores = {s.name: load_scores(s, study.metric) for s in specs}
+    scores = {s.name: load_scores(s, study.metric) for s in progress_bar(specs, "report: scores", unit="run")}
     per_setting = _per_setting(study, specs, scores)
     comps = []
-    for c in study.comparisons:
-        b, e, res = _compare(study, specs, c, scores)
-        comps.append((f"{_label(e)}  vs  {_label(b)}", res))
+    for c in progress_bar(study.comparisons, "report: comparisons", unit="comparison"):
+        b, e, est = _compare(study, specs, c, scores)
+        comps.append((f"{_label(e)}  vs  {_label(b)}", est))
     if comps:
         _forest(comps, root / "forest.png", study.metric)
     has_curves = _curves(study, specs, root / "curves.png")
@@ -172,30 +261,9 @@ def build_report(
         f"wrong side (floored at 1/{study.nboot}).",
         "",
     ]
-    lines += [
-        "## Settings",
-        "",
-        f"| setting | mean over seeds | {int(100 * study.level)}% CI | per-seed values |",
-        "|---|---:|---|---|",
-    ]
-    for setting, res in per_setting.items():
-        vals = ", ".join(f"{scores[s.name].mean():.3f}" for s in specs if s.setting == setting)
-        ci = f"[{res.base.low:.4f}, {res.base.high:.4f}]"
-        lines.append(f"| {_label(setting)} | {res.base.mean:.4f} | {ci} | {vals} |")
+    lines += _settings_table(study, specs, scores, per_setting)
     if comps:
-        lines += [
-            "",
-            "## Comparisons",
-            "",
-            "| intervention vs baseline | δ | CI | p | paired |",
-            "|---|---:|---|---:|---|",
-        ]
-        for label, res in comps:
-            d = res.delta
-            lines.append(
-                f"| {label} | {d.mean:+.4f} | [{d.low:+.4f}, {d.high:+.4f}] | {res.p_value:.4g} | "
-                f"{'yes' if res.paired else 'no'} ({res.n_seeds[0]} seeds) |"
-            )
+        lines += _comparisons_table(study, comps)
         lines += ["", "![forest plot](forest.png)"]
     if has_curves:
         lines += [

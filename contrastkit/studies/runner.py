@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from contrastkit.core.config import from_dict
 from contrastkit.core.errors import ContrastkitError
 from contrastkit.core.io import atomic_path, atomic_write_json
+from contrastkit.core.progress import progress_bar, progress_default
 from contrastkit.studies.config import Setting, StudyConfig, run_config_dict, setting_slug
 
 __all__ = ["RunSpec", "execute_run", "plan_runs", "run_all"]
@@ -99,7 +99,8 @@ def execute_run(spec: RunSpec, study: StudyConfig, threads: int) -> dict[str, An
 
 def _worker(spec: RunSpec, study: StudyConfig, threads: int) -> tuple[str, str | None]:
     try:
-        execute_run(spec, study, threads)
+        with progress_default(False):  # as train.progress=False here: only the study's bar shows
+            execute_run(spec, study, threads)
         return spec.name, None
     except Exception:  # reported by the parent; the other runs go on
         return spec.name, traceback.format_exc()
@@ -116,7 +117,7 @@ def run_all(specs: Sequence[RunSpec], study: StudyConfig, jobs: int = 1) -> list
         f"({jobs} at a time, {threads} thread(s) each)"
     )
     failed = []
-    bar = tqdm(total=len(todo), desc=f"study {study.name}", unit="run")
+    bar = progress_bar(None, f"study {study.name}", total=len(todo), unit="run")
     if jobs <= 1:
         results = (_worker(s, study, threads) for s in todo)
         for name, err in results:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contrastkit.core.errors import ConfigError, InputError
+from contrastkit.core.progress import progress_bar
 from contrastkit.core.runtime import set_threads
 from contrastkit.losses.clip import clip_loss
 
@@ -120,7 +121,7 @@ def _fit(image_feats: np.ndarray, text_feats: np.ndarray, cfg: AdapterConfig) ->
     n, b = len(image_feats), min(cfg.batch_size, len(image_feats))
     losses = []
     heads.train()
-    for _ in range(cfg.steps):
+    for _ in progress_bar(range(cfg.steps), "train heads", unit="step", leave=False):
         idx = torch.randperm(n, generator=gen)[:b].numpy()
         x, y = _rows(image_feats, idx), _rows(text_feats, idx)  # read from the (memory-mapped) arrays
         if cfg.mixup == "fusemix":

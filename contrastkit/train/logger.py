@@ -1,14 +1,23 @@
-"""Metrics logging: ``metrics.jsonl`` (always), TensorBoard (if installed and enabled)."""
+"""Metrics logging: ``metrics.jsonl`` (always), TensorBoard (if installed and enabled; requested
+but not installed: one warning per process, naming the two fixes)."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from contrastkit.core.io import atomic_write_text
 
 __all__ = ["MetricsLogger", "read_metrics"]
+
+_TB_MISSING = (
+    "train.tensorboard is on but TensorBoard is not installed: metrics go to metrics.jsonl only "
+    "(pip install tensorboard, or set train.tensorboard: false)"
+)
+_warned: list[bool] = []  # one warning per process, not one per run of a study or a test session
+_log = logging.getLogger(__name__)  # unconfigured, Python prints a warning as the bare message line
 
 
 class MetricsLogger:
@@ -27,8 +36,10 @@ class MetricsLogger:
         if tensorboard and enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # TensorBoard is optional
-                pass
+            except ImportError:  # TensorBoard is optional, but asked for: say so once
+                if not _warned:
+                    _warned.append(True)
+                    _log.warning(_TB_MISSING)
             else:
                 self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
 

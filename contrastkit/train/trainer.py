@@ -23,22 +23,24 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import yaml
-from tqdm.auto import tqdm
 
 from contrastkit.core.config import from_dict, load_yaml, to_dict
 from contrastkit.core.errors import ConfigError, MissingFileError, TrainingDivergedError
 from contrastkit.core.io import atomic_write_text, check_writable_dir
+from contrastkit.core.progress import progress_bar, progress_default
+from contrastkit.core.registry import check_params
 from contrastkit.core.runtime import check_threads, resolve_device, seed_everything, set_threads
-from contrastkit.data import Source, open_split, source_captions
+from contrastkit.data import Source, check_data, open_split, source_captions
 from contrastkit.losses import from_config as build_loss
-from contrastkit.losses.base import MultiLoss, PairLoss
+from contrastkit.losses.base import LOSSES, LossTerm, MultiLoss, PairLoss
 from contrastkit.models.dual_encoder import DualEncoder, build_model
 from contrastkit.models.pretrained import check_files
+from contrastkit.models.towers import TOWERS
 from contrastkit.scale import TiledLoss, backward_through_chunks, embed_in_chunks
 from contrastkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from contrastkit.train.config import RunConfig
@@ -53,7 +55,7 @@ from contrastkit.train.distributed import (
 )
 from contrastkit.train.feed import DataFeed
 from contrastkit.train.guard import StepGuard, WeightSnapshot, all_finite, module_tensors
-from contrastkit.train.logger import MetricsLogger
+from contrastkit.train.logger import MetricsLogger, read_metrics
 from contrastkit.train.optim import build_optimizer, build_scheduler, param_groups
 from contrastkit.train.rundir import (
     RunLock,
@@ -76,6 +78,7 @@ class TrainResult:
     last_loss: float
     skipped: int
     seconds: float
+    already_finished: bool = False  # resume found nothing to train: the numbers are the run's last logged
 
 
 @dataclass
@@ -112,27 +115,48 @@ def _objective(cfg: RunConfig, loss: PairLoss, ctx: DistContext) -> PairLoss:
     several processes run. The wrappers share ``loss``'s parameters. A :class:`MultiLoss` runs
     untiled and unchunked (a clear error otherwise); across processes on the gathered batch."""
     if isinstance(loss, MultiLoss):
-        name = type(loss).__name__
-        if cfg.scale.tile_size is not None or cfg.scale.chunk_size is not None:
-            raise ConfigError(
-                f"{name} is a MultiLoss (several embedding sets): scale.tile_size and scale.chunk_size "
-                "(gradient caching) work with pair losses only; unset them"
-            )
+        _check_multiloss(cfg, loss)
         return wrap_loss(loss, cfg.scale, ctx)  # several processes: GatherAllLoss
     if ctx.active:
         return wrap_loss(loss, cfg.scale, ctx)
     return loss if cfg.scale.tile_size is None else TiledLoss(loss, cfg.scale.tile_size)
 
 
+def _check_multiloss(cfg: RunConfig, loss: MultiLoss) -> None:
+    if cfg.scale.tile_size is not None or cfg.scale.chunk_size is not None:
+        raise ConfigError(
+            f"{type(loss).__name__} is a MultiLoss (several embedding sets): scale.tile_size and "
+            "scale.chunk_size (gradient caching) work with pair losses only; unset them"
+        )
+
+
+def _check_config(cfg: RunConfig) -> None:
+    """Refuse what the config alone gets wrong before a run folder is made or any data is read
+    (generating or decoding a data set can take minutes): the names and parameters of the loss
+    (terms) and towers; the data set or sources with every split the run trains or evaluates on,
+    their parameters and files. (What needs the built loss is checked first thing in the session.)"""
+    terms = cfg.loss.terms or {cfg.loss.name: LossTerm(params=cfg.loss.params)}
+    for name, term in terms.items():
+        params = term.params if isinstance(term, LossTerm) else {}
+        check_params(LOSSES.get(name), params, f"loss {name!r}")
+    for modality, tower in cfg.model.towers.items():
+        fn = TOWERS.get(tower.name)
+        check_params(fn, {"context": None, **tower.params}, f"tower {tower.name!r} (model.towers.{modality})")
+    check_data(cfg.data, (cfg.data.train_split, *cfg.data.eval_splits))
+
+
 def _session(cfg: RunConfig, run_dir: Path, fresh: bool, ctx: DistContext, device: torch.device) -> _Session:
     set_threads(cfg.train.threads, cap=not fresh)  # a resumed run may come from a bigger machine
     seed_everything(cfg.train.seed)  # the same on every rank: identical initial weights
+    # the loss first: its errors need no data (reading data draws no torch random numbers, so the
+    # model's initial weights are the same in either order)
+    loss = build_loss(cfg.loss)
+    objective = _objective(cfg, loss, ctx)
     train_set = open_split(cfg.data, cfg.data.train_split, progress=cfg.train.progress and ctx.main)
     if "attributes" in cfg.data.modalities and getattr(train_set, "attributes", None) is None:
         raise ConfigError(
             f"data.modalities has 'attributes' but data set {cfg.data.name!r} provides none (Shapes does)"
         )
-    loss = build_loss(cfg.loss)
     if fresh and cfg.train.init_from:
         model = _init_from(cfg, Path(cfg.train.init_from), loss, run_dir if ctx.main else None)
     elif fresh:
@@ -143,7 +167,6 @@ def _session(cfg: RunConfig, run_dir: Path, fresh: bool, ctx: DistContext, devic
         model = build_model(cfg.model, assets_dir=run_dir / "assets")
     if fresh and not cfg.train.init_from and cfg.model.from_:
         _pretrained_scale(loss, cfg)
-    objective = _objective(cfg, loss, ctx)
     model.to(device)
     loss.to(device)
     broadcast_parameters([model, loss], ctx)
@@ -227,12 +250,13 @@ def train(cfg: RunConfig, *, overwrite: bool = False, callbacks: Sequence[Callba
         _check_init_from(Path(cfg.train.init_from))
     for modality, tower in cfg.model.towers.items():  # pretrained files: before any data is read
         check_files(tower.params, f"model.towers.{modality}.params")
+    _check_config(cfg)
     device = _device(cfg.train.device)
     ctx = init_from_env(device)
     _check_batch_split(cfg, ctx.world)
     if ctx.main:
         check_writable_dir(cfg.out_dir)
-    with RunLock(run_dir) if ctx.main else nullcontext():
+    with RunLock(run_dir) if ctx.main else nullcontext(), progress_default(cfg.train.progress and ctx.main):
         exists = (run_dir / "checkpoints").exists() or (run_dir / "config.yaml").exists()
         if exists and not overwrite:
             raise ConfigError(exists_message(run_dir))
@@ -269,28 +293,67 @@ def _check_batch_split(cfg: RunConfig, world: int) -> None:
         )
 
 
-def resume(run_dir: str | Path, *, callbacks: Sequence[Callback] = ()) -> TrainResult:
+def resume(
+    run_dir: str | Path, *, callbacks: Sequence[Callback] = (), steps: int | None = None
+) -> TrainResult:
     """Continue a run from its newest checkpoint, exactly as if it had never stopped. A run that
-    stopped before its first checkpoint starts again from step 0 with its saved config."""
+    stopped before its first checkpoint starts again from step 0 with its saved config.
+
+    ``steps`` sets a new total ``train.steps`` (above the checkpoint's step): it extends a finished
+    run, or changes the length of an unfinished one, and is saved in ``config.yaml``. From the
+    checkpoint's step on, the learning-rate schedule (warm-up, cosine decay) and the momentum
+    schedule follow the new total; the steps already taken followed the old one, so the weights
+    differ from a run configured with the new total from the start. A finished run resumed without
+    a larger ``steps`` trains nothing and reads no data: the result has ``already_finished`` set
+    and the run's last logged loss.
+    """
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
+    if steps is not None:
+        cfg = replace(cfg, train=replace(cfg.train, steps=steps))  # validates: steps >= 1
     device = _device(cfg.train.device)
     ctx = init_from_env(device)
-    with RunLock(run_dir) if ctx.main else nullcontext():
-        if not has_checkpoint(run_dir):
+    with RunLock(run_dir) if ctx.main else nullcontext(), progress_default(cfg.train.progress and ctx.main):
+        ckpt = latest_checkpoint(run_dir) if has_checkpoint(run_dir) else None
+        done = 0 if ckpt is None else int(ckpt.name[5:])  # step_00000500
+        if steps is not None and steps <= done:
+            raise ConfigError(f"train.steps={steps} must be above step {done}, where run {run_dir} stopped")
+        if done >= cfg.train.steps:
+            return _finished(run_dir, done)
+        _check_config(cfg)  # e.g. a data folder moved since the run started: before reading data
+        if steps is not None and ctx.main:
+            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        if ckpt is None:
             warnings.warn(f"{run_dir} has no checkpoint yet: starting it from step 0", stacklevel=2)
             s = _session(cfg, run_dir, fresh=True, ctx=ctx, device=device)
             if ctx.main:
                 s.logger.truncate_after(0)
             return _fit(s, start=0, callbacks=callbacks)
-        ckpt = latest_checkpoint(run_dir)
         s = _session(cfg, run_dir, fresh=False, ctx=ctx, device=device)
         state = load_checkpoint(ckpt, s.model, s.loss, s.optimizer, s.scheduler)
+        if steps is not None:
+            _follow_schedule(s)
         s.guard.load_state_dict(state.extra["guard"])
         s.feed.load_state_dict(state.extra.get("data", {}))
         if ctx.main:
             s.logger.truncate_after(state.step)
         return _fit(s, start=state.step, callbacks=callbacks)
+
+
+def _finished(run_dir: Path, done: int) -> TrainResult:
+    """What resuming a finished run reports, without training: its last logged loss and skips."""
+    rows = [r for r in read_metrics(run_dir) if "loss" in r and r.get("step", 0) <= done]
+    last = rows[-1] if rows else {}
+    loss, skipped = float(last.get("loss", math.nan)), int(last.get("skipped_total", 0))
+    return TrainResult(run_dir, done, loss, skipped, 0.0, already_finished=True)
+
+
+def _follow_schedule(s: _Session) -> None:
+    """After a checkpoint of a run with another total was loaded: set the learning rates of the
+    next step from the new schedule (the saved ones came from the old total's schedule)."""
+    sched = s.scheduler
+    for group, base, fn in zip(s.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+        group["lr"] = base * fn(sched.last_epoch)
 
 
 def load_run(run_dir: str | Path) -> tuple[RunConfig, DualEncoder, PairLoss, Path]:
@@ -453,15 +516,8 @@ def _fit(s: _Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
         start,
         s.device,
     )
-    bar = tqdm(
-        total=cfg.steps,
-        initial=start,
-        desc=s.cfg.name,
-        unit="step",
-        dynamic_ncols=True,
-        disable=not (cfg.progress and s.dist.main),
-        mininterval=0.5,
-    )
+    shown = cfg.progress and s.dist.main
+    bar = progress_bar(None, s.cfg.name, shown, total=cfg.steps, initial=start, unit="step")
     t_begin, step, loss_val = time.perf_counter(), start, float("nan")
     batches = iter(loader)
     try:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from contrastkit.core.errors import InputError
+from contrastkit.core.progress import progress_bar, progress_enabled
 from contrastkit.core.runtime import seed_everything
 from contrastkit.data import load_split
 from contrastkit.models.dual_encoder import DualEncoder, build_model
@@ -82,7 +83,7 @@ def calibration_images(run_dir: str | Path, n: int, seed: int = 0) -> torch.Tens
     parts = []
     for r in runs:
         data = load_run_config(r).data
-        images = load_split(data, data.train_split).images
+        images = load_split(data, data.train_split, progress_enabled()).images
         parts.append(images[torch.randperm(len(images), generator=g)[:n]])
     return torch.cat(parts)
 
@@ -100,7 +101,8 @@ def recalibrate_batchnorm(model: DualEncoder, images: torch.Tensor, batch_size: 
         m.momentum = None
     model.train()
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
-    for i in range(0, len(images), batch_size):
+    starts = progress_bar(range(0, len(images), batch_size), "recalibrate BN", unit="batch", leave=False)
+    for i in starts:
         model.encode("image", images[order[i : i + batch_size]])
     for m, momentum in zip(bns, saved):
         m.momentum = momentum

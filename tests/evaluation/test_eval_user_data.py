@@ -44,7 +44,7 @@ def python_api(run_dir, name, params, **prompts):
 
 def in_unit_interval(metrics):
     """Every rate in [0, 1] (ranks, counts and the probe's λ are not rates)."""
-    counts = ("median_rank", "n_train", "n_test", "lambda")
+    counts = ("median_rank", "tied_queries", "n_train", "n_test", "lambda")
     values = [v for k, v in metrics.items() if not k.endswith(counts)]
     return len(values) > 0 and all(0.0 <= v <= 1.0 for v in values if not np.isnan(v))
 

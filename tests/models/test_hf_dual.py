@@ -242,7 +242,6 @@ def test_shipped_hf_configs_train_from_scratch_and_export_to_transformers(tmp_pa
     assert not (run / "assets" / "image" / "source.json").exists()  # no pretrained θ₀ to record
 
 
-
 def test_train_only_the_pretrained_heads(tmp_path):
     """Heads on locked towers from a checkpoint: ``lock`` every tower weight but the checkpoint's own
     projections (CLIP's visual_projection / text_projection); only those learn, and the model keeps

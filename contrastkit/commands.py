@@ -1,0 +1,163 @@
+"""Command handlers kept out of :mod:`contrastkit.cli`: ``list``, ``explain``, the task list of
+``eval --help``, and ``plan``.
+
+The describing is :mod:`contrastkit.core.catalog`'s; this module only knows which registries exist
+(:data:`KINDS`) and imports each one when it is asked for, so the command line starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import textwrap
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from contrastkit.core.catalog import Component
+    from contrastkit.core.registry import Registry
+
+__all__ = ["KINDS", "TasksHelp", "explain", "listing", "plan", "registry", "tasks_epilog"]
+
+KINDS: dict[str, tuple[str, ...]] = {
+    "tasks": ("ctx",),  # kind → parameters the caller fills in at run time (not configurable)
+    "losses": (),
+    "towers": (),
+    "datasets": ("split",),
+    "sources": ("split",),
+}
+"""The registries ``contrastkit list`` shows, in order (there is no sampler registry)."""
+
+
+def registry(kind: str) -> Registry[Any]:
+    """The registry of ``kind`` (a key of :data:`KINDS`), imported now."""
+    if kind == "tasks":
+        from contrastkit.evaluation import EVAL_TASKS as reg
+    elif kind == "losses":
+        from contrastkit.losses import LOSSES as reg
+    elif kind == "towers":
+        from contrastkit.models import TOWERS as reg
+    elif kind == "datasets":
+        from contrastkit.data import DATASETS as reg
+    elif kind == "sources":
+        from contrastkit.data import SOURCES as reg
+    else:
+        from contrastkit.core.errors import UnknownNameError
+
+        raise UnknownNameError(f"unknown component kind {kind!r}; available: {', '.join(KINDS)}")
+    return reg
+
+
+def _components(kind: str) -> list[Component]:
+    from contrastkit.core.catalog import describe
+
+    reg = registry(kind)
+    return [describe(reg, name, KINDS[kind]) for name in reg.names()]
+
+
+def listing(what: str | None, verbose: bool = False) -> str:
+    """``contrastkit list [KIND] [--verbose]``: the names of ``what`` one per line (``verbose``: with
+    spec ids, description and typed parameters); no ``what``: every kind under a heading."""
+    from contrastkit.core.catalog import format_listing
+
+    if what is not None:
+        return format_listing(_components(what), verbose)
+    blocks = []
+    for kind in KINDS:
+        body = format_listing(_components(kind), verbose)
+        blocks.append(f"{kind}:\n" + textwrap.indent(body, "  "))
+    return "\n\n".join(blocks)
+
+
+def explain(name: str) -> str:
+    """``contrastkit explain NAME``: the card of every registered component called ``name``; an
+    unknown name raises :class:`UnknownNameError` with the closest names."""
+    from contrastkit.core.catalog import close_matches, describe, format_card
+    from contrastkit.core.errors import UnknownNameError
+
+    regs = {kind: registry(kind) for kind in KINDS}
+    for key in dict.fromkeys((name, name.lower().replace("-", "_"))):  # InfoNCE, fashion-mnist
+        cards = [format_card(describe(reg, key, KINDS[k])) for k, reg in regs.items() if key in reg]
+        if cards:
+            return f"\n\n{'-' * 80}\n\n".join(cards)
+    known = {n: kind for kind, reg in regs.items() for n in reg.names()}
+    near = close_matches(name, known)
+    hint = "did you mean: " + ", ".join(f"{n} ({known[n]})" for n in near) + "? " if near else ""
+    raise UnknownNameError(f"no component named {name!r}; {hint}`contrastkit list` shows every name")
+
+
+def tasks_epilog() -> str:
+    """The registered evaluation tasks, one per line with its description (``eval --help``)."""
+    from contrastkit.core.catalog import summary
+
+    width = max(shutil.get_terminal_size().columns - 2, 60)  # what argparse wraps its help to
+    lines = ["evaluation tasks (--tasks, comma-separated; details: contrastkit explain TASK):"]
+    for c in _components("tasks"):
+        head = f"  {c.name:<13}"
+        text = summary(c.doc, width=1000)
+        lines.append(textwrap.fill(text, width, initial_indent=head, subsequent_indent=" " * len(head)))
+    return "\n".join(lines)
+
+
+class TasksHelp(argparse.Action):
+    """``-h/--help`` of ``contrastkit eval``: the usual help followed by :func:`tasks_epilog`
+    (the tasks are imported only when the help is asked for)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        kwargs.setdefault("help", "show this help message and the evaluation tasks, and exit")
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        parser.epilog = tasks_epilog()
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        parser.print_help()
+        parser.exit()
+
+
+def plan(args: argparse.Namespace) -> None:
+    """``contrastkit plan CONFIG --memory 16GiB``: measure the model's activation memory per sample and
+    print the largest batch that fits the budget plainly, with loss tiling, and with gradient caching."""
+    import torch
+
+    from contrastkit.core import apply_overrides, from_dict, load_yaml, set_threads
+    from contrastkit.core.progress import progress_enabled
+    from contrastkit.data import load_split
+    from contrastkit.models import build_model
+    from contrastkit.scale.planner import measure_sample_memory, parse_bytes, plan_batch
+    from contrastkit.train import RunConfig
+
+    cfg = from_dict(RunConfig, apply_overrides(load_yaml(args.config), args.overrides))
+    budget = parse_bytes(args.memory)
+    set_threads(cfg.train.threads)
+    pairs = load_split(cfg.data, cfg.data.train_split, progress_enabled())  # generating it can take minutes
+    model = build_model(cfg.model, texts=pairs.flat_captions()[0])
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
+
+    def make_batch(n: int) -> dict[str, torch.Tensor]:
+        idx = [i % len(pairs) for i in range(n)]
+        return {
+            "image": pairs.images[idx].to(device),
+            "text": model.tokenize([pairs.captions[i][0] for i in idx]).to(device),
+        }
+
+    per_sample = measure_sample_memory(model, make_batch, device)
+    n_params = sum(p.numel() for p in model.parameters())
+    p = plan_batch(budget, n_params, per_sample, cfg.loss.name, cfg.model.embed_dim, args.tile, args.chunk)
+    gib = 2**30
+    print(
+        f"model: {n_params / 1e6:.2f} M parameters; fixed {p.fixed / gib:.3f} GiB (weights, grads, AdamW); "
+        f"activations {per_sample / 2**20:.2f} MiB per sample (measured on {device.type})"
+    )
+    print(
+        f"budget {p.budget / gib:.1f} GiB per device, loss {cfg.loss.name}, embed dim {cfg.model.embed_dim}"
+    )
+    print(f"{'method':<40} {'largest batch':>14}")
+    print(f"{'plain (dense loss)':<40} {p.plain:>14,}")
+    print(f"{'scale.tile_size=' + str(p.tile):<40} {p.tiled:>14,}")
+    print(f"{f'scale.tile_size={p.tile}, chunk_size={p.chunk}':<40} {p.cached:>14,}")
