@@ -16,7 +16,6 @@ periodic work (e.g. zero-shot tracking) through ``callbacks`` — functions
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -29,19 +28,18 @@ from pathlib import Path
 import torch
 import yaml
 
-from contrastkit.core.config import from_dict, load_yaml, to_dict
-from contrastkit.core.errors import ConfigError, MissingFileError, TrainingDivergedError
+from contrastkit.core.config import to_dict
+from contrastkit.core.errors import ConfigError, TrainingDivergedError
 from contrastkit.core.io import atomic_write_text, check_writable_dir
 from contrastkit.core.progress import progress_bar, progress_default
-from contrastkit.core.registry import check_params
 from contrastkit.core.runtime import check_threads, resolve_device, seed_everything, set_threads
-from contrastkit.data import Source, check_data, open_split, source_captions
+from contrastkit.data import Source, open_split, source_captions
 from contrastkit.losses import from_config as build_loss
-from contrastkit.losses.base import LOSSES, LossTerm, MultiLoss, PairLoss
+from contrastkit.losses.base import MultiLoss, PairLoss
 from contrastkit.models.dual_encoder import DualEncoder, build_model
 from contrastkit.models.pretrained import check_files
-from contrastkit.models.towers import TOWERS
-from contrastkit.scale import TiledLoss, backward_through_chunks, embed_in_chunks
+from contrastkit.scale import backward_through_chunks, embed_in_chunks
+from contrastkit.train import setup
 from contrastkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from contrastkit.train.config import RunConfig
 from contrastkit.train.distributed import (
@@ -51,7 +49,6 @@ from contrastkit.train.distributed import (
     average_gradients,
     broadcast_parameters,
     init_from_env,
-    wrap_loss,
 )
 from contrastkit.train.feed import DataFeed
 from contrastkit.train.guard import StepGuard, WeightSnapshot, all_finite, module_tensors
@@ -65,6 +62,7 @@ from contrastkit.train.rundir import (
     run_folder,
     write_marker,
 )
+from contrastkit.train.setup import load_run_config
 
 __all__ = ["Callback", "TrainResult", "load_run", "load_run_config", "resume", "train"]
 
@@ -99,50 +97,8 @@ class _Session:
     snapshot: WeightSnapshot  # weights + optimizer state before a step, to undo a non-finite one
 
 
-def load_run_config(run_dir: str | Path) -> RunConfig:
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise MissingFileError(f"{run_dir} is not a contrastkit run (no config.yaml)")
-    return from_dict(RunConfig, load_yaml(path))
-
-
 def _device(name: str) -> torch.device:
     return resolve_device(name)  # a device this machine lacks is a ConfigError, not a late traceback
-
-
-def _objective(cfg: RunConfig, loss: PairLoss, ctx: DistContext) -> PairLoss:
-    """What the step computes: ``loss`` in tiles if ``scale.tile_size`` is set, across ranks if
-    several processes run. The wrappers share ``loss``'s parameters. A :class:`MultiLoss` runs
-    untiled and unchunked (a clear error otherwise); across processes on the gathered batch."""
-    if isinstance(loss, MultiLoss):
-        _check_multiloss(cfg, loss)
-        return wrap_loss(loss, cfg.scale, ctx)  # several processes: GatherAllLoss
-    if ctx.active:
-        return wrap_loss(loss, cfg.scale, ctx)
-    return loss if cfg.scale.tile_size is None else TiledLoss(loss, cfg.scale.tile_size)
-
-
-def _check_multiloss(cfg: RunConfig, loss: MultiLoss) -> None:
-    if cfg.scale.tile_size is not None or cfg.scale.chunk_size is not None:
-        raise ConfigError(
-            f"{type(loss).__name__} is a MultiLoss (several embedding sets): scale.tile_size and "
-            "scale.chunk_size (gradient caching) work with pair losses only; unset them"
-        )
-
-
-def _check_config(cfg: RunConfig) -> None:
-    """Refuse what the config alone gets wrong before a run folder is made or any data is read
-    (generating or decoding a data set can take minutes): the names and parameters of the loss
-    (terms) and towers; the data set or sources with every split the run trains or evaluates on,
-    their parameters and files. (What needs the built loss is checked first thing in the session.)"""
-    terms = cfg.loss.terms or {cfg.loss.name: LossTerm(params=cfg.loss.params)}
-    for name, term in terms.items():
-        params = term.params if isinstance(term, LossTerm) else {}
-        check_params(LOSSES.get(name), params, f"loss {name!r}")
-    for modality, tower in cfg.model.towers.items():
-        fn = TOWERS.get(tower.name)
-        check_params(fn, {"context": None, **tower.params}, f"tower {tower.name!r} (model.towers.{modality})")
-    check_data(cfg.data, (cfg.data.train_split, *cfg.data.eval_splits))
 
 
 def _session(cfg: RunConfig, run_dir: Path, fresh: bool, ctx: DistContext, device: torch.device) -> _Session:
@@ -151,14 +107,14 @@ def _session(cfg: RunConfig, run_dir: Path, fresh: bool, ctx: DistContext, devic
     # the loss first: its errors need no data (reading data draws no torch random numbers, so the
     # model's initial weights are the same in either order)
     loss = build_loss(cfg.loss)
-    objective = _objective(cfg, loss, ctx)
+    objective = setup.objective(cfg, loss, ctx)
     train_set = open_split(cfg.data, cfg.data.train_split, progress=cfg.train.progress and ctx.main)
     if "attributes" in cfg.data.modalities and getattr(train_set, "attributes", None) is None:
         raise ConfigError(
             f"data.modalities has 'attributes' but data set {cfg.data.name!r} provides none (Shapes does)"
         )
     if fresh and cfg.train.init_from:
-        model = _init_from(cfg, Path(cfg.train.init_from), loss, run_dir if ctx.main else None)
+        model = setup.init_from(cfg, Path(cfg.train.init_from), loss, run_dir if ctx.main else None)
     elif fresh:
         model = build_model(cfg.model, texts=source_captions(train_set))
         if ctx.main:
@@ -166,7 +122,7 @@ def _session(cfg: RunConfig, run_dir: Path, fresh: bool, ctx: DistContext, devic
     else:
         model = build_model(cfg.model, assets_dir=run_dir / "assets")
     if fresh and not cfg.train.init_from and cfg.model.from_:
-        _pretrained_scale(loss, cfg)
+        setup.pretrained_scale(loss, cfg)
     model.to(device)
     loss.to(device)
     broadcast_parameters([model, loss], ctx)
@@ -191,53 +147,6 @@ def _session(cfg: RunConfig, run_dir: Path, fresh: bool, ctx: DistContext, devic
     )
 
 
-def _pretrained_scale(loss: PairLoss, cfg: RunConfig) -> None:
-    """Start the loss's logit scale (and SigLIP bias) at the pretrained model's (``model.from``),
-    unless the loss config sets them."""
-    from contrastkit.models import pretrained_logit_scale
-
-    given = set(cfg.loss.params)
-    scale, bias = pretrained_logit_scale(cfg.model.from_)  # type: ignore[arg-type]
-    with torch.no_grad():
-        log_scale = getattr(loss, "log_scale", None)
-        if isinstance(log_scale, torch.Tensor) and not given & {"init_temperature", "init_scale"}:
-            log_scale.fill_(math.log(scale))
-        own_bias = getattr(loss, "bias", None)
-        if bias is not None and isinstance(own_bias, torch.Tensor) and "init_bias" not in given:
-            own_bias.fill_(bias)
-
-
-def _init_from(cfg: RunConfig, source: Path, loss: PairLoss, run_dir: Path | None) -> DualEncoder:
-    """The model (and, for the same loss config, the loss state) of ``source``'s newest checkpoint,
-    built with its assets; records which checkpoint in ``run_dir/init_from.json`` (θ₀ of WiSE-FT)."""
-    from contrastkit.train.checkpoint import load_weights
-
-    ckpt = _check_init_from(source)
-    model = build_model(cfg.model, assets_dir=source / "assets")
-    same_loss = load_run_config(source).loss == cfg.loss
-    load_weights(ckpt, model, loss if same_loss else None)
-    if run_dir is not None:
-        model.save_assets(run_dir / "assets")
-        record = {"run": str(source.resolve()), "checkpoint": str(ckpt.resolve()), "loss_state": same_loss}
-        atomic_write_text(run_dir / "init_from.json", json.dumps(record, indent=1))
-    return model
-
-
-def _check_init_from(source: Path) -> Path:
-    """The checkpoint ``train.init_from`` starts from; a one-line error for anything else (checked
-    before any data is generated or read)."""
-    if not source.is_dir():
-        raise MissingFileError(f"train.init_from: no contrastkit run folder at {source} (no such folder)")
-    if not (source / "config.yaml").is_file():
-        kind = "a Hugging Face model folder" if (source / "config.json").is_file() else "not a run folder"
-        raise ConfigError(
-            f"train.init_from: {source} is {kind}; it takes a contrastkit run folder (with config.yaml "
-            "and checkpoints). Pretrained Hugging Face text models load as towers: model.towers.text: "
-            "{name: hf_pretrained, params: {path: ...}} (docs/real-data.md)"
-        )
-    return latest_checkpoint(source, fallback=False)
-
-
 def train(cfg: RunConfig, *, overwrite: bool = False, callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Start run ``cfg.out_dir/cfg.name`` and train it for ``cfg.train.steps`` steps.
 
@@ -247,13 +156,13 @@ def train(cfg: RunConfig, *, overwrite: bool = False, callbacks: Sequence[Callba
     run_dir = run_folder(cfg.out_dir, cfg.name)
     check_threads(cfg.train.threads)
     if cfg.train.init_from:
-        _check_init_from(Path(cfg.train.init_from))
+        setup.check_init_from(Path(cfg.train.init_from))
     for modality, tower in cfg.model.towers.items():  # pretrained files: before any data is read
         check_files(tower.params, f"model.towers.{modality}.params")
-    _check_config(cfg)
+    setup.check_config(cfg)
     device = _device(cfg.train.device)
     ctx = init_from_env(device)
-    _check_batch_split(cfg, ctx.world)
+    setup.check_batch_split(cfg, ctx.world)
     if ctx.main:
         check_writable_dir(cfg.out_dir)
     with RunLock(run_dir) if ctx.main else nullcontext(), progress_default(cfg.train.progress and ctx.main):
@@ -275,22 +184,6 @@ def train(cfg: RunConfig, *, overwrite: bool = False, callbacks: Sequence[Callba
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
         return _fit(s, start=0, callbacks=callbacks)
-
-
-def _check_batch_split(cfg: RunConfig, world: int) -> None:
-    """Every tower call sees at least 2 examples: a contrastive batch needs negatives, and a
-    batch-norm layer fails on one example (also in the last gradient-cache chunk)."""
-    per_rank, chunk = cfg.train.batch_size // world, cfg.scale.chunk_size
-    if per_rank < 2:
-        raise ConfigError(
-            f"train.batch_size={cfg.train.batch_size} gives {per_rank} example(s) per process on "
-            f"{world}: a contrastive batch needs at least 2 per process (negatives; batch norm)"
-        )
-    if chunk is not None and chunk < per_rank and min(chunk, per_rank % chunk or chunk) < 2:
-        raise ConfigError(
-            f"scale.chunk_size={chunk} splits the {per_rank} examples per process into chunks of which "
-            f"one has {min(chunk, per_rank % chunk or chunk)}: every chunk needs at least 2 (batch norm)"
-        )
 
 
 def resume(
@@ -320,7 +213,7 @@ def resume(
             raise ConfigError(f"train.steps={steps} must be above step {done}, where run {run_dir} stopped")
         if done >= cfg.train.steps:
             return _finished(run_dir, done)
-        _check_config(cfg)  # e.g. a data folder moved since the run started: before reading data
+        setup.check_config(cfg)  # e.g. a data folder moved since the run started: before reading data
         if steps is not None and ctx.main:
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         if ckpt is None:

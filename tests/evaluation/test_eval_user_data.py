@@ -12,7 +12,7 @@ from contrastkit.data import DataConfig, load_split, make_shapes
 from contrastkit.data.convert import encode_image
 from contrastkit.evaluation import evaluate_pairs
 from contrastkit.evaluation.encoders import model_encoders
-from contrastkit.evaluation.report import apply_prompt_files
+from contrastkit.evaluation.prompts import apply_prompt_files
 from contrastkit.train import RunConfig, load_run, train
 
 N = 64

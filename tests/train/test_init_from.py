@@ -31,12 +31,12 @@ def test_fine_tuning_starts_from_the_source_and_wise_theta0_is_its_checkpoint(tm
     assert any(not torch.equal(ft_model.state_dict()[k], v) for k, v in src_model.state_dict().items())
     # the same loss config: the loss state (learnable logit scale) starts from the source's too
     from contrastkit.losses import from_config
-    from contrastkit.train import trainer
+    from contrastkit.train import setup
 
     cfg = tiny(tmp_path, "probe", 1, init_from=str(source.run_dir))
     fresh = from_config(cfg.loss)
     assert not torch.equal(fresh.log_scale, src_loss.log_scale)  # training moved it
-    trainer._init_from(cfg, source.run_dir, fresh, None)
+    setup.init_from(cfg, source.run_dir, fresh, None)
     assert torch.equal(fresh.log_scale, src_loss.log_scale)
     tok = sorted(p.name for p in (ft.run_dir / "assets").rglob("*") if p.is_file())
     assert tok == sorted(p.name for p in (source.run_dir / "assets").rglob("*") if p.is_file())

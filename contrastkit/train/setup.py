@@ -1,0 +1,140 @@
+"""Setting up a run before its first step: pre-flight checks of the config (before any data is read or
+a run folder made), what the step optimises (the loss, tiled or across ranks), and where initial
+weights come from besides a fresh init (``train.init_from`` runs, ``model.from`` logit scales).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from contrastkit.core.config import from_dict, load_yaml
+from contrastkit.core.errors import ConfigError, MissingFileError
+from contrastkit.core.io import atomic_write_text
+from contrastkit.core.registry import check_params
+from contrastkit.data import check_data
+from contrastkit.losses.base import LOSSES, LossTerm, MultiLoss, PairLoss
+from contrastkit.models.dual_encoder import DualEncoder, build_model
+from contrastkit.models.towers import TOWERS
+from contrastkit.scale import TiledLoss
+from contrastkit.train.checkpoint import latest_checkpoint
+from contrastkit.train.config import RunConfig
+from contrastkit.train.distributed import DistContext, wrap_loss
+
+__all__ = [
+    "check_batch_split",
+    "check_config",
+    "check_init_from",
+    "init_from",
+    "load_run_config",
+    "objective",
+    "pretrained_scale",
+]
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise MissingFileError(f"{run_dir} is not a contrastkit run (no config.yaml)")
+    return from_dict(RunConfig, load_yaml(path))
+
+
+def objective(cfg: RunConfig, loss: PairLoss, ctx: DistContext) -> PairLoss:
+    """What the step computes: ``loss`` in tiles if ``scale.tile_size`` is set, across ranks if
+    several processes run. The wrappers share ``loss``'s parameters. A :class:`MultiLoss` runs
+    untiled and unchunked (a clear error otherwise); across processes on the gathered batch."""
+    if isinstance(loss, MultiLoss):
+        _check_multiloss(cfg, loss)
+        return wrap_loss(loss, cfg.scale, ctx)  # several processes: GatherAllLoss
+    if ctx.active:
+        return wrap_loss(loss, cfg.scale, ctx)
+    return loss if cfg.scale.tile_size is None else TiledLoss(loss, cfg.scale.tile_size)
+
+
+def _check_multiloss(cfg: RunConfig, loss: MultiLoss) -> None:
+    if cfg.scale.tile_size is not None or cfg.scale.chunk_size is not None:
+        raise ConfigError(
+            f"{type(loss).__name__} is a MultiLoss (several embedding sets): scale.tile_size and "
+            "scale.chunk_size (gradient caching) work with pair losses only; unset them"
+        )
+
+
+def check_config(cfg: RunConfig) -> None:
+    """Refuse what the config alone gets wrong before a run folder is made or any data is read
+    (generating or decoding a data set can take minutes): the names and parameters of the loss
+    (terms) and towers; the data set or sources with every split the run trains or evaluates on,
+    their parameters and files. (What needs the built loss is checked first thing in the session.)"""
+    terms = cfg.loss.terms or {cfg.loss.name: LossTerm(params=cfg.loss.params)}
+    for name, term in terms.items():
+        params = term.params if isinstance(term, LossTerm) else {}
+        check_params(LOSSES.get(name), params, f"loss {name!r}")
+    for modality, tower in cfg.model.towers.items():
+        fn = TOWERS.get(tower.name)
+        check_params(fn, {"context": None, **tower.params}, f"tower {tower.name!r} (model.towers.{modality})")
+    check_data(cfg.data, (cfg.data.train_split, *cfg.data.eval_splits))
+
+
+def pretrained_scale(loss: PairLoss, cfg: RunConfig) -> None:
+    """Start the loss's logit scale (and SigLIP bias) at the pretrained model's (``model.from``),
+    unless the loss config sets them."""
+    from contrastkit.models import pretrained_logit_scale
+
+    given = set(cfg.loss.params)
+    scale, bias = pretrained_logit_scale(cfg.model.from_)  # type: ignore[arg-type]
+    with torch.no_grad():
+        log_scale = getattr(loss, "log_scale", None)
+        if isinstance(log_scale, torch.Tensor) and not given & {"init_temperature", "init_scale"}:
+            log_scale.fill_(math.log(scale))
+        own_bias = getattr(loss, "bias", None)
+        if bias is not None and isinstance(own_bias, torch.Tensor) and "init_bias" not in given:
+            own_bias.fill_(bias)
+
+
+def init_from(cfg: RunConfig, source: Path, loss: PairLoss, run_dir: Path | None) -> DualEncoder:
+    """The model (and, for the same loss config, the loss state) of ``source``'s newest checkpoint,
+    built with its assets; records which checkpoint in ``run_dir/init_from.json`` (θ₀ of WiSE-FT)."""
+    from contrastkit.train.checkpoint import load_weights
+
+    ckpt = check_init_from(source)
+    model = build_model(cfg.model, assets_dir=source / "assets")
+    same_loss = load_run_config(source).loss == cfg.loss
+    load_weights(ckpt, model, loss if same_loss else None)
+    if run_dir is not None:
+        model.save_assets(run_dir / "assets")
+        record = {"run": str(source.resolve()), "checkpoint": str(ckpt.resolve()), "loss_state": same_loss}
+        atomic_write_text(run_dir / "init_from.json", json.dumps(record, indent=1))
+    return model
+
+
+def check_init_from(source: Path) -> Path:
+    """The checkpoint ``train.init_from`` starts from; a one-line error for anything else (checked
+    before any data is generated or read)."""
+    if not source.is_dir():
+        raise MissingFileError(f"train.init_from: no contrastkit run folder at {source} (no such folder)")
+    if not (source / "config.yaml").is_file():
+        kind = "a Hugging Face model folder" if (source / "config.json").is_file() else "not a run folder"
+        raise ConfigError(
+            f"train.init_from: {source} is {kind}; it takes a contrastkit run folder (with config.yaml "
+            "and checkpoints). Pretrained Hugging Face text models load as towers: model.towers.text: "
+            "{name: hf_pretrained, params: {path: ...}} (docs/real-data.md)"
+        )
+    return latest_checkpoint(source, fallback=False)
+
+
+def check_batch_split(cfg: RunConfig, world: int) -> None:
+    """Every tower call sees at least 2 examples: a contrastive batch needs negatives, and a
+    batch-norm layer fails on one example (also in the last gradient-cache chunk)."""
+    per_rank, chunk = cfg.train.batch_size // world, cfg.scale.chunk_size
+    if per_rank < 2:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} gives {per_rank} example(s) per process on "
+            f"{world}: a contrastive batch needs at least 2 per process (negatives; batch norm)"
+        )
+    if chunk is not None and chunk < per_rank and min(chunk, per_rank % chunk or chunk) < 2:
+        raise ConfigError(
+            f"scale.chunk_size={chunk} splits the {per_rank} examples per process into chunks of which "
+            f"one has {min(chunk, per_rank % chunk or chunk)}: every chunk needs at least 2 (batch norm)"
+        )
