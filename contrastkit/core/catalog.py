@@ -73,7 +73,7 @@ class Component:
 def _clean(text: str) -> str:
     """Docstring markup as plain text: ``:func:`f``` → ``f``, double backquotes dropped."""
     text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)
-    return text.replace("``", "")
+    return re.sub(r"(?<!`)``(?!`)", "", text)  # not the ``` of a code fence
 
 
 def summary(doc: str, width: int = 110) -> str:
