@@ -461,6 +461,7 @@ def format_table(metrics: dict[str, dict[str, float]]) -> str:
         cells = []
         for s in splits:
             v = metrics[s].get(n)
-            cells.append(f"{'—':>9}" if v is None or np.isnan(v) else f"{v:>9.3f}")
+            count = n.endswith("_queries")  # counts, not rates: no decimals
+            cells.append(f"{'—':>9}" if v is None or np.isnan(v) else f"{v:>9.0f}" if count else f"{v:>9.3f}")
         lines.append(f"{n:<{width}}  " + "  ".join(cells))
     return "\n".join(lines)
