@@ -52,6 +52,7 @@ __all__ = [
     "hf_model_type",
     "hf_siglip_encoders",
     "hf_text_encoder",
+    "open_clip_encoders",
 ]
 
 _KINDS = {"clip": "clip", "siglip": "siglip"}
@@ -158,6 +159,45 @@ def _load_dual(path: str | Path, kind: str, batch_size: int, device: str | None)
         "logit_bias": bias,
     }
     return HFEncoders(images, texts, scale, bias, info)
+
+
+def open_clip_encoders(path: str | Path, batch_size: int = 64, device: str | None = None) -> HFEncoders:
+    """Encoders of a local open_clip folder (``open_clip_config.json`` + weights, what
+    ``contrastkit export --format open_clip`` writes): contrastkit's ``open_clip_*`` towers, whose
+    embeddings equal open_clip's ``encode_image`` / ``encode_text`` (models/openclip_dual.py)."""
+    from contrastkit.models import ModelConfig, build_model, pretrained_logit_scale
+
+    folder = Path(path).expanduser()
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    model = build_model(ModelConfig(from_=f"open_clip:{folder}")).eval()
+    dev = torch.device(device) if device else torch.device("cpu")
+    model.to(dev)
+
+    @torch.no_grad()
+    def images(x: torch.Tensor) -> torch.Tensor:
+        return _batched(lambda b: model.encode("image", b), x, batch_size)
+
+    @torch.no_grad()
+    def encode_texts(batch: list[str]) -> torch.Tensor:
+        return model.encode("text", model.tokenize(list(batch)).to(dev))
+
+    def texts(t: list[str]) -> torch.Tensor:
+        if isinstance(t, str):
+            raise InputError("texts must be a list of strings, got a single string")
+        return _batched(encode_texts, list(t), batch_size)
+
+    scale, bias = pretrained_logit_scale(f"open_clip:{folder}")
+    info = {
+        "kind": "open_clip",
+        "path": str(folder.resolve()),
+        "weights_sha256": _weights_record(folder),
+        "image_preprocessing": model.towers["image"].prep.describe(),
+        "text": {"context_length": int(model.towers["text"].max_length)},
+        "logit_scale": scale,
+        "logit_bias": bias or 0.0,
+    }
+    return HFEncoders(images, texts, scale, bias or 0.0, info)
 
 
 def hf_clip_encoders(path: str | Path, batch_size: int = 64, device: str | None = None) -> HFEncoders:

@@ -55,7 +55,13 @@ from contrastkit.core.progress import progress_bar, progress_enabled
 from contrastkit.data import SOURCES, DataConfig, ImageConfig, check_data, load_split
 from contrastkit.data.pairs import PairSet
 from contrastkit.evaluation.encoders import Encoders, model_encoders
-from contrastkit.evaluation.external import HFEncoders, checked_encoders, file_sha256, hf_encoders
+from contrastkit.evaluation.external import (
+    HFEncoders,
+    checked_encoders,
+    file_sha256,
+    hf_encoders,
+    open_clip_encoders,
+)
 from contrastkit.evaluation.plots import plot_similarity
 from contrastkit.evaluation.prompts import apply_prompt_files, prompt_entries, read_lines
 from contrastkit.evaluation.splits import GENERATED, fit_record, fit_split, once_record, split_independent
@@ -410,10 +416,11 @@ def evaluate_model(
     batch_size: int | None = None,
     options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a run folder (``config.yaml``), a Hugging Face CLIP/SigLIP folder (``config.json``)
-    or an :class:`Encoders`; returns the ``eval.json`` report. Defaults: a run's own data set and
-    eval splits, else ``shapes`` / ``test``; ``out_dir`` = the run folder, ``eval/<folder name>``
-    for a Hugging Face model (required for encoders)."""
+    """Evaluate a run folder (``config.yaml``), a Hugging Face CLIP/SigLIP folder (``config.json``),
+    an open_clip folder (``open_clip_config.json``) or an :class:`Encoders`; returns the
+    ``eval.json`` report. Defaults: a run's own data set and eval splits, else ``shapes`` /
+    ``test``; ``out_dir`` = the run folder, ``eval/<folder name>`` for a model folder (required
+    for encoders)."""
     _check_batch_size(batch_size)
     kw = {"classes": classes, "templates": templates, "class_task": class_task}
     if isinstance(model, Encoders) or not (Path(model).expanduser() / "config.yaml").is_file():
@@ -430,12 +437,15 @@ def evaluate_model(
             run_kw = {"data": data, "data_params": data_params, "train_split": train_split, **kw}
             evaluate_run(path, splits, tasks, batch_size or 256, options=options, out_dir=out_dir, **run_kw)
             return read_json((Path(out_dir).expanduser() if out_dir is not None else path) / "eval.json")
-        if not (path / "config.json").is_file():
+        if (path / "open_clip_config.json").is_file():
+            enc = open_clip_encoders(path, batch_size=batch_size or 64)
+        elif (path / "config.json").is_file():
+            enc = hf_encoders(path, batch_size=batch_size or 64)
+        else:
             raise MissingFileError(
-                f"{path} is not a contrastkit run (no config.yaml) nor a Hugging Face model folder "
-                "(no config.json)"
+                f"{path} is not a contrastkit run (no config.yaml), a Hugging Face model folder "
+                "(no config.json) nor an open_clip folder (no open_clip_config.json)"
             )
-        enc = hf_encoders(path, batch_size=batch_size or 64)
         record, out_dir = dict(enc.info), out_dir or Path("eval") / path.resolve().name
     data, splits = data or "shapes", splits or ("test",)
     image = _model_image(record)

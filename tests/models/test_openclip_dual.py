@@ -151,3 +151,23 @@ def test_lit_and_wise_ft_from_an_open_clip_model(tmp_path):
         wise = {a: m.encode("image", images) for a, m in wise_models(run, [0.0, 1.0])}
         assert torch.allclose(wise[0.0], ref_img, atol=1e-5)
         assert torch.equal(wise[1.0], trained.encode("image", images))
+
+
+def test_eval_an_exported_open_clip_folder_gives_the_runs_numbers(tmp_path):
+    """``contrastkit eval DIR`` on an open_clip folder: the same zero-shot and retrieval numbers as
+    the run it was exported from."""
+    from contrastkit.cli import main
+    from contrastkit.core.io import read_json
+
+    folder = save_open_clip(tmp_path / "oc")
+    run = tiny_run(tmp_path, f"open_clip:{folder}")
+    out = tmp_path / "oc-out"
+    assert main(["export", str(run), "--format", "open_clip", "--out", str(out)]) == 0
+    common = ["--tasks", "zeroshot,retrieval", "--data", "shapes", "--data-param", "n=64", "--no-progress"]
+    assert main(["eval", str(run), "--out", str(tmp_path / "e-run"), *common]) == 0
+    assert main(["eval", str(out), "--out", str(tmp_path / "e-oc"), *common]) == 0
+    got = read_json(tmp_path / "e-oc" / "eval.json")
+    want = read_json(tmp_path / "e-run" / "eval.json")
+    assert got["model"]["kind"] == "open_clip"
+    for key, value in want["metrics"]["test"].items():
+        assert got["metrics"]["test"][key] == pytest.approx(value, abs=1e-9), key
