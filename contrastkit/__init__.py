@@ -3,7 +3,8 @@
 Subpackages, in data-flow order: ``core`` (configs, registries, checks, I/O) → ``data`` (pair
 sets keyed by modality) → ``models`` (towers, dual encoder) → ``losses`` (the objective zoo) →
 ``scale`` (memory/distributed wrappers around any loss) → ``train`` → ``evaluation`` →
-``studies``. Import what you need from each; importing ``contrastkit`` itself does no work.
+``studies`` and ``curation`` (data filters). Import what you need from each; importing
+``contrastkit`` itself does no work.
 """
 
 __version__ = "0.1.0"

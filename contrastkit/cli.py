@@ -10,6 +10,7 @@ contrastkit eval runs/NAME --data imagefolder --data-param root=photos [--classe
 contrastkit data shards pairs.csv --out shards/ [--shard-size 1000] [--image-size 256]
 contrastkit data inspect photos/ [--out inspect-photos] [--samples 16]
 contrastkit data export shapes:train --out data/shapes-csv [--split train]
+contrastkit curate data/pairs.csv --filter clip_score [--param keep=0.3] --model runs/NAME --out DIR
 contrastkit export runs/NAME --format hf|open_clip|safetensors --out DIR
 contrastkit plan configs/shapes-clip.yaml --memory 16GiB
 contrastkit study configs/study-shapes-clip-vs-siglip.yaml [--jobs N] [--report-only]
@@ -26,7 +27,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from contrastkit.commands import KINDS, TasksHelp, explain, listing, plan
+from contrastkit.commands import KINDS, TasksHelp, add_curate_parser, curate, explain, listing, plan
 from contrastkit.core.progress import progress_default
 
 if TYPE_CHECKING:
@@ -97,10 +98,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--eval", action="store_true", help="evaluate after training")
 
     e = sub.add_parser(
-        "eval", help="evaluate a run or a local Hugging Face CLIP/SigLIP folder", add_help=False
+        "eval", help="evaluate a run, or a local Hugging Face CLIP/SigLIP or open_clip folder", add_help=False
     )
     e.add_argument("-h", "--help", action=TasksHelp)
-    e.add_argument("run", metavar="RUN_OR_MODEL", help="run folder or Hugging Face model folder")
+    e.add_argument(
+        "run", metavar="RUN_OR_MODEL", help="run folder, Hugging Face CLIP/SigLIP folder or open_clip folder"
+    )
     e.add_argument(
         "--splits", "--split", dest="splits", help="comma-separated splits (default: the run's, else test)"
     )
@@ -171,6 +174,8 @@ def _parser() -> argparse.ArgumentParser:
         )
         sp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    cu = add_curate_parser(sub, src_help.format(""))
+
     pl = sub.add_parser("plan", help="largest contrastive batch that fits a memory budget")
     pl.add_argument("config", help="YAML run config")
     pl.add_argument("--memory", required=True, help="per-device memory budget, e.g. 16GiB")
@@ -186,7 +191,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     st.add_argument("--report-only", action="store_true", help="only rebuild the report from finished runs")
 
-    for sp in (e, w, pl, st):  # long phases show progress bars (on stderr) unless asked not to
+    for sp in (e, w, cu, pl, st):  # long phases show progress bars (on stderr) unless asked not to
         sp.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     ls = sub.add_parser("list", help="list registered components")
@@ -401,6 +406,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from contrastkit.train.export import export_run
 
             print(f"wrote {export_run(args.run, args.format, args.out)} ({args.format})")
+        elif args.command == "curate":
+            steps = [(name, _params(items, f"--filter {name} --param")) for name, items in args.filters]
+            curate(args, steps, _params(args.data_param, "--data-param"))
         elif args.command == "plan":
             with progress_default(not args.no_progress):
                 plan(args)

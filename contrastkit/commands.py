@@ -1,5 +1,5 @@
 """Command handlers kept out of :mod:`contrastkit.cli`: ``list``, ``explain``, the task list of
-``eval --help``, and ``plan``.
+``eval --help``, ``plan`` and ``curate``.
 
 The describing is :mod:`contrastkit.core.catalog`'s; this module only knows which registries exist
 (:data:`KINDS`) and imports each one when it is asked for, so the command line starts fast.
@@ -17,7 +17,18 @@ if TYPE_CHECKING:
     from contrastkit.core.catalog import Component
     from contrastkit.core.registry import Registry
 
-__all__ = ["KINDS", "TasksHelp", "explain", "listing", "plan", "registry", "tasks_epilog"]
+__all__ = [
+    "KINDS",
+    "FilterSteps",
+    "TasksHelp",
+    "add_curate_parser",
+    "curate",
+    "explain",
+    "listing",
+    "plan",
+    "registry",
+    "tasks_epilog",
+]
 
 KINDS: dict[str, tuple[str, ...]] = {
     "tasks": ("ctx",),  # kind → parameters the caller fills in at run time (not configurable)
@@ -25,8 +36,10 @@ KINDS: dict[str, tuple[str, ...]] = {
     "towers": (),
     "datasets": ("split",),
     "sources": ("split",),
+    "samplers": ("context",),
+    "filters": (),
 }
-"""The registries ``contrastkit list`` shows, in order (there is no sampler registry)."""
+"""The registries ``contrastkit list`` shows, in order."""
 
 
 def registry(kind: str) -> Registry[Any]:
@@ -41,6 +54,10 @@ def registry(kind: str) -> Registry[Any]:
         from contrastkit.data import DATASETS as reg
     elif kind == "sources":
         from contrastkit.data import SOURCES as reg
+    elif kind == "samplers":
+        from contrastkit.data import SAMPLERS as reg
+    elif kind == "filters":
+        from contrastkit.curation import FILTERS as reg
     else:
         from contrastkit.core.errors import UnknownNameError
 
@@ -161,3 +178,86 @@ def plan(args: argparse.Namespace) -> None:
     print(f"{'plain (dense loss)':<40} {p.plain:>14,}")
     print(f"{'scale.tile_size=' + str(p.tile):<40} {p.tiled:>14,}")
     print(f"{f'scale.tile_size={p.tile}, chunk_size={p.chunk}':<40} {p.cached:>14,}")
+
+
+class FilterSteps(argparse.Action):
+    """``--filter NAME`` starts a filter step, ``--param KEY=VALUE`` adds a parameter to the step
+    before it: ``--filter complexity --param min_complexity=4 --filter clip_score --param keep=0.5``
+    (the namespace gets ``[(name, ["KEY=VALUE", ...]), ...]``)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        steps = list(getattr(namespace, self.dest, None) or [])
+        if option_string == "--filter":
+            steps.append((values, []))
+        elif not steps:
+            parser.error(f"--param {values} comes before any --filter: it sets the --filter before it")
+        else:
+            steps[-1][1].append(values)
+        setattr(namespace, self.dest, steps)
+
+
+def add_curate_parser(sub: Any, src_help: str) -> argparse.ArgumentParser:
+    """The ``curate`` sub-command's parser, added to ``sub`` (the CLI's sub-parsers)."""
+    cu = sub.add_parser(
+        "curate", help="filter a data source (clip_score, near_duplicates, complexity) into a csv source"
+    )
+    cu.add_argument("src", metavar="SRC", help=src_help)
+    cu.add_argument(
+        "--filter",
+        dest="filters",
+        action=FilterSteps,
+        required=True,
+        metavar="NAME",
+        help="a filter (contrastkit list filters); repeat to run several in order",
+    )
+    cu.add_argument(
+        "--param",
+        dest="filters",
+        action=FilterSteps,
+        metavar="KEY=VALUE",
+        help="parameter of the --filter before it, value read as YAML: keep=0.3 (repeatable)",
+    )
+    cu.add_argument(
+        "--out", required=True, help="output folder: pairs.csv, removed.csv, curation.json/.md, plots"
+    )
+    cu.add_argument(
+        "--model", help="run folder or Hugging Face CLIP/SigLIP folder (clip_score, near_duplicates)"
+    )
+    cu.add_argument("--split", default="train", help="split to read (default: train)")
+    cu.add_argument("--data-param", action="append", default=[], metavar="KEY=VALUE", help="source parameter")
+    cu.add_argument("--batch-size", type=int, help="encoder batch size (default: 256 run, 64 model)")
+    cu.add_argument("--device", default="auto", help="model device: auto (default), cpu, cuda")
+    cu.add_argument("--copy-images", action="store_true", help="copy image files into DIR/images")
+    return cu
+
+
+def curate(
+    args: argparse.Namespace, steps: Sequence[tuple[str, dict[str, Any]]], data_params: dict[str, Any]
+) -> None:
+    """``contrastkit curate SRC --filter NAME [--param KEY=VALUE ...] --out DIR``: run the filters
+    (``steps``: names with their parsed parameters) in order, write the kept rows as a csv source
+    with a report, and print a summary."""
+    from contrastkit.curation import FilterStep
+    from contrastkit.curation import curate as run_curation
+    from contrastkit.curation.output import format_summary
+
+    report = run_curation(
+        args.src,
+        [FilterStep(name, params) for name, params in steps],
+        args.out,
+        model=args.model,
+        split=args.split,
+        data_params=data_params or None,
+        batch_size=args.batch_size,
+        device=args.device,
+        copy_images=args.copy_images,
+        progress=not args.no_progress,
+    )
+    print(format_summary(report))
+    print(f"wrote {args.out}/: " + ", ".join(report["outputs"]))

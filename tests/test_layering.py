@@ -1,6 +1,6 @@
 """Architecture: data flows one way; no module imports a layer above its own.
 
-Layers (low → high): core < {data, losses, models} < scale < train < evaluation < studies < top
+Layers (low → high): core < {data, losses, models} < scale < train < evaluation < {studies, curation} < top
 (demo, commands < cli). A module may import its own layer or lower ones only (``data``, ``losses`` and
 ``models`` are siblings and may not import one another, except where listed).
 """
@@ -18,6 +18,7 @@ RANK = {
     "train": 3,
     "evaluation": 4,
     "studies": 5,
+    "curation": 5,  # filters over data with evaluation's encoders; a sibling of studies (no imports between)
     "demo": 6,
     "commands": 6,  # handlers cli.py delegates to (list, explain, plan): below cli, which imports it
     "cli": 7,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from contrastkit.core.registry import Registry
-from contrastkit.data.config import DataConfig
+from contrastkit.data.config import DataConfig, SamplerConfig
 from contrastkit.data.digits import make_digits
 from contrastkit.data.emoji import make_emoji
 from contrastkit.data.fashion import make_fashion_mnist
@@ -26,6 +26,7 @@ from contrastkit.data.shapes import make_shapes
 __all__ = [
     "DATASETS",
     "DATASET_SPLITS",
+    "SAMPLERS",
     "SOURCES",
     "ClassTask",
     "DataConfig",
@@ -34,6 +35,8 @@ __all__ = [
     "PairDataset",
     "PairSet",
     "PairTable",
+    "SamplerConfig",
+    "SamplerContext",
     "ShardSource",
     "Source",
     "build",
@@ -81,5 +84,6 @@ from contrastkit.data.loading import (  # noqa: E402
     source_captions,
     train_loader,
 )
+from contrastkit.data.samplers import SAMPLERS, SamplerContext  # noqa: E402
 from contrastkit.data.shards import ShardSource  # noqa: E402
 from contrastkit.data.table import PairTable  # noqa: E402

@@ -10,7 +10,7 @@ from contrastkit.data.augment import AugmentConfig
 from contrastkit.data.images import ImageConfig
 from contrastkit.data.textaug import TextAugConfig
 
-__all__ = ["DataConfig", "SourceConfig"]
+__all__ = ["DataConfig", "SamplerConfig", "SourceConfig"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,15 @@ class SourceConfig:
     def __post_init__(self) -> None:
         if not self.weight >= 0:
             raise ConfigError(f"data.sources: weight of {self.name!r} must be >= 0, got {self.weight}")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Which batch sampler builds the training batches (``data.sampler``): a name of
+    :data:`contrastkit.data.samplers.SAMPLERS` and its parameters (docs/data.md, "Batch samplers")."""
+
+    name: str = "random"
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -48,10 +57,16 @@ class DataConfig:
     docs/data.md): ``image`` is how their images are decoded and transformed (size, training
     crop/flip/jitter); ``extras``: extra columns (or shard json fields) to put in batches;
     ``text_augment``: caption augmentation of training batches (CLIP🚀's EDA recipe, null = off);
+    ``text_negatives``: one hard-negative caption per training pair as batch key ``text_neg`` (for
+    losses that take ``negatives``, e.g. ``clip_in``): ``swap`` generates it from the sampled
+    caption (:func:`contrastkit.data.negatives.swap_negative`), a column name (listed in ``extras``)
+    reads it from the data;
     ``max_skip_fraction``: stop when more than this fraction of the samples read were unusable
     (counted from ``skip_grace`` samples on). ``sources``: train on a weighted mixture of sources
     instead (each built for ``train_split``; ``mix``: ``rows`` = every batch in proportion,
     ``batch`` = one source per batch, ZeroVL); evaluation splits still come from ``name``.
+    ``sampler``: which examples meet in a training batch (default ``random``: today's shuffled
+    epochs; ``class_mix``, ``batch_binding``, ``single_source``, ``source_mix``).
     """
 
     name: str = "shapes"
@@ -79,6 +94,8 @@ class DataConfig:
     skip_grace: int = 1000
     sources: tuple[SourceConfig, ...] = ()
     mix: Literal["rows", "batch"] = "rows"
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    text_negatives: str | None = None
 
     def __post_init__(self) -> None:
         known = ("image", "text", "attributes")
@@ -105,6 +122,12 @@ class DataConfig:
             raise ConfigError(f"data.extras {clash} clash with batch keys; rename those columns")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        neg = self.text_negatives
+        if neg is not None and neg != "swap" and neg not in self.extras:
+            raise ConfigError(
+                f"data.text_negatives must be 'swap' (generated) or a text column listed in data.extras "
+                f"{list(self.extras)}, got {neg!r}"
+            )
 
     def split_params(self, split: str) -> dict[str, Any]:
         if split not in self.splits:

@@ -25,8 +25,9 @@ from contrastkit.core.errors import ConfigError, MissingFileError
 from contrastkit.core.registry import Registry, check_params
 from contrastkit.data.config import DataConfig
 from contrastkit.data.folders import make_hf, make_imagefolder
-from contrastkit.data.mix import MixBatchSampler, MixDataset
-from contrastkit.data.pairs import Collate, PairBatchSampler, PairDataset, PairSet
+from contrastkit.data.mix import MixDataset
+from contrastkit.data.pairs import Collate, PairDataset, PairSet
+from contrastkit.data.samplers import build_sampler, check_sampler, context_of
 from contrastkit.data.shards import ShardSource, ShardStream, make_webdataset
 from contrastkit.data.table import PAIR_KEY, PairTable, TableDataset
 from contrastkit.data.tabular import make_csv, make_parquet, make_tsv
@@ -83,6 +84,7 @@ def check_data(cfg: DataConfig, splits: Sequence[str]) -> None:
     out of range), a missing data file or folder, a split a built-in set does not have."""
     from contrastkit.data import DATASET_SPLITS, DATASETS
 
+    check_sampler(cfg)
     for split in dict.fromkeys(splits):
         if cfg.sources and split == cfg.train_split:  # a mixture: each source for the train split
             named = [(src.name, {**src.params}, f"data.sources {src.name!r}") for src in cfg.sources]
@@ -177,7 +179,22 @@ def train_loader(
 
         augment_text = TextAugmenter(cfg.text_augment)
     text_extras = _text_extras(source, cfg.extras)
-    collate = Collate(tokenize, ("text", *text_extras), truncated, augment_text)
+    sampler = None
+    if not isinstance(source, ShardSource):  # indexed sources: batches from data.sampler
+        parts = source.parts if isinstance(source, Mixture) else (source,)
+        weights = source.weights if isinstance(source, Mixture) else None
+        tasks = {} if isinstance(source, Mixture) else dict(source.tasks)
+        n_caps = [[len(c) for c in p.captions] for p in parts]
+        ctx = context_of(n_caps, cfg, batch_size, seed, start, shard, weights, tasks)
+        sampler = build_sampler(cfg.sampler, ctx)
+    transform = getattr(sampler, "transform", None)
+    negatives = cfg.text_negatives  # a column becomes batch key text_neg (tokenised as text)
+    text_keys = (
+        "text",
+        *(e for e in text_extras if e != negatives),
+        *(() if negatives is None else ("text_neg",)),
+    )
+    collate = Collate(tokenize, text_keys, truncated, augment_text, transform, negatives)
     workers = cfg.num_workers
     common: dict[str, Any] = {
         "num_workers": workers,
@@ -186,6 +203,11 @@ def train_loader(
         "pin_memory": pin_memory,  # page-locked batches: the copy to a GPU overlaps the step
     }
     if isinstance(source, ShardSource):
+        if cfg.sampler.name != "random":
+            raise ConfigError(
+                f"data.sampler {cfg.sampler.name!r} needs an indexed source; webdataset shards stream "
+                "in order and take the default sampler (random)"
+            )
         if cfg.concepts:
             raise ConfigError(
                 "data.concepts needs the whole caption vocabulary: not available for webdataset"
@@ -206,11 +228,8 @@ def train_loader(
         )
         return DataLoader(stream, batch_size=None, **common)
     if isinstance(source, Mixture):
-        n_caps = [[len(c) for c in p.captions] for p in source.parts]
-        mixed = MixBatchSampler(n_caps, source.weights, batch_size, seed, start, shard, cfg.mix)
         dataset = MixDataset([_indexed(p, cfg, seed) for p in source.parts])
-        return DataLoader(dataset, batch_sampler=mixed, **common)
-    sampler = PairBatchSampler([len(c) for c in source.captions], batch_size, seed, start, shard)
+        return DataLoader(dataset, batch_sampler=sampler, **common)
     return DataLoader(_indexed(source, cfg, seed), batch_sampler=sampler, **common)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from contrastkit.data.augment import AugmentConfig, make_views
 from contrastkit.data.skips import SKIPS_KEY
 
 __all__ = [
+    "INDEX_KEY",
     "MODALITIES",
     "SEED_KEY",
     "ClassTask",
@@ -39,10 +41,12 @@ __all__ = [
     "SampledBatch",
     "english_articles",
     "make_loader",
+    "pair_offsets",
 ]
 
 MODALITIES = ("image", "text", "attributes")  # what a PairSet can put in a batch
 SEED_KEY = "_seed"  # batch field: the integers that seed this batch's text augmentation
+INDEX_KEY = "_pair"  # batch field (when asked for): each row's flat (image, caption) pair index
 
 Batch = dict[str, torch.Tensor]
 
@@ -168,7 +172,13 @@ class PairDataset(Dataset):
     must then come from :class:`PairBatchSampler` (a :class:`SampledBatch` knows its step).
     ``concepts``: add ``targets`` — the sampled caption's multi-hot concepts over
     :attr:`vocabulary`, the sorted non-stop-words of all the set's captions.
+
+    ``pair_index`` (an attribute, off by default; the trainer sets it for per-pair state such as
+    noisy-pair weights): add ``_pair`` — int64 ``[B]``, each row's flat pair index
+    ``first_caption[i] + j`` (the order of :meth:`PairSet.flat_captions`), after substitutions.
     """
+
+    pair_index: bool = False
 
     def __init__(
         self,
@@ -239,7 +249,18 @@ class PairDataset(Dataset):
             item["labels"] = self.labels[idx]
         if self.vocabulary is not None:
             item["targets"] = concept_targets([self.pairs.captions[i][j] for i, j in keys], self.vocabulary)
+        if self.pair_index:
+            first = self.__dict__.get("_first")
+            if first is None:  # once per dataset (and worker): the caption counts do not change
+                first = self.__dict__["_first"] = pair_offsets(self.pairs.captions)
+            item[INDEX_KEY] = torch.tensor([int(first[i]) + j for i, j in keys], dtype=torch.long)
         return item
+
+
+def pair_offsets(captions: Sequence[Sequence[str]]) -> np.ndarray:
+    """The flat pair index of each image's first caption (``cumsum`` of caption counts, from 0)."""
+    counts = np.fromiter((len(c) for c in captions), dtype=np.int64, count=len(captions))
+    return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
 
 
 class PairBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -306,7 +327,10 @@ class Collate:
     """Finish a batch in the loader worker: augment its captions (``augment_text``, seeded by the
     batch's ``_seed`` field), tokenise ``text`` and any text extra columns, and with ``truncated``
     (texts → how many exceed the text tower's context) count truncated captions under the
-    batch's ``_skips`` (:mod:`contrastkit.data.skips`). Picklable."""
+    batch's ``_skips`` (:mod:`contrastkit.data.skips`). ``negatives``: add ``text_neg``, one
+    hard-negative caption per row (``data.text_negatives``, :mod:`contrastkit.data.negatives`).
+    ``transform(batch, seed)``: a sampler's batch transform (mixup), given the batch's ``_seed``
+    ``(seed, step, offset)``. Picklable."""
 
     def __init__(
         self,
@@ -314,13 +338,20 @@ class Collate:
         text_keys: Sequence[str] = ("text",),
         truncated: Callable[[list[str]], int] | None = None,
         augment_text: Callable[[list[str], Sequence[int]], list[str]] | None = None,
+        transform: Callable[[dict[str, object], Any], dict[str, object]] | None = None,
+        negatives: str | None = None,
     ) -> None:
         self.tokenize, self.text_keys, self.truncated = tokenize, tuple(text_keys), truncated
-        self.augment_text = augment_text
+        self.augment_text, self.transform = augment_text, transform
+        self.negatives = negatives  # data.text_negatives: "swap" or a text column
 
     def __call__(self, item: dict[str, object]) -> Batch:
         out = dict(item)
         seed = out.pop(SEED_KEY, None)
+        if self.negatives is not None and "text" in out:  # from the pair's own caption
+            _add_negatives(out, self.negatives, seed)
+        if self.transform is not None:
+            out = self.transform(out, seed)
         if self.augment_text is not None and "text" in out:
             if seed is None:
                 raise InputError("text augmentation needs batches that carry their seed (_seed)")
@@ -335,6 +366,23 @@ class Collate:
             if k in out and self.tokenize is not None:
                 out[k] = self.tokenize(out[k])  # type: ignore[arg-type]
         return out  # type: ignore[return-value]
+
+
+def _add_negatives(out: dict[str, object], negatives: str, seed: Sequence[int] | None) -> None:
+    """Put one hard-negative caption per row under ``text_neg``: generated (``swap``) or moved from
+    the text column ``negatives``; negatives equal to their caption are counted as skips."""
+    from contrastkit.data.negatives import NEG_KEY, swap_negatives
+
+    if negatives != "swap":
+        out[NEG_KEY] = out.pop(negatives)
+        return
+    if seed is None:
+        raise InputError("data.text_negatives: swap needs batches that carry their seed (_seed)")
+    out[NEG_KEY], same = swap_negatives(out["text"], seed)  # type: ignore[arg-type]
+    if same:
+        skips = dict(out.get(SKIPS_KEY, {}))  # type: ignore[call-overload]
+        skips["negative equals caption"] = skips.get("negative equals caption", 0) + same
+        out[SKIPS_KEY] = skips
 
 
 def make_loader(

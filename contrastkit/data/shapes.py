@@ -39,6 +39,7 @@ from annotated_types import Ge, Le
 from contrastkit.core.errors import InputError
 from contrastkit.core.progress import progress_bar
 from contrastkit.core.registry import NonNegInt, PositiveInt, Probability
+from contrastkit.data.noise import caption_swaps, swap_captions
 from contrastkit.data.pairs import ClassTask, PairSet, english_articles
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "ShapeObject",
     "make_shapes",
     "render_scene",
+    "swapped_images",
 ]
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star", "hexagon", "ring")
@@ -264,6 +266,7 @@ def make_shapes(
     two_object_fraction: Probability = 0.3,
     captions_per_image: Annotated[int, Ge(1), Le(3)] = 2,
     progress: bool = False,
+    noise: Probability = 0.0,
 ) -> PairSet:
     """Generate ``n`` Shapes images of ``split`` (one of ``SPLITS``) deterministically.
 
@@ -271,6 +274,11 @@ def make_shapes(
     for two-object images) and ``attributes`` (``float32 [n, 45]``, see the module docstring).
     Class names of ``shape+color`` cover all 64 combinations, so the held-out ones compete in
     zero-shot classification on every split.
+
+    ``noise``: the fraction of images whose captions are swapped with other images' captions
+    (:mod:`contrastkit.data.noise`; images, labels and attributes stay right). Which ones:
+    :func:`swapped_images` with the same arguments. The images and the other captions are the
+    same bytes as without noise.
     """
     if split not in SPLITS:
         raise InputError(f"unknown Shapes split {split!r}; available: {SPLITS}")
@@ -304,7 +312,7 @@ def make_shapes(
         "color": ClassTask(COLOR_NAMES, tuple(f"a {{}} {s}" for s in SHAPES), labels[:, 1], True),
         "shape+color": ClassTask(tuple(f"{c} {s}" for c, s in combos), ZS_TEMPLATES, labels[:, 2], True),
     }
-    return PairSet(
+    pairs = PairSet(
         torch.from_numpy(images),
         tuple(captions),
         tasks,
@@ -312,3 +320,16 @@ def make_shapes(
         attributes=torch.from_numpy(attributes),
         attribute_names=ATTRIBUTE_NAMES,
     )
+    return swap_captions(pairs, noise, _noise_seed(split, seed)) if noise else pairs
+
+
+def _noise_seed(split: str, seed: int) -> list[int]:
+    return [seed, SPLITS.index(split), 0x5EED]  # a stream apart from the scene generator's
+
+
+def swapped_images(split: str = "train", n: int = 1000, seed: int = 0, noise: float = 0.0) -> np.ndarray:
+    """The sorted indices of the images whose captions ``make_shapes(split, n, seed=seed,
+    noise=noise)`` swapped (the truth for measuring noisy-pair detection)."""
+    if split not in SPLITS:
+        raise InputError(f"unknown Shapes split {split!r}; available: {SPLITS}")
+    return caption_swaps(n, noise, _noise_seed(split, seed))[0]

@@ -42,6 +42,7 @@ from contrastkit.losses import (  # noqa: F401  isort: skip
     supcon,
     tcl,
     whitening,
+    zerovl,
 )
 
 __all__ = [

@@ -42,7 +42,9 @@ __all__ = [
 MaxScale = Annotated[float, Ge(1)]
 """``max_scale`` of a learnable logit scale: the clamp bound ``s <= max_scale`` (>= 1)."""
 
-AUX_FIELDS = ("labels", "weights")  # optional batch fields a loss may use: labels [N], weights [N, N]
+# optional batch fields a loss may use: labels [N], weights [N, N] (pairwise), pair_weights [N]
+# (one constant weight per pair, e.g. noisy-pair clean probabilities)
+AUX_FIELDS = ("labels", "weights", "pair_weights")
 
 
 @dataclass(frozen=True)
@@ -104,9 +106,10 @@ class PairLoss(nn.Module):
     """Base module for losses over two paired embedding batches ``x[i] ↔ y[i]``.
 
     ``forward(x, y, **aux) -> scalar Tensor``; ``aux`` holds the optional batch fields the loss
-    declares in ``accepts`` (``labels [N]``, ``weights [N, N]``) — passing one it does not use is an
-    error naming the loss. The trainer calls :meth:`after_optimizer_step` after every optimizer
-    step and logs :meth:`log_values`. All parameters of a loss module are excluded from weight decay.
+    declares in ``accepts`` (``labels [N]``, ``weights [N, N]``, ``pair_weights [N]``) — passing one
+    it does not use is an error naming the loss. The trainer calls :meth:`after_optimizer_step` after
+    every optimizer step and logs :meth:`log_values`. All parameters of a loss module are excluded
+    from weight decay.
     """
 
     accepts: ClassVar[frozenset[str]] = frozenset()

@@ -12,6 +12,11 @@ Shapes: ``x, y: [N, d]`` → scalar. Defaults: ``θ_s = log(1/0.07)`` (s ≈ 14.
 ``[0, ln 100]`` after every optimizer step (not inside autograd), excluded from weight decay.
 N = 1 has no negatives and the loss is identically 0: an error unless ``allow_single=True``.
 
+Per-pair form (noisy-pair correction, Arazo et al. 2019 applied to pairs): pair i's loss is its
+row and column term, ``ℓ_i = ½ [CE(L_i·, i) + CE(L_·i, i)]`` (:func:`clip_pair_losses`), so
+``loss = (1/N) Σ_i ℓ_i``. With per-pair weights ``w`` (batch field ``pair_weights [N]``, constants)
+the loss is ``(1/N) Σ_i w_i·ℓ_i``; pair i stays a negative for every other anchor whatever ``w_i``.
+
 Related: L-SIGLIP (sigmoid, no softmax), L-NTXENT (both views in one 2N batch), L-DCL
 (positive removed from the denominator). Memory tricks (tiled, gathered, gradient-cached) are
 wrappers in ``contrastkit.scale`` around :func:`clip_loss`.
@@ -31,7 +36,7 @@ from contrastkit.core.errors import InputError
 from contrastkit.core.registry import Positive
 from contrastkit.losses.base import LOSSES, MaxScale, PairLoss, learnable_log_scale, maybe_normalize
 
-__all__ = ["CLIPLoss", "clip_loss"]
+__all__ = ["CLIPLoss", "clip_loss", "clip_pair_losses"]
 
 
 def clip_loss(
@@ -42,6 +47,7 @@ def clip_loss(
     *,
     normalize: bool = True,
     allow_single: bool = False,
+    pair_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE (CLIP). ``scale`` is the multiplier ``s`` (not its log).
 
@@ -52,9 +58,57 @@ def clip_loss(
         bias: optional additive logit bias (none in CLIP).
         normalize: L2-normalise ``x`` and ``y`` first (default).
         allow_single: accept N = 1 (the loss is then exactly 0).
+        pair_weights: optional ``[N]`` finite weights ``w_i >= 0`` (no gradient flows to them):
+            the loss is then ``(1/N) Σ_i w_i·ℓ_i`` with ℓ_i of :func:`clip_pair_losses`.
     Returns:
         0-d tensor, mean over the 2N cross-entropies / 2, in float32 (float64 for float64 input).
     """
+    if pair_weights is not None:
+        w = _check_weights(pair_weights, x.shape[0])
+        ell = clip_pair_losses(x, y, scale, bias, normalize=normalize, allow_single=allow_single)
+        return (w.to(ell.dtype) * ell).mean()
+    logits = _logits(x, y, scale, bias, normalize, allow_single)
+    target = torch.arange(x.shape[0], device=x.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def clip_pair_losses(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    scale: torch.Tensor | float,
+    bias: torch.Tensor | float | None = None,
+    *,
+    normalize: bool = True,
+    allow_single: bool = False,
+) -> torch.Tensor:
+    """Each pair's share of :func:`clip_loss`: ``ℓ_i = ½ [CE(L_i·, i) + CE(L_·i, i)]``, ``[N]``
+    (row i: image i against every text; column i: text i against every image). Their mean is
+    ``clip_loss(x, y, scale, bias)``. Arguments as in :func:`clip_loss`."""
+    logits = _logits(x, y, scale, bias, normalize, allow_single)
+    target = torch.arange(x.shape[0], device=x.device)
+    rows = F.cross_entropy(logits, target, reduction="none")
+    cols = F.cross_entropy(logits.T, target, reduction="none")
+    return 0.5 * (rows + cols)
+
+
+def _check_weights(w: torch.Tensor, n: int) -> torch.Tensor:
+    if not isinstance(w, torch.Tensor) or w.shape != (n,):
+        shape = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
+        raise InputError(f"pair_weights must be a [N={n}] tensor, got {shape}")
+    w = w.detach()  # weights are constants of the step: the loss never moves them
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise InputError("pair_weights must be finite and >= 0")
+    return w
+
+
+def _logits(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    scale: torch.Tensor | float,
+    bias: torch.Tensor | float | None,
+    normalize: bool,
+    allow_single: bool,
+) -> torch.Tensor:
     check_pair(x, y)
     if x.shape[0] == 1 and not allow_single:
         raise InputError(
@@ -68,13 +122,13 @@ def clip_loss(
     logits = scale * (x @ y.T)  # one matmul; the text→image direction uses the transposed view
     if bias is not None:
         logits = logits + bias
-    target = torch.arange(x.shape[0], device=x.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    return logits
 
 
 @LOSSES.register("clip")
 class CLIPLoss(PairLoss):
-    """Module form of :func:`clip_loss` holding ``θ_s = log s`` (and an optional bias).
+    """Module form of :func:`clip_loss` holding ``θ_s = log s`` (and an optional bias). Accepts
+    the batch field ``pair_weights [N]`` (per-pair weights, e.g. noisy-pair clean probabilities).
 
     Args:
         init_temperature: initial ``τ = 1/s`` (CLIP: 0.07).
@@ -83,6 +137,8 @@ class CLIPLoss(PairLoss):
         init_bias: add a learnable logit bias with this initial value (default: none).
         allow_single: see :func:`clip_loss`.
     """
+
+    accepts = frozenset({"pair_weights"})
 
     def __init__(
         self,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -219,16 +219,21 @@ def clip_in_loss(
     *,
     negatives: torch.Tensor | None = None,
     normalize: bool = True,
+    neg_scope: str = "batch",
 ) -> torch.Tensor:
-    """CLIP-IN symmetric hard-negative contrastive loss (Wang et al. 2025, "CLIP-IN"). No spec
-    entry: spec form, not checked against the original.
+    """CLIP-IN / HQ-CLIP hard-negative-caption contrastive loss (Wang et al. 2025, "CLIP-IN"; Wei et
+    al. 2025, "HQ-CLIP"; the NegCLIP-style form, not checked against the originals, which publish
+    no training code).
 
-    ``negatives: [N, K, d]`` holds K hard-negative caption embeddings for image i (e.g. the caption
-    of its instruction-edited counterpart). Image→text row i: CE over the N in-batch texts plus its
-    own K negatives, ``ℓ_i = LSE(s·x_i·y_·, s·x_i·n_i·) − s·x_i·y_i``; text→image: CLIP's column CE
-    over the N images (an extra caption has no paired image, so it only enters the image→text
-    side). The symmetric hard-negative part of CLIP-IN comes from putting the edited pairs
-    (I′, T′) in the batch as ordinary rows: then T′ is a hard negative of I and I′ one of T in the
+    ``negatives: [N, K, d]`` holds K hard-negative caption embeddings per image (e.g. its caption
+    with two attributes swapped, or the caption of its instruction-edited counterpart). Image→text
+    row i: CE over the N in-batch texts plus the negative captions in scope,
+    ``ℓ_i = LSE(s·x_i·y_·, s·x_i·n_{j,k}) − s·x_i·y_i`` with ``j`` over the whole batch
+    (``neg_scope="batch"``, the default: every negative caption is a candidate for every image, an
+    N × N(1+K) logit matrix) or ``j = i`` only (``"own"``); text→image: CLIP's column CE over the N
+    images (a negative caption has no paired image, so it only enters the image→text side). The
+    symmetric hard-negative part of CLIP-IN comes from putting the edited pairs (I′, T′) in the
+    batch as ordinary rows: then T′ is a hard negative of I and I′ one of T in the
     in-batch terms. Loss = ½(mean i→t + mean t→i); K = 0 or ``negatives=None`` is L-CLIP.
     N = 1 is accepted when K ≥ 1 (the text→image term is then 0), else InputError.
     """
@@ -244,6 +249,8 @@ def clip_in_loss(
             raise InputError(f"negatives must be a floating tensor, got dtype {negatives.dtype}")
         check_finite("negatives", negatives)
         k = negatives.shape[1]
+    if neg_scope not in ("batch", "own"):
+        raise ConfigError(f"neg_scope must be 'batch' or 'own', got {neg_scope!r}")
     if n == 1 and k == 0:
         raise InputError("clip_in_loss needs N >= 2 pairs or K >= 1 extra negatives per image, got N=1, K=0")
     if isinstance(scale, torch.Tensor):
@@ -255,7 +262,10 @@ def clip_in_loss(
     lse_rows = torch.logsumexp(logits, dim=1)
     if k > 0:
         negs = maybe_normalize(negatives, normalize).to(x.dtype)
-        extra = scale * torch.einsum("nd,nkd->nk", x, negs)
+        if neg_scope == "own":
+            extra = scale * torch.einsum("nd,nkd->nk", x, negs)
+        else:  # "batch": every image against all N·K negative captions
+            extra = scale * (x @ negs.reshape(n * k, d).T)
         lse_rows = torch.logaddexp(lse_rows, torch.logsumexp(extra, dim=1))
     i2t = (lse_rows - pos).mean()
     t2i = (torch.logsumexp(logits, dim=0) - pos).mean()
@@ -367,14 +377,20 @@ class HardNegativePenaltyLoss(PairLoss):
 @LOSSES.register("clip_in")
 class CLIPINLoss(LearnableScaleLoss):
     """Module form of :func:`clip_in_loss`: learnable τ as in L-CLIP (init 0.07, s ≤ 100); the
-    batch field ``negatives [N, K, d]`` is optional."""
+    batch field ``negatives [N, K, d]`` is optional. In training, ``data.text_negatives`` makes the
+    trainer encode each sample's negative caption (batch key ``text_neg``) and pass it here."""
 
     accepts = frozenset({"negatives"})
 
     def __init__(
-        self, init_temperature: Positive = 0.07, learnable: bool = True, max_scale: MaxScale = 100.0
+        self,
+        init_temperature: Positive = 0.07,
+        learnable: bool = True,
+        max_scale: MaxScale = 100.0,
+        neg_scope: Literal["batch", "own"] = "batch",
     ) -> None:
         super().__init__(init_temperature, learnable, max_scale)
+        self.neg_scope = neg_scope
 
     def pure(self) -> tuple[Callable[..., torch.Tensor], dict[str, Any]]:
-        return clip_in_loss, {"scale": self.log_scale.exp()}
+        return clip_in_loss, {"scale": self.log_scale.exp(), "neg_scope": self.neg_scope}

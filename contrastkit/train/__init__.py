@@ -12,9 +12,10 @@ from contrastkit.train.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
-from contrastkit.train.config import GuardConfig, OptimConfig, RunConfig, TrainConfig
+from contrastkit.train.config import CurationConfig, GuardConfig, OptimConfig, RunConfig, TrainConfig
 from contrastkit.train.guard import StepGuard
 from contrastkit.train.logger import MetricsLogger, read_metrics
+from contrastkit.train.noisy import NoisyPairs, NoisyPairsConfig, clean_probabilities, pair_losses
 from contrastkit.train.optim import build_optimizer, build_scheduler, lr_factor, param_groups
 from contrastkit.train.trainer import (
     Callback,
@@ -32,10 +33,13 @@ __all__ = [
     "CheckpointError",
     "CheckpointState",
     "CheckpointWriteError",
+    "CurationConfig",
     "GuardConfig",
     "Heads",
     "MetricsLogger",
     "MissingCheckpointError",
+    "NoisyPairs",
+    "NoisyPairsConfig",
     "OptimConfig",
     "RunConfig",
     "StepGuard",
@@ -43,6 +47,7 @@ __all__ = [
     "TrainResult",
     "build_optimizer",
     "build_scheduler",
+    "clean_probabilities",
     "initial_model",
     "interpolate_weights",
     "latest_checkpoint",
@@ -51,6 +56,7 @@ __all__ = [
     "load_run_config",
     "load_weights",
     "lr_factor",
+    "pair_losses",
     "param_groups",
     "read_metrics",
     "resume",

@@ -12,8 +12,9 @@ from contrastkit.data.config import DataConfig
 from contrastkit.losses.base import LossConfig
 from contrastkit.models.dual_encoder import ModelConfig
 from contrastkit.scale.config import ScaleConfig
+from contrastkit.train.noisy import NoisyPairsConfig
 
-__all__ = ["MAX_LR", "GuardConfig", "OptimConfig", "RunConfig", "TrainConfig"]
+__all__ = ["MAX_LR", "CurationConfig", "GuardConfig", "OptimConfig", "RunConfig", "TrainConfig"]
 
 MAX_LR = 10.0  # OptimConfig's docstring says why
 
@@ -111,6 +112,16 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class CurationConfig:
+    """Training-time curation: which pairs count, and how much, while the run trains (offline
+    filters that write a new source are ``contrastkit curate``). ``noisy_pairs``: down-weight or
+    drop pairs a beta mixture over per-pair losses calls mismatched (:mod:`contrastkit.train.noisy`);
+    ``null`` = off."""
+
+    noisy_pairs: NoisyPairsConfig | None = None
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything that defines a run; saved as ``config.yaml`` in the run folder."""
 
@@ -123,6 +134,7 @@ class RunConfig:
     guard: GuardConfig = field(default_factory=GuardConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
+    curation: CurationConfig = field(default_factory=CurationConfig)
 
     def __post_init__(self) -> None:
         fed = set(self.data.modalities) | ({"image"} if self.data.views else set())

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from contrastkit.core.errors import ConfigError
 from contrastkit.data import Source, train_loader
 from contrastkit.data.config import DataConfig
+from contrastkit.data.pairs import PairDataset
 from contrastkit.data.shards import POS_KEY, ShardSource
 from contrastkit.data.skips import REASONS, SKIPS_KEY, SkipTally
 from contrastkit.train.distributed import DistContext, all_sum_counts
@@ -28,8 +29,9 @@ __all__ = ["DataFeed"]
 class DataFeed:
     """Training batches of ``source`` for this rank, with skip totals and stream places."""
 
-    def __init__(self, source: Source, cfg: DataConfig, dist: DistContext) -> None:
+    def __init__(self, source: Source, cfg: DataConfig, dist: DistContext, pair_index: bool = False) -> None:
         self.source, self.cfg, self.dist = source, cfg, dist
+        self.pair_index = pair_index  # batches carry _pair (per-pair state, e.g. noisy-pair weights)
         self.skips = SkipTally()
         self.places: dict[int, list[int]] = {}  # shard source: newest place per stream slot (this rank's)
 
@@ -45,9 +47,14 @@ class DataFeed:
         """The stream of batches after ``start`` consumed ones (from the restored places)."""
         shard, pin = (self.dist.rank, self.dist.world), device.type == "cuda"
         places = dict(self.places)
-        return train_loader(
+        loader = train_loader(
             self.source, self.cfg, tokenize, batch_size, seed, start, shard, places, truncated, pin
         )
+        if self.pair_index:
+            if not isinstance(loader.dataset, PairDataset):
+                raise ConfigError(f"pair indices need an indexed training set, not {self.source.name!r}")
+            loader.dataset.pair_index = True  # before iteration: workers copy the dataset then
+        return loader
 
     def take(self, raw: dict, device: torch.device) -> dict[str, torch.Tensor]:
         """Pop the bookkeeping fields, count (over all ranks) and check skips, move to ``device``."""

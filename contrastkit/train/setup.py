@@ -16,6 +16,7 @@ from contrastkit.core.errors import ConfigError, MissingFileError
 from contrastkit.core.io import atomic_write_text
 from contrastkit.core.registry import check_params
 from contrastkit.data import check_data
+from contrastkit.data.samplers import sampler_fields
 from contrastkit.losses.base import LOSSES, LossTerm, MultiLoss, PairLoss
 from contrastkit.models.dual_encoder import DualEncoder, build_model
 from contrastkit.models.towers import TOWERS
@@ -23,6 +24,7 @@ from contrastkit.scale import TiledLoss
 from contrastkit.train.checkpoint import latest_checkpoint
 from contrastkit.train.config import RunConfig
 from contrastkit.train.distributed import DistContext, wrap_loss
+from contrastkit.train.noisy import check_noisy_pairs
 
 __all__ = [
     "check_batch_split",
@@ -75,6 +77,38 @@ def check_config(cfg: RunConfig) -> None:
         fn = TOWERS.get(tower.name)
         check_params(fn, {"context": None, **tower.params}, f"tower {tower.name!r} (model.towers.{modality})")
     check_data(cfg.data, (cfg.data.train_split, *cfg.data.eval_splits))
+    check_noisy_pairs(cfg)
+    fields = sampler_fields(cfg.data.sampler)  # mixup batches are wrong targets for other losses
+    if fields and (cfg.loss.terms or not set(fields) <= getattr(LOSSES.get(cfg.loss.name), "accepts", set())):
+        raise ConfigError(
+            f"data.sampler {cfg.data.sampler.name!r} with mixup adds {list(fields)} to batches; train it "
+            f"with a loss that uses them (mixup_nce), not {cfg.loss.name!r}"
+        )
+    if cfg.data.text_negatives is not None:
+        _check_negatives(cfg)
+
+
+def _check_negatives(cfg: RunConfig) -> None:
+    """``data.text_negatives`` needs a pair loss that takes ``negatives`` (they would be silently
+    unused otherwise), a text tower to encode them, and no gradient caching (its chunked forward
+    does not encode them)."""
+    takes = sorted(n for n in LOSSES.names() if "negatives" in _declared(LOSSES.get(n)))
+    if cfg.loss.terms or "negatives" not in _declared(LOSSES.get(cfg.loss.name)):
+        raise ConfigError(
+            f"data.text_negatives is set but loss {cfg.loss.name!r} does not use negative captions; "
+            f"losses that do: {takes}"
+        )
+    if "text" not in cfg.model.towers:
+        raise ConfigError("data.text_negatives needs a text tower (model.towers.text) to encode them")
+    if cfg.scale.chunk_size is not None:
+        raise ConfigError("data.text_negatives does not work with scale.chunk_size (gradient caching)")
+
+
+def _declared(cls: object) -> frozenset[str]:
+    """The batch fields a loss class declares it accepts (a property, computed per instance, is
+    not a declaration: none)."""
+    accepts = getattr(cls, "accepts", frozenset())
+    return frozenset(accepts) if isinstance(accepts, (set, frozenset, tuple, list)) else frozenset()
 
 
 def pretrained_scale(loss: PairLoss, cfg: RunConfig) -> None:

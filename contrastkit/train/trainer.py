@@ -34,6 +34,7 @@ from contrastkit.core.io import atomic_write_text, check_writable_dir
 from contrastkit.core.progress import progress_bar, progress_default
 from contrastkit.core.runtime import check_threads, resolve_device, seed_everything, set_threads
 from contrastkit.data import Source, open_split, source_captions
+from contrastkit.data.negatives import NEG_KEY
 from contrastkit.losses import from_config as build_loss
 from contrastkit.losses.base import MultiLoss, PairLoss
 from contrastkit.models.dual_encoder import DualEncoder, build_model
@@ -53,6 +54,7 @@ from contrastkit.train.distributed import (
 from contrastkit.train.feed import DataFeed
 from contrastkit.train.guard import StepGuard, WeightSnapshot, all_finite, module_tensors
 from contrastkit.train.logger import MetricsLogger, read_metrics
+from contrastkit.train.noisy import NoisyPairs
 from contrastkit.train.optim import build_optimizer, build_scheduler, param_groups
 from contrastkit.train.rundir import (
     RunLock,
@@ -95,6 +97,7 @@ class _Session:
     logger: MetricsLogger
     feed: DataFeed  # the training batches, skip totals and stream places
     snapshot: WeightSnapshot  # weights + optimizer state before a step, to undo a non-finite one
+    noisy: NoisyPairs | None = None  # curation.noisy_pairs: per-pair clean probabilities
 
 
 def _device(name: str) -> torch.device:
@@ -142,8 +145,9 @@ def _session(cfg: RunConfig, run_dir: Path, fresh: bool, ctx: DistContext, devic
         scheduler,
         StepGuard(cfg.guard),
         logger,
-        DataFeed(train_set, cfg.data, ctx),
+        DataFeed(train_set, cfg.data, ctx, pair_index=cfg.curation.noisy_pairs is not None),
         WeightSnapshot(optimizer),
+        NoisyPairs.for_run(cfg, train_set, ctx.world),
     )
 
 
@@ -228,6 +232,8 @@ def resume(
             _follow_schedule(s)
         s.guard.load_state_dict(state.extra["guard"])
         s.feed.load_state_dict(state.extra.get("data", {}))
+        if s.noisy is not None:
+            s.noisy.load_state_dict(state.extra.get("noisy_pairs"))
         if ctx.main:
             s.logger.truncate_after(state.step)
         return _fit(s, start=state.step, callbacks=callbacks)
@@ -270,7 +276,10 @@ def _embed(s: _Session, batch: dict[str, torch.Tensor]):
         if chunk is not None and chunk < len(next(iter(batch.values()))):
             cached = embed_in_chunks(s.model, batch, chunk)
             return cached.reps, cached
-        return s.model(batch), None
+        emb = s.model(batch)
+        if NEG_KEY in batch:  # hard-negative captions (data.text_negatives): the text tower's too
+            emb[NEG_KEY] = s.model.encode("text", batch[NEG_KEY])
+        return emb, None
 
 
 def _compute_loss(s: _Session, emb: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -279,6 +288,8 @@ def _compute_loss(s: _Session, emb: dict[str, torch.Tensor], batch: dict[str, to
     ``text_ids`` = the caption token ids for a loss that accepts it (captioning, CoCa)."""
     accepts = s.objective.accepts
     aux = {k: v for k, v in batch.items() if k in accepts}
+    if "negatives" in accepts and NEG_KEY in emb:  # one negative caption per pair: K = 1
+        aux["negatives"] = emb[NEG_KEY].float()[:, None, :]
     if "text_ids" in accepts and "text_ids" not in aux and "text" in batch:
         aux["text_ids"] = batch["text"]
     if isinstance(s.loss, MultiLoss):  # the objective may be a cross-rank wrapper of it
@@ -391,7 +402,8 @@ def _checkpoint(s: _Session, step: int) -> None:
             s.loss,
             s.optimizer,
             s.scheduler,
-            {"guard": s.guard.state_dict(), "batches_consumed": step, "data": data_state},
+            {"guard": s.guard.state_dict(), "batches_consumed": step, "data": data_state}
+            | ({"noisy_pairs": s.noisy.state_dict()} if s.noisy is not None else {}),
             keep=s.cfg.train.keep_checkpoints,
         )
     s.dist.barrier()
@@ -417,6 +429,8 @@ def _fit(s: _Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
         while step < cfg.steps:
             t0 = time.perf_counter()
             batch = s.feed.take(next(batches), s.device)
+            if s.noisy is not None:  # pair weights, or noisy pairs dropped (after the first fit)
+                batch = s.noisy.apply(batch)
             t1 = time.perf_counter()
             torch.manual_seed(_step_seed(cfg.seed, step, s.dist.rank))
             loss_val, grad_norm, reason = _step(s, batch, step)
@@ -433,6 +447,9 @@ def _fit(s: _Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
                 refresh=False,
             )
             bar.update(1)
+            if s.noisy is not None and s.noisy.due(step):  # before the checkpoint: it holds the new fit
+                s.logger.log(step, s.noisy.refit(s.model, s.loss, step, shown))
+                s.guard.ema = None  # new pair weights, a new loss level: the spike baseline restarts
             for every, fn in callbacks:
                 if s.dist.main and (step % every == 0 or step == cfg.steps):
                     s.logger.log(step, fn(step, s.model))

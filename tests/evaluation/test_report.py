@@ -123,7 +123,10 @@ def test_bad_inputs(tmp_path):
     short = Encoders(lambda x: torch.ones(len(x) - 1, 4), lambda t: torch.ones(len(t), 4))
     with pytest.raises(InputError, match="image encoder returned 9 embeddings for 10 inputs"):
         evaluate_model(short, tmp_path, data_params={"n": 10})
-    with pytest.raises(MissingFileError, match="not a contrastkit run .* nor a Hugging Face model"):
+    with pytest.raises(
+        MissingFileError,
+        match="not a contrastkit run .* a Hugging Face model folder .* nor an open_clip folder",
+    ):
         evaluate_model(tmp_path / "nowhere")
 
 

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.losses import clip_loss
@@ -262,8 +263,26 @@ def test_hard_negative_penalty_is_at_most_ntxent(rng):
 def test_clip_in_matches_naive(n, k, d, rng):
     x, y, negs = rand(rng, n, d), rand(rng, n, d), rand(rng, n, k, d)
     t = torch.tensor(2.5, dtype=F64, requires_grad=True)
-    got = clip_in_loss(x, y, t.exp(), negatives=negs)
+    got = clip_in_loss(x, y, t.exp(), negatives=negs, neg_scope="own")
     assert_values_and_grads(got, naive_clip_in(x, y, negs, t), (x, y, negs, t) if k else (x, y, t))
+
+
+@pytest.mark.parametrize("n,k,d", [(1, 2, 3), (2, 1, 3), (5, 3, 8)])
+def test_clip_in_batch_scope_matches_naive_and_the_concatenated_matrix(n, k, d, rng):
+    """neg_scope="batch": image→text is CE over the N × N(1+K) matrix of every caption and every
+    negative caption; text→image is unchanged by the negatives."""
+    x, y, negs = rand(rng, n, d), rand(rng, n, d), rand(rng, n, k, d)
+    t = torch.tensor(2.5, dtype=F64, requires_grad=True)
+    got = clip_in_loss(x, y, t.exp(), negatives=negs)
+    pool = negs.reshape(1, n * k, d).expand(n, n * k, d)  # every image sees every negative
+    assert_values_and_grads(got, naive_clip_in(x, y, pool, t), (x, y, negs, t))
+    s = t.exp()
+    xn, yn, nn = (F.normalize(v, dim=-1) for v in (x, y, negs.reshape(n * k, d)))
+    logits = s * xn @ torch.cat([yn, nn]).T
+    target = torch.arange(n)
+    i2t = F.cross_entropy(logits, target)
+    t2i = F.cross_entropy(s * yn @ xn.T, target)
+    torch.testing.assert_close(got, 0.5 * (i2t + t2i), rtol=1e-12, atol=1e-12)
 
 
 def test_clip_in_without_negatives_is_clip(rng):
@@ -279,7 +298,7 @@ def test_clip_in_duplicate_caption_as_negative_hand_value():
     # 2 orthonormal pairs at s = 1; image 0's extra negative is text 1 again (and vice versa)
     e = torch.eye(2, dtype=F64)
     negs = torch.stack([e[1:2], e[0:1]])  # image 0 ↦ text 1, image 1 ↦ text 0
-    got = clip_in_loss(e, e, 1.0, negatives=negs)
+    got = clip_in_loss(e, e, 1.0, negatives=negs, neg_scope="own")
     i2t = math.log(math.e + 2) - 1
     t2i = math.log(math.e + 1) - 1
     assert got.item() == pytest.approx(0.5 * (i2t + t2i), rel=1e-12)

@@ -260,7 +260,7 @@ def test_clip_plus_ssl_routes_batch_fields_and_errors(rng):
     emb = batch(rng, n=4)
     labels = torch.tensor([0, 1, 0, 2])
     loss = CLIPPlusSSLLoss(ssl="supcon").double()
-    assert loss.accepts == frozenset({"labels"})
+    assert loss.accepts == frozenset({"labels", "pair_weights"})
     torch.testing.assert_close(
         loss(emb, labels=labels),
         loss.terms["image_text"](emb["image@0"], emb["text"])
