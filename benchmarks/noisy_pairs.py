@@ -12,6 +12,9 @@ A pair is *called* noisy when its clean probability is below 0.5; two sources of
   this also works for a run trained without correction.
 
     python benchmarks/noisy_pairs.py runs/shapes-noisy-0.2-weight runs/shapes-noisy-0.2-none [--json OUT]
+
+Prints one row per run and probability source, then mean ± sd (sample sd over the runs, i.e.
+seeds) per noise level, correction and source. ``--from-json`` re-prints saved rows.
 """
 
 from __future__ import annotations
@@ -56,9 +59,17 @@ def measure(run_dir: str) -> list[dict]:
         cfg.data.train_split, params["n"], params.get("seed", 0), params.get("noise", 0.0)
     ):
         truth[first[i] : first[i] + n_caps[i]] = True
-    base = {"run": run_dir, "noise": params.get("noise", 0.0), "pairs": len(truth), "noisy": int(truth.sum())}
+    noisy = cfg.curation.noisy_pairs
+    base = {
+        "run": run_dir,
+        "noise": params.get("noise", 0.0),
+        "correction": "none" if noisy is None else noisy.mode,
+        "seed": cfg.train.seed,
+        "pairs": len(truth),
+        "noisy": int(truth.sum()),
+    }
     rows = []
-    if cfg.curation.noisy_pairs is not None:
+    if noisy is not None:
         rows.append({**base, "source": "state", **detection(clean_probabilities(run_dir), truth)})
     t0 = time.perf_counter()
     scale = float(loss.log_scale.detach().exp()) if hasattr(loss, "log_scale") else 1 / 0.07
@@ -70,12 +81,34 @@ def measure(run_dir: str) -> list[dict]:
     return rows
 
 
+def summary(rows: list[dict]) -> str:
+    """Mean ± sd over runs (seeds) of precision and recall per (noise, correction, probabilities)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["noise"], r["correction"], r["source"]), []).append(r)
+    lines = [
+        "| noise | correction | probabilities | runs | called noisy | precision | recall |",
+        "|---|---|---|---:|---:|---|---|",
+    ]
+    for (noise, corr, src), rs in sorted(groups.items()):
+        cell = {k: np.array([r[k] for r in rs], dtype=float) for k in ("called", "precision", "recall")}
+        sd = {k: v.std(ddof=1) if len(v) > 1 else float("nan") for k, v in cell.items()}
+        lines.append(
+            f"| {noise:.0%} | {corr} | {src} | {len(rs)} | {cell['called'].mean():.0f} / {rs[0]['pairs']} "
+            f"({rs[0]['noisy']} noisy) | {cell['precision'].mean():.3f} ± {sd['precision']:.3f} | "
+            f"{cell['recall'].mean():.3f} ± {sd['recall']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+")
+    parser.add_argument("runs", nargs="*")
     parser.add_argument("--json", help="write the rows here too")
+    parser.add_argument("--from-json", nargs="*", default=[], help="rows saved by --json, added to the runs'")
     args = parser.parse_args(argv)
-    rows = [row for run in args.runs for row in measure(run)]
+    rows = [row for path in args.from_json for row in json.loads(open(path).read())]
+    rows += [row for run in args.runs for row in measure(run)]
     print("| run | noise | probabilities | called noisy | precision | recall |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -83,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['run']} | {r['noise']:.0%} | {r['source']} | {r['called']} / {r['pairs']} "
             f"({r['noisy']} noisy) | {r['precision']:.3f} | {r['recall']:.3f} |"
         )
+    print()
+    print(summary(rows))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)

@@ -32,7 +32,8 @@ class SamplerContext:
     source; ``tasks``: the class tasks of a single source (``class_mix``); ``label_task``: the
     task of ``data.label_task``; ``mix``: ``data.mix`` (what ``random`` does with a mixture).
     ``batch_size`` is the global batch, ``start`` the batches already consumed, ``shard`` =
-    ``(rank, world)``.
+    ``(rank, world)``. ``captions``: each source's caption lists, for samplers that pick captions
+    of other items (``unpaired_labels``); empty when the loader does not pass them.
     """
 
     n_captions: tuple[np.ndarray, ...]
@@ -44,6 +45,7 @@ class SamplerContext:
     tasks: Mapping[str, ClassTask] = field(default_factory=dict)
     label_task: str | None = None
     mix: str = "rows"
+    captions: tuple[Sequence[Sequence[str]], ...] = ()
 
     def __post_init__(self) -> None:
         rank, world = self.shard

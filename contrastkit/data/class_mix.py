@@ -2,7 +2,8 @@
 
 :class:`ClassMixSampler` — the "m per class" sampler supervised contrastive losses want: every
 global batch holds ``classes_per_batch`` classes × ``per_class`` examples of a class task (items
-the task does not cover are never drawn). Classes come in rounds: round ``r`` is a permutation of
+the task does not cover are never drawn, and classes without items are left out: ``C`` counts the
+classes that have items). Classes come in rounds: round ``r`` is a permutation of
 the ``C`` classes from ``default_rng([seed, tag, r])``, cut into ``⌊C/c⌋`` batches of ``c``
 classes (the remaining classes sit that round out), so every class is drawn about equally often
 (class-balanced: items of small classes recur more often than those of large ones). Within a
@@ -66,37 +67,45 @@ class ClassMixSampler(Sampler[list[tuple[int, int]]]):
                 f"class_mix: classes_per_batch={cpb} × per_class={per_class} = {cpb * per_class} rows, "
                 f"but the batch has {batch_size}; choose numbers that multiply to train.batch_size"
             )
-        if cpb > n_classes:
-            raise ConfigError(f"class_mix: classes_per_batch={cpb} but the task has only {n_classes} classes")
         if batch_size % shard[1]:
             raise ConfigError(f"batch_size {batch_size} cannot be split into {shard[1]} equal shards")
         labels = np.asarray(labels, dtype=np.int64)
         caps = np.asarray(n_captions, dtype=np.int64)
-        self.streams = []
-        for c in range(n_classes):
+        # a class without items is absent from this data (e.g. Shapes' held-out colour–shape
+        # combinations in train): it is left out, as if the task did not name it
+        self.classes = np.asarray([c for c in range(n_classes) if (labels == c).any()], dtype=np.int64)
+        if cpb > len(self.classes):
+            raise ConfigError(
+                f"class_mix: classes_per_batch={cpb} but the task has only {len(self.classes)} classes "
+                "with items"
+            )
+        self.streams: dict[int, ChunkStream] = {}
+        for c in self.classes.tolist():
             members = np.flatnonzero(labels == c)
             if len(members) < per_class:
                 raise ConfigError(
                     f"class_mix: {_class_name(c, classnames)} has {len(members)} item(s), fewer than "
                     f"per_class={per_class}"
                 )
-            self.streams.append(ChunkStream(members, caps, per_class, [seed, _TAG, 1, c]))
+            self.streams[c] = ChunkStream(members, caps, per_class, [seed, _TAG, 1, c])
         self.n_classes, self.cpb, self.per_class = n_classes, cpb, per_class
         self.batch_size, self.seed, self.start, self.shard = batch_size, seed, start, shard
-        self.rounds = n_classes // cpb  # batches per round of classes
+        self.rounds = len(self.classes) // cpb  # batches per round of classes
         self._perm: tuple[int, np.ndarray] | None = None
 
     def _round(self, r: int) -> np.ndarray:
         if self._perm is None or self._perm[0] != r:
-            self._perm = (r, np.random.default_rng([self.seed, _TAG, 0, r]).permutation(self.n_classes))
+            perm = np.random.default_rng([self.seed, _TAG, 0, r]).permutation(len(self.classes))
+            self._perm = (r, self.classes[perm])
         return self._perm[1]
 
     def _counts_before(self, k: int) -> np.ndarray:
         """How many chunks of each class the batches ``0 … k−1`` took."""
         r, b = divmod(k, self.rounds)
         used = self.rounds * self.cpb
-        if used == self.n_classes:  # every class is drawn once per round: no need to replay
-            counts = np.full(self.n_classes, r, dtype=np.int64)
+        if used == len(self.classes):  # every class is drawn once per round: no need to replay
+            counts = np.zeros(self.n_classes, dtype=np.int64)
+            counts[self.classes] = r
         else:
             counts = np.zeros(self.n_classes, dtype=np.int64)
             for past in range(r):
@@ -130,14 +139,16 @@ class ClassMixSampler(Sampler[list[tuple[int, int]]]):
 
 
 def binding_set(labels: np.ndarray, n_classes: int, seed: int, epoch: int = 0) -> np.ndarray:
-    """One item per class, uniform within the class, from ``default_rng([seed, tag, epoch])``."""
+    """One item per class that has items (classes without any are absent from the data and get
+    none), uniform within the class, from ``default_rng([seed, tag, epoch])``."""
     rng = np.random.default_rng([seed, _BIND, 0, epoch])
     out = []
     for c in range(n_classes):
         members = np.flatnonzero(labels == c)
-        if not len(members):
-            raise ConfigError(f"batch binding: class {c} has no examples; every class needs one to bind")
-        out.append(int(members[rng.integers(len(members))]))
+        if len(members):
+            out.append(int(members[rng.integers(len(members))]))
+    if not out:
+        raise ConfigError("batch binding: no class of the task has an item; nothing to bind")
     return np.asarray(out, dtype=np.int64)
 
 
@@ -168,10 +179,10 @@ class BatchBindingSampler(Sampler[list[tuple[int, int]]]):
         self.batches_per_epoch = max(1, batches_per_epoch)
         self._bound = binding_set(self.labels, n_classes, seed, 0)
         batch_size = getattr(base, "batch_size", None)
-        if batch_size is not None and n_classes > batch_size:
+        if batch_size is not None and len(self._bound) > batch_size:
             warnings.warn(
-                f"batch binding: {n_classes} classes > batch size {batch_size}; the binding set dominates "
-                "every batch",
+                f"batch binding: {len(self._bound)} classes > batch size {batch_size}; the binding set "
+                "dominates every batch",
                 stacklevel=2,
             )
 

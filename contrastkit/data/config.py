@@ -8,6 +8,7 @@ from typing import Any, Literal
 from contrastkit.core.errors import ConfigError
 from contrastkit.data.augment import AugmentConfig
 from contrastkit.data.images import ImageConfig
+from contrastkit.data.long_captions import LongCaptionConfig, check_long_caption_data
 from contrastkit.data.textaug import TextAugConfig
 
 __all__ = ["DataConfig", "SamplerConfig", "SourceConfig"]
@@ -67,6 +68,9 @@ class DataConfig:
     ``batch`` = one source per batch, ZeroVL); evaluation splits still come from ``name``.
     ``sampler``: which examples meet in a training batch (default ``random``: today's shuffled
     epochs; ``class_mix``, ``batch_binding``, ``single_source``, ``source_mix``).
+    ``long_captions``: split each sampled caption into sentences and put ``k`` of them (plus the
+    whole caption with ``full``) in the batch as positives of the image (DreamLIP,
+    :mod:`contrastkit.data.long_captions`; null = off).
     """
 
     name: str = "shapes"
@@ -96,6 +100,7 @@ class DataConfig:
     mix: Literal["rows", "batch"] = "rows"
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     text_negatives: str | None = None
+    long_captions: LongCaptionConfig | None = None
 
     def __post_init__(self) -> None:
         known = ("image", "text", "attributes")
@@ -128,6 +133,7 @@ class DataConfig:
                 f"data.text_negatives must be 'swap' (generated) or a text column listed in data.extras "
                 f"{list(self.extras)}, got {neg!r}"
             )
+        check_long_caption_data(self.long_captions, self.modalities, neg, self.text_augment)
 
     def split_params(self, split: str) -> dict[str, Any]:
         if split not in self.splits:

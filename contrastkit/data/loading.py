@@ -185,7 +185,8 @@ def train_loader(
         weights = source.weights if isinstance(source, Mixture) else None
         tasks = {} if isinstance(source, Mixture) else dict(source.tasks)
         n_caps = [[len(c) for c in p.captions] for p in parts]
-        ctx = context_of(n_caps, cfg, batch_size, seed, start, shard, weights, tasks)
+        captions = [p.captions for p in parts]
+        ctx = context_of(n_caps, cfg, batch_size, seed, start, shard, weights, tasks, captions)
         sampler = build_sampler(cfg.sampler, ctx)
     transform = getattr(sampler, "transform", None)
     negatives = cfg.text_negatives  # a column becomes batch key text_neg (tokenised as text)
@@ -193,8 +194,9 @@ def train_loader(
         "text",
         *(e for e in text_extras if e != negatives),
         *(() if negatives is None else ("text_neg",)),
+        *(() if cfg.long_captions is None else ("text_pos",)),  # data.long_captions: [B, M-1, L]
     )
-    collate = Collate(tokenize, text_keys, truncated, augment_text, transform, negatives)
+    collate = Collate(tokenize, text_keys, truncated, augment_text, transform, negatives, cfg.long_captions)
     workers = cfg.num_workers
     common: dict[str, Any] = {
         "num_workers": workers,

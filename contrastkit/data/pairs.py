@@ -330,7 +330,9 @@ class Collate:
     batch's ``_skips`` (:mod:`contrastkit.data.skips`). ``negatives``: add ``text_neg``, one
     hard-negative caption per row (``data.text_negatives``, :mod:`contrastkit.data.negatives`).
     ``transform(batch, seed)``: a sampler's batch transform (mixup), given the batch's ``_seed``
-    ``(seed, step, offset)``. Picklable."""
+    ``(seed, step, offset)``. ``long_captions``: a :class:`~contrastkit.data.long_captions.
+    LongCaptionConfig` — sub-captions as ``text``, ``text_pos`` [B, M−1, L] and ``text_row``
+    (``data.long_captions``). Picklable."""
 
     def __init__(
         self,
@@ -340,14 +342,20 @@ class Collate:
         augment_text: Callable[[list[str], Sequence[int]], list[str]] | None = None,
         transform: Callable[[dict[str, object], Any], dict[str, object]] | None = None,
         negatives: str | None = None,
+        long_captions: Any = None,
     ) -> None:
         self.tokenize, self.text_keys, self.truncated = tokenize, tuple(text_keys), truncated
         self.augment_text, self.transform = augment_text, transform
         self.negatives = negatives  # data.text_negatives: "swap" or a text column
+        self.long_captions = long_captions  # data.long_captions: a LongCaptionConfig or None
 
     def __call__(self, item: dict[str, object]) -> Batch:
         out = dict(item)
         seed = out.pop(SEED_KEY, None)
+        if self.long_captions is not None and "text" in out:  # sub-captions: text, text_pos, text_row
+            from contrastkit.data.long_captions import add_sub_captions
+
+            add_sub_captions(out, self.long_captions, seed)
         if self.negatives is not None and "text" in out:  # from the pair's own caption
             _add_negatives(out, self.negatives, seed)
         if self.transform is not None:
@@ -358,14 +366,25 @@ class Collate:
             out["text"] = self.augment_text(out["text"], seed)  # type: ignore[arg-type]
         if self.truncated is not None and "text" in out:
             n = self.truncated(out["text"])  # type: ignore[arg-type]
+            if "text_pos" in out:  # data.long_captions: the other sub-captions too
+                n += self.truncated([t for r in out["text_pos"] for t in r])  # type: ignore[union-attr]
             if n:
                 skips = dict(out.get(SKIPS_KEY, {}))  # type: ignore[call-overload]
                 skips["truncated caption"] = skips.get("truncated caption", 0) + n
                 out[SKIPS_KEY] = skips
         for k in self.text_keys:
             if k in out and self.tokenize is not None:
-                out[k] = self.tokenize(out[k])  # type: ignore[arg-type]
+                out[k] = _tokenize(self.tokenize, out[k])  # type: ignore[arg-type]
         return out  # type: ignore[return-value]
+
+
+def _tokenize(tokenize: Callable[[list[str]], torch.Tensor], texts: list) -> torch.Tensor:
+    """Token ids of a list of texts ``[B, L]``, or of per-row lists of texts ``[B, P, L]``."""
+    if texts and isinstance(texts[0], (list, tuple)):
+        from contrastkit.data.long_captions import tokenize_nested
+
+        return tokenize_nested(tokenize, texts)
+    return tokenize(texts)
 
 
 def _add_negatives(out: dict[str, object], negatives: str, seed: Sequence[int] | None) -> None:

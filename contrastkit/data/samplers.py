@@ -14,6 +14,12 @@ data:
 * ``single_source``: all rows of a batch from one of ``data.sources``, drawn ∝ source size;
   optional coin-flip mixup of images or texts (ZeroVL).
 * ``source_mix``: ``B·pₛ`` rows of every source of ``data.sources`` (largest remainder).
+* ``b3``: batches filled from communities of a teacher's k-NN similarity graph (hard negatives,
+  S-B3, :mod:`contrastkit.data.b3`); one source.
+* ``unpaired_labels``: images of an image-only half × captions of a text-only half, soft targets
+  ``weights`` from label overlap for the ``medclip`` loss (:mod:`contrastkit.data.unpaired`).
+* ``mcl``: every global batch from one group (MCL's cluster-restricted negatives, D-MCL): the
+  groups of a ``.npy`` label file (``groups``) or of a class task (``task``); one source.
 
 Every sampler is a function of ``(seed, step)``: the loader passes ``start`` (batches already
 consumed) and a resumed run sees exactly the batches an uninterrupted one would. With
@@ -36,11 +42,14 @@ from torch.utils.data import Sampler
 
 from contrastkit.core.errors import ConfigError
 from contrastkit.core.registry import NonNegative, Positive, PositiveInt, Probability, Registry, check_params
+from contrastkit.data.b3 import b3_sampler
 from contrastkit.data.batching import SamplerContext
 from contrastkit.data.class_mix import BatchBindingSampler, ClassMixSampler
 from contrastkit.data.config import DataConfig, SamplerConfig
+from contrastkit.data.mcl import MCLBatchSampler, read_groups
 from contrastkit.data.mix import MixBatchSampler
 from contrastkit.data.pairs import ClassTask, PairBatchSampler
+from contrastkit.data.unpaired import unpaired_sampler
 from contrastkit.data.zerovl import MIX_FIELDS, CoinFlipMixup, SingleSourceSampler
 
 __all__ = [
@@ -51,6 +60,7 @@ __all__ = [
     "check_sampler",
     "class_mix",
     "context_of",
+    "mcl",
     "random_batches",
     "sampler_fields",
     "single_source",
@@ -58,9 +68,11 @@ __all__ = [
 ]
 
 SAMPLERS: Registry[Sampler] = Registry("sampler")
+SAMPLERS.register("b3")(b3_sampler)  # S-B3, contrastkit.data.b3
+SAMPLERS.register("unpaired_labels")(unpaired_sampler)  # D-MEDCLIP-SAMPLER, contrastkit.data.unpaired
 
 _NEEDS_SOURCES = ("single_source", "source_mix")
-_ONE_SOURCE = ("class_mix", "batch_binding")
+_ONE_SOURCE = ("class_mix", "batch_binding", "mcl", "b3", "unpaired_labels")
 
 
 @SAMPLERS.register("random")
@@ -113,7 +125,8 @@ def class_mix(
     per class, redrawn each epoch with ``rebind_each_epoch``; Kini et al. 2024, "Symmetric
     Neural-Collapse Representations with Supervised Contrastive Loss: The Impact of ReLU and
     Batching"); batches then have ``B + C − |S ∩ batch|`` rows (one process only).
-    Errors: a class with fewer than ``per_class`` items, numbers that do not multiply to B.
+    Classes without items are left out. Errors: a class with some but fewer than ``per_class``
+    items, numbers that do not multiply to B.
     """
     t = _task(context, task, "class_mix")
     c = context
@@ -197,6 +210,28 @@ def source_mix(context: SamplerContext, proportions: tuple[NonNegative, ...] | N
     return MixBatchSampler(c.n_captions, p, c.batch_size, c.seed, c.start, c.shard, "rows")
 
 
+@SAMPLERS.register("mcl")
+def mcl(context: SamplerContext, groups: str | None = None, task: str | None = None) -> Sampler:
+    """Group-pure batches: every global batch from one group, D-MCL (:mod:`contrastkit.data.mcl`).
+
+    Zhang et al. 2024, "Learning the Unlearned: Mitigating Feature Suppression in Contrastive
+    Learning". ``groups``: a ``.npy`` file of one integer label per training item (``−1``: never
+    drawn) — what ``curation.mcl`` writes for each stage; or ``task``: a class task's labels as the
+    groups. Groups take turns; each is truncated to whole global batches per epoch (a group
+    smaller than one batch sits out). One source; resumable; ranks share every batch's group.
+    """
+    if (groups is None) == (task is None):
+        raise ConfigError("sampler 'mcl' takes exactly one of groups (a .npy label file) or task")
+    c = context
+    if groups is not None:
+        if c.weights is not None:
+            raise ConfigError("sampler 'mcl' draws from one source; it does not take data.sources")
+        labels = read_groups(groups, len(c.n_captions[0]))
+    else:
+        labels = _task(context, task, "mcl").labels
+    return MCLBatchSampler(c.n_captions[0], labels, c.batch_size, c.seed, c.start, c.shard)
+
+
 def build_sampler(cfg: SamplerConfig, context: SamplerContext) -> Sampler:
     """The sampler ``cfg`` names, built on ``context`` (parameters checked against its builder)."""
     return SAMPLERS.build(cfg.name, context=context, **cfg.params)
@@ -229,6 +264,7 @@ def context_of(
     shard: tuple[int, int],
     weights: Sequence[float] | None,
     tasks: dict[str, ClassTask],
+    captions: Sequence[Sequence[Sequence[str]]] = (),
 ) -> SamplerContext:
     """The :class:`SamplerContext` of a loader over ``cfg``'s training data."""
     return SamplerContext(
@@ -241,4 +277,5 @@ def context_of(
         tasks,
         cfg.label_task,
         cfg.mix,
+        tuple(captions),
     )

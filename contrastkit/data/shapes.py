@@ -29,6 +29,7 @@ every colour and shape is still seen) never appear in the ``train``/``val``/``te
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -51,6 +52,7 @@ __all__ = [
     "SIZES",
     "SPLITS",
     "ShapeObject",
+    "long_caption",
     "make_shapes",
     "render_scene",
     "swapped_images",
@@ -267,6 +269,7 @@ def make_shapes(
     captions_per_image: Annotated[int, Ge(1), Le(3)] = 2,
     progress: bool = False,
     noise: Probability = 0.0,
+    long_captions: bool = False,
 ) -> PairSet:
     """Generate ``n`` Shapes images of ``split`` (one of ``SPLITS``) deterministically.
 
@@ -279,6 +282,10 @@ def make_shapes(
     (:mod:`contrastkit.data.noise`; images, labels and attributes stay right). Which ones:
     :func:`swapped_images` with the same arguments. The images and the other captions are the
     same bytes as without noise.
+
+    ``long_captions``: each image gets one long caption instead (:func:`long_caption`: one
+    sentence per object, plus its position or the relation), for ``data.long_captions``
+    (DreamLIP); the images, labels and attributes are the same bytes as without it.
     """
     if split not in SPLITS:
         raise InputError(f"unknown Shapes split {split!r}; available: {SPLITS}")
@@ -304,7 +311,7 @@ def make_shapes(
             si, ci = SHAPES.index(objs[0].shape), COLOR_NAMES.index(objs[0].color)
             labels[i] = (si, ci, ci * len(SHAPES) + si)
         images[i] = render_scene(objs, image_size, rng)
-        captions.append(caps)
+        captions.append((long_caption(objs, where),) if long_captions else caps)
         attributes[i] = _attributes(objs, where)
     tasks = {
         # prompt ensembles: a shape's prompts range over colours, a colour's over shapes
@@ -321,6 +328,28 @@ def make_shapes(
         attribute_names=ATTRIBUTE_NAMES,
     )
     return swap_captions(pairs, noise, _noise_seed(split, seed)) if noise else pairs
+
+
+def long_caption(objects: Sequence[ShapeObject], where: str) -> str:
+    """A multi-sentence caption of a scene, no random draw. One object: "a small red circle. the
+    circle is on the left. the red circle is small."; two: "a small red circle. a large blue
+    square. the red circle is to the left of the blue square." (articles fixed, "a orange" →
+    "an orange")."""
+    if len(objects) == 1:
+        o = objects[0]
+        sents = [
+            f"a {o.size} {o.color} {o.shape}",
+            f"the {o.shape} is {where}",
+            f"the {o.color} {o.shape} is {o.size}",
+        ]
+    else:
+        a, b = objects
+        sents = [
+            f"a {a.size} {a.color} {a.shape}",
+            f"a {b.size} {b.color} {b.shape}",
+            f"the {a.color} {a.shape} is {where} the {b.color} {b.shape}",
+        ]
+    return english_articles(". ".join(sents) + ".")
 
 
 def _noise_seed(split: str, seed: int) -> list[int]:

@@ -14,6 +14,9 @@ model). Reasons (:data:`REASONS`):
                               context and was truncated (counted so it is never silent)
 ============================  ==========================================================
 
+and ``caption without sub-captions`` (*not a skip*): ``data.long_captions`` found no sub-caption
+in the caption and used the whole caption in their place.
+
 The trainer adds the counts up (they are part of the checkpoint, so a resumed run reports the
 same totals), logs them in ``metrics.jsonl`` as ``skipped/<reason>``, shows the total in the
 progress bar, and stops with :class:`~contrastkit.core.errors.DataError` once the skipped
@@ -31,8 +34,17 @@ from contrastkit.core.errors import DataError
 __all__ = ["NOT_SKIPS", "REASONS", "SKIPS_KEY", "SkipTally"]
 
 SKIPS_KEY = "_skips"
-REASONS = ("missing file", "bad image", "empty caption", "missing key", "bad shard", "truncated caption")
-NOT_SKIPS = frozenset({"truncated caption"})  # counted, but the sample was used
+REASONS = (
+    "missing file",
+    "bad image",
+    "empty caption",
+    "missing key",
+    "bad shard",
+    "truncated caption",
+    "caption without sub-captions",
+)
+# counted, but the sample was used
+NOT_SKIPS = frozenset({"truncated caption", "caption without sub-captions"})
 
 
 class SkipTally:

@@ -54,7 +54,7 @@ from contrastkit.core.io import atomic_path, atomic_write_json, read_json
 from contrastkit.core.progress import progress_bar, progress_enabled
 from contrastkit.data import SOURCES, DataConfig, ImageConfig, check_data, load_split
 from contrastkit.data.pairs import PairSet
-from contrastkit.evaluation.encoders import Encoders, model_encoders
+from contrastkit.evaluation.encoders import Encoders
 from contrastkit.evaluation.external import (
     HFEncoders,
     checked_encoders,
@@ -62,6 +62,7 @@ from contrastkit.evaluation.external import (
     hf_encoders,
     open_clip_encoders,
 )
+from contrastkit.evaluation.multistage import run_encoders
 from contrastkit.evaluation.plots import plot_similarity
 from contrastkit.evaluation.prompts import apply_prompt_files, prompt_entries, read_lines
 from contrastkit.evaluation.splits import GENERATED, fit_record, fit_split, once_record, split_independent
@@ -360,7 +361,7 @@ def evaluate_run(
     outputs of :func:`evaluate_model` into ``out_dir`` (default: the run folder; another folder
     leaves the run folder untouched). Probes fit on ``train_split`` (default: ``data.train_split``
     of the run's own data, ``train`` of a built-in ``data``)."""
-    from contrastkit.train import load_run, load_run_config  # evaluation sits above train
+    from contrastkit.train import load_run_config  # evaluation sits above train
 
     _check_batch_size(batch_size)
     run_dir = Path(run_dir)
@@ -371,9 +372,8 @@ def evaluate_run(
     wanted += [train_split] if train_split else []
     asked = own if data is None else _named_data(data, data_params, wanted)
     _check_request(tasks, asked, wanted, prompt_files)
-    cfg, model, _, ckpt = load_run(run_dir)
+    cfg, model, ckpt, enc, stages = run_encoders(run_dir, batch_size)  # multistage: all stages concatenated
     out = Path(out_dir).expanduser() if out_dir is not None else run_dir
-    enc = model_encoders(model, batch_size=batch_size)
     if data is None:
         names = list(splits or cfg.data.eval_splits)
         bars = progress_enabled()  # generating or decoding a split can take minutes
@@ -390,7 +390,8 @@ def evaluate_run(
         sets, train, data_record = _load_sets(
             data, splits or ("test",), data_params, prompt_files, train_split, image, tasks
         )
-    report = _report(enc, _run_record(run_dir, model, ckpt), sets, tasks, out, data_record, train, options)
+    record = _run_record(run_dir, model, ckpt) | stages
+    report = _report(enc, record, sets, tasks, out, data_record, train, options)
     legacy = {
         "run": str(run_dir),
         "checkpoint": ckpt.name,

@@ -36,7 +36,7 @@ from contrastkit.core.errors import InputError
 from contrastkit.core.registry import Positive
 from contrastkit.losses.base import LOSSES, MaxScale, PairLoss, learnable_log_scale, maybe_normalize
 
-__all__ = ["CLIPLoss", "clip_loss", "clip_pair_losses"]
+__all__ = ["CLIPLoss", "check_pair_weights", "clip_loss", "clip_pair_losses"]
 
 
 def clip_loss(
@@ -64,7 +64,7 @@ def clip_loss(
         0-d tensor, mean over the 2N cross-entropies / 2, in float32 (float64 for float64 input).
     """
     if pair_weights is not None:
-        w = _check_weights(pair_weights, x.shape[0])
+        w = check_pair_weights(pair_weights, x.shape[0])
         ell = clip_pair_losses(x, y, scale, bias, normalize=normalize, allow_single=allow_single)
         return (w.to(ell.dtype) * ell).mean()
     logits = _logits(x, y, scale, bias, normalize, allow_single)
@@ -91,7 +91,8 @@ def clip_pair_losses(
     return 0.5 * (rows + cols)
 
 
-def _check_weights(w: torch.Tensor, n: int) -> torch.Tensor:
+def check_pair_weights(w: torch.Tensor, n: int) -> torch.Tensor:
+    """``w`` detached, once checked to be a finite, non-negative ``[n]`` tensor (else InputError)."""
     if not isinstance(w, torch.Tensor) or w.shape != (n,):
         shape = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
         raise InputError(f"pair_weights must be a [N={n}] tensor, got {shape}")

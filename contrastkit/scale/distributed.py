@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from contrastkit.core.checks import check_pair
 from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.losses.base import PairLoss, maybe_normalize
-from contrastkit.losses.clip import clip_loss
+from contrastkit.losses.clip import check_pair_weights, clip_loss
 from contrastkit.losses.siglip import siglip_loss
 from contrastkit.scale.tiled import tiled_lse, tiled_softplus_sum
 
@@ -367,16 +367,31 @@ class GatherLoss(PairLoss):
         self.group = group
         self.tile_size = tile_size
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    @property
+    def accepts(self) -> frozenset[str]:  # type: ignore[override]
+        """``pair_weights`` when the wrapped loss takes them (CLIP): see :meth:`forward`."""
+        return self.loss.accepts & {"pair_weights"}
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, pair_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``pair_weights [b]`` (this rank's pairs; CLIP, ``local_loss=True``, untiled): the local
+        form becomes ``(1/b) Σ_i w_i ℓ_i`` over this rank's pairs, so the mean over ranks is the
+        weighted full-batch loss ``(1/N) Σ w_i ℓ_i`` and DDP's gradient average is exact."""
         if not is_distributed(self.group):
-            return self.loss(x, y)
+            return self.loss(x, y) if pair_weights is None else self.loss(x, y, pair_weights=pair_weights)
         fn, kwargs = _pure_of(self.loss, (clip_loss, siglip_loss), "GatherLoss")
+        if pair_weights is not None and (fn is not clip_loss or not self.local_loss or self.tile_size):
+            raise ConfigError(
+                "GatherLoss takes pair_weights with CLIP, local_loss=True (scale.dist_loss=local) "
+                "and no tile_size only"
+            )
         _check_across_ranks(x, y, self.group, "GatherLoss")
         x = maybe_normalize(x, kwargs.get("normalize", True))
         y = maybe_normalize(y, kwargs.get("normalize", True)).to(x.dtype)
         kwargs = {**kwargs, "normalize": False}  # rows are normalised already
         if fn is clip_loss:
-            return self._clip(x, y, kwargs)
+            return self._clip(x, y, kwargs, pair_weights)
         return self._siglip(x, y, kwargs)
 
     def _gather(self, t: torch.Tensor) -> torch.Tensor:
@@ -384,7 +399,9 @@ class GatherLoss(PairLoss):
             return _AllGatherWithGrad.apply(t, self.group)
         return _all_gather_local_slot(t, self.group)
 
-    def _clip(self, x: torch.Tensor, y: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    def _clip(
+        self, x: torch.Tensor, y: torch.Tensor, kwargs: dict[str, Any], pair_weights: torch.Tensor | None
+    ) -> torch.Tensor:
         # one collective for both modalities (and one in backward): fewer round trips, and no
         # reliance on autograd running two gathers' backwards in the same order on every rank
         both = self._gather(torch.cat([x, y], dim=1))
@@ -400,6 +417,11 @@ class GatherLoss(PairLoss):
             logits_x, logits_y = logits_x + bias, logits_y + bias
         b = x.shape[0]
         target = torch.arange(b, device=x.device) + b * rank(self.group)
+        if pair_weights is not None:  # this rank's pairs' ℓ_i = ½(row i + column i), weighted
+            w = check_pair_weights(pair_weights, b)
+            rows = F.cross_entropy(logits_x, target, reduction="none")
+            cols = F.cross_entropy(logits_y, target, reduction="none")
+            return (w.to(rows.dtype) * 0.5 * (rows + cols)).mean()
         return 0.5 * (F.cross_entropy(logits_x, target) + F.cross_entropy(logits_y, target))
 
     def _siglip(self, x: torch.Tensor, y: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:

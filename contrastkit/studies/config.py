@@ -18,7 +18,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,8 +88,28 @@ def setting_slug(setting: Setting) -> str:
     parts = []
     for k, v in setting:
         short = k.split(".")[-1].replace("batch_size", "bs").replace("name", "")
-        parts.append(f"{short}{v}".replace("/", "_").replace(" ", ""))
+        if isinstance(v, (dict, list, tuple)):  # e.g. data.sampler: {name: class_mix, params: {...}}
+            parts.append(f"{short}{_nested_slug(v)}")
+        else:
+            parts.append(f"{short}{v}".replace("/", "_").replace(" ", ""))
     return "-".join(parts)
+
+
+def _nested_slug(v: Any) -> str:
+    """A dict or list value as run-name characters (``class_mix+per_class=4``); long ones are cut
+    and get a hash of the whole value, so different values keep different names."""
+
+    def flat(x: Any) -> str:
+        if isinstance(x, dict):
+            return "+".join(flat(b) if a in ("name", "params") else f"{a}={flat(b)}" for a, b in x.items())
+        if isinstance(x, (list, tuple)):
+            return "+".join(flat(b) for b in x)
+        return str(x)
+
+    text = re.sub(r"[^A-Za-z0-9._+=-]", "", flat(v).replace("/", "_"))
+    if len(text) > 56:
+        text = f"{text[:48]}-{hashlib.sha1(repr(v).encode()).hexdigest()[:6]}"
+    return text
 
 
 def load_study(path: str | Path) -> tuple[StudyConfig, dict[str, Any]]:

@@ -80,15 +80,15 @@ class Estimate:
     boot: BootstrapResult
 
 
-def _per_setting(study: StudyConfig, specs: Sequence[RunSpec], scores) -> dict[Setting, Estimate]:
-    out = {}
+def _per_setting(study: StudyConfig, specs: Sequence[RunSpec], scores) -> list[tuple[Setting, Estimate]]:
+    out = []  # a list, not a dict: a setting value may be a dict (data.sampler: {...}), unhashable
     for setting in progress_bar(study.settings(), "report: settings", unit="setting"):  # bootstraps
         rows = [s for s in specs if s.setting == setting]
         sc = np.stack([scores[r.name] for r in rows])
         seeds = [r.seed for r in rows]
         both = Runs(seeds + seeds, [False] * len(rows) + [True] * len(rows), np.concatenate([sc, sc]))
         res = multibootstrap(both, paired=True, nboot=study.nboot, level=study.level)
-        out[setting] = Estimate(seed_means(both, paired=True)[0], res)
+        out.append((setting, Estimate(seed_means(both, paired=True)[0], res)))
     return out
 
 
@@ -197,7 +197,9 @@ _TERMS = (
 )
 
 
-def _settings_table(study: StudyConfig, specs, scores, per_setting: dict[Setting, Estimate]) -> list[str]:
+def _settings_table(
+    study: StudyConfig, specs, scores, per_setting: list[tuple[Setting, Estimate]]
+) -> list[str]:
     lines = [
         "## Settings",
         "",
@@ -207,7 +209,7 @@ def _settings_table(study: StudyConfig, specs, scores, per_setting: dict[Setting
         "| per-seed values |",
         "|---|---:|---:|---|---|",
     ]
-    for setting, est in per_setting.items():
+    for setting, est in per_setting:
         vals = ", ".join(f"{scores[s.name].mean():.4f}" for s in specs if s.setting == setting)
         b = est.boot.base
         lines.append(

@@ -76,18 +76,23 @@ def _dynamics_callback(study: StudyConfig, cfg, every: int):
 def execute_run(spec: RunSpec, study: StudyConfig, threads: int) -> dict[str, Any]:
     """Train (or resume) one run, then save its per-example scores. Returns a summary row."""
     from contrastkit.data import load_split
-    from contrastkit.evaluation import evaluate_examples, model_encoders
-    from contrastkit.train import RunConfig, load_run, resume, train
+    from contrastkit.evaluation import TASKS, evaluate_examples
+    from contrastkit.evaluation.multistage import run_encoders
+    from contrastkit.train import RunConfig, resume, train
 
     cfg = from_dict(RunConfig, spec.cfg)
+    if cfg.train.threads:  # the run config's cap (train.threads: 1 on a shared machine) holds:
+        threads = min(threads, cfg.train.threads)  # oversubscribed OpenMP threads stall each other
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads, progress=False))
     callbacks = [_dynamics_callback(study, cfg, study.dynamics_every)] if study.dynamics_every else []
     if (spec.run_dir / "config.yaml").is_file():  # resume: from its newest intact checkpoint, or step 0
         result = resume(spec.run_dir, callbacks=callbacks)
     else:
         result = train(cfg, overwrite=True, callbacks=callbacks)
-    _, model, _, _ = load_run(spec.run_dir)
-    metrics, examples = evaluate_examples(model_encoders(model), load_split(cfg.data, study.split))
+    enc = run_encoders(spec.run_dir)[3]  # a multistage run: its stages concatenated
+    family = study.metric.split("/")[0]  # the metric's task, even if not a default one (winoground)
+    tasks = TASKS if family in TASKS else (*TASKS, family)
+    metrics, examples = evaluate_examples(enc, load_split(cfg.data, study.split), tasks)
     if study.metric not in examples:
         raise ContrastkitError(f"metric {study.metric!r} not produced; available: {sorted(examples)}")
     atomic_write_json(spec.run_dir / "eval_metrics.json", metrics)

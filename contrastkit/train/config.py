@@ -12,6 +12,8 @@ from contrastkit.data.config import DataConfig
 from contrastkit.losses.base import LossConfig
 from contrastkit.models.dual_encoder import ModelConfig
 from contrastkit.scale.config import ScaleConfig
+from contrastkit.train.jest import JestConfig
+from contrastkit.train.multistage import MCLConfig
 from contrastkit.train.noisy import NoisyPairsConfig
 
 __all__ = ["MAX_LR", "CurationConfig", "GuardConfig", "OptimConfig", "RunConfig", "TrainConfig"]
@@ -116,9 +118,13 @@ class CurationConfig:
     """Training-time curation: which pairs count, and how much, while the run trains (offline
     filters that write a new source are ``contrastkit curate``). ``noisy_pairs``: down-weight or
     drop pairs a beta mixture over per-pair losses calls mismatched (:mod:`contrastkit.train.noisy`);
-    ``null`` = off."""
+    ``jest``: train on the sub-batch of a larger super-batch that a reference run calls learnable
+    (:mod:`contrastkit.train.jest`); ``mcl``: multistage training, each stage on batches from one
+    cluster of the previous stages' embeddings (:mod:`contrastkit.train.multistage`); ``null`` = off."""
 
     noisy_pairs: NoisyPairsConfig | None = None
+    jest: JestConfig | None = None
+    mcl: MCLConfig | None = None
 
 
 @dataclass(frozen=True)

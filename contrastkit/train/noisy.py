@@ -27,8 +27,15 @@ noisy (theirs called the cleanest ~9% of Shapes pairs noisy, docs/curation.md); 
 ``train.batch_size``; ``scale`` = the loss's logit scale (1/0.07 for a loss without one). A
 degenerate fit (e.g. all losses equal) keeps the previous weights, with a warning. The clean
 probabilities and the fit are checkpointed: resume is exact. Cost: one forward pass over all pairs
-per refit. Built-in and file sources on one process (not webdataset shards, ``data.sources``
-mixtures or several ranks yet).
+per refit. Any indexed source: built-in sets and the user's files (csv, folders, …), not webdataset
+shards or ``data.sources`` mixtures.
+
+Several processes (``torchrun``): the scoring pass is split by batches over the processes (the
+same batches as on one process) and the losses are summed across them, so every process fits the
+same mixture to the same losses; ``mode="weight"`` then needs ``scale.dist_loss=local`` (each
+process weights its own pairs' terms of the gathered CLIP loss: exact), ``mode="drop"`` is refused
+(it makes the processes' batch sizes differ). ``scale.chunk_size`` (gradient caching) is exact with
+weights; ``scale.tile_size`` is refused in weight mode (tiles keep no per-pair terms).
 """
 
 from __future__ import annotations
@@ -108,8 +115,11 @@ def check_noisy_pairs(cfg: RunConfig, world: int = 1) -> None:
     if noisy is None:
         return
     where = "curation.noisy_pairs"
-    if world > 1:
-        raise ConfigError(f"{where} runs on one process for now (this run has {world} ranks)")
+    if world > 1 and noisy.mode == "drop":
+        raise ConfigError(
+            f"{where}.mode=drop changes each process's batch size, which the cross-process loss of "
+            f"this {world}-process run cannot take: use mode: weight"
+        )
     if cfg.data.sources or cfg.data.name == "webdataset":
         raise ConfigError(f"{where} needs one indexed training set: not data.sources or webdataset shards")
     if len([m for m in cfg.data.modalities if m in cfg.model.towers]) < 2:
@@ -118,10 +128,21 @@ def check_noisy_pairs(cfg: RunConfig, world: int = 1) -> None:
         accepts = set()
         if not cfg.loss.terms:
             accepts = set(getattr(LOSSES.get(cfg.loss.name), "accepts", ()))
-        if "pair_weights" not in accepts or cfg.scale.tile_size is not None:
+        if "pair_weights" not in accepts:
             raise ConfigError(
-                f"{where}.mode=weight needs a loss that takes per-pair weights (clip, untiled); "
+                f"{where}.mode=weight needs a loss that takes per-pair weights (clip); "
                 f"loss {cfg.loss.name if not cfg.loss.terms else 'terms'!r} does not: use mode: drop"
+            )
+        if cfg.scale.tile_size is not None:  # tiles keep row log-sum-exps only, no per-pair terms
+            raise ConfigError(
+                f"{where}.mode=weight conflicts with scale.tile_size={cfg.scale.tile_size}: the tiled "
+                "loss takes no per-pair weights; unset scale.tile_size (scale.chunk_size is fine) "
+                "or use mode: drop"
+            )
+        if world > 1 and cfg.scale.dist_loss != "local":
+            raise ConfigError(
+                f"{where}.mode=weight on {world} processes needs scale.dist_loss=local (each process "
+                f"weights its own pairs' terms), got {cfg.scale.dist_loss!r}"
             )
 
 
@@ -135,21 +156,30 @@ def pair_losses(
     image: ImageConfig | None = None,
     amp: bool = False,
     progress: bool = False,
+    rank: int = 0,
+    world: int = 1,
 ) -> np.ndarray:
     """Per-pair CLIP losses ``ℓ`` of every ``(image, caption)`` pair of ``source``, float64 in
     :meth:`PairSet.flat_captions` order (NaN for a pair a file source cannot read). ``model``
     must be in eval mode; its first two modalities are scored; ``image``: how a file source's
-    images are decoded (evaluation transform)."""
+    images are decoded (evaluation transform). ``world > 1`` (inside a process group): process
+    ``rank`` scores batches ``rank, rank + world, …`` of the same batches and the losses are
+    summed over processes, so every process returns the same array as one process would."""
     n_caps = np.asarray([len(c) for c in source.captions], dtype=np.int64)
     first, out = pair_offsets(source.captions), np.full(int(n_caps.sum()), np.nan)
     order = np.random.default_rng([seed, _ORDER_TAG]).permutation(len(n_caps))
     device = next(model.parameters()).device
     total = int(sum(-(-int((n_caps > j).sum()) // batch_size) for j in range(int(n_caps.max()))))
-    bar = progress_bar(None, "noisy pairs: scoring", progress, total=total, unit="batch", leave=False)
+    mine = -(-(total - rank) // world)
+    bar = progress_bar(None, "noisy pairs: scoring", progress, total=mine, unit="batch", leave=False)
+    count = -1
     for j in range(int(n_caps.max())):  # pass j: caption j of every image that has one
         rows = order[n_caps[order] > j]
         size = min(batch_size, len(rows))
         for lo in range(0, len(rows), size):
+            count += 1
+            if count % world != rank:  # another process's batch
+                continue
             chunk = rows[lo : lo + size]
             full = np.concatenate([chunk, rows[: size - len(chunk)]])  # fixed size: fill from the start
             batch, ok = _batch(model, source, full, j, image, device)
@@ -161,7 +191,18 @@ def pair_losses(
             out[first[chunk[keep]] + j] = ell[: len(chunk)][keep]
             bar.update(1)
     bar.close()
-    return out
+    return out if world == 1 else _sum_over_processes(out, device)
+
+
+def _sum_over_processes(out: np.ndarray, device: torch.device) -> np.ndarray:
+    """Every process's scored pairs in one array (each pair is scored by exactly one process)."""
+    import torch.distributed as dist
+
+    scored = np.isfinite(out)
+    t = torch.from_numpy(np.stack([np.where(scored, out, 0.0), scored.astype(np.float64)])).to(device)
+    dist.all_reduce(t)  # adding zeros to one value is exact: the sum is that value
+    total, hits = t.cpu().numpy()
+    return np.where(hits > 0, total, np.nan)
 
 
 def _batch(
@@ -250,8 +291,18 @@ class NoisyPairs:
         returns the metrics to log (``noisy_*``). The model is left in eval mode."""
         t0 = time.perf_counter()
         model.eval()
+        rank, world = _process_group()
         ell = pair_losses(
-            model, self.source, self._scale(loss), self.batch_size, self.seed, self.image, self.amp, progress
+            model,
+            self.source,
+            self._scale(loss),
+            self.batch_size,
+            self.seed,
+            self.image,
+            self.amp,
+            progress,
+            rank,
+            world,
         )
         ok = np.isfinite(ell)
         try:
@@ -317,6 +368,15 @@ class NoisyPairs:
             )
         self.clean = np.frombuffer(base64.b64decode(state["clean"]), dtype="<f8").astype(np.float64)
         self.fitted_at, self.fit = state["fitted_at"], dict(state["fit"])
+
+
+def _process_group() -> tuple[int, int]:
+    """``(rank, world)`` of the initialised process group, ``(0, 1)`` without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _rows(batch: dict[str, torch.Tensor], keep: torch.Tensor, n: int) -> dict[str, torch.Tensor]:

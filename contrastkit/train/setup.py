@@ -16,6 +16,7 @@ from contrastkit.core.errors import ConfigError, MissingFileError
 from contrastkit.core.io import atomic_write_text
 from contrastkit.core.registry import check_params
 from contrastkit.data import check_data
+from contrastkit.data.long_captions import check_long_caption_run
 from contrastkit.data.samplers import sampler_fields
 from contrastkit.losses.base import LOSSES, LossTerm, MultiLoss, PairLoss
 from contrastkit.models.dual_encoder import DualEncoder, build_model
@@ -24,7 +25,9 @@ from contrastkit.scale import TiledLoss
 from contrastkit.train.checkpoint import latest_checkpoint
 from contrastkit.train.config import RunConfig
 from contrastkit.train.distributed import DistContext, wrap_loss
+from contrastkit.train.jest import check_jest
 from contrastkit.train.noisy import check_noisy_pairs
+from contrastkit.train.teacher import check_samplers
 
 __all__ = [
     "check_batch_split",
@@ -78,6 +81,8 @@ def check_config(cfg: RunConfig) -> None:
         check_params(fn, {"context": None, **tower.params}, f"tower {tower.name!r} (model.towers.{modality})")
     check_data(cfg.data, (cfg.data.train_split, *cfg.data.eval_splits))
     check_noisy_pairs(cfg)
+    check_jest(cfg)
+    check_samplers(cfg)  # b3's teacher; unpaired_labels' loss
     fields = sampler_fields(cfg.data.sampler)  # mixup batches are wrong targets for other losses
     if fields and (cfg.loss.terms or not set(fields) <= getattr(LOSSES.get(cfg.loss.name), "accepts", set())):
         raise ConfigError(
@@ -86,6 +91,16 @@ def check_config(cfg: RunConfig) -> None:
         )
     if cfg.data.text_negatives is not None:
         _check_negatives(cfg)
+    loss_cls = None if cfg.loss.terms else LOSSES.get(cfg.loss.name)
+    check_long_caption_run(  # data.long_captions: a pair loss, no gradient caching, no mixup
+        cfg.data.long_captions,
+        cfg.loss.name,
+        _declared(loss_cls),
+        loss_cls is None or (isinstance(loss_cls, type) and issubclass(loss_cls, MultiLoss)),
+        cfg.scale.chunk_size,
+        cfg.data.label_task,
+        fields,
+    )
 
 
 def _check_negatives(cfg: RunConfig) -> None:
@@ -172,3 +187,4 @@ def check_batch_split(cfg: RunConfig, world: int) -> None:
             f"scale.chunk_size={chunk} splits the {per_rank} examples per process into chunks of which "
             f"one has {min(chunk, per_rank % chunk or chunk)}: every chunk needs at least 2 (batch norm)"
         )
+    check_noisy_pairs(cfg, world)  # what several processes cannot do, before any data is read

@@ -34,13 +34,14 @@ from contrastkit.core.io import atomic_write_text, check_writable_dir
 from contrastkit.core.progress import progress_bar, progress_default
 from contrastkit.core.runtime import check_threads, resolve_device, seed_everything, set_threads
 from contrastkit.data import Source, open_split, source_captions
+from contrastkit.data.long_captions import LONG_KEY, ROW_KEY, encode_positives, long_caption_loss
 from contrastkit.data.negatives import NEG_KEY
 from contrastkit.losses import from_config as build_loss
 from contrastkit.losses.base import MultiLoss, PairLoss
 from contrastkit.models.dual_encoder import DualEncoder, build_model
 from contrastkit.models.pretrained import check_files
 from contrastkit.scale import backward_through_chunks, embed_in_chunks
-from contrastkit.train import setup
+from contrastkit.train import multistage, setup, teacher
 from contrastkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from contrastkit.train.config import RunConfig
 from contrastkit.train.distributed import (
@@ -53,6 +54,7 @@ from contrastkit.train.distributed import (
 )
 from contrastkit.train.feed import DataFeed
 from contrastkit.train.guard import StepGuard, WeightSnapshot, all_finite, module_tensors
+from contrastkit.train.jest import Jest
 from contrastkit.train.logger import MetricsLogger, read_metrics
 from contrastkit.train.noisy import NoisyPairs
 from contrastkit.train.optim import build_optimizer, build_scheduler, param_groups
@@ -98,6 +100,7 @@ class _Session:
     feed: DataFeed  # the training batches, skip totals and stream places
     snapshot: WeightSnapshot  # weights + optimizer state before a step, to undo a non-finite one
     noisy: NoisyPairs | None = None  # curation.noisy_pairs: per-pair clean probabilities
+    jest: Jest | None = None  # curation.jest: the reference that picks the batch of a super-batch
 
 
 def _device(name: str) -> torch.device:
@@ -145,9 +148,15 @@ def _session(cfg: RunConfig, run_dir: Path, fresh: bool, ctx: DistContext, devic
         scheduler,
         StepGuard(cfg.guard),
         logger,
-        DataFeed(train_set, cfg.data, ctx, pair_index=cfg.curation.noisy_pairs is not None),
+        DataFeed(  # b3: a data config that carries the cached teacher embeddings
+            train_set,
+            teacher.b3_data(cfg, train_set, run_dir, ctx, device),
+            ctx,
+            pair_index=cfg.curation.noisy_pairs is not None,
+        ),
         WeightSnapshot(optimizer),
         NoisyPairs.for_run(cfg, train_set, ctx.world),
+        Jest.for_run(cfg, model, train_set, ctx.rank, ctx.world),
     )
 
 
@@ -157,6 +166,8 @@ def train(cfg: RunConfig, *, overwrite: bool = False, callbacks: Sequence[Callba
     Under ``torchrun`` (or inside an initialised process group) every rank calls this; rank 0
     locks and writes the run folder, logs and checkpoints (:mod:`contrastkit.train.rundir`).
     """
+    if cfg.curation.mcl is not None:  # multistage: its stages are ordinary runs in the folder
+        return multistage.train_multistage(cfg, overwrite=overwrite, callbacks=callbacks)
     run_dir = run_folder(cfg.out_dir, cfg.name)
     check_threads(cfg.train.threads)
     if cfg.train.init_from:
@@ -206,6 +217,8 @@ def resume(
     """
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
+    if cfg.curation.mcl is not None:
+        return multistage.resume_multistage(run_dir, callbacks=callbacks, steps=steps)
     if steps is not None:
         cfg = replace(cfg, train=replace(cfg.train, steps=steps))  # validates: steps >= 1
     device = _device(cfg.train.device)
@@ -279,6 +292,8 @@ def _embed(s: _Session, batch: dict[str, torch.Tensor]):
         emb = s.model(batch)
         if NEG_KEY in batch:  # hard-negative captions (data.text_negatives): the text tower's too
             emb[NEG_KEY] = s.model.encode("text", batch[NEG_KEY])
+        if LONG_KEY in batch:  # data.long_captions: the image's other positive captions [B, M-1, d]
+            emb[LONG_KEY] = encode_positives(s.model.encode, batch[LONG_KEY])
         return emb, None
 
 
@@ -304,6 +319,9 @@ def _compute_loss(s: _Session, emb: dict[str, torch.Tensor], batch: dict[str, to
             f"but the batch has no {missing} (data.modalities = {list(s.cfg.data.modalities)})"
         )
     a, b = (emb[m] for m in pair)
+    if LONG_KEY in emb:  # M captions per image: multi-positive (labels = rows) or column mean
+        pos = emb[LONG_KEY].float()
+        return long_caption_loss(s.objective, a.float(), b.float(), pos, batch[ROW_KEY], aux)
     return s.objective(a.float(), b.float(), **aux)
 
 
@@ -381,6 +399,7 @@ def _record(
                 "samples_per_s": rate,
                 "skipped_total": s.guard.total,
                 **s.feed.skips.log_values(),
+                **(s.jest.last if s.jest is not None else {}),  # mean score: selected rows vs all
                 **({"skip_reason": reason} if reason else {}),
             },
         )
@@ -416,7 +435,7 @@ def _fit(s: _Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
     loader = s.feed.loader(
         s.model.tokenize if text else None,
         s.model.count_truncated if text else None,
-        cfg.batch_size,
+        cfg.batch_size if s.jest is None else s.jest.super_batch,  # JEST: a super-batch per step
         cfg.seed,
         start,
         s.device,
@@ -431,6 +450,8 @@ def _fit(s: _Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
             batch = s.feed.take(next(batches), s.device)
             if s.noisy is not None:  # pair weights, or noisy pairs dropped (after the first fit)
                 batch = s.noisy.apply(batch)
+            if s.jest is not None:  # the sub-batch the reference and the learner find learnable
+                batch = s.jest.select(s.model, s.loss, batch, step)
             t1 = time.perf_counter()
             torch.manual_seed(_step_seed(cfg.seed, step, s.dist.rank))
             loss_val, grad_norm, reason = _step(s, batch, step)

@@ -91,3 +91,33 @@ def test_the_trainer_feeds_negatives_to_clip_in_and_refuses_losses_without_them(
     assert first["plain"] < first["negatives"] < first["plain"] + np.log(2)
     with pytest.raises(ConfigError, match="does not use negative captions"):
         train(dataclasses.replace(base, name="clip", data=neg_data, train=tr))
+
+
+def test_negatives_from_a_yaml_config_column_and_swap_reach_clip_in(tmp_path):
+    """A tiny ``contrastkit train --config`` run on a csv source, with the negatives from the data
+    (a text column) and from the swap generator: both reach the loss. Same initial weights and first
+    batch in every run, so the first loss orders as plain < with negatives < plain + log 2 (at most
+    N extra terms in each image's log-sum-exp), and the two kinds of negatives give different losses."""
+    import yaml
+
+    from contrastkit.cli import main
+    from contrastkit.core import to_dict
+    from tests.data._write import logged_losses, run_config
+
+    pairs = make_shapes("train", n=24)
+    names = write_pngs(pairs, tmp_path / "png")
+    rows = [[n, c[0], f"a photo of nothing like {c[0]}"] for n, c in zip(names, pairs.captions)]
+    table = write_table(tmp_path / "png" / "pairs.csv", ["image", "caption", "neg"], rows)
+    params = {"path": str(table), "caption_columns": ["caption"], "text_columns": ["neg"]}
+    first = {}
+    for name, negatives in (("plain", None), ("column", "neg"), ("swap", "swap")):
+        data = source_config("csv", params, exact(32), extras=("neg",), text_negatives=negatives)
+        cfg = to_dict(run_config(tmp_path / "runs", name, data, steps=2, batch_size=8))
+        cfg["loss"] = {"name": "clip_in", "params": {}}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        assert main(["train", "--config", str(path)]) == 0
+        first[name] = logged_losses(tmp_path / "runs" / name)[1]
+    for name in ("column", "swap"):
+        assert first["plain"] < first[name] < first["plain"] + np.log(2), (name, first)
+    assert abs(first["column"] - first["swap"]) > 1e-4

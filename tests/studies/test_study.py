@@ -89,3 +89,20 @@ def test_bad_settings_fail_before_any_training(tmp_path, changes, msg):
     with pytest.raises(ConfigError, match=msg):
         run_study(path)
     assert not list(tmp_path.rglob("metrics.jsonl"))  # nothing was trained
+
+
+def test_setting_slug_of_dict_and_list_values_is_a_valid_run_name():
+    # grid values may be whole blocks (data.sampler, data.sources): their names must be folder-safe
+    from contrastkit.studies.config import setting_slug
+    from contrastkit.train.rundir import check_run_name
+
+    mix = {"name": "class_mix", "params": {"per_class": 4, "classes_per_batch": 16}}
+    assert setting_slug((("data.sampler", mix),)) == "samplerclass_mix+per_class=4+classes_per_batch=16"
+    assert setting_slug((("data.sampler", {"name": "random"}), ("loss.name", "clip"))) == "samplerrandom-clip"
+    assert setting_slug((("loss.name", "clip"), ("train.batch_size", 32))) == "clip-bs32"  # scalars as before
+    long = [{"name": "csv", "params": {"path": "runs/data/noisy/pairs.csv", "caption_columns": ["a", "b"]}}]
+    paths = ("x" * 80, "x" * 81)
+    slugs = {setting_slug((("data.sources", [{"name": "csv", "params": {"path": p}}]),)) for p in paths}
+    assert len(slugs) == 2  # cut to the same prefix, told apart by the hash
+    for name in [*slugs, setting_slug((("data.sampler", mix), ("data.sources", long)))]:
+        check_run_name(f"{name}-s0")

@@ -171,3 +171,40 @@ def test_degenerate_inputs_raise_or_warn():
         warnings.simplefilter("always")
         mix = fit_beta_mixture(x)
     assert mix.means[1] < mix.means[0] and any("lower mean" in str(w.message) for w in caught)
+
+
+def test_em_fit_agrees_with_a_scipy_maximum_likelihood_fit_of_a_known_mixture():
+    """0.65·Beta(2, 9) + 0.35·Beta(7, 2), 20k draws: the EM (weighted method of moments, 50
+    iterations) against the mixture's maximum-likelihood fit by scipy (L-BFGS-B on the
+    negative log-likelihood with scipy.stats.beta densities); and the one-component method of
+    moments against scipy.stats.beta.fit(method="MM")."""
+    from scipy import optimize
+
+    x = np.clip(mixture_sample(20_000, 0.35, (2, 9), (7, 2), seed=11), 1e-4, 1 - 1e-4)
+    rng = np.random.default_rng(11)  # the same stream as mixture_sample: z is the truth
+    z = rng.random(20_000) < 0.35
+    mix = fit_beta_mixture(x, max_iters=50)
+
+    def nll(t):
+        a0, b0, a1, b1 = np.exp(t[:4])
+        p = 1 / (1 + np.exp(-t[4]))
+        return -np.log((1 - p) * stats.beta.pdf(x, a0, b0) + p * stats.beta.pdf(x, a1, b1)).sum()
+
+    t0 = np.r_[np.log([2, 9, 7, 2]), np.log(0.35 / 0.65)]
+    res = optimize.minimize(nll, t0, method="L-BFGS-B")
+    assert res.success
+    a0, b0, a1, b1 = np.exp(res.x[:4])
+    p = 1 / (1 + np.exp(-res.x[4]))
+    np.testing.assert_allclose([*mix.alphas, *mix.betas], [a0, a1, b0, b1], rtol=0.02)
+    assert mix.weights[1] == pytest.approx(p, abs=0.005)
+    grid = np.linspace(0.01, 0.99, 99)
+    f0, f1 = (1 - p) * stats.beta.pdf(grid, a0, b0), p * stats.beta.pdf(grid, a1, b1)
+    assert np.abs(mix.posterior(grid) - f1 / (f0 + f1)).max() < 0.01
+    f0, f1 = (1 - p) * stats.beta.pdf(x, a0, b0), p * stats.beta.pdf(x, a1, b1)
+    assert ((mix.posterior(x) > 0.5) == (f1 / (f0 + f1) > 0.5)).mean() > 0.999
+    assert ((mix.posterior(x) > 0.5) == z).mean() > 0.97  # the known components are separated
+    draws = np.random.default_rng(2).beta(2, 5, 1_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # scipy's MM start evaluates a bad skew
+        a_ref, b_ref, _, _ = stats.beta.fit(draws, method="MM", floc=0, fscale=1)
+    np.testing.assert_allclose(beta_moments(draws, np.ones_like(draws)), (a_ref, b_ref), rtol=1e-4)

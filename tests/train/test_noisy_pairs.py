@@ -16,7 +16,7 @@ from contrastkit.data.pairs import INDEX_KEY, PairDataset
 from contrastkit.data.shapes import swapped_images
 from contrastkit.losses import LossConfig
 from contrastkit.models.dual_encoder import ModelConfig, build_model
-from contrastkit.train import RunConfig, read_metrics, resume, train
+from contrastkit.train import RunConfig, load_run, read_metrics, resume, train
 from contrastkit.train.config import CurationConfig
 from contrastkit.train.noisy import (
     NoisyPairs,
@@ -163,6 +163,9 @@ def test_resume_with_noisy_pair_state_matches_the_uninterrupted_run(tmp_path, mo
     assert rows(cut.run_dir, "noisy_flagged")[12] == rows(full.run_dir, "noisy_flagged")[12]
     assert clean_probabilities(cut.run_dir).tobytes() == clean_probabilities(full.run_dir).tobytes()
     assert clean_probabilities(full.run_dir).shape == (1024,)
+    a_model, b_model = load_run(full.run_dir)[1], load_run(cut.run_dir)[1]
+    a_sd, b_sd = a_model.state_dict(), b_model.state_dict()
+    assert a_sd.keys() == b_sd.keys() and all(torch.equal(a_sd[k], b_sd[k]) for k in a_sd)  # to the bit
 
 
 def test_configs_noisy_pairs_cannot_serve_are_refused_before_any_data(tmp_path):
@@ -175,11 +178,72 @@ def test_configs_noisy_pairs_cannot_serve_are_refused_before_any_data(tmp_path):
             cfg, loss=LossConfig(name="siglip"), curation=CurationConfig(NoisyPairsConfig(mode="drop"))
         )
     )  # any loss can drop pairs
-    with pytest.raises(ConfigError, match="one process"):
-        check_noisy_pairs(cfg, world=2)
     mixed = dataclasses.replace(cfg.data, sources=(SourceConfig("shapes", {"n": 64}),))
     with pytest.raises(ConfigError, match="not data.sources"):
         check_noisy_pairs(dataclasses.replace(cfg, data=mixed))
     for bad in ({"every": 0}, {"start": 0}, {"eps_var": 0.3}, {"scale": -1.0}):
         with pytest.raises(ConfigError, match="curation.noisy_pairs"):
             NoisyPairsConfig(**bad)
+
+
+def test_pair_weights_with_gradient_caching_follow_the_dense_run_and_tiles_are_refused(tmp_path):
+    from contrastkit.scale import ScaleConfig
+
+    from .test_guard_and_training import _vit_config
+
+    def run(name, **scale):
+        cfg = _vit_config(tmp_path, name, **scale)
+        splits = {**cfg.data.splits, "train": {"n": 64, "noise": 0.3}}
+        cfg = dataclasses.replace(
+            cfg,
+            data=dataclasses.replace(cfg.data, splits=splits),
+            train=dataclasses.replace(cfg.train, steps=5),
+            curation=CurationConfig(NoisyPairsConfig(every=2, start=2)),
+        )
+        return [r for r in read_metrics(train(cfg).run_dir) if "loss" in r or "noisy_pi" in r]
+
+    dense, chunked = run("dense"), run("chunked", chunk_size=8)  # 32 pairs in chunks of 8
+    assert [r["step"] for r in dense if "noisy_pi" in r] == [2, 4]
+    assert [r.get("loss", r.get("noisy_pi")) for r in chunked] == pytest.approx(
+        [r.get("loss", r.get("noisy_pi")) for r in dense], rel=1e-4
+    )  # the weighted loss after each fit too: the chunked path passes pair_weights to the loss
+    cfg = dataclasses.replace(noisy_run(tmp_path, "tiled"), scale=ScaleConfig(tile_size=8))
+    with pytest.raises(ConfigError, match="mode=weight conflicts with scale.tile_size=8"):
+        train(cfg)
+
+
+def test_noisy_pairs_on_a_csv_source(tmp_path):
+    """The user's pairs (a csv of PNG files, one caption each, 12 of 48 captions rotated to other
+    rows): the scoring pass reads the files and equals the in-memory pairs' losses; a run trains
+    with refits, and the noisy-pair state covers every row."""
+    from contrastkit.data import open_split
+    from contrastkit.data.pairs import PairSet
+    from tests.data._write import exact, source_config, write_pngs, write_table
+
+    pairs = make_shapes("train", 48)
+    swapped, donor = caption_swaps(48, 0.25, 5)
+    captions = [c[0] for c in pairs.captions]
+    for i, d in zip(swapped.tolist(), donor.tolist()):
+        captions[i] = pairs.captions[d][0]
+    names = write_pngs(pairs, tmp_path / "pairs")
+    table = write_table(tmp_path / "pairs" / "pairs.csv", ["image", "caption"], zip(names, captions))
+    data = source_config("csv", {"path": str(table)}, exact(32))
+    source = open_split(data, "train")
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.tiny(), texts=captions).eval()
+    from_files = pair_losses(model, source, 10.0, 16, seed=2, image=data.image)
+    in_memory = PairSet(pairs.images, tuple((c,) for c in captions), {}, "mem")
+    np.testing.assert_allclose(from_files, pair_losses(model, in_memory, 10.0, 16, seed=2), rtol=1e-6)
+
+    cfg = RunConfig.tiny(name="csv", out_dir=str(tmp_path / "runs"))
+    cfg = dataclasses.replace(
+        cfg,
+        data=data,
+        train=dataclasses.replace(cfg.train, steps=6, batch_size=16, log_every=1, ckpt_every=6),
+        curation=CurationConfig(NoisyPairsConfig(every=3, start=3)),
+    )
+    rows = read_metrics(train(cfg).run_dir)
+    assert [r["step"] for r in rows if "noisy_pi" in r] == [3, 6]
+    assert np.isfinite([r["loss"] for r in rows if "loss" in r]).all()
+    clean = clean_probabilities(tmp_path / "runs" / "csv")
+    assert clean.shape == (48,) and ((clean > 0) & (clean < 1)).all()
