@@ -119,7 +119,7 @@ def run_all(specs: Sequence[RunSpec], study: StudyConfig, jobs: int = 1) -> list
     threads = max(1, cores // max(jobs, 1))
     print(
         f"study {study.name}: {len(specs)} runs, {skipped} already finished, {len(todo)} to run "
-        f"({jobs} at a time, {threads} thread(s) each)"
+        f"({jobs} at a time, {threads} thread(s) each at most; a run's train.threads caps it)"
     )
     failed = []
     bar = progress_bar(None, f"study {study.name}", total=len(todo), unit="run")
