@@ -34,6 +34,8 @@ class SamplerContext:
     ``batch_size`` is the global batch, ``start`` the batches already consumed, ``shard`` =
     ``(rank, world)``. ``captions``: each source's caption lists, for samplers that pick captions
     of other items (``unpaired_labels``); empty when the loader does not pass them.
+    ``source_tasks``: each source's class tasks, for a ``data.sources`` mixture (``tasks`` is
+    then empty); empty when the loader does not pass them.
     """
 
     n_captions: tuple[np.ndarray, ...]
@@ -46,6 +48,7 @@ class SamplerContext:
     label_task: str | None = None
     mix: str = "rows"
     captions: tuple[Sequence[Sequence[str]], ...] = ()
+    source_tasks: tuple[Mapping[str, ClassTask], ...] = ()
 
     def __post_init__(self) -> None:
         rank, world = self.shard

@@ -186,7 +186,8 @@ def train_loader(
         tasks = {} if isinstance(source, Mixture) else dict(source.tasks)
         n_caps = [[len(c) for c in p.captions] for p in parts]
         captions = [p.captions for p in parts]
-        ctx = context_of(n_caps, cfg, batch_size, seed, start, shard, weights, tasks, captions)
+        per_source = [dict(p.tasks) for p in parts] if isinstance(source, Mixture) else []
+        ctx = context_of(n_caps, cfg, batch_size, seed, start, shard, weights, tasks, captions, per_source)
         sampler = build_sampler(cfg.sampler, ctx)
     transform = getattr(sampler, "transform", None)
     negatives = cfg.text_negatives  # a column becomes batch key text_neg (tokenised as text)

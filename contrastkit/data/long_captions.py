@@ -20,10 +20,16 @@ Row ``i`` of a batch whose seed is ``(a, b, c)`` draws from ``default_rng([a, b,
 for indexed sources that seed is ``(train seed, step, global row offset)``, so a row's draw
 depends on ``(seed, step, global row)`` only: resume is exact and any rank split draws the same.
 
-**Batch keys**: ``text`` = column 0 ``[B, L]`` (what every pair loss sees), :data:`LONG_KEY`
-``text_pos`` = the other ``M − 1`` columns as token ids ``[B, M−1, L]`` (absent when M = 1) and
-:data:`ROW_KEY` ``text_row`` = int64 ``[B]``, each row's global batch row (labels that stay
-distinct when ranks gather their batches).
+**Batch keys**: ``text`` = column 0 ``[B, L]`` (what every pair loss sees) and :data:`LONG_KEY`
+``text_pos`` = the other ``M − 1`` columns as token ids ``[B, M−1, L]`` (absent when M = 1).
+
+**Owners** (:func:`owner_rows`): the multi-positive labels only have to tell which image owns a
+caption inside the GLOBAL batch, so they are each row's position in it, ``rank·b + i`` for row
+``i`` of the ``b`` rows of process ``rank`` — the order in which the cross-rank loss gathers the
+processes' rows (all processes hold ``b`` rows). They never come from the data source, so they are
+distinct across processes for every source (``webdataset`` streams included, whose batch seeds say
+nothing about the other processes) and the loss on ``D`` processes equals the one-process loss on
+the gathered batch.
 
 **Loss** (:func:`long_caption_loss`), image ``x_i`` and text columns ``y_{i,c}``, ``c < M``:
 
@@ -31,7 +37,7 @@ distinct when ranks gather their batches).
   positives ``P(i) = {(i, c)}``, ``L = s x yᵀ``,
   ``ℓ_i = −log(Σ_c e^{L_{i,(i,c)}} / Σ_{j,c} e^{L_{i,(j,c)}})`` and for each text
   ``ℓ_{(j,c)} = −log(e^{L_{j,(j,c)}} / Σ_i e^{L_{i,(j,c)}})``; loss = ½(mean_i ℓ_i + mean_{j,c} ℓ_{(j,c)}).
-  Computed as ``multi_positive(x repeated M times, y flattened, labels = rows repeated M times)``,
+  Computed as ``multi_positive(x repeated M times, y flattened, labels = owners repeated M times)``,
   which equals the formula exactly for ``form="in"`` (the repeated image rows are identical and
   their copies cancel in each text's softmax); ``form="out"`` adds the constant ``log M`` to the
   text term.
@@ -44,9 +50,6 @@ Defaults (``data.long_captions``): ``k = 6``, ``full = true``, ``exclude_last = 
 :class:`~contrastkit.losses.base.MultiLoss` (``check_long_caption_run``).
 Deviation: the pool is the split of the caption the sampler drew for the row (a source with one
 long caption per image: all of its sentences), not the concatenation of several caption fields.
-Limitation: ``webdataset`` shards seed batches per stream, not per global row, so their
-``text_row`` labels are distinct within a process only: the multi-positive path on several
-processes needs an indexed source.
 """
 
 from __future__ import annotations
@@ -65,7 +68,6 @@ from contrastkit.data.skips import SKIPS_KEY
 __all__ = [
     "FILLED",
     "LONG_KEY",
-    "ROW_KEY",
     "LongCaptionConfig",
     "add_sub_captions",
     "check_long_caption_data",
@@ -73,13 +75,13 @@ __all__ = [
     "draw_indices",
     "encode_positives",
     "long_caption_loss",
+    "owner_rows",
     "sample_sub_captions",
     "split_caption",
     "tokenize_nested",
 ]
 
 LONG_KEY = "text_pos"  # token ids [B, M-1, L] of each row's other positive captions
-ROW_KEY = "text_row"  # int64 [B]: each row's global batch row (the multi-positive labels)
 FILLED = "caption without sub-captions"  # _skips reason (not a skip): slots filled with the caption
 _SPLIT = re.compile(r"\n|</s>|[.]")
 _SALT = 77  # DreamLIP's seed number in the paper list: a stream apart from other per-row draws
@@ -154,7 +156,7 @@ def sample_sub_captions(
 
 def add_sub_captions(out: dict[str, object], cfg: LongCaptionConfig, seed: Sequence[int] | None) -> None:
     """In a collated batch (captions not yet tokenised): ``text`` becomes column 0, ``text_pos``
-    the other columns (per-row lists), ``text_row`` the global rows; fills are counted."""
+    the other columns (per-row lists); fills are counted."""
     if seed is None:
         raise InputError("data.long_captions needs batches that carry their seed (_seed)")
     texts = out["text"]
@@ -162,8 +164,6 @@ def add_sub_captions(out: dict[str, object], cfg: LongCaptionConfig, seed: Seque
     out["text"] = [r[0] for r in rows]
     if cfg.columns > 1:
         out[LONG_KEY] = [r[1:] for r in rows]
-    first = int(seed[-1])
-    out[ROW_KEY] = torch.arange(first, first + len(rows), dtype=torch.long)
     if filled:
         skips = dict(out.get(SKIPS_KEY, {}))  # type: ignore[call-overload]
         skips[FILLED] = skips.get(FILLED, 0) + filled
@@ -189,6 +189,14 @@ def encode_positives(encode: Callable[[str, torch.Tensor], torch.Tensor], ids: t
     return encode("text", ids.flatten(0, 1)).reshape(b, p, -1)
 
 
+def owner_rows(b: int, rank: int = 0) -> torch.Tensor:
+    """The multi-positive labels of this process's ``b`` rows: their positions ``rank·b … rank·b +
+    b − 1`` in the global batch (module docstring, "Owners"); int64 ``[b]``."""
+    if b < 0 or rank < 0:
+        raise InputError(f"owner_rows needs b >= 0 and rank >= 0, got b={b}, rank={rank}")
+    return torch.arange(rank * b, (rank + 1) * b, dtype=torch.long)
+
+
 def long_caption_loss(
     objective: Callable[..., torch.Tensor],
     x: torch.Tensor,
@@ -200,7 +208,8 @@ def long_caption_loss(
 ) -> torch.Tensor:
     """The loss of images ``x [B, d]`` with text columns ``y [B, d]`` (column 0) and ``positives
     [B, M−1, d]`` (module docstring). ``labels``: use the multi-positive path (default: when
-    ``objective`` accepts ``labels``); ``rows [B]``: global rows, the labels (distinct over ranks)."""
+    ``objective`` accepts ``labels``); ``rows [B]``: the rows' owners, distinct over the global
+    batch (:func:`owner_rows`), the labels."""
     cols = torch.cat([y[:, None], positives], dim=1)  # [B, M, d]
     b, m = cols.shape[:2]
     if labels is None:

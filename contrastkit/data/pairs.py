@@ -331,7 +331,7 @@ class Collate:
     hard-negative caption per row (``data.text_negatives``, :mod:`contrastkit.data.negatives`).
     ``transform(batch, seed)``: a sampler's batch transform (mixup), given the batch's ``_seed``
     ``(seed, step, offset)``. ``long_captions``: a :class:`~contrastkit.data.long_captions.
-    LongCaptionConfig` — sub-captions as ``text``, ``text_pos`` [B, M−1, L] and ``text_row``
+    LongCaptionConfig` — sub-captions as ``text`` and ``text_pos`` [B, M−1, L]
     (``data.long_captions``). Picklable."""
 
     def __init__(
@@ -352,7 +352,7 @@ class Collate:
     def __call__(self, item: dict[str, object]) -> Batch:
         out = dict(item)
         seed = out.pop(SEED_KEY, None)
-        if self.long_captions is not None and "text" in out:  # sub-captions: text, text_pos, text_row
+        if self.long_captions is not None and "text" in out:  # sub-captions: text, text_pos
             from contrastkit.data.long_captions import add_sub_captions
 
             add_sub_captions(out, self.long_captions, seed)

@@ -16,8 +16,9 @@ data:
 * ``source_mix``: ``B·pₛ`` rows of every source of ``data.sources`` (largest remainder).
 * ``b3``: batches filled from communities of a teacher's k-NN similarity graph (hard negatives,
   S-B3, :mod:`contrastkit.data.b3`); one source.
-* ``unpaired_labels``: images of an image-only half × captions of a text-only half, soft targets
-  ``weights`` from label overlap for the ``medclip`` loss (:mod:`contrastkit.data.unpaired`).
+* ``unpaired_labels``: images of an image-only set × captions of a text-only set (halves of one
+  source, or two ``data.sources``), per-sample label vectors for the ``medclip`` loss's soft
+  targets (:mod:`contrastkit.data.unpaired`).
 * ``mcl``: every global batch from one group (MCL's cluster-restricted negatives, D-MCL): the
   groups of a ``.npy`` label file (``groups``) or of a class task (``task``); one source.
 
@@ -35,7 +36,7 @@ tasks=pairs.tasks), task="shape", per_class=4)``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -72,7 +73,7 @@ SAMPLERS.register("b3")(b3_sampler)  # S-B3, contrastkit.data.b3
 SAMPLERS.register("unpaired_labels")(unpaired_sampler)  # D-MEDCLIP-SAMPLER, contrastkit.data.unpaired
 
 _NEEDS_SOURCES = ("single_source", "source_mix")
-_ONE_SOURCE = ("class_mix", "batch_binding", "mcl", "b3", "unpaired_labels")
+_ONE_SOURCE = ("class_mix", "batch_binding", "mcl", "b3")
 
 
 @SAMPLERS.register("random")
@@ -246,6 +247,11 @@ def check_sampler(cfg: DataConfig) -> None:
         raise ConfigError(f"data.sampler {name!r} draws among data.sources; set data.sources")
     if name in _ONE_SOURCE and cfg.sources:
         raise ConfigError(f"data.sampler {name!r} draws from one source; it does not take data.sources")
+    if name == "unpaired_labels" and len(cfg.sources) not in (0, 2):
+        raise ConfigError(
+            f"data.sampler 'unpaired_labels' takes one source or exactly two data.sources (an image "
+            f"set and a text set), got {len(cfg.sources)}"
+        )
 
 
 def sampler_fields(cfg: SamplerConfig) -> tuple[str, ...]:
@@ -265,6 +271,7 @@ def context_of(
     weights: Sequence[float] | None,
     tasks: dict[str, ClassTask],
     captions: Sequence[Sequence[Sequence[str]]] = (),
+    source_tasks: Sequence[Mapping[str, ClassTask]] = (),
 ) -> SamplerContext:
     """The :class:`SamplerContext` of a loader over ``cfg``'s training data."""
     return SamplerContext(
@@ -278,4 +285,5 @@ def context_of(
         cfg.label_task,
         cfg.mix,
         tuple(captions),
+        tuple(source_tasks),
     )

@@ -43,8 +43,10 @@ MaxScale = Annotated[float, Ge(1)]
 """``max_scale`` of a learnable logit scale: the clamp bound ``s <= max_scale`` (>= 1)."""
 
 # optional batch fields a loss may use: labels [N], weights [N, N] (pairwise), pair_weights [N]
-# (one constant weight per pair, e.g. noisy-pair clean probabilities)
-AUX_FIELDS = ("labels", "weights", "pair_weights")
+# (one constant weight per pair, e.g. noisy-pair clean probabilities), image_labels / text_labels
+# [N, C] (per-sample label vectors of the images and of the texts: medclip's A Uᵀ; unlike
+# weights they can be gathered across processes)
+AUX_FIELDS = ("labels", "weights", "pair_weights", "image_labels", "text_labels")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ With ``s(a, b)`` the cosine similarity, for anchor ``z¹_i`` (direction 1→2)::
 
 Defaults: τ = 0.1, σ = 0.5. The loss can be negative. N = 1 has no negatives: an error.
 Shapes: ``x, y: [N, d]`` → 0-d tensor. Memory: one ``[2N, 2N]`` similarity matrix.
-Tiled / distributed: dense only (``TiledLoss`` and ``GatherLoss`` dispatch on clip/siglip only).
+Tiled: ``scale.tile_size`` runs DCL and DCLW in O(N·d + tile²) memory, exactly
+(:mod:`contrastkit.scale.tiled_zoo`). Distributed: dense only.
 The spec's distributed form (negatives from all ranks, positives local) is obtained by gathering
 the embeddings first and calling this loss on the full batch (same value; each rank then holds
 every anchor's term). Related: L-NTXENT (ℓ_NTXent − ℓ_DCL = log(1 + exp(q⁺ − LSE_neg)) per anchor),

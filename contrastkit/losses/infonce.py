@@ -14,8 +14,9 @@
       L_ij = s · x_i·y_j,   loss = CE(L, arange N)       (symmetric=True: ½[CE(L) + CE(Lᵀ)] = L-CLIP)
 
 Shapes: ``x, y: [N, d]`` → 0-d tensor (float32, or float64 for float64 input).
-Tiled / distributed: ``ntxent`` and one-directional ``infonce`` are dense only (``TiledLoss`` and
-``GatherLoss`` dispatch on clip/siglip only); for several devices gather the embeddings first. An
+Tiled: ``scale.tile_size`` runs ``ntxent`` and one-directional ``infonce`` in O(N·d + tile²)
+memory, exactly (:mod:`contrastkit.scale.tiled_zoo`). Distributed: for several devices gather the
+embeddings first. An
 ``InfoNCELoss(symmetric=True)`` module's ``pure()`` *is* ``clip_loss``, so it runs under both
 wrappers. Related: L-CLIP, L-SUPCON (NT-Xent = SupCon with two views and distinct labels), L-DCL
 (positive removed from the denominator), L-AM-NTXENT (margin on the positive).

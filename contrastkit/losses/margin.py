@@ -24,8 +24,9 @@ where it is exactly 0 (θ⁺ = 0 or π) its derivative is unbounded and we use 0
 views give finite gradients (sslsv yields NaN there). Margin warm-up: :func:`margin_schedule`; a
 trainer sets ``loss.margin = margin_schedule(epoch, epochs, m)`` at each epoch.
 Shapes: ``x, y: [N, d]`` → 0-d tensor. N = 1 has no negatives: an error unless ``allow_single=True``.
-Tiled / distributed: dense only (``TiledLoss`` and ``GatherLoss`` dispatch on clip/siglip only);
-gather the embeddings first. Related: L-NTXENT, L-CLIP, L-SUPCON.
+Tiled: ``scale.tile_size`` runs both margin losses in O(N·d + tile²) memory, exactly
+(:mod:`contrastkit.scale.tiled_zoo`). Distributed: gather the embeddings first.
+Related: L-NTXENT, L-CLIP, L-SUPCON.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ All four replace CLIP's one-hot targets over the logit matrix ``L_ij = s · x_i�
   continuous targets ``w_ij = (q_i·q_j + 1)/2`` from the frozen modality ``q = y``.
 * ``medclip`` — no spec entry; Wang et al. 2022 (EMNLP), "MedCLIP: Contrastive Learning from
   Unpaired Medical Images and Text": semantic matching loss as in the official code (RyanWangZf/
-  MedCLIP ``ImageTextContrastiveLoss._soft_clip_loss``), soft targets from label similarity.
+  MedCLIP ``ImageTextContrastiveLoss._soft_clip_loss``), soft targets from label similarity
+  (``labels``, ``weights [N, N]``, or per-sample ``image_labels``/``text_labels`` — the form that
+  works across processes: ``GatherAllLoss`` gathers them and ``S = A Uᵀ`` spans the global batch).
 * ``multi_positive`` — no spec entry; multi-positive InfoNCE for several captions per image
   (Zheng et al. 2024, "DreamLIP": sub-captions as positives), positives = equal ``labels``.
 * ``xmc_decoupled`` — no spec entry; DEXML's decoupled softmax (Gupta et al. 2024, "Dual-Encoders
@@ -15,7 +17,8 @@ All four replace CLIP's one-hot targets over the logit matrix ``L_ij = s · x_i�
 
 Learnable scale: CLIP-style ``θ_s = log s`` in the modules (init ``log(1/0.07)``, clamped to
 ``[0, ln 100]`` after each step) except ``xmc_decoupled`` (DEXML: fixed τ = 0.05).
-Tiled / distributed: dense only (``TiledLoss`` / ``GatherLoss`` dispatch on clip/siglip only); the
+Tiled: ``multi_positive`` has an exact O(N·d + tile²) form (``scale.tile_size``,
+:mod:`contrastkit.scale.tiled_zoo`); the others are dense only. Distributed: the
 targets couple the whole batch, so gather embeddings *and* the batch field first and call once.
 N = 1 (the loss is identically 0) is an error unless ``allow_single=True``.
 Related: L-CLIP (one-hot targets: each loss reduces to it, see the tests), L-SUPCON, L-M3COL.
@@ -201,6 +204,20 @@ def medclip_targets(
     raise ConfigError(f"target must be 'softmax' or 'normalize', got {target!r}")
 
 
+def _label_overlap(a: torch.Tensor, u: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``A Uᵀ`` of per-sample label vectors ``image_labels [N, C]``, ``text_labels [N, C]``, detached."""
+    n = like.shape[0]
+    for name, t in (("image_labels", a), ("text_labels", u)):
+        if not isinstance(t, torch.Tensor) or t.ndim != 2 or t.shape[0] != n:
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise InputError(f"{name} must have shape [N, C] with N = {n}, got {shape}")
+        check_finite(name, t)
+    if a.shape[1] != u.shape[1]:
+        raise InputError(f"image_labels and text_labels need the same C, got {a.shape[1]} and {u.shape[1]}")
+    a, u = (t.detach().to(device=like.device, dtype=like.dtype) for t in (a, u))
+    return a @ u.T
+
+
 def medclip_loss(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -208,6 +225,8 @@ def medclip_loss(
     *,
     labels: torch.Tensor | None = None,
     weights: torch.Tensor | None = None,
+    image_labels: torch.Tensor | None = None,
+    text_labels: torch.Tensor | None = None,
     target: str = "softmax",
     target_temperature: float = 1.0,
     normalize: bool = True,
@@ -216,19 +235,31 @@ def medclip_loss(
     """MedCLIP semantic matching loss: ``½[CE_soft(L, T_img) + CE_soft(Lᵀ, T_txt)]``.
 
     The label similarity ``S`` is ``S_ij = [labels_i = labels_j]`` from class ids ``labels [N]``
-    (= the cosine of one-hot label vectors), or given directly as ``weights [N, N]`` — e.g.
-    ``l_img @ l_txtᵀ`` of multi-hot finding vectors, which images and reports carry separately in
-    MedCLIP's unpaired setting. At most one of the two; neither = every pair its own class
-    (``S = I``). Targets: :func:`medclip_targets`.
+    (= the cosine of one-hot label vectors); or ``S = A Uᵀ`` from per-sample label vectors
+    ``image_labels [N, C]`` (``A``, of the images) and ``text_labels [N, C]`` (``U``, of the
+    texts) — MedCLIP's unpaired setting, where images and reports carry their labels separately;
+    per-sample, so a cross-process wrapper can gather them and ``S`` covers the global batch; or
+    given directly as ``weights [N, N]``. At most one of the three (the two label-vector fields
+    together); none = every pair its own class (``S = I``). Targets: :func:`medclip_targets`.
     """
-    if labels is not None and weights is not None:
-        raise InputError("medclip_loss takes labels [N] or weights [N, N] (label similarity), not both")
+    given = [k for k, v in (("labels", labels), ("weights", weights)) if v is not None]
+    if image_labels is not None or text_labels is not None:
+        given.append("image_labels/text_labels")
+        if image_labels is None or text_labels is None:
+            raise InputError("medclip_loss takes image_labels and text_labels together")
+    if len(given) > 1:
+        raise InputError(
+            f"medclip_loss takes one of labels, weights or image_labels/text_labels, not both {given[0]} "
+            f"and {given[1]}"
+        )
     _, _, logits = _prepare(x, y, scale, normalize, allow_single, "medclip_loss")
     n = logits.shape[0]
     if labels is not None:
         sim = _labels_eq(labels, n, logits.device).to(logits.dtype)
     elif weights is not None:
         sim = _square("weights", weights, logits)
+    elif image_labels is not None and text_labels is not None:
+        sim = _label_overlap(image_labels, text_labels, logits)
     else:
         sim = torch.eye(n, dtype=logits.dtype, device=logits.device)
     t_img, t_txt = medclip_targets(sim, target, target_temperature)
@@ -239,10 +270,11 @@ def medclip_loss(
 class MedCLIPLoss(LearnableScaleLoss):
     """Module form of :func:`medclip_loss` (MedCLIP: ``θ_s`` init ``log(1/0.07)``, clamp ``[0, ln 100]``).
 
-    Batch fields: ``labels`` [N] or ``weights`` [N, N] (at most one; neither: ``S = I``).
+    Batch fields: ``labels`` [N], ``weights`` [N, N], or ``image_labels`` and ``text_labels``
+    [N, C] (``S = A Uᵀ``, what the ``unpaired_labels`` sampler adds); at most one; none: ``S = I``.
     """
 
-    accepts = frozenset({"labels", "weights"})
+    accepts = frozenset({"labels", "weights", "image_labels", "text_labels"})
 
     def __init__(
         self,

@@ -32,11 +32,11 @@ accuracy. Spec form from the abstract, not checked against the original; an all-
 row becomes the zero vector (``F.normalize`` keeps it at 0).
 
 Shapes: ``x, y: [N, d]``, ``labels: [N]`` integer → 0-d tensor. Memory: the ``[VN, VN]`` logits,
-one masked copy for the log-sum-exp and boolean masks. Tiled / distributed: dense only
-(``TiledLoss`` and ``GatherLoss`` dispatch on clip/siglip only); gather embeddings *and* labels
-across devices first. Only ``[N]`` labels are accepted (not the reference's explicit ``[B, B]``
-mask), and only anchor mode "all". With labels, the "ignore" mode reads the number of anchors
-with a positive on the host (one device sync per call).
+one masked copy for the log-sum-exp and boolean masks. Tiled: ``scale.tile_size`` gives the same
+values and gradients in O(N·d + tile²) memory (:mod:`contrastkit.scale.tiled_zoo`). Distributed:
+gather embeddings *and* labels across devices first. Only ``[N]`` labels are accepted (not the
+reference's explicit ``[B, B]`` mask), and only anchor mode "all". With labels, the "ignore" mode
+reads the number of anchors with a positive on the host (one device sync per call).
 Related: L-NTXENT, L-CLIP, L-DCL.
 """
 

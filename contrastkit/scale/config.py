@@ -15,6 +15,7 @@ class ScaleConfig:
     """How a contrastive batch larger than memory is computed — never *what* is computed.
 
     ``tile_size``: compute the loss in tiles of this many rows/columns (S-INFCL); ``null`` = dense.
+    Losses with a tiled form: CLIP, SigLIP and the InfoNCE family of ``scale.tiled_zoo``.
     ``chunk_size``: run the towers on this many samples at a time with gradient caching
     (S-GRADCACHE); ``null`` = the whole batch at once.
     ``dist_loss`` (several processes, e.g. under ``torchrun``): ``local`` — gather embeddings with

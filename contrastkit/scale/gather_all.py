@@ -52,7 +52,8 @@ def _gather_field(name: str, t: torch.Tensor, group: Group, pad_value: int) -> t
     if name in PAIRWISE_FIELDS:
         raise ConfigError(
             f"batch field {name!r} is a pairwise matrix over this rank's samples; it cannot be made "
-            "global across ranks — pass per-sample fields (e.g. labels) instead"
+            "global across ranks — pass per-sample fields (e.g. labels; for medclip image_labels "
+            "and text_labels) instead"
         )
     if t.ndim == 2 and not t.is_floating_point():  # token ids: equal lengths first
         lengths = _all_gather(torch.tensor([t.shape[1]], device=t.device), group)

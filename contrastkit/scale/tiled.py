@@ -24,6 +24,8 @@ scales them — 3 tile matmuls per tile pair, the dense floor; the diagonal is p
 Learnable scale and bias get exact gradients; the CLIP logit bias cancels (zero gradient).
 
 Inputs in float16/bfloat16 are promoted to float32 first; any tile size ≥ 1 and any N work.
+:data:`TILED` (what :class:`TiledLoss` dispatches on) also holds the InfoNCE family's tiled forms
+(:mod:`contrastkit.scale.tiled_zoo`: NT-Xent, SupCon, DCL/DCLW, multi-positive, InfoNCE, margins, HN-NCE).
 Related: :func:`contrastkit.losses.clip_loss`, :func:`contrastkit.losses.siglip_loss` (the dense
 forms these equal), ``contrastkit.scale.grad_cache`` (memory of the towers, not of the loss).
 """
@@ -41,6 +43,7 @@ from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.losses.base import PairLoss, maybe_normalize
 from contrastkit.losses.clip import clip_loss
 from contrastkit.losses.siglip import siglip_loss
+from contrastkit.scale.tiled_zoo import TILED_FAMILY, TILED_FIELDS
 
 __all__ = [
     "TILED",
@@ -255,12 +258,15 @@ def tiled_siglip_loss(
 TILED: dict[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] = {
     clip_loss: tiled_clip_loss,
     siglip_loss: tiled_siglip_loss,
+    **TILED_FAMILY,  # NT-Xent, SupCon, DCL/DCLW, multi-positive, InfoNCE, margins, HN-NCE
 }
 
 
 class TiledLoss(PairLoss):
     """Wrap a loss module so it is computed in tiles; parameters, clamps and logs are the inner
-    loss's. Raises :class:`ConfigError` for a loss with no tiled form."""
+    loss's. Raises :class:`ConfigError` for a loss with no tiled form. The batch fields it
+    accepts are the inner loss's that its tiled form takes (``labels`` for SupCon and
+    multi-positive; CLIP's ``pair_weights`` are not taken)."""
 
     def __init__(self, loss: PairLoss, tile_size: int = DEFAULT_TILE) -> None:
         super().__init__()
@@ -271,6 +277,11 @@ class TiledLoss(PairLoss):
             raise ConfigError(f"{type(loss).__name__} has no tiled form; tiled losses: {names}")
         self.inner = loss
         self.tile_size = tile_size
+
+    @property
+    def accepts(self) -> frozenset[str]:  # type: ignore[override]
+        fn, _ = self.inner.pure()
+        return self.inner.accepts & TILED_FIELDS.get(fn, frozenset())
 
     def pure(self) -> tuple[Callable[..., torch.Tensor], dict[str, Any]]:
         fn, kwargs = self.inner.pure()

@@ -23,8 +23,12 @@ Contrastive Learning" (MCL). Reference: MajorDavidZhang/MCL ``cluster.py``, ``my
    ``F(x) = norm(concat_t f_t(x))`` of RAW outputs (``per_stage_normalize``: normalise each first).
 
 Resume: each stage resumes exactly from its own checkpoints, cluster files are written once, so
-``resume(RUN_DIR)`` continues at the right stage and step. Under ``torchrun`` every rank trains
-each stage; rank 0 clusters while the others wait. Cost: one inference pass and one k-means per
+``resume(RUN_DIR)`` continues at the right stage and step. Stage configs name their group file
+(and, with ``init="previous"``, the previous stage) by absolute path; resume re-points them at the
+run folder where they are now, so a moved or copied run folder resumes. Under ``torchrun`` every
+rank trains each stage (global batches group-pure; the same batches, groups and losses as one
+process with a BatchNorm-free model, tested on 2 gloo processes); rank 0 clusters while the
+others wait. Cost: one inference pass and one k-means per
 stage; training cost ``stages ×``; inference ``stages ×``. Indexed single sources (built-in sets,
 file tables), not ``data.sources`` mixtures or webdataset shards. An item a file source cannot
 read gets label ``−1`` (never drawn).
@@ -272,6 +276,25 @@ def _groups(root: Path, cfg: RunConfig, stage: int, ctx: DistContext) -> None:
     ctx.barrier()
 
 
+def _reanchor(root: Path, cfg: RunConfig, stage: int, ctx: DistContext) -> None:
+    """Point the saved config of stage ``stage`` at the group file and previous stage of the run
+    folder where it is now: they are saved as absolute paths (the sampler reads its file relative
+    to the working directory), so a moved or copied run folder would read the old ones, or none."""
+    from contrastkit.train.setup import load_run_config
+
+    if ctx.main:
+        folder = stage_dirs(root, _mcl(cfg))[stage]
+        saved, want = load_run_config(folder), stage_config(cfg, root, stage)
+        if (saved.data.sampler, saved.train.init_from) != (want.data.sampler, want.train.init_from):
+            fixed = replace(
+                saved,
+                data=replace(saved.data, sampler=want.data.sampler),
+                train=replace(saved.train, init_from=want.train.init_from),
+            )
+            atomic_write_text(folder / "config.yaml", yaml.safe_dump(to_dict(fixed), sort_keys=False))
+    ctx.barrier()
+
+
 def _run_stages(root: Path, cfg: RunConfig, ctx: DistContext, callbacks: Sequence[Callback]) -> TrainResult:
     from contrastkit.train.trainer import TrainResult, resume, train
 
@@ -283,6 +306,8 @@ def _run_stages(root: Path, cfg: RunConfig, ctx: DistContext, callbacks: Sequenc
         if t >= 1:
             _groups(root, cfg, t, ctx)
         if (folder / "config.yaml").is_file():
+            if t >= 1:
+                _reanchor(root, cfg, t, ctx)
             results.append(resume(folder, callbacks=callbacks))
         else:
             results.append(train(stage_config(cfg, root, t), overwrite=True, callbacks=callbacks))

@@ -57,15 +57,17 @@ def _spec(teacher: str) -> tuple[str, str]:
 
 def check_samplers(cfg: RunConfig) -> None:
     """Before any data is read: a ``b3`` sampler needs exactly one of ``teacher`` / ``embeddings``,
-    and it must exist; ``unpaired_labels`` with a loss that ignores its soft targets ``weights``
-    trains on random image–text pairs (the naive use of unpaired data): a warning."""
+    and it must exist; ``unpaired_labels`` with a loss that ignores its label vectors
+    (``image_labels``, ``text_labels``) trains on random image–text pairs (the naive use of
+    unpaired data): a warning."""
     if cfg.data.sampler.name == "unpaired_labels":
         from contrastkit.losses.base import LOSSES
 
-        if cfg.loss.terms or "weights" not in getattr(LOSSES.get(cfg.loss.name), "accepts", ()):
+        if cfg.loss.terms or "image_labels" not in getattr(LOSSES.get(cfg.loss.name), "accepts", ()):
             warnings.warn(
                 f"data.sampler unpaired_labels with loss {cfg.loss.name!r}: the loss ignores the "
-                "label-overlap targets (batch field weights) and treats random image-text pairs as "
+                "label-overlap targets (batch fields image_labels, text_labels) and treats random "
+                "image-text pairs as "
                 "positives; train with medclip unless that naive baseline is what you want",
                 stacklevel=2,
             )

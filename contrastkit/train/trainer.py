@@ -32,32 +32,25 @@ from contrastkit.core.config import to_dict
 from contrastkit.core.errors import ConfigError, TrainingDivergedError
 from contrastkit.core.io import atomic_write_text, check_writable_dir
 from contrastkit.core.progress import progress_bar, progress_default
-from contrastkit.core.runtime import check_threads, resolve_device, seed_everything, set_threads
-from contrastkit.data import Source, open_split, source_captions
-from contrastkit.data.long_captions import LONG_KEY, ROW_KEY, encode_positives, long_caption_loss
+from contrastkit.core.runtime import check_threads, resolve_device
+from contrastkit.data.long_captions import LONG_KEY, encode_positives, long_caption_loss, owner_rows
 from contrastkit.data.negatives import NEG_KEY
 from contrastkit.losses import from_config as build_loss
 from contrastkit.losses.base import MultiLoss, PairLoss
 from contrastkit.models.dual_encoder import DualEncoder, build_model
 from contrastkit.models.pretrained import check_files
 from contrastkit.scale import backward_through_chunks, embed_in_chunks
-from contrastkit.train import multistage, setup, teacher
+from contrastkit.train import multistage, setup
 from contrastkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from contrastkit.train.config import RunConfig
 from contrastkit.train.distributed import (
-    DistContext,
     all_mean,
     all_true,
     average_gradients,
-    broadcast_parameters,
     init_from_env,
 )
-from contrastkit.train.feed import DataFeed
-from contrastkit.train.guard import StepGuard, WeightSnapshot, all_finite, module_tensors
-from contrastkit.train.jest import Jest
-from contrastkit.train.logger import MetricsLogger, read_metrics
-from contrastkit.train.noisy import NoisyPairs
-from contrastkit.train.optim import build_optimizer, build_scheduler, param_groups
+from contrastkit.train.guard import all_finite, module_tensors
+from contrastkit.train.logger import read_metrics
 from contrastkit.train.rundir import (
     RunLock,
     clear_for_overwrite,
@@ -66,6 +59,7 @@ from contrastkit.train.rundir import (
     run_folder,
     write_marker,
 )
+from contrastkit.train.session import Session, build_session
 from contrastkit.train.setup import load_run_config
 
 __all__ = ["Callback", "TrainResult", "load_run", "load_run_config", "resume", "train"]
@@ -83,81 +77,8 @@ class TrainResult:
     already_finished: bool = False  # resume found nothing to train: the numbers are the run's last logged
 
 
-@dataclass
-class _Session:
-    cfg: RunConfig
-    run_dir: Path
-    device: torch.device
-    train_set: Source
-    model: DualEncoder
-    loss: PairLoss  # the configured loss: checkpointed, optimised, clamped
-    objective: PairLoss  # what is computed: ``loss`` or a tiled/cross-rank wrapper of it
-    dist: DistContext
-    optimizer: torch.optim.AdamW
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    guard: StepGuard
-    logger: MetricsLogger
-    feed: DataFeed  # the training batches, skip totals and stream places
-    snapshot: WeightSnapshot  # weights + optimizer state before a step, to undo a non-finite one
-    noisy: NoisyPairs | None = None  # curation.noisy_pairs: per-pair clean probabilities
-    jest: Jest | None = None  # curation.jest: the reference that picks the batch of a super-batch
-
-
 def _device(name: str) -> torch.device:
     return resolve_device(name)  # a device this machine lacks is a ConfigError, not a late traceback
-
-
-def _session(cfg: RunConfig, run_dir: Path, fresh: bool, ctx: DistContext, device: torch.device) -> _Session:
-    set_threads(cfg.train.threads, cap=not fresh)  # a resumed run may come from a bigger machine
-    seed_everything(cfg.train.seed)  # the same on every rank: identical initial weights
-    # the loss first: its errors need no data (reading data draws no torch random numbers, so the
-    # model's initial weights are the same in either order)
-    loss = build_loss(cfg.loss)
-    objective = setup.objective(cfg, loss, ctx)
-    train_set = open_split(cfg.data, cfg.data.train_split, progress=cfg.train.progress and ctx.main)
-    if "attributes" in cfg.data.modalities and getattr(train_set, "attributes", None) is None:
-        raise ConfigError(
-            f"data.modalities has 'attributes' but data set {cfg.data.name!r} provides none (Shapes does)"
-        )
-    if fresh and cfg.train.init_from:
-        model = setup.init_from(cfg, Path(cfg.train.init_from), loss, run_dir if ctx.main else None)
-    elif fresh:
-        model = build_model(cfg.model, texts=source_captions(train_set))
-        if ctx.main:
-            model.save_assets(run_dir / "assets")
-    else:
-        model = build_model(cfg.model, assets_dir=run_dir / "assets")
-    if fresh and not cfg.train.init_from and cfg.model.from_:
-        setup.pretrained_scale(loss, cfg)
-    model.to(device)
-    loss.to(device)
-    broadcast_parameters([model, loss], ctx)
-    optimizer = build_optimizer(cfg.optim, param_groups(model, loss, cfg.optim.weight_decay))
-    scheduler = build_scheduler(cfg.optim, optimizer, cfg.train.steps)
-    logger = MetricsLogger(run_dir, tensorboard=cfg.train.tensorboard, enabled=ctx.main)
-    return _Session(
-        cfg,
-        run_dir,
-        device,
-        train_set,
-        model,
-        loss,
-        objective,
-        ctx,
-        optimizer,
-        scheduler,
-        StepGuard(cfg.guard),
-        logger,
-        DataFeed(  # b3: a data config that carries the cached teacher embeddings
-            train_set,
-            teacher.b3_data(cfg, train_set, run_dir, ctx, device),
-            ctx,
-            pair_index=cfg.curation.noisy_pairs is not None,
-        ),
-        WeightSnapshot(optimizer),
-        NoisyPairs.for_run(cfg, train_set, ctx.world),
-        Jest.for_run(cfg, model, train_set, ctx.rank, ctx.world),
-    )
 
 
 def train(cfg: RunConfig, *, overwrite: bool = False, callbacks: Sequence[Callback] = ()) -> TrainResult:
@@ -193,7 +114,7 @@ def train(cfg: RunConfig, *, overwrite: bool = False, callbacks: Sequence[Callba
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         ctx.barrier()
         try:
-            s = _session(cfg, run_dir, fresh=True, ctx=ctx, device=device)
+            s = build_session(cfg, run_dir, fresh=True, ctx=ctx, device=device)
         except BaseException:  # nothing trained yet: leave no folder that blocks the next attempt
             if ctx.main:
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -235,11 +156,11 @@ def resume(
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         if ckpt is None:
             warnings.warn(f"{run_dir} has no checkpoint yet: starting it from step 0", stacklevel=2)
-            s = _session(cfg, run_dir, fresh=True, ctx=ctx, device=device)
+            s = build_session(cfg, run_dir, fresh=True, ctx=ctx, device=device)
             if ctx.main:
                 s.logger.truncate_after(0)
             return _fit(s, start=0, callbacks=callbacks)
-        s = _session(cfg, run_dir, fresh=False, ctx=ctx, device=device)
+        s = build_session(cfg, run_dir, fresh=False, ctx=ctx, device=device)
         state = load_checkpoint(ckpt, s.model, s.loss, s.optimizer, s.scheduler)
         if steps is not None:
             _follow_schedule(s)
@@ -260,7 +181,7 @@ def _finished(run_dir: Path, done: int) -> TrainResult:
     return TrainResult(run_dir, done, loss, skipped, 0.0, already_finished=True)
 
 
-def _follow_schedule(s: _Session) -> None:
+def _follow_schedule(s: Session) -> None:
     """After a checkpoint of a run with another total was loaded: set the learning rates of the
     next step from the new schedule (the saved ones came from the old total's schedule)."""
     sched = s.scheduler
@@ -280,7 +201,7 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, DualEncoder, PairLoss, Pat
     return cfg, model.eval(), loss.eval(), ckpt
 
 
-def _embed(s: _Session, batch: dict[str, torch.Tensor]):
+def _embed(s: Session, batch: dict[str, torch.Tensor]):
     """Embeddings of the batch; with ``scale.chunk_size`` below this rank's batch, the towers
     run chunk by chunk with gradient caching (same loss and gradients, one chunk's memory)."""
     chunk = s.cfg.scale.chunk_size
@@ -297,7 +218,7 @@ def _embed(s: _Session, batch: dict[str, torch.Tensor]):
         return emb, None
 
 
-def _compute_loss(s: _Session, emb: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def _compute_loss(s: Session, emb: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The objective on this step's embeddings: every key for a :class:`MultiLoss`, the model's
     first two modalities for a pair loss; ``aux`` = the batch fields the loss accepts, and
     ``text_ids`` = the caption token ids for a loss that accepts it (captioning, CoCa)."""
@@ -319,13 +240,13 @@ def _compute_loss(s: _Session, emb: dict[str, torch.Tensor], batch: dict[str, to
             f"but the batch has no {missing} (data.modalities = {list(s.cfg.data.modalities)})"
         )
     a, b = (emb[m] for m in pair)
-    if LONG_KEY in emb:  # M captions per image: multi-positive (labels = rows) or column mean
-        pos = emb[LONG_KEY].float()
-        return long_caption_loss(s.objective, a.float(), b.float(), pos, batch[ROW_KEY], aux)
+    if LONG_KEY in emb:  # M captions per image: multi-positive (labels = global rows) or column mean
+        rows = owner_rows(len(a), s.dist.rank)  # positions in the gathered batch: unique on any source
+        return long_caption_loss(s.objective, a.float(), b.float(), emb[LONG_KEY].float(), rows, aux)
     return s.objective(a.float(), b.float(), **aux)
 
 
-def _step(s: _Session, batch: dict[str, torch.Tensor], step: int) -> tuple[float, float, str | None]:
+def _step(s: Session, batch: dict[str, torch.Tensor], step: int) -> tuple[float, float, str | None]:
     """One guarded optimisation step (0-based ``step``); returns (loss, grad norm, skip reason or None).
 
     Every decision (skip or not) is taken on values that all ranks share — the mean loss, the
@@ -374,7 +295,7 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
 
 
 def _record(
-    s: _Session,
+    s: Session,
     step: int,
     loss_val: float,
     grad_norm: float,
@@ -406,7 +327,7 @@ def _record(
     return rate
 
 
-def _checkpoint(s: _Session, step: int) -> None:
+def _checkpoint(s: Session, step: int) -> None:
     if not all_finite(module_tensors(s.model, s.loss)):  # never replace a good checkpoint with this
         raise TrainingDivergedError(
             f"weights or buffers are non-finite at step {step}; checkpoint not written (the newest good "
@@ -428,7 +349,7 @@ def _checkpoint(s: _Session, step: int) -> None:
     s.dist.barrier()
 
 
-def _fit(s: _Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
+def _fit(s: Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
     cfg = s.cfg.train
     data = s.cfg.data
     text = "text" in data.modalities

@@ -13,13 +13,14 @@ import pytest
 import torch
 
 from contrastkit.core.config import from_dict
-from contrastkit.core.errors import ConfigError
+from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.data import DataConfig, make_shapes, open_split, train_loader
 from contrastkit.data.long_captions import (
     FILLED,
     LongCaptionConfig,
     draw_indices,
     long_caption_loss,
+    owner_rows,
     sample_sub_captions,
     split_caption,
 )
@@ -112,14 +113,13 @@ def test_batches_carry_k_sub_captions_and_resume_draws_the_same():
     raw = take(train_loader(src, cfg, list, 8, seed=0), 3)  # tokenize = list: keeps the strings
     for batch in raw:
         assert len(batch["text"]) == 8 and [len(r) for r in batch["text_pos"]] == [2] * 8
-        assert batch["text_row"].tolist() == list(range(8))
+        assert "text_row" not in batch  # the owners come from the trainer (owner_rows), not the data
         for first, rest in zip(batch["text"], batch["text_pos"]):
             assert len({first, *rest}) == 3  # three distinct sentences of a three-sentence caption
     again = take(train_loader(src, cfg, list, 8, seed=0, start=2), 1)[0]
     assert again["text"] == raw[2]["text"] and again["text_pos"] == raw[2]["text_pos"]
     two = [take(train_loader(src, cfg, list, 8, seed=0, shard=(r, 2)), 1)[0] for r in range(2)]
     assert two[0]["text_pos"] + two[1]["text_pos"] == raw[0]["text_pos"]  # rank split: same draws
-    assert two[1]["text_row"].tolist() == list(range(4, 8))
     tok = take(train_loader(src, cfg, lambda t: torch.arange(len(t) * 2).reshape(len(t), 2), 8, seed=0), 1)[0]
     assert tok["text"].shape == (8, 2) and tok["text_pos"].shape == (8, 2, 2)
 
@@ -252,3 +252,83 @@ def test_training_resumes_exactly(tmp_path):
     wa, wb = load_run(a.run_dir)[1].state_dict(), load_run(b.run_dir)[1].state_dict()
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
+
+
+def test_owner_rows_are_positions_in_the_global_batch():
+    assert owner_rows(3).tolist() == [0, 1, 2]
+    assert torch.cat([owner_rows(4, r) for r in range(3)]).tolist() == list(range(12))
+    with pytest.raises(InputError):
+        owner_rows(4, -1)
+
+
+_L, _DIM = 20, 5
+
+
+def _char_ids(texts: list[str]) -> torch.Tensor:
+    """A stand-in tokenizer: character codes, padded to ``_L`` (picklable, no vocabulary file)."""
+    return torch.tensor([[ord(c) % 61 for c in t[:_L].ljust(_L)] for t in texts], dtype=torch.long)
+
+
+def _shard_batch(shards: str, rank: int, world: int) -> dict:
+    """Rank ``rank``'s first long-caption batch (k = 2, whole caption first) of 4 rows from shards."""
+    cfg = source_config(
+        "webdataset",
+        {"urls": f"{shards}/shard-{{000000..000003}}.tar", "shuffle_buffer": 4},
+        exact(16),
+        long_captions=LongCaptionConfig(k=2, full=True),
+    )
+    batch = take(train_loader(open_split(cfg, "train"), cfg, _char_ids, 4 * world, 0, shard=(rank, world)), 1)
+    return {k: batch[0][k] for k in ("image", "text", "text_pos")}
+
+
+def _towers() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(3 * 16 * 16, _DIM, generator=g, dtype=torch.float64) / 30
+    e = torch.randn(61, _DIM, generator=g, dtype=torch.float64)
+    return w.requires_grad_(), e.requires_grad_()
+
+
+def _loss_and_grads(batch: dict, rank: int, objective) -> dict:
+    """The long-caption multi-positive loss of ``batch`` with linear stand-in towers (what the
+    trainer computes: owners = ``owner_rows(b, rank)``), and the towers' gradients."""
+    w, e = _towers()
+    x = batch["image"].flatten(1).double() @ w
+    y = e[batch["text"]].mean(1)
+    pos = e[batch["text_pos"]].mean(2)
+    value = long_caption_loss(objective, x, y, pos, owner_rows(len(x), rank), {})
+    value.backward()
+    return {"loss": value.detach(), "w": w.grad, "e": e.grad}
+
+
+def _two_rank_shards(shards: str) -> dict:
+    import torch.distributed as dist
+
+    from contrastkit.scale.gather_all import GatherAllLoss
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    batch = _shard_batch(shards, rank, world)
+    got = _loss_and_grads(batch, rank, GatherAllLoss(MultiPositiveLoss().double()))
+    for k in ("w", "e"):  # DDP's average of the towers' gradients
+        dist.all_reduce(got[k])
+        got[k] /= world
+    owners = [torch.empty(4, dtype=torch.long) for _ in range(world)]
+    dist.all_gather(owners, owner_rows(4, rank))
+    return {**got, "owners": torch.cat(owners), "batch": batch}
+
+
+def test_two_processes_on_shards_give_distinct_owners_and_the_one_process_loss(tmp_path):
+    from contrastkit.data.convert import write_shards
+    from contrastkit.scale.launch import spawn_gloo
+
+    write_shards(
+        make_shapes("train", n=32, image_size=16, seed=4, long_captions=True), tmp_path, shard_size=8
+    )
+    ranks = spawn_gloo(_two_rank_shards, 2, str(tmp_path), timeout_s=120)
+    assert ranks[0]["owners"].tolist() == list(range(8))  # one label per image of the global batch
+    texts = [t for r in ranks for t in r["batch"]["text"].tolist()]
+    assert len({tuple(t) for t in texts}) == 8  # the ranks read different images (disjoint shards)
+    whole = {k: torch.cat([r["batch"][k] for r in ranks]) for k in ("image", "text", "text_pos")}
+    want = _loss_and_grads(whole, 0, MultiPositiveLoss().double())  # one process, the global batch
+    for got in ranks:
+        for k in ("loss", "w", "e"):
+            torch.testing.assert_close(got[k], want[k], rtol=1e-9, atol=1e-12, msg=k)

@@ -1,5 +1,6 @@
 """unpaired_labels sampler (D-MEDCLIP-SAMPLER, independent mode): disjoint image-only / text-only
-sets, label-overlap soft targets, determinism, resume, rank split, the loader path and errors."""
+sets, per-sample label vectors whose overlap A Uᵀ gives the soft targets, labels matched by name
+across two sources, determinism, resume, rank split, the loader path and errors."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from contrastkit.core.errors import ConfigError
+from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.data import SAMPLERS, ClassTask, SamplerContext
 from contrastkit.data.pairs import Collate, PairDataset, PairSet
-from contrastkit.data.unpaired import UnpairedSampler, label_vectors, split_items
-from contrastkit.losses.soft_targets import medclip_targets
+from contrastkit.data.unpaired import UnpairedSampler, label_vectors, matched_label_vectors, split_items
+from contrastkit.losses.soft_targets import medclip_loss, medclip_targets
 
 N = 40
 SHAPE = np.arange(N) % 3  # 3 shapes
@@ -68,7 +69,8 @@ def test_batches_cross_the_halves_with_hand_targets():
         assert len(set(img)) == len(set(txt)) == 8
         batch = s.transform({"text": ["placeholder"] * 8}, (5, k, 0))
         assert batch["text"] == [CAPTIONS[t][c] for t, c in zip(txt, cap)]
-        g = batch["weights"]
+        assert batch["image_labels"].shape == batch["text_labels"].shape == (8, 7)
+        g = batch["image_labels"] @ batch["text_labels"].T  # what the medclip loss forms
         for i in range(8):  # G_ij = tasks on which image i and caption j agree (unknown: never)
             for j in range(8):
                 a, u = img[i], txt[j]
@@ -85,7 +87,8 @@ def test_hand_computed_matrix():
     c = SamplerContext.single([1] * 4, 2, 0, tasks=tasks, captions=(caps,))
     s = SAMPLERS.build("unpaired_labels", context=c, tasks=("t",))
     img, txt, _ = s.transform.rows(0, 0, 2)
-    g = s.transform({"text": ["", ""]}, (0, 0, 0))["weights"]
+    batch = s.transform({"text": ["", ""]}, (0, 0, 0))
+    g = batch["image_labels"] @ batch["text_labels"].T
     lab = [0, 1, 0, 1]
     assert g.tolist() == [[float(lab[a] == lab[b]) for b in txt] for a in img]
 
@@ -116,7 +119,9 @@ def test_through_the_dataset_and_collate():
     img, txt, cap = s.transform.rows(0, 0, 8)
     assert torch.equal(batch["image"], images[torch.from_numpy(img)])
     assert batch["text"][:, 0].tolist() == [len(CAPTIONS[t][c]) for t, c in zip(txt, cap)]
-    assert batch["weights"].shape == (8, 8) and batch["weights"].dtype == torch.float32
+    for key, items in (("image_labels", img), ("text_labels", txt)):
+        assert batch[key].dtype == torch.float32
+        assert batch[key].tolist() == label_vectors(TASKS, ("shape", "color"))[items].tolist()
 
 
 def test_errors():
@@ -128,9 +133,23 @@ def test_errors():
         SAMPLERS.build("unpaired_labels", context=ctx())
     with pytest.raises(ConfigError, match="image_fraction"):
         build(image_fraction=0.0)
-    with pytest.raises(ConfigError, match="data.sources"):
-        c = SamplerContext((np.ones(N), np.ones(N)), 8, 0, weights=(1.0, 1.0))
-        SAMPLERS.build("unpaired_labels", context=c, tasks=("shape",))
+    with pytest.raises(ConfigError, match="image_source names one of two data.sources"):
+        build(image_source=1)
+    caps = (CAPTIONS, CAPTIONS)
+    two = SamplerContext((np.ones(N), np.ones(N)), 8, 0, weights=(1.0, 1.0), captions=caps)
+    with pytest.raises(ConfigError, match="each source's class tasks"):
+        SAMPLERS.build("unpaired_labels", context=two, tasks=("shape",))
+    with pytest.raises(ConfigError, match="image_fraction splits one source"):
+        SAMPLERS.build("unpaired_labels", context=two, tasks=("shape",), image_fraction=0.5)
+    three = SamplerContext((np.ones(N),) * 3, 8, 0, weights=(1.0,) * 3, captions=(CAPTIONS,) * 3)
+    with pytest.raises(ConfigError, match="one source or two data.sources, got 3"):
+        SAMPLERS.build("unpaired_labels", context=three, tasks=("shape",))
+    lone = {"color": TASKS["color"]}
+    two = SamplerContext(
+        (np.ones(N), np.ones(N)), 8, 0, weights=(1.0, 1.0), captions=caps, source_tasks=(TASKS, lone)
+    )
+    with pytest.raises(ConfigError, match="no class task 'shape' in the text source"):
+        SAMPLERS.build("unpaired_labels", context=two, tasks=("shape",))
 
 
 def test_clip_on_unpaired_batches_warns():
@@ -144,3 +163,58 @@ def test_clip_on_unpaired_batches_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_samplers(from_dict(RunConfig, {"data": {"sampler": sampler}, "loss": {"name": "medclip"}}))
+
+
+def test_labels_of_two_sources_are_matched_by_task_and_class_name():
+    image = {"t": ClassTask(("cat", "dog"), ("{}",), np.array([0, 1, -1]))}
+    text = {"t": ClassTask(("bird", "cat"), ("{}",), np.array([1, 0, 1, -1])), "x": TASKS["shape"]}
+    a, u = matched_label_vectors(image, text, ("t",))  # columns: cat, dog, bird
+    assert a.tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 0]]
+    assert u.tolist() == [[1, 0, 0], [0, 0, 1], [1, 0, 0], [0, 0, 0]]
+    assert (a @ u.T).tolist() == [[1, 0, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]]  # cat meets cat only
+
+
+def test_two_sources_pair_every_image_of_one_with_captions_of_the_other():
+    n_img, n_txt = 12, 20
+    image_tasks = {"shape": ClassTask(("a", "b", "c"), ("{}",), np.arange(n_img) % 3)}
+    text_tasks = {"shape": ClassTask(("c", "b", "a"), ("{}",), np.arange(n_txt) % 3)}  # reversed
+    caps = (tuple(("",) for _ in range(n_img)), tuple((f"t{i}", f"u{i}") for i in range(n_txt)))
+    for image_source in (0, 1):
+        order = (0, 1) if image_source == 0 else (1, 0)
+        c = SamplerContext(
+            tuple(np.array([len(x) for x in caps[k]]) for k in order), 4, 3, weights=(1.0, 1.0),
+            captions=tuple(caps[k] for k in order),
+            source_tasks=tuple((image_tasks, text_tasks)[k] for k in order),
+        )  # fmt: skip
+        s = SAMPLERS.build("unpaired_labels", context=c, tasks=("shape",), image_source=image_source)
+        seen = set()
+        for k, keys in enumerate(take(s, 6)):  # 3 batches of images per epoch
+            img, txt, cap = s.transform.rows(k, 0, 4)
+            assert keys == [(image_source, i, 0) for i in img.tolist()]
+            batch = s.transform({"text": [""] * 4}, (3, k, 0))
+            assert batch["text"] == [caps[1][t][j] for t, j in zip(txt, cap)]
+            names = [("a", "b", "c")[i % 3] for i in img], [("c", "b", "a")[t % 3] for t in txt]
+            g = batch["image_labels"] @ batch["text_labels"].T
+            assert g.tolist() == [[float(p == q) for q in names[1]] for p in names[0]]
+            seen.update(img.tolist())
+        assert seen == set(range(n_img))  # every image item is drawn; none is split off
+
+
+def test_per_sample_labels_give_the_loss_of_the_weights_matrix():
+    g = torch.Generator().manual_seed(0)
+    x, y = (
+        torch.randn(6, 4, generator=g, dtype=torch.float64),
+        torch.randn(6, 4, generator=g, dtype=torch.float64),
+    )
+    a = torch.randint(0, 2, (6, 5), generator=g).double()
+    u = torch.randint(0, 2, (6, 5), generator=g).double()
+    got = medclip_loss(x, y, 10.0, image_labels=a, text_labels=u)
+    assert float(got) == pytest.approx(float(medclip_loss(x, y, 10.0, weights=a @ u.T)), rel=1e-14)
+    with pytest.raises(InputError, match="together"):
+        medclip_loss(x, y, 10.0, image_labels=a)
+    with pytest.raises(InputError, match="not both weights and image_labels/text_labels"):
+        medclip_loss(x, y, 10.0, image_labels=a, text_labels=u, weights=a @ u.T)
+    with pytest.raises(InputError, match="same C"):
+        medclip_loss(x, y, 10.0, image_labels=a, text_labels=u[:, :4])
+    with pytest.raises(InputError, match=r"shape \[N, C\]"):
+        medclip_loss(x, y, 10.0, image_labels=a[:5], text_labels=u)

@@ -10,7 +10,7 @@ from contrastkit.losses import LossConfig
 from contrastkit.losses.base import PairLoss
 from contrastkit.losses.clip import clip_loss
 from contrastkit.train import RunConfig, read_metrics, train
-from contrastkit.train import trainer as trainer_mod
+from contrastkit.train import session as session_mod
 
 
 class Spy(PairLoss):
@@ -36,7 +36,7 @@ def tiny(tmp_path, name, steps=3, **data):
 
 def test_text_ids_are_the_token_ids_and_targets_the_caption_concepts(tmp_path, monkeypatch):
     spy = Spy()
-    monkeypatch.setattr(trainer_mod, "build_loss", lambda cfg: spy)
+    monkeypatch.setattr(session_mod, "build_loss", lambda cfg: spy)
     train(tiny(tmp_path, "spy", steps=2, concepts=True))
     aux = spy.seen[0]
     ids, targets = aux["text_ids"], aux["targets"]

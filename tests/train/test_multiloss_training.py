@@ -17,6 +17,7 @@ from contrastkit.models import ModelConfig, TowerConfig
 from contrastkit.models.momentum import MomentumConfig
 from contrastkit.scale import ScaleConfig
 from contrastkit.train import RunConfig, load_run, read_metrics, resume, train
+from contrastkit.train import session as session_mod
 from contrastkit.train import trainer as trainer_mod
 
 
@@ -49,7 +50,8 @@ class PairwiseThree(MultiLoss):
 
 
 def use_loss(monkeypatch, make):
-    monkeypatch.setattr(trainer_mod, "build_loss", lambda cfg: make())
+    monkeypatch.setattr(session_mod, "build_loss", lambda cfg: make())  # training
+    monkeypatch.setattr(trainer_mod, "build_loss", lambda cfg: make())  # load_run
 
 
 def views_config(out_dir, name="mv", **train_changes):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from contrastkit.core.config import from_dict
 from contrastkit.core.errors import ConfigError, InputError
@@ -153,3 +154,74 @@ def test_two_stage_run_end_to_end_resume_and_eval(tmp_path):
     assert [s["path"] for s in record["stages"]] == [str((root / f"stage-{t}").resolve()) for t in range(2)]
     pairs: PairSet = make_shapes(n=8, image_size=32, seed=3)
     assert enc.images(pairs.images).shape == (8, 2 * cfg.model.embed_dim)
+
+
+def _small_mcl(out: str) -> RunConfig:
+    """2 stages × 4 steps of a BatchNorm-free tiny run (ViT + BERT: one process computes what two
+    do; batch norm would normalise per process), batch 32, 3 clusters; a checkpoint per stage."""
+    from tests.train.test_guard_and_training import _vit_config
+
+    cfg = _vit_config(Path(out), "tiny")
+    cfg = dataclasses.replace(cfg, curation=CurationConfig(mcl=MCLConfig(clusters=3)))
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=8, ckpt_every=4, log_every=1))
+
+
+def _record_mcl_batches() -> list[tuple[int, list[int]]]:
+    """Patch this process's MCL sampler to record ``(step, items)`` of every batch it hands out."""
+    from contrastkit.data import mcl
+
+    seen: list[tuple[int, list[int]]] = []
+    plain = mcl.MCLBatchSampler.__iter__
+
+    def recording(self):
+        for batch in plain(self):
+            seen.append((batch.step, [i for i, _ in batch]))
+            yield batch
+
+    mcl.MCLBatchSampler.__iter__ = recording  # type: ignore[method-assign]
+    return seen
+
+
+def _mcl_worker(out: str) -> dict:
+    from contrastkit.train import read_metrics
+
+    seen = _record_mcl_batches()
+    result = train(_small_mcl(out))
+    losses = [r["loss"] for r in read_metrics(Path(out) / "tiny" / "stage-1") if "loss" in r]
+    return {"step": result.step, "seen": seen, "losses": losses}
+
+
+@pytest.mark.slow  # two 2-stage runs (one on 2 gloo processes): ~40 s on a busy 2-core machine
+def test_two_processes_train_group_pure_batches_like_one_process(tmp_path):
+    from contrastkit.scale.launch import spawn_gloo
+    from contrastkit.train import read_metrics
+
+    ranks = spawn_gloo(_mcl_worker, 2, str(tmp_path / "two"), timeout_s=400)
+    assert [r["step"] for r in ranks] == [8, 8]
+    groups = np.load(groups_path(tmp_path / "two" / "tiny", 1))
+    per_rank = [dict(r["seen"]) for r in ranks]
+    steps = sorted(set(per_rank[0]) & set(per_rank[1]))
+    assert steps[:4] == [0, 1, 2, 3]  # stage 1's 4 steps (and any prefetched ones)
+    for k in steps:
+        rows = per_rank[0][k] + per_rank[1][k]  # the global batch: rank 0's rows, then rank 1's
+        assert len(rows) == 32 and len(set(rows)) == 32 and len(set(groups[rows].tolist())) == 1
+    one = _mcl_worker(str(tmp_path / "one"))  # the same run on one process
+    # rank 0 clustered stage 0 of the 2-process run: the same groups as the 1-process run's
+    assert np.array_equal(np.load(groups_path(tmp_path / "one" / "tiny", 1)), groups)
+    assert [k for k, _ in one["seen"]][:4] == [0, 1, 2, 3]
+    for k, items in one["seen"]:  # the same global batches (rows in another order: item j -> rank j mod D)
+        assert k not in per_rank[0] or sorted(items) == sorted(per_rank[0][k] + per_rank[1][k])
+    assert ranks[0]["losses"] == pytest.approx(one["losses"], rel=1e-4)
+    assert len(one["losses"]) == 4
+    stage0 = [r["loss"] for r in read_metrics(tmp_path / "two" / "tiny" / "stage-0") if "loss" in r]
+    assert len(stage0) == 4
+    # a moved run folder resumes: stage 1 (its checkpoint lost) reads the moved group file
+    moved = tmp_path / "moved"
+    shutil.move(tmp_path / "one" / "tiny", moved)
+    shutil.rmtree(moved / "stage-1" / "checkpoints")
+    with pytest.warns(UserWarning, match="no checkpoint yet"):
+        assert resume(moved).step == 8
+    params = yaml.safe_load((moved / "stage-1" / "config.yaml").read_text())["data"]["sampler"]["params"]
+    assert params == {"groups": str(groups_path(moved, 1).resolve())}
+    again = [r["loss"] for r in read_metrics(moved / "stage-1") if "loss" in r]
+    assert again == one["losses"]  # the same stage 1 again, bit for bit

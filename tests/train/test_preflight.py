@@ -9,7 +9,7 @@ import pytest
 
 import contrastkit.evaluation.report as report_mod
 import contrastkit.train as train_pkg
-import contrastkit.train.trainer as trainer_mod
+import contrastkit.train.session as session_mod
 from contrastkit.cli import main
 from contrastkit.core.config import from_dict, to_dict
 from contrastkit.core.errors import ConfigError, MissingFileError, UnknownNameError
@@ -35,7 +35,7 @@ def _tiny(tmp_path, **sections) -> RunConfig:
 
 @pytest.fixture
 def no_data(monkeypatch):
-    monkeypatch.setattr(trainer_mod, "open_split", _data_was_read)
+    monkeypatch.setattr(session_mod, "open_split", _data_was_read)
 
 
 BASE_DATA = to_dict(RunConfig.tiny()).get("data")

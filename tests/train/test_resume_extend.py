@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+import contrastkit.train.session as session_mod
 import contrastkit.train.trainer as trainer_mod
 from contrastkit.cli import main
 from contrastkit.core.errors import ConfigError
@@ -34,7 +35,7 @@ def test_resuming_a_finished_run_trains_nothing_and_reads_no_data(tmp_path, monk
     run = _finished(tmp_path)
     last = [r for r in read_metrics(run) if "loss" in r][-1]
     assert last["step"] == 10
-    monkeypatch.setattr(trainer_mod, "open_split", lambda *a, **k: pytest.fail("data was read"))
+    monkeypatch.setattr(session_mod, "open_split", lambda *a, **k: pytest.fail("data was read"))
     result = resume(run)
     assert result.already_finished and (result.step, result.seconds) == (10, 0.0)
     assert result.last_loss == last["loss"] and result.skipped == last["skipped_total"] == 0

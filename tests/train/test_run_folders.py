@@ -201,12 +201,12 @@ def test_a_run_that_fails_before_its_first_step_leaves_no_folder(tmp_path):
 
 
 def test_a_bad_init_from_fails_in_one_line_before_any_data_is_read(tmp_path, monkeypatch):
-    import contrastkit.train.trainer as trainer_mod
+    import contrastkit.train.session as session_mod
 
     def no_data(*a, **k):
         raise AssertionError("data was opened before init_from was checked")
 
-    monkeypatch.setattr(trainer_mod, "open_split", no_data)
+    monkeypatch.setattr(session_mod, "open_split", no_data)
     hf = tmp_path / "hf-model"
     hf.mkdir()
     (hf / "config.json").write_text("{}")
@@ -222,11 +222,11 @@ def test_a_bad_init_from_fails_in_one_line_before_any_data_is_read(tmp_path, mon
 
 
 def test_missing_pretrained_files_fail_before_any_data_is_read(tmp_path, monkeypatch):
-    import contrastkit.train.trainer as trainer_mod
+    import contrastkit.train.session as session_mod
     from contrastkit.core.errors import MissingFileError
     from contrastkit.models import TowerConfig
 
-    monkeypatch.setattr(trainer_mod, "open_split", lambda *a, **k: pytest.fail("data was read first"))
+    monkeypatch.setattr(session_mod, "open_split", lambda *a, **k: pytest.fail("data was read first"))
     cfg = _cfg(tmp_path, name="pre")
     towers = {
         **cfg.model.towers,
