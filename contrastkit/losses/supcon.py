@@ -54,7 +54,7 @@ from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.core.registry import Positive
 from contrastkit.losses.base import LOSSES, PairLoss, as_float, maybe_normalize
 
-__all__ = ["SupConLoss", "supcon_loss"]
+__all__ = ["SupConLoss", "reduce_anchors", "supcon_loss"]
 
 
 def _check_config(temperature: Any, base_temperature: float | None, variant: str, zero_positive: str) -> None:
@@ -143,18 +143,30 @@ def supcon_loss(
         # rows without positives take the diagonal so their LSE stays finite (no NaN in backward)
         pick = pos | (eye & ~has_pos[:, None])
         per_anchor = lse - q.masked_fill(~pick, float("-inf")).logsumexp(1) + n_pos.clamp_min(1).log()
+    return reduce_anchors(per_anchor, has_pos, temperature, base_temperature, zero_positive, labels is None)
+
+
+def reduce_anchors(
+    per_anchor: torch.Tensor,
+    has_pos: torch.Tensor,
+    temperature: float,
+    base_temperature: float | None,
+    zero_positive: str,
+    all_have_positives: bool,
+) -> torch.Tensor:
+    """SupCon's mean over anchors (shared by the dense and the tiled form): anchors without a
+    positive count as 0 (``"zero"``) or leave the mean with a warning (``"ignore"``), times
+    ``τ / base_temperature``. ``all_have_positives`` (two views, no labels) skips the host sync."""
     per_anchor = torch.where(has_pos, per_anchor, 0.0)
     factor = 1.0 if base_temperature is None else temperature / base_temperature
-    if zero_positive == "zero":
+    if zero_positive == "zero" or all_have_positives:
         return factor * per_anchor.mean()
-    if labels is None:  # two views, no labels: every anchor has its other view (no host sync)
-        return factor * per_anchor.mean()
-    n_valid = int(has_pos.sum())
+    m, n_valid = per_anchor.shape[0], int(has_pos.sum())
     if n_valid < m:
         warnings.warn(
             f"supcon_loss: {m - n_valid} of {m} anchors have no positive and are left out of the mean",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     return factor * per_anchor.sum() / max(n_valid, 1)
 

@@ -28,7 +28,6 @@ processes these losses run gathered (``GatherAllLoss``), untiled.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 
 import torch
@@ -43,7 +42,7 @@ from contrastkit.losses.margin import aam_ntxent_loss, additive_angular_margin, 
 from contrastkit.losses.soft_targets import multi_positive_loss
 from contrastkit.losses.supcon import _check_config as _supcon_config  # the dense checks, reused
 from contrastkit.losses.supcon import _views as _supcon_views
-from contrastkit.losses.supcon import supcon_loss
+from contrastkit.losses.supcon import reduce_anchors, supcon_loss
 from contrastkit.scale.tiled_family import DEFAULT_TILE, check_tile, positive_logit_sums, tiled_masked_lse
 
 __all__ = [
@@ -138,18 +137,7 @@ def tiled_supcon_loss(
         lse_pos, _ = tiled_masked_lse(z, z, s, keep="positives", **fields)
         lse_pos = torch.where(has_pos, lse_pos, 0.0)  # −inf where no positive: masked below
         per_anchor = lse - lse_pos + n_pos.clamp_min(1).log()
-    per_anchor = torch.where(has_pos, per_anchor, 0.0)
-    factor = 1.0 if base_temperature is None else temperature / base_temperature
-    if zero_positive == "zero" or labels is None:
-        return factor * per_anchor.mean()
-    n_valid = int(has_pos.sum())
-    if n_valid < m:
-        warnings.warn(
-            f"supcon_loss: {m - n_valid} of {m} anchors have no positive and are left out of the mean",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    return factor * per_anchor.sum() / max(n_valid, 1)
+    return reduce_anchors(per_anchor, has_pos, temperature, base_temperature, zero_positive, labels is None)
 
 
 def _decoupled(x, y, temperature, sigma, normalize, tile_size, who) -> torch.Tensor:
