@@ -58,7 +58,7 @@ from contrastkit.data.mcl import COMBINE, combine_labels
 from contrastkit.data.pairs import PairSet
 from contrastkit.data.table import PairTable
 from contrastkit.train.distributed import DistContext, init_from_env
-from contrastkit.train.rundir import RunLock, clear_for_overwrite, run_folder, write_marker
+from contrastkit.train.rundir import RunLock, run_folder, start_folder
 
 if TYPE_CHECKING:
     from contrastkit.models.dual_encoder import DualEncoder
@@ -333,20 +333,12 @@ def train_multistage(
     if ctx.main:
         check_writable_dir(cfg.out_dir)
     with RunLock(root) if ctx.main else nullcontext():
-        exists = (root / "config.yaml").exists()
-        if exists and not overwrite:
-            raise ConfigError(
-                f"multistage run folder {root} already exists; resume it (contrastkit train --resume "
-                f"{root}), pick another name (--name), or start it again with --overwrite"
-            )
-        ctx.barrier()
-        if ctx.main:
-            if exists:
-                clear_for_overwrite(root)
-            root.mkdir(parents=True, exist_ok=True)
-            write_marker(root)
-            atomic_write_text(root / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        ctx.barrier()
+        message = (
+            f"multistage run folder {root} already exists; resume it (contrastkit train --resume "
+            f"{root}), pick another name (--name), or start it again with --overwrite"
+        )
+        config_yaml = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+        start_folder(root, config_yaml, ctx, (root / "config.yaml").exists(), overwrite, message)
         return _run_stages(root, cfg, ctx, callbacks)
 
 

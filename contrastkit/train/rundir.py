@@ -22,6 +22,7 @@ import shutil
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from contrastkit.core.errors import ConfigError
 from contrastkit.core.io import atomic_write_text
@@ -34,6 +35,7 @@ __all__ = [
     "exists_message",
     "has_checkpoint",
     "run_folder",
+    "start_folder",
     "write_marker",
 ]
 
@@ -77,6 +79,25 @@ def clear_for_overwrite(run_dir: Path) -> None:
             "or pick another name"
         )
     shutil.rmtree(run_dir)
+
+
+def start_folder(
+    run_dir: Path, config_yaml: str, ctx: Any, exists: bool, overwrite: bool, message: str
+) -> None:
+    """Claim ``run_dir`` for a fresh start, on every rank under the lock: an existing folder is an
+    error (``message``) unless ``overwrite``; rank 0 clears it, writes the marker and the config.
+    ``ctx`` is the run's :class:`~contrastkit.train.distributed.DistContext` (barriers on both sides,
+    so every rank has looked before rank 0 clears, and none goes on before the config is there)."""
+    if exists and not overwrite:
+        raise ConfigError(message)
+    ctx.barrier()
+    if ctx.main:
+        if exists:
+            clear_for_overwrite(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_marker(run_dir)
+        atomic_write_text(run_dir / "config.yaml", config_yaml)
+    ctx.barrier()
 
 
 def has_checkpoint(run_dir: Path) -> bool:

@@ -53,11 +53,10 @@ from contrastkit.train.guard import all_finite, module_tensors
 from contrastkit.train.logger import read_metrics
 from contrastkit.train.rundir import (
     RunLock,
-    clear_for_overwrite,
     exists_message,
     has_checkpoint,
     run_folder,
-    write_marker,
+    start_folder,
 )
 from contrastkit.train.session import Session, build_session
 from contrastkit.train.setup import load_run_config
@@ -103,16 +102,8 @@ def train(cfg: RunConfig, *, overwrite: bool = False, callbacks: Sequence[Callba
         check_writable_dir(cfg.out_dir)
     with RunLock(run_dir) if ctx.main else nullcontext(), progress_default(cfg.train.progress and ctx.main):
         exists = (run_dir / "checkpoints").exists() or (run_dir / "config.yaml").exists()
-        if exists and not overwrite:
-            raise ConfigError(exists_message(run_dir))
-        ctx.barrier()  # every rank has looked before rank 0 clears the folder
-        if ctx.main:
-            if exists:
-                clear_for_overwrite(run_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_marker(run_dir)
-            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        ctx.barrier()
+        config_yaml = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+        start_folder(run_dir, config_yaml, ctx, exists, overwrite, exists_message(run_dir) if exists else "")
         try:
             s = build_session(cfg, run_dir, fresh=True, ctx=ctx, device=device)
         except BaseException:  # nothing trained yet: leave no folder that blocks the next attempt
