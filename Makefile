@@ -51,6 +51,7 @@ test-all: setup  ## including @pytest.mark.slow
 bench: setup  ## benchmarks of docs/performance.md (installs open_clip for the comparison rows)
 	$(BIN)/pip install --quiet -c requirements.txt open-clip-torch==3.3.0 lightly==1.6.0 pytorch-metric-learning==2.9.0
 	$(BIN)/python benchmarks/loss_scaling.py
+	$(BIN)/python benchmarks/eval_scaling.py
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/loss_speed.py
 	$(BIN)/python benchmarks/data_throughput.py

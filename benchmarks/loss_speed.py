@@ -2,8 +2,9 @@
 
 Each loss runs in its own subprocess; the table reports its time as a ratio to its own **floor** (the
 three N×D×N matrix products any exact pairwise loss needs — at 2N for losses over both views stacked,
-SimCLR layout — timed in the same subprocess, alternating with the loss, so machine load hits both
-alike; best of ``--repeats`` each) and its peak
+SimCLR layout — timed in the same subprocess in interleaved rounds: loss, floor, floor@2N, loss, …,
+so machine load hits all alike; the median of the ``--repeats`` per-round ratios with their min–max,
+and the 1-minute load average before and after each loss's process) and its peak
 extra memory in units of one N×N float32 matrix (64 MiB at N = 4096), beside lightly's and
 pytorch-metric-learning's versions where installed (``pip install lightly pytorch-metric-learning``,
 an optional benchmark extra). Losses that need extra batch fields get synthetic ones: ``labels``
@@ -19,6 +20,7 @@ import argparse
 import inspect
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -106,9 +108,9 @@ def _step_fn(name: str, n: int, d: int):
 
 
 def run_one(name: str, n: int, d: int, threads: int, repeats: int) -> dict:
-    """Time ``name`` and both floors (N×N and the SimCLR layout's 2N×2N) alternately in this
-    process, so machine load hits all alike; best of ``repeats`` each, and the loss's peak extra
-    memory."""
+    """Time ``name`` and both floors (N×N and the SimCLR layout's 2N×2N) in interleaved rounds in
+    this process, so machine load hits all alike: per-round seconds of each, and the loss's peak
+    extra memory."""
     import torch
 
     torch.set_num_threads(threads)
@@ -133,7 +135,13 @@ def run_one(name: str, n: int, d: int, threads: int, repeats: int) -> dict:
             times[key].append(time.perf_counter() - t0)
             if key == "loss":
                 extra = max(extra, peak_bytes() - base - 2 * n * d * 4)
-    return {**{k: min(v) for k, v in times.items()}, "nxn": max(extra, 0) / (n * n * 4)}
+    return {**times, "nxn": max(extra, 0) / (n * n * 4)}
+
+
+def _ratio(loss: list[float], floor: list[float]) -> str:
+    """Median of the per-round ratios with their min–max."""
+    r = [a / b for a, b in zip(loss, floor)]
+    return f"{statistics.median(r):.2f} ({min(r):.2f}–{max(r):.2f})"
 
 
 def main() -> None:
@@ -149,24 +157,35 @@ def main() -> None:
         print(json.dumps(run_one(args.one, args.n, args.dim, args.threads, args.repeats)))
         return
     names = args.losses.split(",") if args.losses else registry()
-    print(f"N={args.n}, D={args.dim}, float32, {args.threads} threads, best of {args.repeats}")
-    print("| loss | time s | floor s | × floor (N×N) | × own floor | own floor | peak extra (N×N matrices) |")
-    print("|---|---:|---:|---:|---:|---|---:|")
+    print(f"N={args.n}, D={args.dim}, float32, {args.threads} threads, {args.repeats} interleaved rounds")
+    print("Seconds: medians. Ratios: median of per-round ratios (min–max). Load: 1-min average before→after.")
+    cols = [
+        "loss",
+        "time s",
+        "floor s",
+        "× floor (N×N)",
+        "× own floor",
+        "own floor",
+        "peak extra (N×N matrices)",
+    ]
+    print("| " + " | ".join([*cols, "load"]) + " |")
+    print("|---|---:|---:|---:|---:|---|---:|---|")
     for name in [*names, *EXTERNAL]:
         own = "floor@2N" if name in LAYOUT_2N else "floor"
         cmd = [sys.executable, __file__, "--one", name]
         for flag in ("n", "dim", "threads", "repeats"):
             cmd += [f"--{flag}", str(getattr(args, flag))]
+        load0 = os.getloadavg()[0]
         out = subprocess.run(cmd, capture_output=True, text=True)
+        load = f"{load0:.1f}→{os.getloadavg()[0]:.1f}"
         if out.returncode != 0:
             err = (out.stderr.strip().splitlines() or ["?"])[-1][:90]
-            print(f"| {name} | — | — | — | — | failed: {err} | — |", flush=True)
+            print(f"| {name} | — | — | — | — | failed: {err} | — | {load} |", flush=True)
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        t = r["loss"]
-        cells = (
-            f"{t:.3f} | {r['floor']:.3f} | {t / r['floor']:.2f} | {t / r[own]:.2f} | {own} | {r['nxn']:.1f}"
-        )
+        t, floor = statistics.median(r["loss"]), statistics.median(r["floor"])
+        ratios = f"{_ratio(r['loss'], r['floor'])} | {_ratio(r['loss'], r[own])}"
+        cells = f"{t:.3f} | {floor:.3f} | {ratios} | {own} | {r['nxn']:.1f} | {load}"
         print(f"| {name} | {cells} |", flush=True)
 
 

@@ -8,8 +8,9 @@ the method (spec form, not checked against the original; choices are stated on e
 All take paired batches ``x, y: [N, d]`` (``y[i]`` is the positive of ``x[i]``), L2-normalise by
 default, and compute logits and log-sum-exps in float32 (float64 kept). Weights, top-k selections
 and debiasing all need a row's complete negative set, so these losses are **dense only** — except
-``hn_nce`` with ``detach_weights=False``, whose tiled form (``scale.tile_size``,
-:mod:`contrastkit.scale.tiled_zoo`) is exact; for multi-device training gather the embeddings
+``hn_nce`` with ``detach_weights=False`` and ``llave``, whose tiled forms (``scale.tile_size``,
+:mod:`contrastkit.scale.tiled_zoo`, :mod:`contrastkit.scale.tiled_more`) are exact; for
+multi-device training gather the embeddings
 first and call the function on the global batch. N = 1 has no in-batch negatives and raises
 InputError (``clip_in`` accepts it when extra negatives are given).
 

@@ -21,7 +21,8 @@
   centroids ``μ_i = (x_i + y_i)/2`` (not re-normalised), optional prior ``α = sg((K + λI)⁻¹ K)``,
   ``μ ← α μ``, ``L = log mean_{i≠j} exp(−t ‖μ_i − μ_j‖²)``; t = 2, λ = 0.01.
 
-Tiled / distributed: dense only (``TiledLoss`` / ``GatherLoss`` dispatch on clip/siglip only); gather
+Tiled: ``kernel_infonce`` has an exact O(N·d + tile²) form (``scale.tile_size``,
+:mod:`contrastkit.scale.tiled_more`); ``decoupled_uniformity`` is dense only. Distributed: gather
 embeddings (and the prior) first. N = 1: kernel_infonce raises unless ``allow_single``;
 decoupled_uniformity always raises (no pair). Related: L-NTXENT, L-CLIP, L-UNIFORM, L-DCL.
 """

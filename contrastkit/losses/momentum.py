@@ -37,8 +37,11 @@
   momentum-encoder wrapper (contrastkit.models), not to these losses.
 
 Keys are always detached here (stop-gradient, as MoCo computes them under ``no_grad``). Shapes:
-``[N, d]`` per key → 0-d tensor (float32, or float64 for float64 input). Tiled / distributed: dense
-only (stateful / four inputs, no ``pure()``). MoCo v2 enqueues the all-gathered keys, MoCo v3
+``[N, d]`` per key → 0-d tensor (float32, or float64 for float64 input). Tiled: ``MoCo2Loss``'s
+per-pair function is ``self.fn`` (:func:`moco2_loss`); with ``scale.tile_size`` the training
+session sets ``self.tiled_fn`` to its exact tiled form, which ``forward`` then calls
+(``contrastkit.scale.tiled_more.tiled_moco2_loss``: the queue in tiles, one process). Distributed:
+dense only (stateful / four inputs, no ``pure()``). MoCo v2 enqueues the all-gathered keys, MoCo v3
 gathers keys and offsets targets by ``rank·N``: gather keys and queries (queries with a
 gradient-carrying gather) before calling these.
 Related: L-MOCHI (MoCo plus synthetic hard negatives), L-HCL / L-HNNCE, L-CLIP / ``infonce``.
@@ -47,7 +50,7 @@ Related: L-MOCHI (MoCo plus synthetic hard negatives), L-HCL / L-HNNCE, L-CLIP /
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -126,9 +129,10 @@ def moco2_loss(
     queue = queue.detach().to(q.dtype)
     l_pos = (q * k).sum(dim=1, keepdim=True)
     l_neg = q @ queue.T
-    if top_k is not None or max_similarity is not None:
-        l_neg = l_neg.masked_fill(~_negative_mask(l_neg.detach(), top_k, max_similarity), float("-inf"))
     logits = torch.cat([l_pos, l_neg], dim=1) / temperature
+    if top_k is not None or max_similarity is not None:  # masked after ÷τ: −inf/τ has a NaN ∂/∂τ
+        drop = ~_negative_mask(l_neg.detach(), top_k, max_similarity)
+        logits = torch.cat([logits[:, :1], logits[:, 1:].masked_fill(drop, float("-inf"))], dim=1)
     return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
 
 
@@ -180,6 +184,9 @@ class MoCo2Loss(MultiLoss):
             raise ConfigError(f"query and key need as many names each, got {self.queries} and {self.keys}")
         self.inputs = self.queries + self.keys
         self.temperature, self.top_k, self.max_similarity = float(temperature), top_k, max_similarity
+        # the per-pair loss, and its tiled form when the session sets one (same value and gradients)
+        self.fn: Callable[..., torch.Tensor] = moco2_loss
+        self.tiled_fn: Callable[..., torch.Tensor] | None = None
         g = torch.Generator().manual_seed(seed)
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim, generator=g), dim=1))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
@@ -196,7 +203,8 @@ class MoCo2Loss(MultiLoss):
         # a copy: the enqueue below writes the buffer in place, autograd still needs these values
         queue = self.queue.clone()
         kw = {"temperature": self.temperature, "top_k": self.top_k, "max_similarity": self.max_similarity}
-        terms = [moco2_loss(q, k, queue, **kw) for q, k in zip(tensors[:n], tensors[n:])]
+        fn = self.tiled_fn or self.fn
+        terms = [fn(q, k, queue, **kw) for q, k in zip(tensors[:n], tensors[n:])]
         if self.training:
             self._enqueue(torch.cat([as_float(k.detach()) for k in tensors[n:]]))
         return sum(terms[1:], terms[0]) / n

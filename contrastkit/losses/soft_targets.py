@@ -17,9 +17,10 @@ All four replace CLIP's one-hot targets over the logit matrix ``L_ij = s · x_i�
 
 Learnable scale: CLIP-style ``θ_s = log s`` in the modules (init ``log(1/0.07)``, clamped to
 ``[0, ln 100]`` after each step) except ``xmc_decoupled`` (DEXML: fixed τ = 0.05).
-Tiled: ``multi_positive`` has an exact O(N·d + tile²) form (``scale.tile_size``,
-:mod:`contrastkit.scale.tiled_zoo`); the others are dense only. Distributed: the
-targets couple the whole batch, so gather embeddings *and* the batch field first and call once.
+Tiled: ``multi_positive`` and ``xmc_decoupled`` have exact O(N·d + tile²) forms (``scale.tile_size``,
+:mod:`contrastkit.scale.tiled_zoo`, :mod:`contrastkit.scale.tiled_more`); the others are dense
+only. Distributed: the targets couple the whole batch, so gather embeddings *and* the batch field
+first and call once.
 N = 1 (the loss is identically 0) is an error unless ``allow_single=True``.
 Related: L-CLIP (one-hot targets: each loss reduces to it, see the tests), L-SUPCON, L-M3COL.
 """

@@ -3,7 +3,10 @@
 * ``tiled`` — CLIP/SigLIP in tiles, memory O(N·d + tile²) (S-INFCL);
 * ``tiled_family`` / ``tiled_zoo`` — one masked tiled log-sum-exp and the InfoNCE family through it
   (NT-Xent, SupCon, DCL/DCLW, multi-positive, InfoNCE, AM/AAM-NT-Xent, HN-NCE);
-* ``grad_cache`` — two-pass gradient caching: contrastive batch ≫ what the towers fit (S-GRADCACHE);
+* ``tiled_rule`` / ``tiled_more`` — tiles whose logits a rule builds (autograd recomputes each tile)
+  and the losses through it (XMC decoupled softmax, MoCo v2 with a queue, LLaVE, Kernel-InfoNCE);
+* ``grad_cache`` — gradient caching: contrastive batch ≫ what the towers fit, re-running only the
+  chunks whose graphs do not fit (S-GRADCACHE);
 * ``distributed`` — torch.distributed gathers with correct gradients, SigLIP ring (S-GATHER,
   S-SIGLIP-RING).
 """
@@ -16,15 +19,24 @@ from contrastkit.scale.distributed import (
     is_distributed,
     siglip_ring_loss,
 )
-from contrastkit.scale.grad_cache import CachedEmbeddings, backward_through_chunks, embed_in_chunks
+from contrastkit.scale.grad_cache import (
+    CachedEmbeddings,
+    backward_through_chunks,
+    chunks_to_keep,
+    embed_in_chunks,
+    graph_bytes,
+)
 from contrastkit.scale.launch import spawn_gloo
 from contrastkit.scale.tiled import TILED, TiledLoss, tiled_clip_loss, tiled_siglip_loss
 from contrastkit.scale.tiled_family import positive_logit_sums, tiled_masked_lse
+from contrastkit.scale.tiled_more import TILED_MULTI
+from contrastkit.scale.tiled_rule import tiled_rule_lse, tiled_rule_sum
 from contrastkit.scale.tiled_zoo import TILED_FAMILY
 
 __all__ = [
     "TILED",
     "TILED_FAMILY",
+    "TILED_MULTI",
     "CachedEmbeddings",
     "GatherLoss",
     "ScaleConfig",
@@ -32,12 +44,16 @@ __all__ = [
     "TiledLoss",
     "all_gather_with_grad",
     "backward_through_chunks",
+    "chunks_to_keep",
     "embed_in_chunks",
+    "graph_bytes",
     "is_distributed",
     "positive_logit_sums",
     "siglip_ring_loss",
     "spawn_gloo",
     "tiled_clip_loss",
     "tiled_masked_lse",
+    "tiled_rule_lse",
+    "tiled_rule_sum",
     "tiled_siglip_loss",
 ]

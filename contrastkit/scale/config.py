@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from contrastkit.core.errors import ConfigError
+from contrastkit.core.errors import ConfigError, InputError
 
 __all__ = ["ScaleConfig"]
 
@@ -15,9 +15,15 @@ class ScaleConfig:
     """How a contrastive batch larger than memory is computed — never *what* is computed.
 
     ``tile_size``: compute the loss in tiles of this many rows/columns (S-INFCL); ``null`` = dense.
-    Losses with a tiled form: CLIP, SigLIP and the InfoNCE family of ``scale.tiled_zoo``.
+    Losses with a tiled form: CLIP, SigLIP, the InfoNCE family of ``scale.tiled_zoo`` and
+    ``scale.tiled_more`` (XMC, LLaVE, Kernel-InfoNCE; MoCo v2's queue).
     ``chunk_size``: run the towers on this many samples at a time with gradient caching
-    (S-GRADCACHE); ``null`` = the whole batch at once.
+    (S-GRADCACHE); ``null`` = the whole batch at once. The last chunk's graph is always kept.
+    ``keep_chunks``: the first pass also keeps the graphs of the last this many chunks of every
+    modality, which the second pass then does not re-run (faster, more memory); ``null`` = 0.
+    ``graph_memory``: instead of ``keep_chunks``, a budget such as ``2GiB`` for those graphs; the
+    count is ``budget // bytes of one chunk's graphs`` (all modalities), measured on the first
+    batch by counting what autograd saves for one chunk (``scale.grad_cache.graph_bytes``).
     ``dist_loss`` (several processes, e.g. under ``torchrun``): ``local`` — gather embeddings with
     gradients, each rank computes its rows (exact, O(bN) logits); ``global`` — every rank the full
     N×N loss (exact); ``ring`` — SigLIP's ring exchange (exact, O(b²), SigLIP only).
@@ -26,6 +32,8 @@ class ScaleConfig:
 
     tile_size: int | None = None
     chunk_size: int | None = None
+    keep_chunks: int | None = None
+    graph_memory: str | None = None
     dist_loss: Literal["local", "global", "ring"] = "local"
 
     def __post_init__(self) -> None:
@@ -33,3 +41,28 @@ class ScaleConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"scale.{name} must be >= 1 or null, got {v}")
+        k = self.keep_chunks
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+            raise ConfigError(f"scale.keep_chunks must be an integer >= 0 or null, got {k!r}")
+        if k is not None and self.graph_memory is not None:
+            raise ConfigError("scale.keep_chunks and scale.graph_memory both set: give one of them")
+        if (k is not None or self.graph_memory is not None) and self.chunk_size is None:
+            raise ConfigError(
+                "scale.keep_chunks / scale.graph_memory need scale.chunk_size (gradient caching)"
+            )
+        if self.graph_memory is not None:
+            self.graph_bytes()
+
+    def graph_bytes(self) -> int | None:
+        """``graph_memory`` in bytes (``None`` if unset)."""
+        if self.graph_memory is None:
+            return None
+        from contrastkit.scale.planner import parse_bytes  # lazy: the planner imports torch
+
+        try:
+            budget = parse_bytes(str(self.graph_memory))
+        except (InputError, ValueError, OverflowError) as e:  # OverflowError: "1e400" is inf
+            raise ConfigError(f"scale.graph_memory: cannot read a memory size ({e})") from None
+        if budget < 0:
+            raise ConfigError(f"scale.graph_memory must be >= 0, got {self.graph_memory!r}")
+        return budget

@@ -25,13 +25,15 @@ Learnable scale and bias get exact gradients; the CLIP logit bias cancels (zero 
 
 Inputs in float16/bfloat16 are promoted to float32 first; any tile size ≥ 1 and any N work.
 :data:`TILED` (what :class:`TiledLoss` dispatches on) also holds the InfoNCE family's tiled forms
-(:mod:`contrastkit.scale.tiled_zoo`: NT-Xent, SupCon, DCL/DCLW, multi-positive, InfoNCE, margins, HN-NCE).
+(:mod:`contrastkit.scale.tiled_zoo`: NT-Xent, SupCon, DCL/DCLW, multi-positive, InfoNCE, margins, HN-NCE;
+:mod:`contrastkit.scale.tiled_more`: XMC decoupled softmax, LLaVE, Kernel-InfoNCE).
 Related: :func:`contrastkit.losses.clip_loss`, :func:`contrastkit.losses.siglip_loss` (the dense
 forms these equal), ``contrastkit.scale.grad_cache`` (memory of the towers, not of the loss).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +45,7 @@ from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.losses.base import PairLoss, maybe_normalize
 from contrastkit.losses.clip import clip_loss
 from contrastkit.losses.siglip import siglip_loss
+from contrastkit.scale.tiled_more import TILED_MORE, TILED_MORE_FIELDS
 from contrastkit.scale.tiled_zoo import TILED_FAMILY, TILED_FIELDS
 
 __all__ = [
@@ -70,56 +73,81 @@ def _underflow_floor(dtype: torch.dtype, n: int) -> float:
 class _ClipLSE(torch.autograd.Function):
     """(x, y, s) → (lse_row, lse_col) of ``X = s·x yᵀ`` without materialising it.
 
-    Fast path: with ``c = s·max‖x‖·max‖y‖ ≥ max X`` (Cauchy–Schwarz), one ``E = exp(X − c)`` per
-    tile (the shift fused into the GEMM) serves both the row and the column sums, and backward
-    forms ``G = E ⊙ (u_i + v_j)`` with ``u = g_row·e^{c − lse_row}``: three elementwise passes
-    each way instead of ~8. If some row or column sum is so small that underflowed terms could
-    matter (logits far below the bound), the call falls back to max-subtracted log-sum-exps.
+    Fast path: with ``c = s·max‖x‖·max‖y‖ ≥ max X`` (Cauchy–Schwarz), one ``E = exp(X − k)`` per
+    tile serves both the row and the column sums, and backward forms ``G = E ⊙ (u_i + v_j)`` with
+    ``u = g_row·e^{k − lse_row}``: three elementwise passes each way instead of ~8. The shift ``k``
+    is ``c`` only where ``e^X`` summed over a row could overflow (``c + log n`` near the dtype's
+    largest exponent); otherwise ``k = 0`` and the GEMM writes the tile directly (no bias fill).
+    Gradients accumulate into ``x``- and ``y``-shaped buffers inside the GEMMs (``addmm_``) and the
+    scale's gradient is read off them at the end (``ds = Σ_i x_i·(G y)_i``): no per-tile N×d
+    temporaries. If some row or column sum is so small that underflowed terms could matter (logits
+    far below the bound), the call falls back to max-subtracted log-sum-exps.
     """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, y: torch.Tensor, s: torch.Tensor, tile: int):
         n, m = x.shape[0], y.shape[0]
-        c = (s * x.norm(dim=1).max() * y.norm(dim=1).max()).reshape(())
+        k = _shift(x, y, s)
+        kk = _or_none(k)
+        q_all = x * s
         row, col = x.new_zeros(n), x.new_zeros(m)
         for rows in _tiles(n, tile):
-            q = x[rows] * s
+            q = q_all[rows]
             for cols in _tiles(m, tile):
-                e = torch.addmm(-c, q, y[cols].T).exp_()
+                e = _exp_tile(q, y[cols], kk)
                 row[rows] += e.sum(1)
                 col[cols] += e.sum(0)
         ctx.fast = bool(
             row.min() >= _underflow_floor(x.dtype, m) and col.min() >= _underflow_floor(x.dtype, n)
         )
         if ctx.fast:
-            lse_row, lse_col = c + row.log(), c + col.log()
+            lse_row, lse_col = k + row.log(), k + col.log()
         else:
             lse_row, lse_col = _exact_lse(x, y, s, tile)
-        ctx.save_for_backward(x, y, s, lse_row, lse_col, c)
+        ctx.save_for_backward(x, y, s, lse_row, lse_col, k)
         ctx.tile = tile
         return lse_row, lse_col
 
     @staticmethod
     def backward(ctx: Any, g_row: torch.Tensor, g_col: torch.Tensor):
-        x, y, s, lse_row, lse_col, c = ctx.saved_tensors
-        dx, dy = torch.zeros_like(x), torch.zeros_like(y)
-        ds = torch.zeros_like(s)
-        u, v = g_row * torch.exp(c - lse_row), g_col * torch.exp(c - lse_col)
+        x, y, s, lse_row, lse_col, k = ctx.saved_tensors
+        gx, gy = torch.zeros_like(x), torch.zeros_like(y)  # Σ_j G_ij y_j and Σ_i G_ij x_i
+        u, v = g_row * torch.exp(k - lse_row), g_col * torch.exp(k - lse_col)
+        q_all, kk = x * s, _or_none(k)
         for rows in _tiles(x.shape[0], ctx.tile):
-            q = x[rows] * s
+            q = q_all[rows]
             for cols in _tiles(y.shape[0], ctx.tile):
                 if ctx.fast:
-                    e = torch.addmm(-c, q, y[cols].T).exp_()
+                    e = _exp_tile(q, y[cols], kk)
                     g = (e * u[rows, None]).addcmul_(e, v[None, cols])
                 else:  # in place: the tile is the only O(tile²) buffer besides g
                     blk = q @ y[cols].T
                     g = (blk - lse_row[rows, None]).exp_().mul_(g_row[rows, None])
                     g.add_(blk.sub_(lse_col[None, cols]).exp_().mul_(g_col[None, cols]))
-                gy = g @ y[cols]
-                dx[rows] += s * gy
-                dy[cols] += g.T @ q
-                ds += (x[rows] * gy).sum()
-        return dx, dy, ds, None
+                gx[rows].addmm_(g, y[cols])
+                gy[cols].addmm_(g.T, x[rows])
+        ds = (x * gx).sum().reshape(s.shape)  # Σ_ij G_ij x_i·y_j
+        return gx.mul_(s), gy.mul_(s), ds, None
+
+
+def _shift(x: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """The exponent shift of the fast path: 0 when ``e^X`` summed over any row or column stays
+    far from overflow (``c + log max(n, m)`` below the dtype's largest exponent less a margin),
+    else the Cauchy–Schwarz bound ``c = s·max‖x‖·max‖y‖``."""
+    c = (s * x.norm(dim=1).max() * y.norm(dim=1).max()).reshape(())
+    limit = 0.9 * math.log(torch.finfo(x.dtype).max) - math.log(max(x.shape[0], y.shape[0]))
+    return c if float(c) >= limit else torch.zeros_like(c)
+
+
+def _or_none(k: torch.Tensor) -> torch.Tensor | None:
+    return None if bool(k == 0) else k
+
+
+def _exp_tile(q: torch.Tensor, y: torch.Tensor, k: torch.Tensor | None) -> torch.Tensor:
+    """``exp(q yᵀ − k)`` of one tile; with no shift the GEMM writes the tile with no bias fill."""
+    if k is None:
+        return torch.mm(q, y.T).exp_()
+    return torch.addmm(-k, q, y.T).exp_()
 
 
 def _exact_lse(x: torch.Tensor, y: torch.Tensor, s: torch.Tensor, tile: int):
@@ -167,7 +195,11 @@ class _SoftplusSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor):
         dx, dy, dt, db = ctx.saved_tensors
-        return dx * g, dy * g, dt * g, db * g, None
+        if dx is None:
+            return None, None, dt * g, db * g, None
+        # scaled in place: new N×d results while the saved ones are alive would double the peak.
+        # A second backward through a retained graph then fails autograd's version check (loudly).
+        return dx.mul_(g), dy.mul_(g), dt * g, db * g, None
 
 
 def tiled_lse(
@@ -259,6 +291,7 @@ TILED: dict[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] = {
     clip_loss: tiled_clip_loss,
     siglip_loss: tiled_siglip_loss,
     **TILED_FAMILY,  # NT-Xent, SupCon, DCL/DCLW, multi-positive, InfoNCE, margins, HN-NCE
+    **TILED_MORE,  # XMC decoupled softmax, LLaVE, Kernel-InfoNCE
 }
 
 
@@ -266,7 +299,7 @@ class TiledLoss(PairLoss):
     """Wrap a loss module so it is computed in tiles; parameters, clamps and logs are the inner
     loss's. Raises :class:`ConfigError` for a loss with no tiled form. The batch fields it
     accepts are the inner loss's that its tiled form takes (``labels`` for SupCon and
-    multi-positive; CLIP's ``pair_weights`` are not taken)."""
+    multi-positive, 0/1 ``weights`` for XMC; CLIP's ``pair_weights`` are not taken)."""
 
     def __init__(self, loss: PairLoss, tile_size: int = DEFAULT_TILE) -> None:
         super().__init__()
@@ -281,7 +314,7 @@ class TiledLoss(PairLoss):
     @property
     def accepts(self) -> frozenset[str]:  # type: ignore[override]
         fn, _ = self.inner.pure()
-        return self.inner.accepts & TILED_FIELDS.get(fn, frozenset())
+        return self.inner.accepts & {**TILED_FIELDS, **TILED_MORE_FIELDS}.get(fn, frozenset())
 
     def pure(self) -> tuple[Callable[..., torch.Tensor], dict[str, Any]]:
         fn, kwargs = self.inner.pure()

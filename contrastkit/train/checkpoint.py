@@ -340,6 +340,20 @@ def load_weights(path: str | Path, model: nn.Module, loss: nn.Module | None = No
     _load_weights(path, model, loss)
 
 
+def _match_param_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each loaded state tensor (saved contiguous) its parameter's strides, e.g. channels-last
+    (``train.channels_last``): the fused AdamW kernel pairs elements by memory position, so a
+    contiguous moment next to a channels-last weight would update the wrong elements after a resume."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in list(state.items()):
+                if not isinstance(value, torch.Tensor) or value.shape != p.shape:
+                    continue  # scalars (step) and anything not shaped like the weight
+                if value.stride() != p.stride():
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
 def load_checkpoint(
     path: str | Path,
     model: nn.Module,
@@ -353,6 +367,7 @@ def load_checkpoint(
     _load_weights(path, model, loss)
     tensors = _read_safetensors(path / "optimizer.safetensors")
     optimizer.load_state_dict(_optimizer_join(tensors, state["optimizer"]))
+    _match_param_layouts(optimizer)
     scheduler.load_state_dict(state["scheduler"])
     rng = dict(state["rng"])
     rng["torch"] = tensors["rng/torch"]

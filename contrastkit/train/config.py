@@ -16,9 +16,18 @@ from contrastkit.train.jest import JestConfig
 from contrastkit.train.multistage import MCLConfig
 from contrastkit.train.noisy import NoisyPairsConfig
 
-__all__ = ["MAX_LR", "CurationConfig", "GuardConfig", "OptimConfig", "RunConfig", "TrainConfig"]
+__all__ = [
+    "MAX_LR",
+    "OPTIM_IMPLS",
+    "CurationConfig",
+    "GuardConfig",
+    "OptimConfig",
+    "RunConfig",
+    "TrainConfig",
+]
 
 MAX_LR = 10.0  # OptimConfig's docstring says why
+OPTIM_IMPLS = ("auto", "for_loop", "foreach", "fused")
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,11 @@ class OptimConfig:
     each weight by about ``lr`` per step whatever the gradient's scale, so an ``lr`` above 10 only
     ever diverges (useful values are 1e-5 … 1e-1), and a huge one overflows float32 in the
     scheduler. ``eps`` (added to Adam's denominator) must be > 0 and at most 1.
+
+    ``impl``: how AdamW runs its update — ``for_loop`` (one parameter at a time), ``foreach``
+    (grouped multi-tensor kernels), ``fused`` (one fused kernel per dtype/device), or ``auto``
+    (torch's choice: ``foreach`` on CUDA, ``for_loop`` on CPU). The same update, computed in another
+    order: results agree to float rounding. Measured on the demo in docs/performance.md.
     """
 
     lr: float = 2e-3
@@ -41,8 +55,11 @@ class OptimConfig:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.0
     grad_clip: float | None = 1.0
+    impl: Literal["auto", "for_loop", "foreach", "fused"] = "auto"
 
     def __post_init__(self) -> None:
+        if self.impl not in OPTIM_IMPLS:
+            raise ConfigError(f"optim.impl must be one of {list(OPTIM_IMPLS)}, got {self.impl!r}")
         if not 0 < self.lr <= MAX_LR:
             raise ConfigError(f"optim.lr must be > 0 and <= {MAX_LR:g} (a finite step size), got {self.lr}")
         if not 0 < self.eps <= 1:
@@ -86,6 +103,15 @@ class GuardConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Length, batch, seed, precision, device and threads of a run, with its logging and
+    checkpoint cadence.
+
+    Speed options (:mod:`contrastkit.train.speed`; measured on the demo in docs/performance.md):
+    ``compile`` compiles each tower's forward with ``torch.compile`` (state-dict keys unchanged;
+    without a C++ compiler the run warns and trains uncompiled); ``channels_last`` stores image
+    towers in the channels-last memory format. Both change float rounding, not what is computed.
+    """
+
     steps: int = 800
     batch_size: int = 256
     seed: int = 0
@@ -100,8 +126,13 @@ class TrainConfig:
     # fine-tune: start from the newest checkpoint of this run folder (its weights and assets, e.g.
     # the tokenizer; the loss's learnable state too when its loss config is the same)
     init_from: str | None = None
+    compile: bool = False
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
+        for name in ("compile", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"train.{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("steps", "batch_size", "log_every", "ckpt_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")

@@ -27,8 +27,19 @@ def param_groups(model: nn.Module, loss: nn.Module, weight_decay: float) -> list
     ]
 
 
+# optim.impl -> AdamW's flags; "auto" passes none (torch picks foreach on CUDA, the for-loop on CPU)
+_IMPL_FLAGS: dict[str, dict[str, bool]] = {
+    "auto": {},
+    "for_loop": {"foreach": False},
+    "foreach": {"foreach": True},
+    "fused": {"fused": True},
+}
+
+
 def build_optimizer(cfg: OptimConfig, groups: Iterable[dict]) -> torch.optim.AdamW:
-    return torch.optim.AdamW(list(groups), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    """AdamW over ``groups`` with ``cfg.impl``'s implementation (``auto``: torch's default)."""
+    flags = _IMPL_FLAGS[cfg.impl]
+    return torch.optim.AdamW(list(groups), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **flags)
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:

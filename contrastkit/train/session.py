@@ -26,6 +26,7 @@ from contrastkit.train.jest import Jest
 from contrastkit.train.logger import MetricsLogger
 from contrastkit.train.noisy import NoisyPairs
 from contrastkit.train.optim import build_optimizer, build_scheduler, param_groups
+from contrastkit.train.speed import apply_speed_options
 
 __all__ = ["Session", "build_session"]
 
@@ -82,6 +83,9 @@ def build_session(
     model.to(device)
     loss.to(device)
     broadcast_parameters([model, loss], ctx)
+    apply_speed_options(
+        model, compile_towers=cfg.train.compile, channels_last=cfg.train.channels_last, device=device
+    )
     optimizer = build_optimizer(cfg.optim, param_groups(model, loss, cfg.optim.weight_decay))
     scheduler = build_scheduler(cfg.optim, optimizer, cfg.train.steps)
     logger = MetricsLogger(run_dir, tensorboard=cfg.train.tensorboard, enabled=ctx.main)

@@ -5,6 +5,7 @@ weights come from besides a fresh init (``train.init_from`` runs, ``model.from``
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -21,7 +22,7 @@ from contrastkit.data.samplers import sampler_fields
 from contrastkit.losses.base import LOSSES, LossTerm, MultiLoss, PairLoss
 from contrastkit.models.dual_encoder import DualEncoder, build_model
 from contrastkit.models.towers import TOWERS
-from contrastkit.scale import TiledLoss
+from contrastkit.scale import TILED_MULTI, TiledLoss
 from contrastkit.train.checkpoint import latest_checkpoint
 from contrastkit.train.config import RunConfig
 from contrastkit.train.distributed import DistContext, wrap_loss
@@ -50,9 +51,14 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
 def objective(cfg: RunConfig, loss: PairLoss, ctx: DistContext) -> PairLoss:
     """What the step computes: ``loss`` in tiles if ``scale.tile_size`` is set, across ranks if
     several processes run. The wrappers share ``loss``'s parameters. A :class:`MultiLoss` runs
-    untiled and unchunked (a clear error otherwise); across processes on the gathered batch."""
+    unchunked, and untiled unless its per-pair function ``fn`` has a tiled form
+    (:data:`~contrastkit.scale.TILED_MULTI`: MoCo v2), which it then calls (``tiled_fn``; a clear
+    error otherwise); across processes on the gathered batch."""
     if isinstance(loss, MultiLoss):
         _check_multiloss(cfg, loss)
+        if cfg.scale.tile_size is not None and not ctx.active:  # several processes: refused below
+            tiled = TILED_MULTI[loss.fn]  # type: ignore[attr-defined]  # checked above
+            loss.tiled_fn = functools.partial(tiled, tile_size=cfg.scale.tile_size)  # type: ignore[attr-defined]
         return wrap_loss(loss, cfg.scale, ctx)  # several processes: GatherAllLoss
     if ctx.active:
         return wrap_loss(loss, cfg.scale, ctx)
@@ -60,10 +66,12 @@ def objective(cfg: RunConfig, loss: PairLoss, ctx: DistContext) -> PairLoss:
 
 
 def _check_multiloss(cfg: RunConfig, loss: MultiLoss) -> None:
-    if cfg.scale.tile_size is not None or cfg.scale.chunk_size is not None:
+    tileable = getattr(loss, "fn", None) in TILED_MULTI
+    if (cfg.scale.tile_size is not None and not tileable) or cfg.scale.chunk_size is not None:
         raise ConfigError(
             f"{type(loss).__name__} is a MultiLoss (several embedding sets): scale.tile_size and "
-            "scale.chunk_size (gradient caching) work with pair losses only; unset them"
+            "scale.chunk_size (gradient caching) work with pair losses only (scale.tile_size also "
+            "with moco2); unset them"
         )
 
 

@@ -39,7 +39,7 @@ from contrastkit.losses import from_config as build_loss
 from contrastkit.losses.base import MultiLoss, PairLoss
 from contrastkit.models.dual_encoder import DualEncoder, build_model
 from contrastkit.models.pretrained import check_files
-from contrastkit.scale import backward_through_chunks, embed_in_chunks
+from contrastkit.scale import backward_through_chunks, chunks_to_keep, embed_in_chunks
 from contrastkit.train import multistage, setup
 from contrastkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from contrastkit.train.config import RunConfig
@@ -199,7 +199,9 @@ def _embed(s: Session, batch: dict[str, torch.Tensor]):
     amp = s.cfg.train.precision == "bf16"
     with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=amp):
         if chunk is not None and chunk < len(next(iter(batch.values()))):
-            cached = embed_in_chunks(s.model, batch, chunk)
+            sc = s.cfg.scale  # graphs of the chunks that fit are kept, not re-run (scale.grad_cache)
+            keep = chunks_to_keep(s.model, batch, chunk, sc.keep_chunks, sc.graph_bytes())
+            cached = embed_in_chunks(s.model, batch, chunk, keep)
             return cached.reps, cached
         emb = s.model(batch)
         if NEG_KEY in batch:  # hard-negative captions (data.text_negatives): the text tower's too

@@ -168,3 +168,20 @@ def test_clip_fast_path_with_large_scale_and_unnormalised_inputs():
     torch.testing.assert_close(tiled, dense, rtol=1e-10, atol=1e-12)
     for a, b in zip(grads(tiled, (x, y, big)), grads(dense, (x, y, big))):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_tiled_siglip_backward_scales_in_place_and_refuses_a_second_backward() -> None:
+    """The forward's accumulated gradients are scaled in place (no second N×d copy at the peak);
+    a retained graph's second backward then fails loudly instead of returning stale values."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(9, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(9, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(-1.0, dtype=torch.float64, requires_grad=True)
+    loss = tiled_siglip_loss(x, y, t, b, tile_size=4)
+    loss.backward(retain_graph=True)
+    dense_x, dense_y = torch.autograd.grad(siglip_loss(x, y, t, b), (x, y))
+    torch.testing.assert_close(x.grad, dense_x, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(y.grad, dense_y, rtol=1e-12, atol=1e-14)
+    with pytest.raises(RuntimeError, match="inplace"):
+        loss.backward()

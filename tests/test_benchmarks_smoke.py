@@ -1,0 +1,111 @@
+"""The benchmark scripts behind docs/performance.md run end to end at toy sizes and write what their
+summaries and figures read: every compared method in every round of one process, ratios to the
+round's own floor, and (evaluation) the same metrics from both retrieval backends.
+
+Nothing here is timed: the scripts' numbers are for the docs, measured under the benchmark lock.
+Three of the four start several interpreters each (~15–20 s): ``pytest -m slow`` runs them."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+
+def _run(script: str, *args: str) -> str:
+    env = {**os.environ, "CONTRASTKIT_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(BENCH / script), *args]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def _has(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.slow  # ~15–20 s: fresh interpreters importing torch, open_clip, faiss, matplotlib
+def test_loss_scaling_rounds_summary_and_figure(tmp_path: Path) -> None:
+    rounds = tmp_path / "rounds.jsonl"
+    _run("loss_scaling.py", "--sizes", "128", "--rounds", "2", "--threads", "1", "--out", str(rounds))
+    # dense forms skipped by the memory estimate: only the floor and the tiled forms run
+    _run(
+        "loss_scaling.py",
+        "--sizes",
+        "256",
+        "--rounds",
+        "1",
+        "--threads",
+        "1",
+        "--max-dense-gib",
+        "0",
+        "--out",
+        str(rounds),
+    )
+    recs = [json.loads(line) for line in rounds.read_text().splitlines()]
+    assert [(r["n"], r["round"]) for r in recs] == [(128, 0), (128, 1), (256, 0)]
+    want = {"floor", "clip/tiled", "clip/dense", "siglip/tiled", "siglip/dense"}
+    if _has("open_clip"):
+        want |= {"clip/open_clip", "siglip/open_clip"}
+    assert set(recs[0]["seconds"]) == want == set(recs[0]["extra_mib"])
+    assert set(recs[2]["seconds"]) == {"floor", "clip/tiled", "siglip/tiled"}
+    assert all(s > 0 for r in recs for s in r["seconds"].values())
+    assert all(m >= 0 for r in recs for m in r["extra_mib"].values())
+    png = tmp_path / "cost.png"
+    table = _run("loss_scaling.py", "--summary", str(rounds), "--plot", str(png))
+    assert "| 128 | floor | 2 |" in table and "1.00 (1.00–1.00)" in table  # the floor over itself
+    assert png.stat().st_size > 10_000
+
+
+@pytest.mark.slow  # ~15–20 s: fresh interpreters importing torch, open_clip, faiss, matplotlib
+def test_eval_scaling_backends_agree(tmp_path: Path) -> None:
+    pytest.importorskip("faiss")
+    rounds = tmp_path / "rounds.jsonl"
+    args = ["--sizes", "300,1000", "--queries", "200", "--dim", "32", "--noise", "1.0", "--rounds", "2"]
+    _run("eval_scaling.py", *args, "--threads", "1", "--out", str(rounds))
+    recs = [json.loads(line) for line in rounds.read_text().splitlines()]
+    assert [(r["gallery"], r["round"]) for r in recs] == [(300, 0), (300, 1), (1000, 0), (1000, 1)]
+    assert all(r["same_metrics"] for r in recs)  # dense and faiss paths: identical recall and ranks
+    assert all(set(r["seconds"]) == {"dense", "faiss"} for r in recs)
+    png = tmp_path / "eval.png"
+    table = _run("eval_scaling.py", "--summary", str(rounds), "--plot", str(png))
+    assert "| 1,000 | 2 |" in table and "**no**" not in table
+    assert png.stat().st_size > 10_000
+
+
+@pytest.mark.slow  # ~15–20 s: fresh interpreters importing torch, open_clip, faiss, matplotlib
+def test_loss_speed_interleaved_table() -> None:
+    out = _run(
+        "loss_speed.py",
+        "--n",
+        "64",
+        "--dim",
+        "16",
+        "--losses",
+        "clip,ntxent",
+        "--repeats",
+        "2",
+        "--threads",
+        "1",
+    )
+    rows = {line.split(" | ")[0].strip("| "): line for line in out.splitlines() if line.startswith("| ")}
+    for name in ("clip", "ntxent"):
+        cells = [c.strip() for c in rows[name].strip("|").split("|")]
+        assert len(cells) == 8 and "(" in cells[3] and "–" in cells[3] and "→" in cells[7]
+    assert rows["ntxent"].count("floor@2N") == 1 and "floor@2N" not in rows["clip"]
+
+
+def test_multibootstrap_speed_interleaved_table() -> None:
+    args = ["--seeds", "3", "--examples", "40", "--nboot", "20", "--loop-replicates", "4", "--rounds", "2"]
+    out = _run("multibootstrap_speed.py", *args)
+    rows = [line for line in out.splitlines() if line.startswith("| paired") or line.startswith("| unpaired")]
+    assert len(rows) == 2 and all("× (" in r and "→" in r for r in rows)
