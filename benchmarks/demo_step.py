@@ -263,6 +263,8 @@ def policies(args: argparse.Namespace) -> None:
                 "baseline",
             ]
             env = {**os.environ, "OMP_WAIT_POLICY": "" if name == "unset" else name}
+            # as `make demo` runs: glibc reads this at exec (in this process it came too late to act)
+            env.pop("MALLOC_MMAP_THRESHOLD_", None)
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
             per[name].append(
                 float(next(ln for ln in out.splitlines() if ln.startswith("| baseline |")).split("|")[2])
@@ -289,7 +291,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--profile-steps", type=int, default=20, help="0: no profile")
     ap.add_argument("--rounds", type=int, default=5, help="0: no option comparison")
-    ap.add_argument("--steps", type=int, default=10, help="timed steps per option per round")
+    ap.add_argument("--steps", type=int, default=15, help="timed steps per option per round")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--options", default="all", help=f"comma-separated of: {', '.join(OPTIONS)}")
     ap.add_argument("--profile-options", default="baseline,train.channels_last", help="comma-separated")

@@ -39,9 +39,26 @@ from collections import defaultdict
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _measure import peak_bytes, reset_peak, rss_bytes
 
-__all__ = ["BACKENDS", "main", "measure_size", "plot", "summarise", "synthetic"]
+__all__ = ["BACKENDS", "main", "measure_size", "plot", "source_state", "summarise", "synthetic"]
 
 BACKENDS = ("dense", "faiss")
+
+
+def source_state() -> str:
+    """``git`` commit of the measured code, ``+dirty`` when contrastkit/ has uncommitted changes."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(
+            ["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "-C", root, "status", "--porcelain", "contrastkit"], capture_output=True, text=True
+        )
+    except OSError:
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def keep_rss_honest() -> None:
@@ -88,6 +105,7 @@ def measure_size(g: int, data: tuple, args: argparse.Namespace) -> list[dict]:
         order = BACKENDS if r % 2 == 0 else BACKENDS[::-1]  # A B, B A: no side always goes first
         rec: dict = {"gallery": g, "queries": len(captions), "dim": gallery.shape[1], "noise": args.noise}
         rec.update(round=r, run=args.run_id, threads=args.threads, load_before=os.getloadavg()[0])
+        rec["source"] = source_state()
         rec["seconds"], rec["extra_mib"], metrics = {}, {}, {}
         for b in order:
             rec["seconds"][b], rec["extra_mib"][b], metrics[b] = _timed(b, gallery, captions, owner)

@@ -1,7 +1,9 @@
 """Loss step (forward + backward) time and peak extra memory at large contrastive batch sizes.
 
-Compares, at the same N, D, dtype and thread count, **interleaved in one process** — each round
-runs every method once, in this order, so load on a shared machine hits all of them alike:
+Compares, at the same N, D, dtype and thread count, **interleaved in one process**: each round
+runs floor, method 1, floor, method 2, …, floor (methods in this order), and each method's ratio is
+to the mean of the two floors around it, so load that changes on a shared machine — even within
+one round, which takes minutes at 64k — hits both sides of every ratio alike:
 
 * ``floor``           — the three N×D×N matrix products any exact method must do (``XYᵀ``, ``GY``,
                         ``GᵀX``, in 8192-blocks), with no elementwise work: the arithmetic floor;
@@ -11,17 +13,19 @@ runs every method once, in this order, so load on a shared machine hits all of t
 * the same three for SigLIP.
 
 Per (N, method): the median seconds over rounds, the median of the per-round ratios
-``method / floor`` with their min–max, and the extra peak resident memory of the step,
+``method / floor`` with their min–max, how many times faster the tiled forms ran than the dense
+and open_clip ones (median of per-round ratios of ratios), and the extra peak memory of the step,
 ``peak RSS − RSS before the step − the inputs' gradients (2·N·D·4 bytes)`` (glibc is told to
 return every block ≥ 64 KiB to the OS on free, so resident memory tracks live tensors), plus the
 1-minute load average before and after. Dense forms are skipped where their N×N matrices would
 not fit (``--max-dense-gib``, estimated from the matrices each keeps). Each round is also written
 as one JSON line to ``--out`` (appended), so that runs at different N — 64k takes ~8 minutes a
-round on 2 cores — can be made separately and summarised or plotted together:
+round on 2 cores — can be made separately and summarised or plotted together (the commands of
+docs/performance.md; each record names the git commit measured):
 
-    python benchmarks/loss_scaling.py --sizes 1024,4096,16384 --rounds 3 --out runs/loss_scaling.jsonl
-    python benchmarks/loss_scaling.py --sizes 65536 --rounds 1 --out runs/loss_scaling.jsonl  # twice
-    python benchmarks/loss_scaling.py --summary runs/loss_scaling.jsonl --plot docs/cost-loss-vs-n.png
+    python benchmarks/loss_scaling.py --sizes 1024,2048,4096,8192 --rounds 5 --out runs/ls.jsonl
+    python benchmarks/loss_scaling.py --sizes 65536 --rounds 1 --out runs/ls.jsonl  # twice
+    python benchmarks/loss_scaling.py --summary runs/ls.jsonl --plot docs/cost-loss-vs-n.png
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from collections.abc import Callable
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _measure import floor_step, peak_bytes, reset_peak, rss_bytes
 
-__all__ = ["METHODS", "dense_gib", "main", "measure_size", "plot", "summarise"]
+__all__ = ["METHODS", "dense_gib", "main", "measure_size", "plot", "source_state", "summarise"]
 
 METHODS = (
     "floor",
@@ -55,6 +59,23 @@ METHODS = (
 # 5.0), rounded up by one so the estimate errs towards skipping.
 DENSE_MATRICES = {"clip/dense": 6, "clip/open_clip": 5, "siglip/dense": 5, "siglip/open_clip": 6}
 Step = Callable[[object, object], None]
+
+
+def source_state() -> str:
+    """``git`` commit of the measured code, ``+dirty`` when contrastkit/ has uncommitted changes."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(
+            ["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "-C", root, "status", "--porcelain", "contrastkit"], capture_output=True, text=True
+        )
+    except OSError:
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def keep_rss_honest() -> None:
@@ -132,11 +153,12 @@ def measure_size(n: int, methods: list[str], args: argparse.Namespace) -> list[d
     x = F.normalize(torch.randn(n, args.dim, generator=g), dim=-1).requires_grad_()
     y = F.normalize(torch.randn(n, args.dim, generator=g), dim=-1).requires_grad_()
     # Small N: several steps per measurement (≥ ~0.3 s of floor), so timer and gc noise stay small.
-    inner = max(1, min(50, round(0.3 / _timed(floor_step, x, y)[0])))
+    inner = 1 if n > 8192 else max(1, min(50, round(0.3 / _timed(floor_step, x, y)[0])))  # 64k: 70 s
     records = []
     for r in range(args.rounds):
         rec: dict = {"n": n, "dim": args.dim, "tile": args.tile, "threads": args.threads, "round": r}
         rec["run"], rec["inner"], rec["load_before"] = args.run_id, inner, os.getloadavg()[0]
+        rec["source"] = source_state()
         _bracketed_round(rec, steps, x, y, inner)
         rec["load_after"] = os.getloadavg()[0]
         records.append(rec)

@@ -4,20 +4,21 @@
    256 vs a contrastive batch of 4096 embedded in chunks of 256 with gradient caching (+ tiled
    loss), keeping the first pass's graphs of 0 / 8 / 16 of the 16 chunks per modality
    (``scale.keep_chunks``); ``keep 0, two-pass`` also re-runs the last chunk (the old algorithm).
-   The ``model`` row times one chunk's forward with and without a graph and its backward, the
-   inputs of the bound ``(F + B) / (F + B + F₀·(n − k)/n)`` for k of n chunks kept.
+   The last lines time one chunk's forward with (F) and without (F₀) a graph, its backward (B) and
+   AdamW's step (O): the bound ``(F + B + O) / (F + B + O/n + F₀·(n − k)/n)`` for k of n kept.
 2. ``reference``: a reference shape — ViT on 32 px images, patch 8, width 128, 2 layers; text
    transformer, context 32, width 128, 2 layers; embedding 128; batch 256; AdamW — as a contrastkit
    model (timm ViT + transformers BERT) and as an open_clip ``CLIP`` model with ``ClipLoss``
    (only if open_clip is installed: ``make bench``).
 
-Each round runs every configuration of a case once, on the same number of samples, in one process
+Each case runs in one process: every configuration once per round, on the same number of samples
 (order reversed every other round to cancel drift); a configuration's ratio is its samples/s over
 the first configuration's *in the same round*. Reported: median ratio with min–max over rounds,
-median samples/s, peak memory (kernel peak RSS after a reset, minus the RSS before, in an untimed
-pass after the rounds with large blocks mmap'd) and the 1-minute load average before and after.
+median samples/s, peak memory (kernel peak RSS after a reset minus the RSS before, in an untimed
+pass on a fresh heap before the rounds, large blocks mmap'd) and the 1-minute load average before
+and after the rounds.
 
-    flock /tmp/ck-bench.lock .venv/bin/python benchmarks/train_throughput.py --threads 1
+    .venv/bin/python benchmarks/train_throughput.py --threads 2 --rounds 5
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import argparse
 import ctypes
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -35,13 +38,15 @@ Step = Callable[[], None]
 CHUNK, BIG, SMALL = 256, 4096, 256
 
 
-def _mmap_large_blocks() -> None:
-    """In-process MALLOC_MMAP_THRESHOLD_=64KiB, for the memory pass only: freed tensors leave the
-    resident set, so peak RSS tracks live tensors (timing runs with glibc's default, as training
-    does: a fixed low threshold costs a page-fault storm that would slow the larger configurations)."""
+def _malloc(mmap_threshold: int) -> None:
+    """glibc: blocks of at least ``mmap_threshold`` bytes are mmap'd (returned to the OS on free).
+    64 KiB for the memory pass, so peak RSS tracks live tensors; 32 MiB (the ceiling glibc's own
+    adaptive threshold reaches after warm-up, as in training) for timing, since a low fixed
+    threshold costs page faults on every large tensor and slows the larger configurations most."""
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 65536)  # M_MMAP_THRESHOLD
+        libc.mallopt(-3, mmap_threshold)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 2 * mmap_threshold)  # M_TRIM_THRESHOLD, as glibc's adaptive rule sets it
         libc.malloc_trim(0)
     except (OSError, AttributeError):
         pass
@@ -110,8 +115,8 @@ def _cached(model, loss, opt, batch, keep: int, keep_last: bool) -> Step:
     return step
 
 
-def _parts(model, batch) -> dict[str, Step]:
-    """One chunk's forward with a graph (F), without (F₀), and backward (B, after an untimed F)."""
+def _parts(model, opt, batch) -> dict[str, Step]:
+    """One chunk's forward with a graph (F), without (F₀), its backward (B) and AdamW's step (O)."""
     import torch
 
     chunk = {m: x[:CHUNK] for m, x in batch.items()}
@@ -127,9 +132,12 @@ def _parts(model, batch) -> dict[str, Step]:
 
     def bwd() -> None:
         held.pop().backward()
-        model.zero_grad(set_to_none=True)
 
-    return {"F": fwd, "F0": fwd0, "B": bwd}
+    def opt_step() -> None:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return {"F": fwd, "F0": fwd0, "B": bwd, "O": opt_step}
 
 
 def gradcache_case() -> tuple[dict[str, tuple[Step, int]], dict[str, Step], str]:
@@ -147,7 +155,7 @@ def gradcache_case() -> tuple[dict[str, tuple[Step, int]], dict[str, Step], str]
     from contrastkit.scale import graph_bytes
 
     note = f"{sum(graph_bytes(model, batch, CHUNK).values()) / 2**20:.0f} MiB (graph_bytes)"
-    return configs, _parts(model, batch), note
+    return configs, _parts(model, opt, batch), note
 
 
 def reference_case() -> tuple[dict[str, tuple[Step, int]], dict[str, Step], str]:
@@ -192,11 +200,19 @@ def _time(fn: Step) -> float:
 def run_case(name: str, rounds: int, repeat: int) -> None:
     configs, parts, note = {"gradcache": gradcache_case, "reference": reference_case}[name]()
     names = list(configs)
+    peaks: dict[str, float] = {}
+    _malloc(64 * 2**10)
+    for k, (step, _) in configs.items():  # memory pass on a fresh heap, before the timed rounds
+        step()  # warm-up: lazy kernels, one-time buffers
+        reset_peak()
+        base = rss_bytes()
+        step()
+        peaks[k] = (peak_bytes() - base) / 2**20
+    _malloc(32 * 2**20)
     for step, _ in configs.values():
-        step()  # warm-up: allocator pools, lazy kernels
+        step()
     rates: dict[str, list[float]] = {k: [] for k in names}
     ratios: dict[str, list[float]] = {k: [] for k in names}
-    peaks: dict[str, float] = {}
     part_t: dict[str, list[float]] = {k: [] for k in parts}
     load0 = os.getloadavg()[0]
     for r in range(rounds):
@@ -208,18 +224,9 @@ def run_case(name: str, rounds: int, repeat: int) -> None:
         for k in names:
             ratios[k].append(rates[k][-1] / rates[names[0]][-1])
         for _ in range(3):
-            for k in ("F", "F0", "B") if parts else ():
-                if k == "B":
-                    parts["F"]()
+            for k in ("F", "B", "O", "F0") if parts else ():
                 part_t[k].append(_time(parts[k]))
     load1 = os.getloadavg()[0]
-    _mmap_large_blocks()
-    for k, (step, _) in configs.items():  # memory pass, after the timed rounds
-        step()
-        reset_peak()
-        base = rss_bytes()
-        step()
-        peaks[k] = (peak_bytes() - base) / 2**20
     med = statistics.median
     print(f"\n[{name}]  {rounds} rounds, load {load0:.2f} before / {load1:.2f} after")
     print(f"  {'configuration':<34} {'samples/s':>10} {'ratio (median, min–max)':>24} {'peak MiB':>9}")
@@ -227,13 +234,13 @@ def run_case(name: str, rounds: int, repeat: int) -> None:
         spread = f"{med(ratios[k]):.3f} ({min(ratios[k]):.3f}–{max(ratios[k]):.3f})"
         print(f"  {k:<34} {med(rates[k]):>10.0f} {spread:>24} {peaks[k]:>9.0f}")
     if parts:
-        f, f0, b = (med(part_t[k]) for k in ("F", "F0", "B"))
-        ms = f"F {f * 1e3:.0f} ms, F0 (no graph) {f0 * 1e3:.0f} ms, B {b * 1e3:.0f} ms"
-        print(f"  model, one chunk of {CHUNK}: {ms}; graphs kept per chunk (all towers): {note}")
-        print(f"  B/F = {b / f:.2f}, F0/F = {f0 / f:.2f}; bound (F+B)/(F+B+F0·(n−k)/n):")
+        f, f0, b, o = (med(part_t[k]) for k in ("F", "F0", "B", "O"))
+        ms = f"F {f * 1e3:.0f}, F0 (no graph) {f0 * 1e3:.0f}, B {b * 1e3:.0f}, O (AdamW) {o * 1e3:.0f} ms"
+        print(f"  one chunk of {CHUNK}: {ms}; its graphs (all towers): {note}")
         n = BIG // CHUNK
+        print(f"  B/F = {b / f:.2f}, F0/F = {f0 / f:.2f}; bound (F+B+O)/(F+B+O/n+F0·(n−k)/n), loss left out:")
         for k in (0, 1, n // 2, n):
-            print(f"    k = {k:>2}/{n}: {(f + b) / (f + b + f0 * (n - k) / n):.3f}")
+            print(f"    k = {k:>2}/{n}: {(f + b + o) / (f + b + o / n + f0 * (n - k) / n):.3f}")
 
 
 def main() -> None:
@@ -243,14 +250,18 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--repeat", type=int, default=1, help="timed runs of each configuration per round")
     args = p.parse_args()
-    import torch
+    cases = args.cases.split(",")
+    if len(cases) == 1:
+        import torch
 
-    torch.set_num_threads(args.threads)
-    print(
-        f"{args.threads} threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, torch {torch.__version__}"
-    )
-    for case in args.cases.split(","):
-        run_case(case, args.rounds, args.repeat)
+        torch.set_num_threads(args.threads)
+        policy = os.environ["OMP_WAIT_POLICY"]
+        print(f"{args.threads} threads, OMP_WAIT_POLICY={policy}, torch {torch.__version__}", flush=True)
+        run_case(cases[0], args.rounds, args.repeat)
+        return
+    for case in cases:  # one process per case: its memory pass needs a fresh heap
+        argv = [sys.executable, __file__, "--cases", case, "--threads", str(args.threads)]
+        subprocess.run([*argv, "--rounds", str(args.rounds), "--repeat", str(args.repeat)], check=True)
 
 
 if __name__ == "__main__":

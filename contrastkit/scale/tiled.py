@@ -304,7 +304,10 @@ class TiledLoss(PairLoss):
     def __init__(self, loss: PairLoss, tile_size: int = DEFAULT_TILE) -> None:
         super().__init__()
         _check_tile(tile_size)
-        fn, _ = loss.pure()
+        try:
+            fn, _ = loss.pure()
+        except NotImplementedError:  # no pure function: nothing to tile
+            fn = None
         if fn not in TILED:
             names = ", ".join(f.__name__ for f in TILED)
             raise ConfigError(f"{type(loss).__name__} has no tiled form; tiled losses: {names}")

@@ -16,7 +16,9 @@ positive logits. For anchors ``a [N, d]``, candidates ``c [M, d]`` and a scale `
 per-sample fields of the tile's rows and columns, so nothing N×M is ever stored. Forward merges
 each tile's partial log-sum-exps (``logaddexp``, online softmax); backward recomputes every tile
 once: ``G = keep ⊙ (e^{X − row} g_row + e^{X − col} g_col)``, ``da += s·G c``, ``dc += s·Gᵀ a``,
-``ds += Σ G ⊙ (a·c − m·pos)``. Saved for backward: a, c, s, the fields and the two vectors —
+``ds += Σ G ⊙ (a·c − m·pos)``. Where the logits cannot overflow ``exp`` (the usual case) forward
+takes one ``exp`` per tile for rows and columns together and no max-subtraction
+(:class:`_MaskedLSE`). Saved for backward: a, c, s, the fields and the two vectors —
 O(N·d). Memory O(N·d + tile²); 1 tile product forward + 3 backward.
 
 An anchor with nothing kept (e.g. ``keep="positives"`` and no positive) gets ``−inf`` and a zero
@@ -32,13 +34,21 @@ Related: :mod:`contrastkit.scale.tiled` (CLIP/SigLIP, the unmasked special case)
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 from contrastkit.core.errors import InputError
 
-__all__ = ["DEFAULT_TILE", "KEEP", "check_tile", "positive_logit_sums", "tiled_masked_lse"]
+__all__ = [
+    "DEFAULT_TILE",
+    "KEEP",
+    "check_tile",
+    "positive_logit_sums",
+    "tiled_masked_lse",
+    "tiled_masked_lse_heads",
+]
 
 DEFAULT_TILE = 2048
 KEEP = ("all", "negatives", "positives")
@@ -56,78 +66,152 @@ def check_tile(tile_size: int) -> None:
 
 
 def _tile_masks(
-    f: tuple[torch.Tensor | None, ...], rows: slice, cols: slice, keep: str
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(kept, positive) boolean masks of one tile from the per-sample fields; None = all true/unused."""
+    f: tuple[torch.Tensor | None, ...], rows: slice, cols: slice, heads: tuple[tuple[float, str], ...]
+) -> tuple[list[torch.Tensor | None], torch.Tensor | None]:
+    """(kept mask of each head, positive mask) of one tile from the per-sample fields; None = all
+    true / unused. Masks are built once per tile and shared by the heads that keep the same pairs."""
     a_ids, c_ids, a_lab, c_lab = f
     excl = None if a_ids is None else a_ids[rows, None] == c_ids[None, cols]
     pos = None if a_lab is None else a_lab[rows, None] == c_lab[None, cols]
     if pos is not None and excl is not None:
         pos = pos & ~excl
-    if keep == "positives":
-        return pos, pos
-    if keep == "negatives":
-        kept = ~pos if excl is None else ~pos & ~excl  # type: ignore[operator]
-        return kept, pos
-    return (None if excl is None else ~excl), pos
-
-
-def _logits(
-    a: torch.Tensor, c: torch.Tensor, s: torch.Tensor, margin: float, pos: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dot, X) of one tile: ``dot = a cᵀ − m·pos`` (what X is linear in s through) and ``X = s·dot``."""
-    dot = a @ c.T
-    if margin and pos is not None:
-        dot = dot - margin * pos.to(dot.dtype)
-    return dot, dot * s
+    built: dict[str, torch.Tensor | None] = {}
+    for _, keep in heads:
+        if keep in built:
+            continue
+        if keep == "positives":
+            built[keep] = pos
+        elif keep == "negatives":
+            built[keep] = ~pos if excl is None else ~pos & ~excl  # type: ignore[operator]
+        else:
+            built[keep] = None if excl is None else ~excl
+    return [built[keep] for _, keep in heads], pos
 
 
 class _MaskedLSE(torch.autograd.Function):
-    """(a, c, s) → (row, col) masked log-sum-exps; the fields and options ride along ungraded."""
+    """(a, c, s) → (rows [K, N], cols [K, M]): masked log-sum-exps of K *heads* that share one
+    dot-product tile — head k is ``X_k = (s·μ_k)·(a·c − m·pos)`` kept by its own rule — so a loss
+    that needs several log-sum-exps (all and positives; two scales) pays the products once.
+
+    Fast path (what runs unless the logits can overflow ``exp``): with ``b = |s|·max|μ|·(max‖a‖·
+    max‖c‖ + |m|) ≥ |X|`` and ``b + log max(N, M)`` below the dtype's largest exponent, every kept
+    term ``e^X`` is a normal number and no sum overflows, so one ``E_k = kept_k ⊙ e^{X_k}`` per
+    tile serves rows and columns (a row sum of exactly 0 means nothing is kept: ``−inf``), and
+    backward forms ``H = Σ_k μ_k E_k ⊙ (u_ki + v_kj)`` with ``u_k = g_row,k·e^{−row_k}``. Gradients
+    accumulate inside the GEMMs (``addmm_``: 1 tile product forward, 3 backward, for any K); the
+    scale's is read off them at the end. Otherwise each head's tile is merged with max-subtracted
+    log-sum-exps (online softmax) and backward subtracts the LSEs before ``exp``.
+    """
 
     @staticmethod
     def forward(
-        ctx: Any, a, c, s, a_ids, c_ids, a_lab, c_lab, keep: str, margin: float, columns: bool, tile: int
+        ctx: Any, a, c, s, a_ids, c_ids, a_lab, c_lab, heads, margin: float, columns: bool, tile: int
     ):
         f = (a_ids, c_ids, a_lab, c_lab)
-        row = a.new_full((a.shape[0],), _NEG_INF)
-        col = a.new_full((c.shape[0] if columns else 0,), _NEG_INF)
-        for rows in _tiles(a.shape[0], tile):
-            for cols in _tiles(c.shape[0], tile):
-                kept, pos = _tile_masks(f, rows, cols, keep)
-                x = _logits(a[rows], c[cols], s, margin, pos)[1]
-                if kept is not None:
-                    x = x.masked_fill_(~kept, _NEG_INF)
-                row[rows] = torch.logaddexp(row[rows], x.logsumexp(1))
-                if columns:
-                    col[cols] = torch.logaddexp(col[cols], x.logsumexp(0))
+        mu = max(abs(m) for m, _ in heads)
+        bound = float(s.abs() * mu * (a.norm(dim=1).max() * c.norm(dim=1).max() + abs(margin)))
+        limit = 0.9 * math.log(torch.finfo(a.dtype).max) - math.log(max(a.shape[0], c.shape[0], 1))
+        ctx.fast = bound < limit
+        row, col = (_sums if ctx.fast else _merged_lse)(a, c, s, f, heads, margin, columns, tile)
         ctx.save_for_backward(a, c, s, a_ids, c_ids, a_lab, c_lab, row, col)
-        ctx.opts = (keep, margin, columns, tile)
+        ctx.opts = (heads, margin, columns, tile)
         return row, col
 
     @staticmethod
     def backward(ctx: Any, g_row: torch.Tensor, g_col: torch.Tensor):
         a, c, s, a_ids, c_ids, a_lab, c_lab, row, col = ctx.saved_tensors
-        keep, margin, columns, tile = ctx.opts
+        heads, margin, columns, tile = ctx.opts
         f = (a_ids, c_ids, a_lab, c_lab)
-        # an anchor with nothing kept has LSE −inf: shifting by +inf makes its e^{X − row} exactly 0
-        inf = torch.tensor(float("inf"), dtype=row.dtype, device=row.device)
-        row = torch.where(torch.isfinite(row), row, inf)
-        col = torch.where(torch.isfinite(col), col, inf)
-        da, dc, ds = torch.zeros_like(a), torch.zeros_like(c), torch.zeros_like(s)
+        fin_r, fin_c = torch.isfinite(row), torch.isfinite(col)
+        if ctx.fast:  # an anchor with nothing kept has LSE −inf: its terms are all masked, factor 0
+            u = torch.where(fin_r, g_row * torch.exp(-row), 0.0)
+            v = torch.where(fin_c, g_col * torch.exp(-col), 0.0) if columns else None
+        else:  # shifting by +inf makes those terms exactly 0
+            inf = torch.tensor(float("inf"), dtype=row.dtype, device=row.device)
+            row, col = torch.where(fin_r, row, inf), torch.where(fin_c, col, inf)
+        live = [  # heads whose outputs reach the loss
+            k for k in range(len(heads)) if bool(g_row[k].any()) or (columns and bool(g_col[k].any()))
+        ]
+        ga, gc = torch.zeros_like(a), torch.zeros_like(c)  # Σ_j H_ij c_j and Σ_i H_ij a_i
+        g_pos = a.new_zeros(())
         for rows in _tiles(a.shape[0], tile):
             for cols in _tiles(c.shape[0], tile):
-                kept, pos = _tile_masks(f, rows, cols, keep)
-                dot, x = _logits(a[rows], c[cols], s, margin, pos)
-                g = (x - row[rows, None]).exp_().mul_(g_row[rows, None])
+                masks, pos = _tile_masks(f, rows, cols, heads)
+                dot = _tile_dot(a[rows], c[cols], margin, pos)
+                h = None
+                for k in live:
+                    x = dot * (s * heads[k][0]) if k != live[-1] else dot.mul_(s * heads[k][0])
+                    if ctx.fast:
+                        e = x.exp_()
+                        g = (
+                            e * u[k, rows, None]
+                            if v is None
+                            else (e * u[k, rows, None]).addcmul_(e, v[k, None, cols])
+                        )
+                    else:
+                        g = (x - row[k, rows, None]).exp_().mul_(g_row[k, rows, None])
+                        if columns:
+                            g.add_((x - col[k, None, cols]).exp_().mul_(g_col[k, None, cols]))
+                    if masks[k] is not None:
+                        g.masked_fill_(~masks[k], 0.0)
+                    mult = heads[k][0]
+                    if h is None:
+                        h = g if mult == 1.0 else g.mul_(mult)
+                    else:
+                        h.add_(g, alpha=mult)
+                if h is None:
+                    continue
+                ga[rows].addmm_(h, c[cols])
+                gc[cols].addmm_(h.T, a[rows])
+                if margin and pos is not None:  # ∂X/∂(s·μ) = a·c − m·pos: the margin's share of ds
+                    g_pos += h[pos].sum()
+        ds = ((a * ga).sum() - margin * g_pos).reshape(s.shape)
+        return ga.mul_(s), gc.mul_(s), ds, None, None, None, None, None, None, None, None
+
+
+def _tile_dot(a: torch.Tensor, c: torch.Tensor, margin: float, pos: torch.Tensor | None) -> torch.Tensor:
+    """``a cᵀ − m·pos`` of one tile (what every head's logits are a multiple of)."""
+    x = torch.mm(a, c.T)
+    if margin and pos is not None:
+        x.sub_(pos.to(x.dtype), alpha=margin)
+    return x
+
+
+def _sums(a, c, s, f, heads, margin: float, columns: bool, tile: int):
+    """Fast forward: ``log Σ_kept e^{X_k}`` over rows (and columns) from one ``exp`` per tile and head."""
+    row = a.new_zeros(len(heads), a.shape[0])
+    col = a.new_zeros(len(heads), c.shape[0] if columns else 0)
+    for rows in _tiles(a.shape[0], tile):
+        for cols in _tiles(c.shape[0], tile):
+            masks, pos = _tile_masks(f, rows, cols, heads)
+            dot = _tile_dot(a[rows], c[cols], margin, pos)
+            for k, (mult, _) in enumerate(heads):
+                e = (dot * (s * mult) if k < len(heads) - 1 else dot.mul_(s * mult)).exp_()
+                if masks[k] is not None:
+                    e.masked_fill_(~masks[k], 0.0)
+                row[k, rows] += e.sum(1)
                 if columns:
-                    g.add_((x - col[None, cols]).exp_().mul_(g_col[None, cols]))
-                if kept is not None:
-                    g.masked_fill_(~kept, 0.0)
-                da[rows] += s * (g @ c[cols])
-                dc[cols] += s * (g.T @ a[rows])
-                ds += (g * dot).sum()
-        return da, dc, ds, None, None, None, None, None, None, None, None
+                    col[k, cols] += e.sum(0)
+    return row.log_(), col.log_()  # log 0 = −inf: nothing kept
+
+
+def _merged_lse(a, c, s, f, heads, margin: float, columns: bool, tile: int):
+    """Exact forward for logits that could overflow ``exp``: per-tile max-subtracted LSEs merged
+    with ``logaddexp`` (online softmax)."""
+    row = a.new_full((len(heads), a.shape[0]), _NEG_INF)
+    col = a.new_full((len(heads), c.shape[0] if columns else 0), _NEG_INF)
+    for rows in _tiles(a.shape[0], tile):
+        for cols in _tiles(c.shape[0], tile):
+            masks, pos = _tile_masks(f, rows, cols, heads)
+            dot = _tile_dot(a[rows], c[cols], margin, pos)
+            for k, (mult, _) in enumerate(heads):
+                x = dot * (s * mult)
+                if masks[k] is not None:
+                    x = x.masked_fill_(~masks[k], _NEG_INF)
+                row[k, rows] = torch.logaddexp(row[k, rows], x.logsumexp(1))
+                if columns:
+                    col[k, cols] = torch.logaddexp(col[k, cols], x.logsumexp(0))
+    return row, col
 
 
 def _field(name: str, t: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor | None:
@@ -178,20 +262,64 @@ def tiled_masked_lse(
     Returns:
         ``(row [N], col [M] or None)``; ``−inf`` where nothing is kept.
     """
+    rows, cols = tiled_masked_lse_heads(
+        a,
+        c,
+        scale,
+        [(1.0, keep)],
+        a_ids=a_ids,
+        c_ids=c_ids,
+        a_labels=a_labels,
+        c_labels=c_labels,
+        margin=margin,
+        columns=columns,
+        tile_size=tile_size,
+    )
+    return rows[0], (None if cols is None else cols[0])
+
+
+def tiled_masked_lse_heads(
+    a: torch.Tensor,
+    c: torch.Tensor,
+    scale: torch.Tensor,
+    heads: list[tuple[float, str]],
+    *,
+    a_ids: torch.Tensor | None = None,
+    c_ids: torch.Tensor | None = None,
+    a_labels: torch.Tensor | None = None,
+    c_labels: torch.Tensor | None = None,
+    margin: float = 0.0,
+    columns: bool = False,
+    tile_size: int = DEFAULT_TILE,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Several masked log-sum-exps over one pass of tiles: head ``k = (μ_k, keep_k)`` is
+    :func:`tiled_masked_lse` of ``(s·μ_k)·(a cᵀ − m·pos)`` kept by ``keep_k`` — e.g. LSE over all
+    and over positives (SupCon L_in, multi-positive), or two scales (HN-NCE). The tile products
+    are shared: 1 forward and 3 backward per tile for any number of heads.
+
+    Returns ``(rows [K, N], cols [K, M] or None)``; other arguments as :func:`tiled_masked_lse`.
+    """
     check_tile(tile_size)
-    if keep not in KEEP:
-        raise InputError(f"keep must be one of {list(KEEP)}, got {keep!r}")
+    if not heads:
+        raise InputError("heads must name at least one (multiplier, keep) pair")
+    for mult, keep in heads:
+        if keep not in KEEP:
+            raise InputError(f"keep must be one of {list(KEEP)}, got {keep!r}")
+        if not math.isfinite(float(mult)):
+            raise InputError(f"head multipliers must be finite, got {mult!r}")
     if a.dtype != c.dtype or a.ndim != 2 or c.ndim != 2 or a.shape[1] != c.shape[1]:
         raise InputError(
             f"a and c must be [N, d] and [M, d] of one dtype, got {tuple(a.shape)}, {tuple(c.shape)}"
         )
     a_ids, c_ids = _pairs("ids", a_ids, c_ids, a, c)
     a_labels, c_labels = _pairs("labels", a_labels, c_labels, a, c)
-    if keep != "all" and a_labels is None:
-        raise InputError(f"keep={keep!r} needs a_labels and c_labels (which pairs are positive)")
+    bad = [keep for _, keep in heads if keep != "all"]
+    if bad and a_labels is None:
+        raise InputError(f"keep={bad[0]!r} needs a_labels and c_labels (which pairs are positive)")
     s = scale.reshape(()).to(a.dtype)
+    spec = tuple((float(m), k) for m, k in heads)
     row, col = _MaskedLSE.apply(
-        a, c, s, a_ids, c_ids, a_labels, c_labels, keep, float(margin), columns, tile_size
+        a, c, s, a_ids, c_ids, a_labels, c_labels, spec, float(margin), columns, tile_size
     )
     return row, (col if columns else None)
 

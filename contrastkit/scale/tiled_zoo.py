@@ -43,7 +43,13 @@ from contrastkit.losses.soft_targets import multi_positive_loss
 from contrastkit.losses.supcon import _check_config as _supcon_config  # the dense checks, reused
 from contrastkit.losses.supcon import _views as _supcon_views
 from contrastkit.losses.supcon import reduce_anchors, supcon_loss
-from contrastkit.scale.tiled_family import DEFAULT_TILE, check_tile, positive_logit_sums, tiled_masked_lse
+from contrastkit.scale.tiled_family import (
+    DEFAULT_TILE,
+    check_tile,
+    positive_logit_sums,
+    tiled_masked_lse,
+    tiled_masked_lse_heads,
+)
 
 __all__ = [
     "TILED_FAMILY",
@@ -128,13 +134,13 @@ def tiled_supcon_loss(
     s = _scale(temperature, z, "temperature", inverse=True)
     ids = torch.arange(m, device=z.device)
     fields = {"a_ids": ids, "c_ids": ids, "a_labels": groups, "c_labels": groups, "tile_size": tile_size}
-    lse, _ = tiled_masked_lse(z, z, s, **fields)
     pos_sum, n_pos = positive_logit_sums(z, z, s, groups, groups, a_ids=ids, c_ids=ids)
     has_pos = n_pos > 0
     if variant == "out":
+        lse, _ = tiled_masked_lse(z, z, s, **fields)
         per_anchor = lse - pos_sum / n_pos.clamp_min(1)
-    else:
-        lse_pos, _ = tiled_masked_lse(z, z, s, keep="positives", **fields)
+    else:  # LSE over all and over the positives from one pass of tiles
+        (lse, lse_pos), _ = tiled_masked_lse_heads(z, z, s, [(1.0, "all"), (1.0, "positives")], **fields)
         lse_pos = torch.where(has_pos, lse_pos, 0.0)  # −inf where no positive: masked below
         per_anchor = lse - lse_pos + n_pos.clamp_min(1).log()
     return reduce_anchors(per_anchor, has_pos, temperature, base_temperature, zero_positive, labels is None)
@@ -195,11 +201,13 @@ def tiled_multi_positive_loss(
     y = maybe_normalize(y, normalize).to(x.dtype)
     lab = _pair_labels(labels, x.shape[0], x.device)
     fields = {"a_labels": lab, "c_labels": lab, "columns": True, "tile_size": tile_size}
-    lse_r, lse_c = tiled_masked_lse(x, y, s, **fields)
-    if form == "in":
-        pos_r, pos_c = tiled_masked_lse(x, y, s, keep="positives", **fields)
-        rows, cols = lse_r - pos_r, lse_c - pos_c  # type: ignore[operator]
+    if form == "in":  # LSE over all and over the positives from one pass of tiles
+        (lse_r, pos_r), (lse_c, pos_c) = tiled_masked_lse_heads(  # type: ignore[misc]
+            x, y, s, [(1.0, "all"), (1.0, "positives")], **fields
+        )
+        rows, cols = lse_r - pos_r, lse_c - pos_c
     else:
+        lse_r, lse_c = tiled_masked_lse(x, y, s, **fields)
         sum_r, n_pos = positive_logit_sums(x, y, s, lab, lab)
         sum_c, _ = positive_logit_sums(y, x, s, lab, lab)
         rows, cols = lse_r - sum_r / n_pos, lse_c - sum_c / n_pos  # type: ignore[operator]
@@ -300,14 +308,16 @@ def tiled_hn_nce_loss(
     b2 = beta if beta_t2i is None else beta_t2i
     pos = s * (x * y).sum(1)
 
-    def lse(b: float, a: torch.Tensor, c: torch.Tensor, both: bool):
-        return tiled_masked_lse(a, c, s * b, a_ids=ids, c_ids=ids, columns=both, tile_size=tile_size)
+    def lse(b: float, a: torch.Tensor, c: torch.Tensor, both: bool):  # both scales, one pass
+        heads = [(1.0 + b, "all"), (b, "all")]
+        return tiled_masked_lse_heads(a, c, s, heads, a_ids=ids, c_ids=ids, columns=both, tile_size=tile_size)
 
     if b2 == beta:  # one pass serves both directions
-        (wl_r, wl_c), (w_r, w_c) = lse(1 + beta, x, y, True), lse(beta, x, y, True)
+        r, c = lse(beta, x, y, True)
+        (wl_r, w_r), (wl_c, w_c) = r, c  # type: ignore[misc]
     else:
-        wl_r, w_r = lse(1 + beta, x, y, False)[0], lse(beta, x, y, False)[0]
-        wl_c, w_c = lse(1 + b2, y, x, False)[0], lse(b2, y, x, False)[0]
+        wl_r, w_r = lse(beta, x, y, False)[0]
+        wl_c, w_c = lse(b2, y, x, False)[0]
     return 0.5 * (_hn_direction(wl_r, w_r, pos, n, alpha) + _hn_direction(wl_c, w_c, pos, n, alpha))
 
 

@@ -9,13 +9,15 @@ the run's ``train.compile`` and ``train.channels_last``) changes *how* a model c
   its parameters and its ``state_dict`` keys stay those of the eager model (no ``_orig_mod.``
   prefix), so checkpoints load into an uncompiled model and the reverse. Inductor needs a C++
   compiler on CPU; without one the run warns (:data:`NO_COMPILER`) and trains uncompiled.
-  Compiled kernels fuse and reorder float operations: losses agree with the eager run to about
-  1e-5 relative, not bit for bit (tests/train/test_speed_options.py), while a compiled run is
-  still exactly resumable (the same kernels run after the resume).
+  Compiled kernels fuse and reorder float operations: the first step's loss agrees with the
+  eager run's to float32 rounding, later ones drift apart as under any change of summation order
+  (tests/train/test_speed_options.py), while a compiled run is still exactly resumable (the same
+  kernels run after the resume).
 * ``train.channels_last`` — image towers (4-d weights) are stored in the channels-last memory
   format, which CPU (oneDNN) and GPU convolutions run natively; the first convolution converts its
-  input. Checkpoints are written contiguous (:mod:`contrastkit.train.checkpoint`) and load into
-  either format.
+  input. Float rounding changes as with ``compile``. Checkpoints are written contiguous
+  (:mod:`contrastkit.train.checkpoint`) and load into either format; on load, the optimizer's
+  moments get their weights' strides back (the fused AdamW kernel needs them alike).
 
 The optimizer's implementation (``optim.impl``) is :func:`contrastkit.train.optim.build_optimizer`'s.
 What each option costs or saves on the Shapes demo is measured in docs/performance.md

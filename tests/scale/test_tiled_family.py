@@ -16,7 +16,7 @@ from contrastkit.losses.margin import aam_ntxent_loss, am_ntxent_loss
 from contrastkit.losses.soft_targets import MultiPositiveLoss, multi_positive_loss
 from contrastkit.losses.supcon import SupConLoss, supcon_loss
 from contrastkit.scale.tiled import TiledLoss
-from contrastkit.scale.tiled_family import positive_logit_sums, tiled_masked_lse
+from contrastkit.scale.tiled_family import positive_logit_sums, tiled_masked_lse, tiled_masked_lse_heads
 from contrastkit.scale.tiled_zoo import TILED_FAMILY, tiled_hn_nce_loss, tiled_ntxent_loss, tiled_supcon_loss
 
 N = 11
@@ -86,11 +86,12 @@ def naive_masked_lse(a, c, s, a_ids, c_ids, a_lab, c_lab, keep, margin):
 
 @pytest.mark.parametrize("keep", ["all", "negatives", "positives"])
 @pytest.mark.parametrize("tile", [1, 3, 7, 50])
-def test_primitive_equals_naive_masked_lse_with_margin_ids_and_empty_rows(keep, tile):
+@pytest.mark.parametrize("scale", [2.5, 150.0])  # 150: logits past exp's range, the merged-LSE path
+def test_primitive_equals_naive_masked_lse_with_margin_ids_and_empty_rows(keep, tile, scale):
     g = torch.Generator().manual_seed(1)
     a = torch.randn(9, 4, generator=g, dtype=torch.float64, requires_grad=True)
     c = torch.randn(7, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    s = torch.tensor(2.5, dtype=torch.float64, requires_grad=True)
+    s = torch.tensor(scale, dtype=torch.float64, requires_grad=True)
     a_ids, c_ids = torch.arange(9), torch.tensor([0, 2, 4, 6, 8, 10, 12])  # some self-pairs
     a_lab, c_lab = torch.tensor([0, 1, 1, 2, 0, 7, 3, 3, 9]), torch.tensor([0, 1, 2, 2, 3, 3, 4])
     want = naive_masked_lse(a, c, s, a_ids, c_ids, a_lab, c_lab, keep, 0.3)
@@ -120,6 +121,44 @@ def test_primitive_equals_naive_masked_lse_with_margin_ids_and_empty_rows(keep, 
     ):
         assert torch.isfinite(u).all()
         torch.testing.assert_close(u, v, **TOL)
+
+
+@pytest.mark.parametrize("tile", [1, 4, 50])
+@pytest.mark.parametrize("scale", [2.5, 150.0])
+def test_heads_share_one_pass_and_equal_separate_calls(tile, scale):
+    """Heads (μ_k, keep_k) over one pass equal separate naive masked LSEs at scale s·μ_k, with
+    the gradients of any weighted sum of their outputs (a head with no upstream gradient included)."""
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(8, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(6, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    s = torch.tensor(scale, dtype=torch.float64, requires_grad=True)
+    a_ids, c_ids = torch.arange(8), torch.tensor([0, 2, 4, 6, 9, 11])
+    a_lab, c_lab = torch.tensor([0, 1, 1, 2, 0, 7, 3, 3]), torch.tensor([0, 1, 2, 2, 3, 3])
+    heads = [(1.0, "all"), (0.5, "positives"), (1.5, "negatives"), (0.0, "all")]
+    fields = {"a_ids": a_ids, "c_ids": c_ids, "a_labels": a_lab, "c_labels": c_lab}
+    rows, cols = tiled_masked_lse_heads(a, c, s, heads, margin=0.2, columns=True, tile_size=tile, **fields)
+    want = [naive_masked_lse(a, c, s * m, a_ids, c_ids, a_lab, c_lab, keep, 0.2) for m, keep in heads]
+    for k in range(len(heads)):
+        torch.testing.assert_close(rows[k], want[k][0], **TOL)
+        torch.testing.assert_close(cols[k], want[k][1], **TOL)
+
+    def total(r, col, k):  # finite entries only; head 3 gets no gradient from the loss
+        return torch.where(r.isfinite(), r, 0.0).sum() * (k + 1) + torch.where(col.isfinite(), col, 0.0).sum()
+
+    got_loss = sum(total(rows[k], cols[k], k) for k in range(3))
+    want_loss = sum(total(*want[k], k) for k in range(3))
+    for u, v in zip(torch.autograd.grad(got_loss, (a, c, s)), torch.autograd.grad(want_loss, (a, c, s))):
+        torch.testing.assert_close(u, v, **TOL)
+
+
+def test_heads_refuse_bad_specs():
+    x = torch.randn(3, 2)
+    with pytest.raises(InputError, match="at least one"):
+        tiled_masked_lse_heads(x, x, torch.tensor(1.0), [])
+    with pytest.raises(InputError, match="finite"):
+        tiled_masked_lse_heads(x, x, torch.tensor(1.0), [(float("nan"), "all")])
+    with pytest.raises(InputError, match="needs a_labels"):
+        tiled_masked_lse_heads(x, x, torch.tensor(1.0), [(1.0, "all"), (1.0, "positives")])
 
 
 def test_positive_logit_sums_equals_naive():

@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from contrastkit.core.config import from_dict
+from contrastkit.core.config import apply_overrides, from_dict
 from contrastkit.core.errors import ConfigError
 from contrastkit.data import make_shapes
 from contrastkit.models.dual_encoder import ModelConfig, build_model
@@ -44,6 +44,9 @@ def test_options_are_selectable_from_a_config_dict():
     cfg = from_dict(RunConfig, raw)
     assert cfg.optim.impl == "foreach" and cfg.train.compile and cfg.train.channels_last
     assert RunConfig().optim.impl == "auto" and not RunConfig().train.compile
+    sets = ["train.compile=true", "train.channels_last=true", "optim.impl=fused"]  # --set on the CLI
+    cfg = from_dict(RunConfig, apply_overrides({}, sets))
+    assert cfg.train.compile and cfg.train.channels_last and cfg.optim.impl == "fused"
 
 
 @pytest.mark.parametrize(
