@@ -262,6 +262,8 @@ def print_table(rows: list[dict], skipped: list[tuple[int, str]]) -> None:
 
 
 def print_speedups(rows: list[dict]) -> None:
+    if not rows:  # no dense or open_clip form ran (e.g. 64k): nothing to compare the tiled ones with
+        return
     print("\n| N | loss | tiled is this many × faster than | median of rounds (min–max) | rounds |")
     print("|---:|---|---|---:|---:|")
     for r in rows:
