@@ -9,6 +9,28 @@ os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+MEMORY_PASS = 64 * 2**10  # mmap threshold while measuring memory: freed blocks leave RSS at once
+TIMING = 32 * 2**20  # while timing: the ceiling glibc's adaptive threshold reaches, as in training
+
+
+def set_mmap_threshold(nbytes: int) -> None:
+    """glibc ``mallopt``: blocks of at least ``nbytes`` are mmap'd and returned to the OS on free.
+
+    ``MALLOC_MMAP_THRESHOLD_`` (set above) acts only in child processes: glibc reads it at start-up.
+    Use :data:`MEMORY_PASS` for peak-RSS measurements (a freed tensor must not stay resident and
+    hide the next one's peak) and :data:`TIMING` for timings (a low fixed threshold costs page
+    faults on every large temporary, which slows tile loops more than single big products)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, nbytes)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 2 * nbytes)  # M_TRIM_THRESHOLD, as glibc's adaptive rule sets it
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: RSS figures may then under-count
+        pass
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

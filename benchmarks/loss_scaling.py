@@ -31,7 +31,6 @@ docs/performance.md; each record names the git commit measured):
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
@@ -42,7 +41,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _measure import floor_step, peak_bytes, reset_peak, rss_bytes
+from _measure import MEMORY_PASS, TIMING, floor_step, peak_bytes, reset_peak, rss_bytes, set_mmap_threshold
 
 __all__ = ["METHODS", "dense_gib", "main", "measure_size", "plot", "source_state", "summarise"]
 
@@ -76,16 +75,6 @@ def source_state() -> str:
     except OSError:
         return "unknown"
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
-def keep_rss_honest() -> None:
-    """Return freed blocks ≥ 64 KiB to the OS (glibc ``mallopt(M_MMAP_THRESHOLD)``). The
-    ``MALLOC_MMAP_THRESHOLD_`` variable only acts at process start, and glibc's dynamic threshold
-    otherwise keeps freed multi-MiB tensors resident, hiding the next method's peak."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 65536)  # -3: M_MMAP_THRESHOLD
-    except OSError:  # not glibc: RSS figures may then under-count
-        pass
 
 
 def dense_gib(method: str, n: int) -> float:
@@ -154,12 +143,17 @@ def measure_size(n: int, methods: list[str], args: argparse.Namespace) -> list[d
     y = F.normalize(torch.randn(n, args.dim, generator=g), dim=-1).requires_grad_()
     # Small N: several steps per measurement (≥ ~0.3 s of floor), so timer and gc noise stay small.
     inner = 1 if n > 8192 else max(1, min(50, round(0.3 / _timed(floor_step, x, y)[0])))  # 64k: 70 s
+    set_mmap_threshold(MEMORY_PASS)  # memory: one untimed step per method, freed blocks returned
+    memory = {m: _timed(step, x, y)[1] for m, step in steps.items()}
+    set_mmap_threshold(TIMING)  # timing: large temporaries reused from the heap, as in training
     records = []
     for r in range(args.rounds):
         rec: dict = {"n": n, "dim": args.dim, "tile": args.tile, "threads": args.threads, "round": r}
+        rec["malloc"] = "timed at a 32 MiB mmap threshold; memory from a 64 KiB pass"
         rec["run"], rec["inner"], rec["load_before"] = args.run_id, inner, os.getloadavg()[0]
         rec["source"] = source_state()
         _bracketed_round(rec, steps, x, y, inner)
+        rec["extra_mib"] = dict(memory)
         rec["load_after"] = os.getloadavg()[0]
         records.append(rec)
         if args.out:
@@ -346,7 +340,6 @@ def main(argv: list[str] | None = None) -> None:
         return
     import torch
 
-    keep_rss_honest()
     torch.set_num_threads(args.threads)
     methods = [m for m in args.methods.split(",") if m]
     if "floor" not in methods:

@@ -8,12 +8,14 @@ no elementwise work (:func:`_measure.floor_step`: ``XYᵀ``, ``GY``, ``GᵀX`` i
 rows for the two-view losses whose anchors are ``[x; y]``, at N otherwise, and only ``XYᵀ`` and
 ``GY`` for MoCo (the queue takes no gradient; B = K = N). Printed per (loss, N): median seconds,
 the median of the per-round ratios tiled / floor and tiled / dense with their min–max spread, the
-extra peak resident MiB of each form beyond the inputs, and the 1-minute load before and after.
+extra peak resident MiB of each form beyond the inputs (one untimed step at a 64 KiB mmap
+threshold, so freed blocks leave RSS; the timed rounds run at 32 MiB, as training does), and the
+1-minute load before and after.
 Dense forms are skipped above ``--max-dense``. Timing only; exactness is in the tests.
 
     python benchmarks/tiled_family.py --sizes 256 --repeats 1                  # smoke run
     python benchmarks/tiled_family.py --sizes 16384 --max-dense 0 --repeats 3  # the ≤ 2× floor goal
-    python benchmarks/tiled_family.py --losses supcon --sizes 65536 --max-dense 0 --repeats 1 --no-floor
+    python benchmarks/tiled_family.py --losses supcon --sizes 65536 --max-dense 0 --memory-only
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from _measure import floor_step, peak_bytes, reset_peak, rss_bytes
+from _measure import MEMORY_PASS, TIMING, floor_step, peak_bytes, reset_peak, rss_bytes, set_mmap_threshold
 
 from contrastkit.losses.momentum import moco2_loss
 from contrastkit.scale.tiled import TILED
@@ -107,6 +109,11 @@ def measure(name: str, n: int, args: argparse.Namespace) -> str:
         step(fn, small[0])
     leaves, floor, tiled, dense = forms(name, n, args)
     run_dense = n <= args.max_dense
+    set_mmap_threshold(MEMORY_PASS)  # memory: one untimed step per form, freed blocks returned
+    mib = {"tiled": step(tiled, leaves)[1], "dense": step(dense, leaves)[1] if run_dense else 0.0}
+    set_mmap_threshold(TIMING)  # timing: large temporaries reused from the heap, as in training
+    if args.memory_only:
+        return f"| {name} | {n:,} | | | | | | {mib['tiled']:.0f} | {mib['dense']:.0f} | |"
     load0 = os.getloadavg()[0]
     t_floor, t_tiled, t_dense = [], [], []
     for _ in range(args.repeats):  # A, B, C, A, B, C: drift on a shared machine hits all alike
@@ -117,12 +124,12 @@ def measure(name: str, n: int, args: argparse.Namespace) -> str:
     f = [t for t, _ in t_floor]
     t = [s for s, _ in t_tiled]
     cells = [name, f"{n:,}", f"{statistics.median(f):.3f}", f"{statistics.median(t):.3f}", _ratio(t, f)]
-    cells += ["skipped", "", f"{max(m for _, m in t_tiled):.0f}", "", ""]
+    cells += ["skipped", "", f"{mib['tiled']:.0f}", "", ""]
     if t_dense:
         d = [s for s, _ in t_dense]
         cells[5] = f"{statistics.median(d):.3f}"
         cells[6] = _ratio(t, d)
-        cells[8] = f"{max(m for _, m in t_dense):.0f}"
+        cells[8] = f"{mib['dense']:.0f}"
     cells[9] = f"{load0:.1f}→{os.getloadavg()[0]:.1f}"
     return "| " + " | ".join(cells) + " |"
 
@@ -138,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gamma", type=float, default=1.0, help="kernel_infonce's γ (2 routes to NT-Xent)")
     p.add_argument("--max-dense", type=int, default=4096, help="largest N to run the dense form at")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--no-floor", dest="floor", action="store_false", help="memory runs: skip the floor")
+    p.add_argument("--no-floor", dest="floor", action="store_false", help="skip the floor")
+    p.add_argument("--memory-only", action="store_true", help="one untimed step per form: memory")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     names = [s for s in args.losses.split(",") if s]

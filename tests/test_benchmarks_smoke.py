@@ -109,3 +109,16 @@ def test_multibootstrap_speed_interleaved_table() -> None:
     out = _run("multibootstrap_speed.py", *args)
     rows = [line for line in out.splitlines() if line.startswith("| paired") or line.startswith("| unpaired")]
     assert len(rows) == 2 and all("× (" in r and "→" in r for r in rows)
+
+
+@pytest.mark.slow  # ~15 s: a fresh interpreter, every loss of the family at toy size
+def test_tiled_family_rows_for_every_tiled_loss() -> None:
+    out = _run(
+        "tiled_family.py", "--sizes", "96", "--dim", "16", "--repeats", "2", "--threads", "1", "--tile", "32"
+    )
+    rows = {line.split(" | ")[0].strip("| "): line for line in out.splitlines() if line.startswith("| ")}
+    for name in ("supcon", "ntxent", "multi_positive", "hn_nce", "xmc_decoupled", "moco2", "llave"):
+        cells = [c.strip() for c in rows[name].strip("|").split("|")]
+        assert cells[1] == "96" and "–" in cells[4] and "–" in cells[6] and "→" in cells[9], cells
+    memory = _run("tiled_family.py", "--sizes", "96", "--dim", "16", "--losses", "supcon", "--memory-only")
+    assert "| supcon | 96 |" in memory

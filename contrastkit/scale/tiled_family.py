@@ -115,6 +115,7 @@ class _MaskedLSE(torch.autograd.Function):
         row, col = (_sums if ctx.fast else _merged_lse)(a, c, s, f, heads, margin, columns, tile)
         ctx.save_for_backward(a, c, s, a_ids, c_ids, a_lab, c_lab, row, col)
         ctx.opts = (heads, margin, columns, tile)
+        ctx.same = a is c  # z against z (SimCLR layouts): one gradient buffer serves both sides
         return row, col
 
     @staticmethod
@@ -132,7 +133,8 @@ class _MaskedLSE(torch.autograd.Function):
         live = [  # heads whose outputs reach the loss
             k for k in range(len(heads)) if bool(g_row[k].any()) or (columns and bool(g_col[k].any()))
         ]
-        ga, gc = torch.zeros_like(a), torch.zeros_like(c)  # Σ_j H_ij c_j and Σ_i H_ij a_i
+        ga = torch.zeros_like(a)  # Σ_j H_ij c_j
+        gc = ga if ctx.same else torch.zeros_like(c)  # Σ_i H_ij a_i (into ga when c is a)
         g_pos = a.new_zeros(())
         for rows in _tiles(a.shape[0], tile):
             for cols in _tiles(c.shape[0], tile):
@@ -165,7 +167,10 @@ class _MaskedLSE(torch.autograd.Function):
                 gc[cols].addmm_(h.T, a[rows])
                 if margin and pos is not None:  # ∂X/∂(s·μ) = a·c − m·pos: the margin's share of ds
                     g_pos += h[pos].sum()
-        ds = ((a * ga).sum() - margin * g_pos).reshape(s.shape)
+        # Σ_i a_i·(H c)_i; with one buffer, Σ_i a_i·(H a + Hᵀ a)_i counts it twice
+        ds = ((a * ga).sum() * (0.5 if ctx.same else 1.0) - margin * g_pos).reshape(s.shape)
+        if ctx.same:  # autograd adds the two inputs' gradients: the whole of it goes to one
+            return ga.mul_(s), None, ds, None, None, None, None, None, None, None, None
         return ga.mul_(s), gc.mul_(s), ds, None, None, None, None, None, None, None, None
 
 
@@ -346,7 +351,7 @@ def positive_logit_sums(
     inv_a, inv_c = inv[: a.shape[0]], inv[a.shape[0] :]
     sums = c.new_zeros(classes.shape[0], c.shape[1]).index_add(0, inv_c, c)
     counts = torch.bincount(inv_c, minlength=classes.shape[0])
-    pos_vec, n_pos = sums[inv_a], counts[inv_a]
+    dots, n_pos = _RowDots.apply(a, sums, inv_a), counts[inv_a]
     if a_ids is not None:
         order = torch.argsort(c_ids)
         sorted_ids = c_ids[order]
@@ -355,6 +360,34 @@ def positive_logit_sums(
         at = torch.searchsorted(sorted_ids, a_ids).clamp_max(c.shape[0] - 1)
         j = order[at]
         self_pos = (c_ids[j] == a_ids) & (c_labels[j] == a_labels)  # the self-pair was counted
-        pos_vec = pos_vec - self_pos[:, None].to(c.dtype) * c[j]
+        dots = dots - self_pos.to(c.dtype) * _RowDots.apply(a, c, j)
         n_pos = n_pos - self_pos.long()
-    return scale.reshape(()).to(a.dtype) * (a * pos_vec).sum(1), n_pos
+    return scale.reshape(()).to(a.dtype) * dots, n_pos
+
+
+class _RowDots(torch.autograd.Function):
+    """``(a [N, d], table [K, d], idx [N]) → a_i·table[idx_i]`` in row blocks: the gathered
+    ``table[idx]`` (N×d) is never stored, only built block by block in forward and backward."""
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        out = a.new_empty(a.shape[0])
+        for rows in _tiles(a.shape[0], _ROW_BLOCK):
+            out[rows] = (a[rows] * table[idx[rows]]).sum(1)
+        ctx.save_for_backward(a, table, idx)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor):
+        a, table, idx = ctx.saved_tensors
+        ga = torch.empty_like(a) if ctx.needs_input_grad[0] else None
+        gt = torch.zeros_like(table) if ctx.needs_input_grad[1] else None
+        for rows in _tiles(a.shape[0], _ROW_BLOCK):
+            if ga is not None:
+                torch.mul(table[idx[rows]], g[rows, None], out=ga[rows])
+            if gt is not None:
+                gt.index_add_(0, idx[rows], a[rows] * g[rows, None])
+        return ga, gt, None
+
+
+_ROW_BLOCK = 4096
