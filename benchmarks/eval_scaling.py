@@ -27,7 +27,6 @@ plots them.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
@@ -37,37 +36,11 @@ import time
 from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _measure import peak_bytes, reset_peak, rss_bytes
+from _measure import MEMORY_PASS, peak_bytes, reset_peak, rss_bytes, set_mmap_threshold, source_state
 
-__all__ = ["BACKENDS", "main", "measure_size", "plot", "source_state", "summarise", "synthetic"]
+__all__ = ["BACKENDS", "main", "measure_size", "plot", "summarise", "synthetic"]
 
 BACKENDS = ("dense", "faiss")
-
-
-def source_state() -> str:
-    """``git`` commit of the measured code, ``+dirty`` when contrastkit/ has uncommitted changes."""
-    import subprocess
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        head = subprocess.run(
-            ["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        )
-        dirty = subprocess.run(
-            ["git", "-C", root, "status", "--porcelain", "contrastkit"], capture_output=True, text=True
-        )
-    except OSError:
-        return "unknown"
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
-def keep_rss_honest() -> None:
-    """Return freed blocks ≥ 64 KiB to the OS now (``MALLOC_MMAP_THRESHOLD_`` acts only at process
-    start; glibc's dynamic threshold would otherwise keep freed score matrices resident)."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 65536)  # -3: M_MMAP_THRESHOLD
-    except OSError:
-        pass
 
 
 def synthetic(g_max: int, queries: int, dim: int, noise: float, seed: int = 0):
@@ -220,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     import faiss
     import torch
 
-    keep_rss_honest()
+    set_mmap_threshold(MEMORY_PASS)  # freed score matrices leave RSS at once
     torch.set_num_threads(args.threads)  # the faiss path follows torch's thread count
     sizes = [int(s) for s in args.sizes.split(",")]
     if min(sizes) < args.queries:

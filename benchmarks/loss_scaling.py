@@ -41,9 +41,18 @@ from collections import defaultdict
 from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _measure import MEMORY_PASS, TIMING, floor_step, peak_bytes, reset_peak, rss_bytes, set_mmap_threshold
+from _measure import (
+    MEMORY_PASS,
+    TIMING,
+    floor_step,
+    peak_bytes,
+    reset_peak,
+    rss_bytes,
+    set_mmap_threshold,
+    source_state,
+)
 
-__all__ = ["METHODS", "dense_gib", "main", "measure_size", "plot", "source_state", "summarise"]
+__all__ = ["METHODS", "dense_gib", "main", "measure_size", "plot", "summarise"]
 
 METHODS = (
     "floor",
@@ -58,23 +67,6 @@ METHODS = (
 # 5.0), rounded up by one so the estimate errs towards skipping.
 DENSE_MATRICES = {"clip/dense": 6, "clip/open_clip": 5, "siglip/dense": 5, "siglip/open_clip": 6}
 Step = Callable[[object, object], None]
-
-
-def source_state() -> str:
-    """``git`` commit of the measured code, ``+dirty`` when contrastkit/ has uncommitted changes."""
-    import subprocess
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        head = subprocess.run(
-            ["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        )
-        dirty = subprocess.run(
-            ["git", "-C", root, "status", "--porcelain", "contrastkit"], capture_output=True, text=True
-        )
-    except OSError:
-        return "unknown"
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def dense_gib(method: str, n: int) -> float:

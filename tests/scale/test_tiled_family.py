@@ -18,6 +18,7 @@ from contrastkit.losses.supcon import SupConLoss, supcon_loss
 from contrastkit.scale.tiled import TiledLoss
 from contrastkit.scale.tiled_family import positive_logit_sums, tiled_masked_lse, tiled_masked_lse_heads
 from contrastkit.scale.tiled_zoo import TILED_FAMILY, tiled_hn_nce_loss, tiled_ntxent_loss, tiled_supcon_loss
+from tests.scale.saved import saved_bytes
 
 N = 11
 LABELS = torch.tensor([0, 1, 0, 2, 1, 0, 3, 3, 1, 5, 2])  # class 5 is a singleton
@@ -193,19 +194,6 @@ def test_supcon_warns_like_dense_and_handles_no_positive_at_all():
             assert loss.item() == 0.0
             (gx,) = torch.autograd.grad(loss, (x,))
             assert torch.equal(gx, torch.zeros_like(gx))
-
-
-def saved_bytes(fn):
-    """Bytes autograd keeps for backward while ``fn()`` builds its graph (unique storages)."""
-    seen = {}
-
-    def pack(t):
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(seen.values())
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ from contrastkit.scale.tiled_rule import tiled_rule_lse, tiled_rule_sum
 from contrastkit.train.config import RunConfig
 from contrastkit.train.distributed import DistContext
 from contrastkit.train.setup import objective
+from tests.scale.saved import saved_bytes
 
 N = 11
 TILES = [1, 3, 4, N, 64]  # 3 and 4 do not divide N = 11
@@ -193,19 +194,6 @@ def test_rule_primitives_equal_naive_with_vector_params_and_a_fixed_side(tile):
     total = tiled_rule_sum(a, c, (s, b, unused), rule, tile_size=tile)
     want = naive_rule(a, c, s, b)
     assert_same(total @ wr, torch.where(want.isfinite(), want, 0.0).sum(1) @ wr, (a, s, b))
-
-
-def saved_bytes(fn):
-    """Bytes autograd keeps for backward while ``fn()`` builds its graph (unique storages)."""
-    seen = {}
-
-    def pack(t):
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(seen.values())
 
 
 @pytest.mark.parametrize("name", ["xmc-labels", "xmc-weights", "llave", "kernel-1", "kernel-2", "moco-top-k"])
