@@ -68,6 +68,7 @@ __all__ = [
     "cosine_momentum",
     "moco2_loss",
     "moco3_loss",
+    "moco_inputs",
     "moco3_momentum",
 ]
 
@@ -98,6 +99,26 @@ def _negative_mask(sims: torch.Tensor, top_k: int | None, max_similarity: float 
     return keep
 
 
+def moco_inputs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    queue: torch.Tensor,
+    temperature: torch.Tensor | float,
+    top_k: int | None,
+    max_similarity: float | None,
+    normalize: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MoCo's checks and preparation, shared by the dense and the tiled form: ``(q, k, queue)``
+    with the keys and the queue detached, normalised (``normalize``) and in ``q``'s dtype."""
+    check_pair(q, k, ("q", "k"))
+    _check_temperature(temperature)
+    _check_filters(top_k, max_similarity)
+    check_queue(queue, q.shape[1])
+    q = maybe_normalize(q, normalize)
+    k = maybe_normalize(k.detach(), normalize).to(q.dtype)
+    return q, k, queue.detach().to(q.dtype)
+
+
 def moco2_loss(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -120,13 +141,7 @@ def moco2_loss(
             applied before ``top_k``. A cosine when ``normalize`` is on.
         normalize: L2-normalise ``q`` and ``k`` first (default).
     """
-    check_pair(q, k, ("q", "k"))
-    _check_temperature(temperature)
-    _check_filters(top_k, max_similarity)
-    check_queue(queue, q.shape[1])
-    q = maybe_normalize(q, normalize)
-    k = maybe_normalize(k.detach(), normalize).to(q.dtype)
-    queue = queue.detach().to(q.dtype)
+    q, k, queue = moco_inputs(q, k, queue, temperature, top_k, max_similarity, normalize)
     l_pos = (q * k).sum(dim=1, keepdim=True)
     l_neg = q @ queue.T
     logits = torch.cat([l_pos, l_neg], dim=1) / temperature

@@ -36,12 +36,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from contrastkit.core.checks import check_pair, check_queue
+from contrastkit.core.checks import check_pair
 from contrastkit.core.errors import InputError
 from contrastkit.losses.base import maybe_normalize
 from contrastkit.losses.hard_negatives import llave_loss
 from contrastkit.losses.kernel import _D2_FLOOR, _check_kernel_config, kernel_infonce_loss, kernel_logits
-from contrastkit.losses.momentum import _check_filters, _check_temperature, moco2_loss
+from contrastkit.losses.momentum import moco2_loss, moco_inputs
 from contrastkit.losses.soft_targets import xmc_decoupled_loss
 from contrastkit.scale.tiled_family import DEFAULT_TILE, check_tile, tiled_masked_lse
 from contrastkit.scale.tiled_rule import tiled_rule_lse, tiled_rule_sum, tiles
@@ -189,13 +189,7 @@ def tiled_moco2_loss(
     ``top_k`` costs two extra no-grad tile passes (threshold, tie count) and O(B·k) memory; every
     pass forms a tile's similarities with the same product, so the threshold compares equal bits."""
     check_tile(tile_size)
-    check_pair(q, k, ("q", "k"))
-    _check_temperature(temperature)
-    _check_filters(top_k, max_similarity)
-    check_queue(queue, q.shape[1])
-    q = maybe_normalize(q, normalize)
-    k = maybe_normalize(k.detach(), normalize).to(q.dtype)
-    queue = queue.detach().to(q.dtype)
+    q, k, queue = moco_inputs(q, k, queue, temperature, top_k, max_similarity, normalize)
     s = _scale(temperature, q, "temperature", inverse=True)
     pos = s * (q * k).sum(1)
     thr, log_w, ties = None, None, False
