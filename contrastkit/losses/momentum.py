@@ -68,8 +68,8 @@ __all__ = [
     "cosine_momentum",
     "moco2_loss",
     "moco3_loss",
-    "moco_inputs",
     "moco3_momentum",
+    "moco_inputs",
 ]
 
 
