@@ -34,7 +34,7 @@ import torch
 
 from contrastkit.core.checks import check_pair, check_scalar_param
 from contrastkit.core.errors import ConfigError, InputError
-from contrastkit.losses.base import maybe_normalize
+from contrastkit.losses.base import as_float, maybe_normalize
 from contrastkit.losses.dcl import dcl_loss, dclw_loss, dclw_weights
 from contrastkit.losses.hard_negatives import hn_nce_loss
 from contrastkit.losses.infonce import infonce_loss, ntxent_loss
@@ -87,12 +87,39 @@ def _single(n: int, allow_single: bool, who: str) -> None:
 
 
 def _two_views(x: torch.Tensor, y: torch.Tensor, normalize: bool) -> tuple[torch.Tensor, ...]:
-    """SimCLR layout: ``z = [x; y]`` (normalised), row ids ``0…2N−1`` and sample ids ``i mod N``."""
-    x = maybe_normalize(x, normalize)
-    y = maybe_normalize(y, normalize).to(x.dtype)
+    """SimCLR layout: ``z = [x; y]`` (normalised), row ids ``0…2N−1`` and sample ids ``i mod N``;
+    the returned views are rows of ``z`` (no second copy of the embeddings)."""
+    x = as_float(x)
+    y = as_float(y).to(x.dtype)
     n = x.shape[0]
+    z = _Normalized.apply(torch.cat([x, y])) if normalize else torch.cat([x, y])
     ids = torch.arange(2 * n, device=x.device)
-    return x, y, torch.cat([x, y]), ids, ids % n
+    return z[:n], z[n:], z, ids, ids % n
+
+
+class _Normalized(torch.autograd.Function):
+    """Rows L2-normalised with ``F.normalize``'s values (eps 1e-12); only the result and the norms
+    are kept, and backward writes ``(g − ẑ(ẑ·g))/‖·‖`` per row block straight into one gradient
+    buffer (``g/eps`` where the norm was clamped, as ``F.normalize``) — none of the N×d
+    temporaries of autograd's normalise backward."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor) -> torch.Tensor:
+        raw = torch.linalg.vector_norm(z, dim=1, keepdim=True)
+        norms = raw.clamp_min(1e-12)
+        out = z / norms
+        ctx.save_for_backward(out, norms, raw < 1e-12)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        z, norms, clamped = ctx.saved_tensors
+        gz = torch.empty_like(z)
+        for i in range(0, z.shape[0], 4096):
+            zb, gb = z[i : i + 4096], g[i : i + 4096]
+            radial = torch.where(clamped[i : i + 4096], 0.0, (zb * gb).sum(1, keepdim=True))
+            torch.div(gb - zb * radial, norms[i : i + 4096], out=gz[i : i + 4096])
+        return gz
 
 
 def tiled_ntxent_loss(
@@ -129,7 +156,8 @@ def tiled_supcon_loss(
     """Exactly :func:`~contrastkit.losses.supcon_loss` (value and gradients), in tiles."""
     check_tile(tile_size)
     _supcon_config(temperature, base_temperature, variant, zero_positive)
-    z, groups = _supcon_views(x, y, labels, relu_head, normalize)
+    z, groups = _supcon_views(x, y, labels, relu_head, False)
+    z = _Normalized.apply(z) if normalize else z  # one normalised copy, as in _two_views
     m = z.shape[0]
     s = _scale(temperature, z, "temperature", inverse=True)
     ids = torch.arange(m, device=z.device)

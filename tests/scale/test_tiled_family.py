@@ -268,3 +268,23 @@ def test_bad_input():
     with pytest.raises(InputError, match="labels must have shape"):
         tiled_supcon_loss(x, y, labels=torch.arange(3))
     assert math.isfinite(tiled_supcon_loss(x, y, labels=LABELS).item())
+
+
+def test_two_view_normalisation_matches_f_normalize_with_a_zero_row():
+    """The tiled two-view losses normalise [x; y] in one pass with their own backward; values and
+    gradients equal the dense F.normalize path, including a zero row (norm clamped to eps)."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    x[2] = 0.0
+    x.requires_grad_()
+    y = torch.randn(6, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 1, 1, 2, 0, 3])
+    for dense, tiled, kw in (
+        (ntxent_loss, tiled_ntxent_loss, {}),
+        (supcon_loss, tiled_supcon_loss, {"labels": labels}),
+    ):
+        want = dense(x, y, **kw)
+        got = tiled(x, y, tile_size=4, **kw)
+        torch.testing.assert_close(got, want, **TOL)
+        for u, v in zip(torch.autograd.grad(got, (x, y)), torch.autograd.grad(want, (x, y))):
+            torch.testing.assert_close(u, v, **TOL)
