@@ -122,3 +122,17 @@ def test_tiled_family_rows_for_every_tiled_loss() -> None:
         assert cells[1] == "96" and "–" in cells[4] and "–" in cells[6] and "→" in cells[9], cells
     memory = _run("tiled_family.py", "--sizes", "96", "--dim", "16", "--losses", "supcon", "--memory-only")
     assert "| supcon | 96 |" in memory
+
+
+def test_gpu_smoke_runs_on_cpu_at_toy_sizes(tmp_path: Path) -> None:
+    # the GPU check cannot rot between GPU loans: the same code on the CPU at toy sizes
+    out = tmp_path / "smoke.json"
+    _run("gpu_smoke.py", "--device", "cpu", "--tiny", "--out", str(out))
+    info = json.loads(out.read_text())
+    assert info["device"] == "cpu"
+    assert [r["loss"] for r in info["losses"]] == ["clip", "siglip", "ntxent"]
+    for r in info["losses"]:  # float32 rounding between the tiled and the dense form
+        assert r["value_rel_diff"] < 1e-5 and r["grad_rel_diff"] < 1e-5, r
+    assert [r["precision"] for r in info["training"]] == ["fp32", "bf16"]
+    for r in info["training"]:
+        assert r["steps"] == 4 and r["batch_size"] == 16 and r["samples_per_s"] > 0

@@ -19,7 +19,8 @@ dense loss             tiled form
                        weighted (k − #greater)/#equal (exact when tied entries are equal vectors)
 ``llave``              rows and columns of ``s·c + α·sg(c)·[i≠j]`` in one pass
 ``kernel_infonce``     γ = 2 on unit rows: NT-Xent at τ/2 / CLIP at 2/τ; otherwise the kernel
-                       ``−‖a−b‖^γ/τ`` per tile; both layouts, both mixtures
+                       ``−‖a−b‖^γ/τ`` per tile with a hand-written backward
+                       (:mod:`contrastkit.scale.tiled_kernel`); both layouts, both mixtures
 =====================  ====================================================================
 
 :data:`TILED_MORE` (pair losses) is merged into :data:`contrastkit.scale.tiled.TILED`, so
@@ -40,10 +41,11 @@ from contrastkit.core.checks import check_pair
 from contrastkit.core.errors import InputError
 from contrastkit.losses.base import maybe_normalize
 from contrastkit.losses.hard_negatives import llave_loss
-from contrastkit.losses.kernel import _D2_FLOOR, _check_kernel_config, kernel_infonce_loss, kernel_logits
+from contrastkit.losses.kernel import _D2_FLOOR, _check_kernel_config, kernel_infonce_loss
 from contrastkit.losses.momentum import moco2_loss, moco_inputs
 from contrastkit.losses.soft_targets import xmc_decoupled_loss
 from contrastkit.scale.tiled_family import DEFAULT_TILE, check_tile, tiled_masked_lse
+from contrastkit.scale.tiled_kernel import tiled_kernel_lse
 from contrastkit.scale.tiled_rule import tiled_rule_lse, tiled_rule_sum, tiles
 from contrastkit.scale.tiled_zoo import _pair_labels, _scale, _single, tiled_ntxent_loss
 
@@ -259,19 +261,10 @@ def _kernel_term(x, y, gamma: float, tau: float, layout: str, unit: bool, tile: 
     d2 = (x * x).sum(1) + (y * y).sum(1) - 2 * (x * y).sum(1)  # ‖x_i − y_i‖², as kernel_logits
     pos = -d2.clamp(min=_D2_FLOOR).pow(gamma / 2) / tau
     if layout == "cross":
-
-        def cross(a_t, c_t, rows, cols):
-            return kernel_logits(a_t, c_t, gamma, tau), None
-
-        row, col = tiled_rule_lse(x, y, (), cross, columns=True, tile_size=tile)
+        row, col = tiled_kernel_lse(x, y, gamma, tau, columns=True, tile_size=tile)
         return 0.5 * ((row - pos).mean() + (col - pos).mean())  # type: ignore[operator]
-
-    def views(a_t, c_t, rows, cols):
-        eye = _diagonal(rows, cols, a_t.device)
-        return kernel_logits(a_t, c_t, gamma, tau), (None if eye is None else ~eye)
-
     z = torch.cat([x, y])
-    row, _ = tiled_rule_lse(z, z, (), views, tile_size=tile)
+    row, _ = tiled_kernel_lse(z, z, gamma, tau, drop_diagonal=True, tile_size=tile)
     return (row - pos.repeat(2)).mean()
 
 

@@ -14,6 +14,7 @@ from contrastkit.losses.momentum import MoCo2Loss, _negative_mask, moco2_loss
 from contrastkit.losses.soft_targets import XMCDecoupledLoss, xmc_decoupled_loss
 from contrastkit.scale import ScaleConfig
 from contrastkit.scale.tiled import TILED, TiledLoss
+from contrastkit.scale.tiled_kernel import tiled_kernel_lse
 from contrastkit.scale.tiled_more import (
     tiled_kernel_infonce_loss,
     tiled_llave_loss,
@@ -113,6 +114,54 @@ def test_kernel_infonce_equals_dense(tile, kw):
     assert_same(
         tiled_kernel_infonce_loss(x, y, tile_size=tile, **kw), kernel_infonce_loss(x, y, **kw), (x, y)
     )
+
+
+@pytest.mark.parametrize("tile", [1, 3, 64])
+@pytest.mark.parametrize("layout", ["views", "cross"])
+def test_kernel_coincident_rows_equal_dense(tile, layout):
+    # rows 0 and 2 have identical views, and row 4 repeats row 1: pairs below the d² floor (the
+    # dense clamp passes no gradient there) sit on and off the diagonal
+    x, y, _ = leaves(seed=11)
+    x, y = x.detach().clone(), y.detach().clone()
+    y[0], y[2], x[4], y[4] = x[0], x[2], x[1], y[1]
+    x.requires_grad_(True), y.requires_grad_(True)
+    kw = {"gamma": 0.5, "temperature": 0.2, "layout": layout}
+    assert_same(
+        tiled_kernel_infonce_loss(x, y, tile_size=tile, **kw), kernel_infonce_loss(x, y, **kw), (x, y)
+    )
+
+
+@pytest.mark.parametrize("tile", [1, 2, 5, 100])
+def test_tiled_kernel_lse_equals_naive_loop(tile):
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(7, 3, generator=g, dtype=F64, requires_grad=True)
+    c = torch.randn(5, 3, generator=g, dtype=F64, requires_grad=True)
+    w_r, w_c = torch.randn(7, generator=g, dtype=F64), torch.randn(5, generator=g, dtype=F64)
+    gamma, tau = 1.3, 0.7
+    row, col = tiled_kernel_lse(a, c, gamma, tau, columns=True, tile_size=tile)
+    k = torch.stack([torch.stack([-(((ai - cj) ** 2).sum() ** (gamma / 2)) / tau for cj in c]) for ai in a])
+    torch.testing.assert_close(row, k.logsumexp(1), rtol=1e-12, atol=0)
+    torch.testing.assert_close(col, k.logsumexp(0), rtol=1e-12, atol=0)
+    got = torch.autograd.grad((row * w_r).sum() + (col * w_c).sum(), (a, c))
+    want = torch.autograd.grad((k.logsumexp(1) * w_r).sum() + (k.logsumexp(0) * w_c).sum(), (a, c))
+    for u, v in zip(got, want):
+        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-12)
+    # the 2N layout: a is c, pairs i = j left out
+    z = a[:5].detach().clone().requires_grad_(True)
+    row, _ = tiled_kernel_lse(z, z, gamma, tau, drop_diagonal=True, tile_size=tile)
+    inf = torch.tensor(float("-inf"), dtype=F64)  # i = j left out (and its 0^γ never formed)
+    kz = torch.stack(
+        [
+            torch.stack(
+                [inf if i == j else -(((z[i] - z[j]) ** 2).sum() ** (gamma / 2)) / tau for j in range(5)]
+            )
+            for i in range(5)
+        ]
+    )
+    torch.testing.assert_close(row, kz.logsumexp(1), rtol=1e-12, atol=0)
+    got = torch.autograd.grad((row * w_c).sum(), z)[0]
+    want = torch.autograd.grad((kz.logsumexp(1) * w_c).sum(), z)[0]
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 def queue(k=37, seed=5):
