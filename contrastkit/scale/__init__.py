@@ -8,7 +8,9 @@
 * ``grad_cache`` — gradient caching: contrastive batch ≫ what the towers fit, re-running only the
   chunks whose graphs do not fit (S-GRADCACHE);
 * ``distributed`` — torch.distributed gathers with correct gradients, SigLIP ring (S-GATHER,
-  S-SIGLIP-RING).
+  S-SIGLIP-RING);
+* ``ring_clip`` — CLIP across ranks by Inf-CL's ring, no global matrix or gather, memory
+  O(b·d + tile²) per rank (S-CLIP-RING).
 """
 
 from contrastkit.scale.config import ScaleConfig
@@ -27,6 +29,7 @@ from contrastkit.scale.grad_cache import (
     graph_bytes,
 )
 from contrastkit.scale.launch import spawn_gloo
+from contrastkit.scale.ring_clip import CLIPRingLoss, clip_ring_loss
 from contrastkit.scale.tiled import TILED, TiledLoss, tiled_clip_loss, tiled_siglip_loss
 from contrastkit.scale.tiled_family import positive_logit_sums, tiled_masked_lse
 from contrastkit.scale.tiled_more import TILED_MULTI
@@ -37,6 +40,7 @@ __all__ = [
     "TILED",
     "TILED_FAMILY",
     "TILED_MULTI",
+    "CLIPRingLoss",
     "CachedEmbeddings",
     "GatherLoss",
     "ScaleConfig",
@@ -45,6 +49,7 @@ __all__ = [
     "all_gather_with_grad",
     "backward_through_chunks",
     "chunks_to_keep",
+    "clip_ring_loss",
     "embed_in_chunks",
     "graph_bytes",
     "is_distributed",

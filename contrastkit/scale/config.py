@@ -26,7 +26,10 @@ class ScaleConfig:
     batch by counting what autograd saves for one chunk (``scale.grad_cache.graph_bytes``).
     ``dist_loss`` (several processes, e.g. under ``torchrun``): ``local`` — gather embeddings with
     gradients, each rank computes its rows (exact, O(bN) logits); ``global`` — every rank the full
-    N×N loss (exact); ``ring`` — SigLIP's ring exchange (exact, O(b²), SigLIP only).
+    N×N loss (exact); ``ring`` — blocks passed round a ring of ranks, no N-row gather (exact):
+    for CLIP the Inf-CL ring, running log-sum-exps carried with the blocks, each block pair in
+    tiles of ``tile_size`` (default 2048), memory O(b·d + tile²) per rank; for SigLIP its ring
+    exchange, O(b²) (no ``tile_size``); other losses have no ring form (an error).
     ``batch_size`` stays the global contrastive batch; each rank embeds ``batch_size / world``.
     """
 
