@@ -10,18 +10,25 @@ export TRANSFORMERS_OFFLINE := 1
 
 EMOJI  := .cache/npm/node_modules/emoji-datasource-google/emoji.json
 
-.PHONY: setup data fashion-mnist demo demo-fashion demo-emoji test test-all lint bench docs clean
+.PHONY: setup data fashion-mnist fonts demo demo-fashion demo-emoji test test-all lint bench docs clean
 
 setup: $(STAMP) data
 
-# Real data (docs/real-data.md): Fashion-MNIST from Debian, emoji image-name pairs from npm.
-data: fashion-mnist $(EMOJI)
+# Real data (docs/real-data.md): Fashion-MNIST from Debian, emoji image-name pairs from npm;
+# DejaVu fonts from Debian for CLIPPO's rendered text (tower rendered_text, docs/models.md).
+data: fashion-mnist fonts $(EMOJI)
 
 fashion-mnist:
 	@if [ -d /usr/share/datasets/fashion-mnist ]; then :; \
 	elif ! command -v apt-get >/dev/null; then echo "warning: no apt-get: Fashion-MNIST tests will be skipped (docs/real-data.md)"; \
 	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get install -y -q dataset-fashion-mnist || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q dataset-fashion-mnist; }; fi
+
+fonts:
+	@if [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then :; \
+	elif ! command -v apt-get >/dev/null; then echo "warning: no apt-get: CLIPPO (rendered_text) tests will be skipped"; \
+	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q fonts-dejavu-core || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q fonts-dejavu-core; }; fi
 
 $(EMOJI):
 	@if command -v npm >/dev/null; then npm install --silent --no-save --prefix .cache/npm emoji-datasource-google@16.0.0; \

@@ -42,6 +42,7 @@ from contrastkit.demo import demo_config
 from contrastkit.losses import from_config as build_loss
 from contrastkit.models.dual_encoder import build_model
 from contrastkit.train import RunConfig, setup
+from contrastkit.train.dist_towers import GradSync
 from contrastkit.train.distributed import DistContext
 from contrastkit.train.feed import DataFeed
 from contrastkit.train.guard import StepGuard, WeightSnapshot
@@ -88,7 +89,7 @@ def session(cfg: RunConfig, train_set, captions: list[str]) -> Session:
     scheduler = build_scheduler(cfg.optim, optimizer, cfg.train.steps)
     return Session(
         cfg, Path("."), DEVICE, train_set, model, loss, objective, ctx, optimizer, scheduler,
-        StepGuard(cfg.guard), None, None, WeightSnapshot(optimizer),  # type: ignore[arg-type]
+        StepGuard(cfg.guard), None, None, WeightSnapshot(optimizer), GradSync(model, loss, ctx),  # type: ignore[arg-type]
     )  # fmt: skip
 
 

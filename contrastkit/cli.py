@@ -14,6 +14,7 @@ contrastkit curate data/pairs.csv --filter clip_score [--param keep=0.3] --model
 contrastkit export runs/NAME --format hf|open_clip|safetensors --out DIR
 contrastkit plan configs/shapes-clip.yaml --memory 16GiB
 contrastkit study configs/study-shapes-clip-vs-siglip.yaml [--jobs N] [--report-only]
+contrastkit study configs/study-shapes-clip-vs-siglip.yaml --executor ray [--address HOST:PORT]
 contrastkit list [tasks|losses|towers|datasets|sources] [--verbose]
 contrastkit explain NAME
 ```
@@ -27,7 +28,17 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from contrastkit.commands import KINDS, TasksHelp, add_curate_parser, curate, explain, listing, plan
+from contrastkit.commands import (
+    KINDS,
+    TasksHelp,
+    add_curate_parser,
+    add_executor_arguments,
+    curate,
+    explain,
+    listing,
+    plan,
+    ray_options,
+)
 from contrastkit.core.progress import progress_default
 
 if TYPE_CHECKING:
@@ -190,6 +201,7 @@ def _parser() -> argparse.ArgumentParser:
         "--only", action="append", default=[], metavar="RUN", help="run just this run (repeatable)"
     )
     st.add_argument("--report-only", action="store_true", help="only rebuild the report from finished runs")
+    add_executor_arguments(st)
 
     for sp in (e, w, cu, pl, st):  # long phases show progress bars (on stderr) unless asked not to
         sp.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -416,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from contrastkit.studies.study import run_study
 
             with progress_default(not args.no_progress):
-                run_study(args.file, jobs=args.jobs, only=args.only, report_only=args.report_only)
+                run_study(args.file, args.jobs, args.only, args.report_only, args.executor, ray_options(args))
         elif args.command == "explain":
             print(explain(args.name))
         else:

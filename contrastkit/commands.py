@@ -1,5 +1,5 @@
 """Command handlers kept out of :mod:`contrastkit.cli`: ``list``, ``explain``, the task list of
-``eval --help``, ``plan`` and ``curate``.
+``eval --help``, ``plan``, ``curate`` and the executor options of ``study``.
 
 The describing is :mod:`contrastkit.core.catalog`'s; this module only knows which registries exist
 (:data:`KINDS`) and imports each one when it is asked for, so the command line starts fast.
@@ -22,10 +22,12 @@ __all__ = [
     "FilterSteps",
     "TasksHelp",
     "add_curate_parser",
+    "add_executor_arguments",
     "curate",
     "explain",
     "listing",
     "plan",
+    "ray_options",
     "registry",
     "tasks_epilog",
 ]
@@ -261,3 +263,31 @@ def curate(
     )
     print(format_summary(report))
     print(f"wrote {args.out}/: " + ", ".join(report["outputs"]))
+
+
+def add_executor_arguments(st: argparse.ArgumentParser) -> None:
+    """``study``'s ``--executor`` and Ray options (each overrides the study file's ``executor`` /
+    ``ray`` block; :class:`contrastkit.studies.config.RayConfig` validates them)."""
+    st.add_argument(
+        "--executor",
+        choices=["pool", "ray"],
+        help="where runs train: pool (local processes, the default) or ray (one Ray task per run)",
+    )
+    st.add_argument("--address", metavar="HOST:PORT", help="Ray head node to use (default: a local cluster)")
+    st.add_argument(
+        "--ray-cpus-per-run", type=float, metavar="N", help="CPUs (torch threads) per run (train.threads)"
+    )
+    st.add_argument("--ray-gpus-per-run", type=float, metavar="N", help="GPUs per run (default 0)")
+    st.add_argument("--ray-memory-per-run", metavar="SIZE", help="memory per run, e.g. 4GiB (default: none)")
+    st.add_argument("--ray-max-retries", type=int, metavar="N", help="reruns of a run whose worker died (3)")
+
+
+def ray_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``ray`` keys given on the ``study`` command line (``None``: not given)."""
+    return {
+        "address": args.address,
+        "cpus_per_run": args.ray_cpus_per_run,
+        "gpus_per_run": args.ray_gpus_per_run,
+        "memory_per_run": args.ray_memory_per_run,
+        "max_retries": args.ray_max_retries,
+    }

@@ -91,6 +91,8 @@ EXTRA_KEYS = [
     "scale.graph_memory",
     "train.compile",
     "train.channels_last",
+    "train.auto_resume",
+    "train.dist_wrapper",
     "optim.impl",
     "name",
     "out_dir",

@@ -20,6 +20,7 @@ from contrastkit.data.pairs import (
     english_articles,
     make_loader,
 )
+from contrastkit.data.shape_bags import make_shape_bags
 from contrastkit.data.shapes import SPLITS as SHAPES_SPLITS
 from contrastkit.data.shapes import make_shapes
 
@@ -47,6 +48,7 @@ __all__ = [
     "make_emoji",
     "make_fashion_mnist",
     "make_loader",
+    "make_shape_bags",
     "make_shapes",
     "open_split",
     "source_captions",
@@ -58,6 +60,7 @@ DATASETS.register("shapes")(make_shapes)
 DATASETS.register("digits")(make_digits)
 DATASETS.register("fashion_mnist")(make_fashion_mnist)
 DATASETS.register("emoji")(make_emoji)
+DATASETS.register("shape_bags")(make_shape_bags)
 
 # the splits of each built-in set (its builder refuses others): checked before anything is generated
 DATASET_SPLITS: dict[str, tuple[str, ...]] = {
@@ -65,6 +68,7 @@ DATASET_SPLITS: dict[str, tuple[str, ...]] = {
     "digits": ("train", "val", "test"),
     "fashion_mnist": ("train", "val", "test"),
     "emoji": ("train", "val", "test"),
+    "shape_bags": SHAPES_SPLITS,
 }
 
 

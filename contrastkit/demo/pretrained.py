@@ -73,6 +73,7 @@ def _run(
             ckpt_every=steps,
             progress=progress,
             tensorboard=False,
+            channels_last=False,  # the published numbers predate channels-last as the default
         ),
     )
 

@@ -9,31 +9,51 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from contrastkit.core.errors import InputError
 from contrastkit.core.progress import progress_bar
 from contrastkit.models.dual_encoder import DualEncoder
+from contrastkit.models.moe import SparseMoE, record_usage
 
 __all__ = ["Encoders", "model_encoders"]
 
 
 @dataclass(frozen=True)
 class Encoders:
-    """``images(uint8 [B,3,H,W]) -> [B, d]`` and ``texts(list[str]) -> [B, d]``, L2-normalised;
+    """``images(uint8 [B,3,H,W]) -> [B, d]`` and ``texts(list[str]) -> [B, d]``, L2-normalised
+    (``[B, T, d]`` token sets, each token normalised, for late-interaction towers);
     optionally ``image_patches(uint8 [B,3,H,W]) -> [B, H', W', C]``, the image tower's unpooled
-    token grid (tower feature space, not normalised), for the dense geometry metrics."""
+    token grid (tower feature space, not normalised), for the dense geometry metrics;
+    ``composed(uint8 [B,3,H,W], list[str]) -> [B, d]``, one L2-normalised embedding of each
+    (image, text) query from a model that encodes them jointly (FuseLIP's early fusion);
+    ``expert_usage(images, texts)`` → ``{modality: {"tokens" [L], "routed" [L, E], "kept" [L, E]}}``
+    (NumPy counts per MoE layer) for a sparse mixture-of-experts model (LIMoE)."""
 
     images: Callable[[torch.Tensor], torch.Tensor]
     texts: Callable[[list[str]], torch.Tensor]
     image_patches: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, kw_only=True)
+    composed: Callable[[torch.Tensor, list[str]], torch.Tensor] | None = field(default=None, kw_only=True)
+    expert_usage: Callable[[torch.Tensor, list[str]], dict[str, dict[str, np.ndarray]]] | None = field(
+        default=None, kw_only=True
+    )
 
 
 def _batches(n: int, batch_size: int, desc: str) -> Iterable[int]:
     """Start indices of the batches of ``n`` items, with a progress bar (an inner one: it vanishes
     when done; quiet for quick calls, see :mod:`contrastkit.core.progress`)."""
     return progress_bar(range(0, n, batch_size), desc, unit="batch", leave=False)
+
+
+def _cat(outs: list[torch.Tensor]) -> torch.Tensor:
+    """Batches concatenated; token sets ``[b, T, d]`` of different lengths are right-padded with
+    zero rows first (padding of a token set, :mod:`contrastkit.evaluation.late_interaction`)."""
+    if outs and outs[0].ndim == 3:
+        longest = max(o.shape[1] for o in outs)
+        outs = [F.pad(o, (0, 0, 0, longest - o.shape[1])) for o in outs]
+    return torch.cat(outs)
 
 
 def model_encoders(model: DualEncoder, batch_size: int = 256, device: str | None = None) -> Encoders:
@@ -47,7 +67,7 @@ def model_encoders(model: DualEncoder, batch_size: int = 256, device: str | None
         model.eval()
         starts = _batches(len(x), batch_size, "embed images")
         outs = [model.encode("image", x[i : i + batch_size].to(dev)) for i in starts]
-        return F.normalize(torch.cat(outs).float(), dim=-1).cpu()
+        return F.normalize(_cat(outs).float(), dim=-1).cpu()
 
     @torch.no_grad()
     def texts(t: list[str]) -> torch.Tensor:
@@ -56,7 +76,7 @@ def model_encoders(model: DualEncoder, batch_size: int = 256, device: str | None
             model.encode("text", model.tokenize(list(t[i : i + batch_size])).to(dev))
             for i in _batches(len(t), batch_size, "embed texts")
         ]
-        return F.normalize(torch.cat(outs).float(), dim=-1).cpu()
+        return F.normalize(_cat(outs).float(), dim=-1).cpu()
 
     tower = model.towers["image"] if "image" in model.towers else None
 
@@ -67,4 +87,28 @@ def model_encoders(model: DualEncoder, batch_size: int = 256, device: str | None
         outs = [tower.patch_tokens(x[i : i + batch_size].to(dev)) for i in starts]
         return torch.cat(outs).float().cpu()
 
-    return Encoders(images, texts, image_patches=image_patches if hasattr(tower, "patch_tokens") else None)
+    fused = getattr(tower, "encode_fused", None)
+
+    @torch.no_grad()
+    def composed(x: torch.Tensor, t: list[str]) -> torch.Tensor:
+        model.eval()
+        proj = model.projections["image"]  # the query is image-anchored; FuseLIP runs projection: none
+        outs = [
+            proj(fused(x[i : i + batch_size].to(dev), model.tokenize(list(t[i : i + batch_size])).to(dev)))
+            for i in _batches(len(x), batch_size, "embed composed queries")
+        ]
+        return F.normalize(torch.cat(outs).float(), dim=-1).cpu()
+
+    def expert_usage(x: torch.Tensor, t: list[str]) -> dict[str, dict[str, np.ndarray]]:
+        with record_usage(model) as read:
+            images(x)
+            texts(t)
+            return {m: {k: v.numpy() for k, v in r.items()} for m, r in read().items()}
+
+    return Encoders(
+        images,
+        texts,
+        image_patches=image_patches if hasattr(tower, "patch_tokens") else None,
+        composed=composed if fused is not None else None,
+        expert_usage=expert_usage if any(isinstance(m, SparseMoE) for m in model.modules()) else None,
+    )

@@ -27,6 +27,7 @@ type or an unsupported preprocessing option raise a one-line error naming the pr
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
@@ -254,12 +255,13 @@ def hf_text_encoder(
 
 def checked_encoders(enc: Encoders) -> Encoders:
     """Wrap any two callables so that a wrong output fails clearly: each must return a finite
-    floating ``[n, d]`` for ``n`` inputs (returned unchanged). :class:`HFEncoders` fields are kept."""
+    floating ``[n, d]`` (or a token set ``[n, T, d]``, late interaction) for ``n`` inputs (returned
+    unchanged). :class:`HFEncoders` fields are kept."""
 
     def check(name: str, out: Any, n: int) -> torch.Tensor:
-        if not isinstance(out, torch.Tensor) or out.ndim != 2 or not out.is_floating_point():
+        if not isinstance(out, torch.Tensor) or out.ndim not in (2, 3) or not out.is_floating_point():
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise InputError(f"{name} encoder must return a floating tensor [n, d], got {got}")
+            raise InputError(f"{name} encoder must return a floating tensor [n, d] (or [n, T, d]), got {got}")
         if out.shape[0] != n:
             raise InputError(f"{name} encoder returned {out.shape[0]} embeddings for {n} inputs")
         if not torch.isfinite(out).all():
@@ -272,7 +274,4 @@ def checked_encoders(enc: Encoders) -> Encoders:
     def texts(t: list[str]) -> torch.Tensor:
         return check("text", enc.texts(t), len(t))
 
-    patches = enc.image_patches
-    if isinstance(enc, HFEncoders):
-        return HFEncoders(images, texts, enc.logit_scale, enc.logit_bias, enc.info, image_patches=patches)
-    return Encoders(images, texts, image_patches=patches)
+    return dataclasses.replace(enc, images=images, texts=texts)  # other fields (HF's, patches…) kept

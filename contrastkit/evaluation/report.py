@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch.nn.functional as F
 
 from contrastkit.core.errors import InputError, MissingFileError
 from contrastkit.core.io import atomic_path, atomic_write_json, read_json
@@ -62,6 +61,7 @@ from contrastkit.evaluation.external import (
     hf_encoders,
     open_clip_encoders,
 )
+from contrastkit.evaluation.late_interaction import is_token_set, similarity
 from contrastkit.evaluation.multistage import run_encoders
 from contrastkit.evaluation.plots import plot_similarity
 from contrastkit.evaluation.prompts import apply_prompt_files, prompt_entries, read_lines
@@ -188,10 +188,10 @@ def _similarity_figure(enc: Encoders, pairs: PairSet, path: Path, n: int = 12) -
     idx = np.arange(min(n, len(pairs)))
     sub = pairs.subset(idx)
     caps = [c[0] for c in sub.captions]
-    sims = (
-        F.normalize(enc.images(sub.images).float(), dim=-1) @ F.normalize(enc.texts(caps).float(), dim=-1).T
-    )
-    plot_similarity(sub.images, caps, sims, path, title=f"{pairs.name}: image–text cosine similarity")
+    images, texts = enc.images(sub.images), enc.texts(caps)
+    sims = similarity(images, texts)  # cosine, or MaxSim for token sets (evaluation.late_interaction)
+    kind = "MaxSim" if is_token_set(images) or is_token_set(texts) else "cosine"
+    plot_similarity(sub.images, caps, sims, path, title=f"{pairs.name}: image–text {kind} similarity")
 
 
 def _report(

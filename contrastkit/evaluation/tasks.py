@@ -28,6 +28,7 @@ from contrastkit.core.errors import InputError
 from contrastkit.core.registry import Registry
 from contrastkit.data.pairs import PairSet
 from contrastkit.evaluation.encoders import Encoders
+from contrastkit.evaluation.late_interaction import is_token_set, late_retrieval, late_zero_shot_metrics
 from contrastkit.evaluation.retrieval import random_tie_recall, retrieval_ranks, retrieval_ties
 from contrastkit.evaluation.zeroshot import zero_shot_classifier, zero_shot_metrics
 
@@ -101,8 +102,10 @@ def zeroshot_task(ctx: EvalContext) -> TaskResult:
     for name, task in ctx.pairs.tasks.items():
         if not (task.labels >= 0).any():
             continue
-        w = zero_shot_classifier(ctx.enc.texts, task.prompts())
-        m = zero_shot_metrics(img, w, task.labels)
+        if is_token_set(img):  # late interaction: prompt scores averaged (evaluation.late_interaction)
+            m = late_zero_shot_metrics(img, ctx.enc.texts, task.prompts(), task.labels)
+        else:
+            m = zero_shot_metrics(img, zero_shot_classifier(ctx.enc.texts, task.prompts()), task.labels)
         for key in ("top1", "top5", "balanced_accuracy"):
             out[f"zeroshot/{name}/{key}"] = float(m[key])
         examples[f"zeroshot/{name}/top1"] = np.asarray(m["correct"])
@@ -118,8 +121,11 @@ def retrieval_task(ctx: EvalContext) -> TaskResult:
     tie-breaking; per-example: each query's hit probability)."""
     _, owner = ctx.captions
     opts = ctx.options.get("retrieval", {})
-    t2i, i2t = retrieval_ranks(ctx.image_emb, ctx.text_emb, owner, **opts)
-    ties = retrieval_ties(ctx.image_emb, ctx.text_emb, owner, opts.get("chunk", 4096))
+    if is_token_set(ctx.image_emb) or is_token_set(ctx.text_emb):  # MaxSim scores, exact
+        t2i, i2t, ties = late_retrieval(ctx.image_emb, ctx.text_emb, owner)
+    else:
+        t2i, i2t = retrieval_ranks(ctx.image_emb, ctx.text_emb, owner, **opts)
+        ties = retrieval_ties(ctx.image_emb, ctx.text_emb, owner, opts.get("chunk", 4096))
     out: dict[str, float] = {}
     examples: dict[str, np.ndarray] = {}
     for k in (1, 5, 10):

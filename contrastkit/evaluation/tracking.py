@@ -12,6 +12,7 @@ from collections.abc import Callable
 from contrastkit.core.errors import InputError
 from contrastkit.data.pairs import PairSet
 from contrastkit.evaluation.encoders import model_encoders
+from contrastkit.evaluation.late_interaction import is_token_set, late_zero_shot_metrics
 from contrastkit.evaluation.zeroshot import zero_shot_classifier, zero_shot_metrics
 from contrastkit.models.dual_encoder import DualEncoder
 
@@ -25,7 +26,11 @@ def zero_shot_accuracy(model: DualEncoder, pairs: PairSet, task: str, batch_size
     was_training = model.training
     enc = model_encoders(model, batch_size)
     t = pairs.tasks[task]
-    out = zero_shot_metrics(enc.images(pairs.images), zero_shot_classifier(enc.texts, t.prompts()), t.labels)
+    images = enc.images(pairs.images)
+    if is_token_set(images):  # late interaction: MaxSim scores averaged over prompts
+        out = late_zero_shot_metrics(images, enc.texts, t.prompts(), t.labels)
+    else:
+        out = zero_shot_metrics(images, zero_shot_classifier(enc.texts, t.prompts()), t.labels)
     model.train(was_training)
     return out
 

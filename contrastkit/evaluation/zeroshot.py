@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from contrastkit.core.checks import check_embeddings
 from contrastkit.core.errors import InputError
 
-__all__ = ["zero_shot_classifier", "zero_shot_metrics"]
+__all__ = ["zero_shot_classifier", "zero_shot_metrics", "zero_shot_score_metrics"]
 
 
 def zero_shot_classifier(
@@ -45,17 +45,24 @@ def zero_shot_metrics(
     """Top-1/top-5, balanced accuracy and per-class recall of ``argmax(x · Wᵀ)`` vs ``labels``."""
     check_embeddings("image_emb", image_emb)
     check_embeddings("classifier", classifier)
+    logits = F.normalize(image_emb.float(), dim=-1) @ F.normalize(classifier.float(), dim=-1).T
+    return zero_shot_score_metrics(logits, labels)
+
+
+def zero_shot_score_metrics(
+    scores: torch.Tensor, labels: np.ndarray | torch.Tensor
+) -> dict[str, float | list[float] | np.ndarray]:
+    """:func:`zero_shot_metrics` from class scores ``[N, C]`` (any scorer: cosine, MaxSim…)."""
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    if labels.shape != (image_emb.shape[0],):
-        raise InputError(f"labels must have shape [{image_emb.shape[0]}], got {tuple(labels.shape)}")
+    if scores.ndim != 2 or labels.shape != (scores.shape[0],):
+        raise InputError(f"labels must have shape [{scores.shape[0]}], got {tuple(labels.shape)}")
     keep = labels >= 0
     if not keep.any():
         raise InputError("no image has a label for this task")
-    x, y = F.normalize(image_emb[keep].float(), dim=-1), labels[keep]
-    n_cls = classifier.shape[0]
+    logits, y = scores[keep].float(), labels[keep]
+    n_cls = scores.shape[1]
     if int(y.max()) >= n_cls:
         raise InputError(f"label {int(y.max())} out of range for {n_cls} classes")
-    logits = x @ F.normalize(classifier.float(), dim=-1).T
     top = logits.topk(min(5, n_cls), dim=1).indices
     top1 = (top[:, 0] == y).float()
     recalls = []

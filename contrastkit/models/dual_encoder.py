@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -200,6 +200,21 @@ def _projection(kind: str, d_in: int, d_out: int) -> nn.Module:
     return nn.Identity()
 
 
+def _bind_shared(towers: Mapping[str, Tower]) -> dict[str, str]:
+    """``{modality: target}`` of the towers that set ``shares`` (no weights of their own: they encode
+    through the tower and projection of modality ``target``, e.g. CLIPPO's rendered text through the
+    image tower), each bound to its target's tower."""
+    shares = {m: str(t.shares) for m, t in towers.items() if getattr(t, "shares", None) is not None}
+    for m, target in shares.items():
+        if target not in towers or target in shares:
+            raise ConfigError(
+                f"tower {m!r} shares modality {target!r}, which must be another modality with its own "
+                f"tower; towers: {list(towers)}"
+            )
+        towers[m].bind(towers[target])  # type: ignore[operator]
+    return shares
+
+
 class DualEncoder(nn.Module):
     """Towers + projections keyed by modality, optionally with a momentum (EMA) copy of some.
 
@@ -207,7 +222,11 @@ class DualEncoder(nn.Module):
     for every key it can encode — a modality it has a tower for, or a view ``"<modality>@<v>"`` of
     one — plus ``"<key>:ema"`` (no gradient) for each such key of a ``momentum`` modality. Other
     batch fields (``labels``…) are ignored. After every optimizer step the trainer calls
-    :meth:`after_optimizer_step`, which moves the momentum encoder.
+    :meth:`after_optimizer_step`, which moves the momentum encoder. ``runners[modality]``, when
+    set, is called by :meth:`encode` in place of ``projection(tower(x))``: the trainer puts its
+    DDP wrappers of the two there for the duration of a step (:mod:`contrastkit.train.dist_towers`).
+    A tower that sets ``shares`` (``rendered_text``) has no projection: its modality is encoded by
+    its own input path into the ``shares`` modality's tower and projection (:attr:`shares`).
     """
 
     def __init__(
@@ -220,10 +239,19 @@ class DualEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.towers = nn.ModuleDict(dict(towers))
+        self.shares = _bind_shared(towers)
         self.projections = nn.ModuleDict(
-            {m: _projection(projection, t.output_dim, embed_dim) for m, t in towers.items()}
+            {
+                m: _projection(projection, t.output_dim, embed_dim)
+                for m, t in towers.items()
+                if m not in self.shares  # a sharing modality uses its target's projection
+            }
         )
         self.embed_dim = embed_dim
+        # modality -> what encode() calls instead of projection(tower(x)), e.g. a
+        # DistributedDataParallel wrapper of both (train.dist_wrapper); a plain dict, so whatever
+        # it holds stays out of the module tree and the state dict
+        self.runners: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         self.locked = tuple(locked)
         for m in self.locked:
             self.towers[m].requires_grad_(False)
@@ -232,6 +260,9 @@ class DualEncoder(nn.Module):
             missing = [m for m in momentum.modalities if m not in self.towers]
             if missing:
                 raise InputError(f"momentum modalities {missing} have no tower; towers: {list(self.towers)}")
+            shared = [m for m in momentum.modalities if m in self.shares]
+            if shared:
+                raise InputError(f"momentum modalities {shared} share another tower; name that one")
             online = self._online(momentum.modalities)
             self.momentum = MomentumEncoder(online, momentum.m, momentum.schedule)
 
@@ -272,7 +303,10 @@ class DualEncoder(nn.Module):
                     f"model has no momentum encoder for {modality!r}; momentum modalities: {have}"
                 )
             return self.momentum(modality, inputs)
-        return self.projections[modality](self.towers[modality](inputs))
+        run = self.runners.get(modality)
+        if run is not None:  # the same tower and projection, through a wrapper (e.g. DDP)
+            return run(inputs)
+        return self.projections[self.shares.get(modality, modality)](self.towers[modality](inputs))
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         keys = [k for k in batch if self.can_encode(k) and not k.endswith(EMA_SUFFIX)]
@@ -317,18 +351,41 @@ class DualEncoder(nn.Module):
 
 
 def build_model(
-    cfg: ModelConfig, texts: Sequence[str] | None = None, assets_dir: Path | None = None
+    cfg: ModelConfig,
+    texts: Sequence[str] | None = None,
+    assets_dir: Path | None = None,
+    images: torch.Tensor | None = None,
 ) -> DualEncoder:
-    """Build the model of ``cfg``. Fresh: pass training ``texts`` (tokenizers are trained on them).
-    Rebuilding a saved run: pass its ``assets_dir`` instead."""
-    towers = {}
+    """Build the model of ``cfg``. Fresh: pass training ``texts`` (tokenizers are trained on them)
+    and, if held in memory, training ``images`` (towers that fit on them). Rebuilding a saved run:
+    pass its ``assets_dir`` instead. Towers are built in config order; each sees the ones before
+    it (a tower sharing another's weights, ``TowerContext.towers``)."""
+    towers: dict[str, Tower] = {}
     for modality, tcfg in cfg.towers.items():
         ctx = TowerContext(
-            texts=texts, assets_dir=None if assets_dir is None else Path(assets_dir) / modality
+            texts=texts,
+            assets_dir=None if assets_dir is None else Path(assets_dir) / modality,
+            images=images if assets_dir is None else None,
+            towers=dict(towers),
         )
         towers[modality] = TOWERS.build(tcfg.name, context=ctx, **tcfg.params)
+    followed = cfg.momentum.modalities if cfg.momentum else ()
+    shared = [m for m in followed if getattr(towers[m], "runs_weights_of", None)]
+    if shared:  # the EMA copy of a view would copy the owner's body once more and never move it
+        raise ConfigError(f"model.momentum cannot follow towers that share another's weights: {shared}")
+    token_sets = [m for m, t in towers.items() if getattr(t, "token_set", False)]
+    if token_sets and cfg.projection == "mlp":  # its biases would make the zero padding rows non-zero
+        raise ConfigError(
+            f"towers {token_sets} return token sets (padding rows are zero): use model.projection "
+            "linear (bias-free, per token) or none, not mlp"
+        )
     locked = [m for m, t in cfg.towers.items() if t.locked]
-    model = DualEncoder(towers, cfg.embed_dim, cfg.projection, locked, cfg.momentum)
+    # a tower may need a model around it that wires it to another tower (split_text: the image)
+    classes = {getattr(t, "model_class", DualEncoder) for t in towers.values()} - {DualEncoder}
+    if len(classes) > 1:
+        raise ConfigError(f"towers ask for different model classes {sorted(c.__name__ for c in classes)}")
+    model_class = classes.pop() if classes else DualEncoder
+    model = model_class(towers, cfg.embed_dim, cfg.projection, locked, cfg.momentum)
     lock_parameters(model, cfg.lock)
     return model
 

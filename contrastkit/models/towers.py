@@ -21,10 +21,10 @@ the run (:meth:`save_assets`) and restored from there.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from torch import nn
@@ -34,7 +34,9 @@ from contrastkit.core.registry import Fraction, PositiveInt, Registry
 from contrastkit.models.pretrained import load_weights, map_state_dict, resolve_path
 from contrastkit.models.tokenizer import encode, load_tokenizer, train_word_tokenizer
 
-__all__ = ["TOWERS", "ImageTower", "TextTower", "Tower", "TowerContext", "VectorTower"]
+__all__ = ["TOWERS", "ImageTower", "TextTower", "Tower", "TowerContext", "VectorTower", "shared_owner"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -42,11 +44,16 @@ class TowerContext:
     """Run-time inputs a tower builder may need besides its config parameters.
 
     ``texts``: training captions (to train a tokenizer); ``assets_dir``: folder holding this
-    tower's saved assets (tokenizer) when rebuilding a trained model.
+    tower's saved assets (tokenizer) when rebuilding a trained model; ``images``: training images
+    held in memory (``uint8 [N, 3, H, W]``, a built-in data set; ``None`` otherwise), for towers that
+    fit something on them (FuseLIP's image tokenizer); ``towers``: the towers built before this one
+    (config order), for a tower that shares another's weights (:func:`shared_owner`).
     """
 
     texts: Sequence[str] | None = None
     assets_dir: Path | None = None
+    images: torch.Tensor | None = None
+    towers: Mapping[str, Tower] = field(default_factory=dict)
 
 
 class Tower(nn.Module):
@@ -56,6 +63,21 @@ class Tower(nn.Module):
 
     def save_assets(self, folder: Path) -> None:
         """Write what rebuilding needs besides weights (tokenizer…)."""
+
+
+def shared_owner(context: TowerContext | None, modality: str, kind: type[T], tower: str) -> T:
+    """The already-built tower of ``modality`` whose weights the tower ``tower`` shares (a single
+    tower over several modalities: LIMoE, FuseLIP); a :class:`ConfigError` if it is missing, comes
+    later in ``model.towers`` or is not a ``kind``."""
+    built = {} if context is None else context.towers
+    owner = built.get(modality)
+    if not isinstance(owner, kind):
+        got = "nothing" if owner is None else type(owner).__name__
+        raise ConfigError(
+            f"tower {tower!r} shares the weights of model.towers.{modality}, which must be a "
+            f"{kind.__name__} listed before it in model.towers; found {got}"
+        )
+    return owner
 
 
 class ImageTower(Tower):

@@ -21,6 +21,11 @@ Exactness: equal (float64, to rounding) to ordinary autograd through the same ch
 with dropout on, for any ``keep``; a chunk run with a graph draws the same dropout masks as
 without one, so the RNG stream after pass 1 does not depend on ``keep``. Cost with k of n chunks
 kept: the towers' forward ``1 + (n − k)/n`` times and backward once (two forwards at k = 0).
+Under DistributedDataParallel (``train.dist_wrapper``), where a gradient is all-reduced by the
+backward that follows a *synchronising* forward, every chunk runs unsynchronised except the last
+backward of each modality, ``final(modality)``: the re-run of chunk 0, which pass 1 then never
+keeps (``keep_first=False``), so that its forward and backward happen together.
+
 Memory: one chunk's activations + the kept graphs (:func:`graph_bytes` measures one chunk's) +
 O(N·d) embeddings and gradients. The always-kept last chunk adds nothing to the pass-2 peak (which
 holds one chunk's graph anyway); it overlaps only the loss's own memory (small with
@@ -32,12 +37,14 @@ re-run one; prefer LayerNorm/GroupNorm towers, or locked BatchNorm, when chunkin
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
-from contrastkit.core.errors import InputError
+from contrastkit.core.errors import ConfigError, InputError
+from contrastkit.models.aux import model_chunking_refusal
 from contrastkit.models.dual_encoder import DualEncoder
 
 __all__ = ["CachedEmbeddings", "backward_through_chunks", "chunks_to_keep", "embed_in_chunks", "graph_bytes"]
@@ -80,15 +87,20 @@ def embed_in_chunks(
     chunk_size: int,
     keep: int = 0,
     keep_last: bool = True,
+    keep_first: bool = True,
 ) -> CachedEmbeddings:
     """Pass 1: embeddings of every modality in ``batch``, ``chunk_size`` rows at a time. The last
     ``keep`` chunks of each modality, and with ``keep_last`` the final chunk of the pass, keep
-    their graphs for pass 2; the rest run without one. Returned tensors are fresh leaves with
-    ``requires_grad=True``."""
+    their graphs for pass 2; the rest run without one. ``keep_first=False``: chunk 0 is never
+    kept (pass 2 re-runs it last, as ``final`` of :func:`backward_through_chunks` needs). Returned
+    tensors are fresh leaves with ``requires_grad=True``."""
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
         raise InputError(f"keep must be an integer >= 0, got {keep!r}")
+    why = model_chunking_refusal(model)  # e.g. LIMoE: capacity and entropy terms span the batch
+    if why:
+        raise ConfigError(f"gradient caching cannot be exact for this model: {why}")
     names = _chunked(model, batch)
     reps: dict[str, torch.Tensor] = {}
     states: dict[str, list[RngState | None]] = {}
@@ -99,7 +111,8 @@ def embed_in_chunks(
         outs, states[m], graphs[m] = [], [], {}
         for k in range(n):
             x = inputs[k * chunk_size : (k + 1) * chunk_size]
-            if k >= n - keep or (keep_last and m == names[-1] and k == n - 1):
+            kept = k >= n - keep or (keep_last and m == names[-1] and k == n - 1)
+            if kept and (keep_first or k > 0):
                 states[m].append(None)  # same dropout draws with or without a graph: no replay
                 with torch.enable_grad():
                     graphs[m][k] = model.encode(m, x)
@@ -117,17 +130,28 @@ def _backprop(out: torch.Tensor, g: torch.Tensor) -> None:
 
 
 def backward_through_chunks(
-    model: DualEncoder, batch: Mapping[str, torch.Tensor], cached: CachedEmbeddings, replay_rng: bool = True
+    model: DualEncoder,
+    batch: Mapping[str, torch.Tensor],
+    cached: CachedEmbeddings,
+    replay_rng: bool = True,
+    final: Callable[[str], AbstractContextManager[object]] | None = None,
 ) -> None:
     """Pass 2: after ``loss.backward()`` filled ``cached.reps[m].grad``, accumulate the exact
     parameter gradients chunk by chunk: kept graphs first (their memory is freed before any
-    re-run), then the re-run chunks. ``replay_rng=False`` exists only to show (in tests) that
-    without the replay the gradients are wrong under dropout."""
+    re-run), then the re-run chunks. ``final(m)``: a context around the forward and backward of
+    modality ``m``'s last chunk (chunk 0, re-run: pass 1 with ``keep_first=False``), e.g. DDP's
+    synchronising one. ``replay_rng=False`` exists only to show (in tests) that without the replay
+    the gradients are wrong under dropout."""
     for m, rep in cached.reps.items():
         if rep.grad is None:
             raise InputError(
                 f"no gradient on the cached {m!r} embeddings: call loss.backward() before "
                 "backward_through_chunks (and use the embeddings in the loss)"
+            )
+        if final is not None and 0 in cached.graphs.get(m, {}):
+            raise InputError(
+                f"backward_through_chunks(final=...) runs the last chunk of {m!r} (chunk 0) inside "
+                "final(): pass 1 must not keep its graph (embed_in_chunks(keep_first=False))"
             )
     c = cached.chunk_size
     for m, rep in cached.reps.items():
@@ -139,13 +163,14 @@ def backward_through_chunks(
             state = cached.rng_states[m][k]
             if state is None:
                 continue
-            with torch.random.fork_rng(devices=_devices(), enabled=replay_rng):
-                if replay_rng:
-                    torch.set_rng_state(state[0])
-                    for d, st in zip(_devices(), state[1]):
-                        torch.cuda.set_rng_state(st, d)
-                out = model.encode(m, batch[m][k * c : (k + 1) * c])
-            _backprop(out, rep.grad[k * c : (k + 1) * c])
+            with final(m) if final is not None and k == 0 else nullcontext():
+                with torch.random.fork_rng(devices=_devices(), enabled=replay_rng):
+                    if replay_rng:
+                        torch.set_rng_state(state[0])
+                        for d, st in zip(_devices(), state[1]):
+                            torch.cuda.set_rng_state(st, d)
+                    out = model.encode(m, batch[m][k * c : (k + 1) * c])
+                _backprop(out, rep.grad[k * c : (k + 1) * c])
 
 
 def graph_bytes(model: DualEncoder, batch: Mapping[str, torch.Tensor], chunk_size: int) -> dict[str, int]:

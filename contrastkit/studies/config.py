@@ -14,21 +14,32 @@
     comparisons:
       - {baseline: {loss.name: clip}, intervention: {loss.name: siglip}, where: {train.batch_size: 32}}
     dynamics_every: 50                 # log the metric during training every 50 steps
+    executor: pool                     # or ray: every run a Ray task (studies.ray_executor)
+    ray: {address: null, cpus_per_run: 0, gpus_per_run: 0, memory_per_run: 0, max_retries: 3}
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from contrastkit.core.config import apply_overrides, from_dict, load_yaml
 from contrastkit.core.errors import ConfigError
 
-__all__ = ["Comparison", "Setting", "StudyConfig", "load_study", "run_config_dict", "setting_slug"]
+__all__ = [
+    "Comparison",
+    "RayConfig",
+    "Setting",
+    "StudyConfig",
+    "load_study",
+    "run_config_dict",
+    "setting_slug",
+]
 
 Setting = tuple[tuple[str, Any], ...]  # ((key, value), ...) in grid order
 
@@ -46,6 +57,64 @@ class Comparison:
 
 
 @dataclass(frozen=True)
+class RayConfig:
+    """Where ``executor: ray`` runs a study and what each run asks the cluster for
+    (:mod:`contrastkit.studies.ray_executor`).
+
+    ``address``: ``HOST:PORT`` of a running cluster's head node (``null``: start a local one);
+    ``cpus_per_run``: CPUs per run, also its torch thread count (0: the run's ``train.threads``,
+    1 when that is 0); ``gpus_per_run``: GPUs per run (fractions below 1 share a GPU);
+    ``memory_per_run``: bytes or a size such as ``4GiB`` (0: no memory request); ``max_retries``:
+    how often Ray reruns a run whose worker process or node died (it resumes from its checkpoint).
+    """
+
+    address: str | None = None
+    cpus_per_run: float = 0
+    gpus_per_run: float = 0
+    memory_per_run: int | str = 0
+    max_retries: int = 3
+
+    def __post_init__(self) -> None:
+        if self.address is not None and not self.address.strip():
+            raise ConfigError("ray.address must be HOST:PORT of a Ray head node, or null for a local cluster")
+        for key in ("cpus_per_run", "gpus_per_run"):
+            value = getattr(self, key)
+            # Ray counts resources in units of 1/10,000 and refuses fractions of more than one GPU
+            if (
+                not isinstance(value, (int, float))
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise ConfigError(f"ray.{key} must be a number >= 0, got {value!r}")
+            if value != round(value, 4) or (key == "gpus_per_run" and value > 1 and value % 1):
+                raise ConfigError(
+                    f"ray.{key}={value}: Ray takes a fraction below 1 (to 4 decimals) or a whole number"
+                )
+        self.memory_bytes  # noqa: B018 -- validates memory_per_run
+        if isinstance(self.max_retries, bool) or self.max_retries < 0:
+            raise ConfigError(f"ray.max_retries must be an integer >= 0, got {self.max_retries!r}")
+
+    @property
+    def memory_bytes(self) -> int:
+        """``memory_per_run`` in bytes (0: no request)."""
+        value = self.memory_per_run
+        if isinstance(value, str):
+            from contrastkit.core.errors import InputError
+            from contrastkit.scale.planner import parse_bytes  # lazily: it imports torch
+
+            try:
+                value = parse_bytes(value)
+            except (InputError, ValueError, OverflowError) as err:  # "1.2.3GiB", "1e999"
+                raise ConfigError(f"ray.memory_per_run: {err}") from None
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(
+                f"ray.memory_per_run must be a size >= 0 (e.g. 4GiB), got {self.memory_per_run!r}"
+            )
+        return value
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     name: str
     base: str
@@ -59,6 +128,8 @@ class StudyConfig:
     nboot: int = 1000
     level: float = 0.95
     out_dir: str = "studies"
+    executor: Literal["pool", "ray"] = "pool"
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
         if not self.grid or any(not isinstance(v, list) or not v for v in self.grid.values()):

@@ -1,5 +1,6 @@
 """Step guard: detect non-finite losses/gradients, loss spikes and non-finite weights after a step;
-skip (and undo) such steps and count them."""
+skip (and undo) such steps and count them. Sharded (FSDP) tensors are seen through this rank's
+rows: snapshots copy them, finiteness checks are local (the trainer combines them over ranks)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from contrastkit.core.errors import TrainingDivergedError
 from contrastkit.train.config import GuardConfig
@@ -113,7 +115,7 @@ class WeightSnapshot:
 
     def _current(self, keys: list[tuple[int, str]]) -> list[torch.Tensor]:
         state = self.optimizer.state
-        return [p.detach() for p in self.params] + [state[self.params[i]][k] for i, k in keys]
+        return [_local(p.detach()) for p in self.params] + [_local(state[self.params[i]][k]) for i, k in keys]
 
     def take(self) -> None:
         keys = self._state_keys()
@@ -137,11 +139,16 @@ class WeightSnapshot:
         torch._foreach_copy_(self._current(self._keys), self._bufs)
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's rows of a sharded tensor (a view: writing it writes the parameter), else ``t``."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
 def module_tensors(*modules: nn.Module) -> list[torch.Tensor]:
     """Every tensor of ``modules``' state dicts (what a checkpoint saves). Non-persistent buffers are
     left out: they are rebuilt, not learned, and some hold -inf on purpose (causal attention masks)."""
     return [
-        t.detach()
+        _local(t.detach())
         for m in modules
         for t in m.state_dict(keep_vars=True).values()
         if isinstance(t, torch.Tensor)

@@ -10,6 +10,14 @@
   ``out_dir/.<name>.lock``, beside the run folder so that it outlives an overwrite. The kernel
   drops the lock when the process exits, even on SIGKILL, so a crash never leaves a stale lock.
   A second process gets a one-line error naming the holder's pid.
+* ``train.auto_resume`` (:func:`auto_resume`): a start that finds its folder holding the same
+  config (``config.yaml`` read as a run config, defaults filled in, equal) resumes it instead of
+  refusing; a folder of another
+  config, or checkpoints without ``config.yaml``, stay an error, and ``overwrite`` is refused with
+  it (a restarted launch would delete the run it should continue).
+* Under several processes, what is read from a (shared) run folder to decide — resume or not, which
+  checkpoint (:func:`agreed_checkpoint`) — is rank 0's reading, broadcast: ranks never act on
+  different views of it.
 """
 
 from __future__ import annotations
@@ -24,12 +32,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from contrastkit.core.errors import ConfigError
+from contrastkit.core.config import from_dict, load_yaml, to_dict
+from contrastkit.core.errors import ConfigError, ContrastkitError
 from contrastkit.core.io import atomic_write_text
+from contrastkit.train.checkpoint import CheckpointError, latest_checkpoint
+from contrastkit.train.distributed import DistContext, from_main
 
 __all__ = [
     "MARKER",
     "RunLock",
+    "agreed_checkpoint",
+    "auto_resume",
     "check_run_name",
     "clear_for_overwrite",
     "exists_message",
@@ -98,6 +111,69 @@ def start_folder(
         write_marker(run_dir)
         atomic_write_text(run_dir / "config.yaml", config_yaml)
     ctx.barrier()
+
+
+def auto_resume(run_dir: Path, cfg: Any, ctx: DistContext, overwrite: bool) -> bool:
+    """For a start of run config ``cfg`` with ``train.auto_resume``: whether to resume ``run_dir``
+    (it holds the run of ``cfg``) rather than start it (no run there yet); a :class:`ConfigError`
+    on every rank for a folder it may not take (module docstring). Collective: every rank calls it."""
+    resume_it, error = from_main(_verdict(run_dir, cfg, overwrite) if ctx.main else (False, ""), ctx)
+    if error:
+        raise ConfigError(error)
+    return resume_it
+
+
+def agreed_checkpoint(run_dir: Path, ctx: DistContext) -> Path | None:
+    """The checkpoint every rank resumes: rank 0's newest intact one (``latest_checkpoint``, with
+    its fallback), or ``None`` before the first checkpoint. Collective: every rank calls it."""
+    found, failure = None, None
+    if ctx.main:
+        try:
+            found = latest_checkpoint(run_dir) if has_checkpoint(run_dir) else None
+        except CheckpointError as err:
+            failure = err
+    name, message = from_main((found and found.name, failure and str(failure)), ctx)
+    if failure is not None:
+        raise failure
+    if message is not None:  # the other ranks raise too, instead of waiting in a collective
+        raise CheckpointError(message)
+    return None if name is None else run_dir / "checkpoints" / name
+
+
+def _verdict(run_dir: Path, cfg: Any, overwrite: bool) -> tuple[bool, str]:
+    """Rank 0's reading for :func:`auto_resume`: ``(resume, error message or "")``."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        if not (run_dir / "checkpoints").exists():
+            return False, ""  # nothing to resume: a fresh start (a folder left empty is reused)
+        return False, f"run folder {run_dir} has checkpoints but no config.yaml: it cannot be resumed"
+    if overwrite:
+        return False, (
+            f"train.auto_resume resumes run folder {run_dir}, and --overwrite would delete it: pass one "
+            "(to start it again: --overwrite --set train.auto_resume=false)"
+        )
+    try:  # read as the run config, as resume reads it: a key added since with its default is the same
+        old = to_dict(from_dict(type(cfg), load_yaml(saved)))
+    except (OSError, ContrastkitError) as err:
+        return False, f"train.auto_resume: {saved} is not a readable run config ({err})"
+    new = to_dict(cfg)
+    if old != new:
+        diff = _first_difference(old, new)
+        return False, (
+            f"run folder {run_dir} holds a run of another config ({diff}); train.auto_resume resumes "
+            "only the same config: pick another name (--name) or start it again with --overwrite "
+            "and train.auto_resume=false"
+        )
+    return True, ""
+
+
+def _first_difference(old: Any, new: Any, where: str = "") -> str:
+    """The first key whose value differs between two configs (as dicts): ``key: A there, B now``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in [*old, *(k for k in new if k not in old)]:
+            if old.get(key) != new.get(key):
+                return _first_difference(old.get(key), new.get(key), f"{where}.{key}" if where else str(key))
+    return f"{where or 'config'}: {old!r} there, {new!r} now"
 
 
 def has_checkpoint(run_dir: Path) -> bool:

@@ -6,7 +6,7 @@ data; seeding before the model is built). :mod:`contrastkit.train.trainer` runs 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -14,11 +14,13 @@ import torch
 from contrastkit.core.errors import ConfigError
 from contrastkit.core.runtime import seed_everything, set_threads
 from contrastkit.data import Source, open_split, source_captions
+from contrastkit.data.pairs import PairSet
 from contrastkit.losses import from_config as build_loss
 from contrastkit.losses.base import PairLoss
 from contrastkit.models.dual_encoder import DualEncoder, build_model
 from contrastkit.train import setup, teacher
 from contrastkit.train.config import RunConfig
+from contrastkit.train.dist_towers import GradSync, tower_sync
 from contrastkit.train.distributed import DistContext, broadcast_parameters
 from contrastkit.train.feed import DataFeed
 from contrastkit.train.guard import StepGuard, WeightSnapshot
@@ -50,8 +52,10 @@ class Session:
     logger: MetricsLogger
     feed: DataFeed  # the training batches, skip totals and stream places
     snapshot: WeightSnapshot  # weights + optimizer state before a step, to undo a non-finite one
+    towers: GradSync  # how gradients are averaged over ranks: DDP runners, FSDP shards, all-reduce
     noisy: NoisyPairs | None = None  # curation.noisy_pairs: per-pair clean probabilities
     jest: Jest | None = None  # curation.jest: the reference that picks the batch of a super-batch
+    aux_log: dict[str, float] = field(default_factory=dict)  # the towers' auxiliary terms, last step
 
 
 def build_session(
@@ -73,7 +77,8 @@ def build_session(
     if fresh and cfg.train.init_from:
         model = setup.init_from(cfg, Path(cfg.train.init_from), loss, run_dir if ctx.main else None)
     elif fresh:
-        model = build_model(cfg.model, texts=source_captions(train_set))
+        held = train_set.images if isinstance(train_set, PairSet) else None  # in memory: a built-in set
+        model = build_model(cfg.model, texts=source_captions(train_set), images=held)
         if ctx.main:
             model.save_assets(run_dir / "assets")
     else:
@@ -86,7 +91,10 @@ def build_session(
     apply_speed_options(
         model, compile_towers=cfg.train.compile, channels_last=cfg.train.channels_last, device=device
     )
-    optimizer = build_optimizer(cfg.optim, param_groups(model, loss, cfg.optim.weight_decay))
+    towers = tower_sync(cfg, model, loss, ctx, device)  # train.dist_wrapper: before the optimizer
+    groups = param_groups(model, loss, cfg.optim.weight_decay)
+    optimizer = build_optimizer(towers.optim_config(cfg.optim), groups)
+    towers.bind(optimizer)
     scheduler = build_scheduler(cfg.optim, optimizer, cfg.train.steps)
     logger = MetricsLogger(run_dir, tensorboard=cfg.train.tensorboard, enabled=ctx.main)
     return Session(
@@ -109,6 +117,7 @@ def build_session(
             pair_index=cfg.curation.noisy_pairs is not None,
         ),
         WeightSnapshot(optimizer),
+        towers,
         NoisyPairs.for_run(cfg, train_set, ctx.world),
         Jest.for_run(cfg, model, train_set, ctx.rank, ctx.world),
     )

@@ -20,6 +20,7 @@ from contrastkit.data import check_data
 from contrastkit.data.long_captions import check_long_caption_run
 from contrastkit.data.samplers import sampler_fields
 from contrastkit.losses.base import LOSSES, LossTerm, MultiLoss, PairLoss
+from contrastkit.models.aux import chunking_refusal
 from contrastkit.models.dual_encoder import DualEncoder, build_model
 from contrastkit.models.towers import TOWERS
 from contrastkit.scale import TILED_MULTI, TiledLoss
@@ -87,6 +88,7 @@ def check_config(cfg: RunConfig) -> None:
     for modality, tower in cfg.model.towers.items():
         fn = TOWERS.get(tower.name)
         check_params(fn, {"context": None, **tower.params}, f"tower {tower.name!r} (model.towers.{modality})")
+        _check_tower_scale(cfg, modality, tower.name, tower.params)
     check_data(cfg.data, (cfg.data.train_split, *cfg.data.eval_splits))
     check_noisy_pairs(cfg)
     check_jest(cfg)
@@ -109,6 +111,25 @@ def check_config(cfg: RunConfig) -> None:
         cfg.data.label_task,
         fields,
     )
+
+
+def _check_tower_scale(cfg: RunConfig, modality: str, name: str, params: dict) -> None:
+    """Towers whose outputs or auxiliary losses couple the examples of a batch (LIMoE's expert
+    capacity, FuseLIP's masked modelling) refuse gradient caching, which could not be exact; a tower
+    running another's shared weights refuses FSDP, which shards those weights inside the owner's
+    wrapper only (:mod:`contrastkit.models.aux`)."""
+    fn = TOWERS.get(name)
+    why = chunking_refusal(fn, params)
+    if why and cfg.scale.chunk_size is not None:
+        raise ConfigError(
+            f"scale.chunk_size (gradient caching) cannot be exact with tower {name!r} "
+            f"(model.towers.{modality}): {why}. Unset scale.chunk_size"
+        )
+    if getattr(fn, "shares_weights", False) and getattr(cfg.train, "dist_wrapper", None) == "fsdp":
+        raise ConfigError(
+            f"tower {name!r} (model.towers.{modality}) runs another tower's weights, which FSDP shards "
+            "inside that tower's wrapper only: use train.dist_wrapper ddp or allreduce"
+        )
 
 
 def _check_negatives(cfg: RunConfig) -> None:

@@ -37,6 +37,7 @@ from contrastkit.data.long_captions import LONG_KEY, encode_positives, long_capt
 from contrastkit.data.negatives import NEG_KEY
 from contrastkit.losses import from_config as build_loss
 from contrastkit.losses.base import MultiLoss, PairLoss
+from contrastkit.models.aux import pop_aux_losses
 from contrastkit.models.dual_encoder import DualEncoder, build_model
 from contrastkit.models.pretrained import check_files
 from contrastkit.scale import backward_through_chunks, chunks_to_keep, embed_in_chunks
@@ -46,15 +47,15 @@ from contrastkit.train.config import RunConfig
 from contrastkit.train.distributed import (
     all_mean,
     all_true,
-    average_gradients,
     init_from_env,
 )
 from contrastkit.train.guard import all_finite, module_tensors
 from contrastkit.train.logger import read_metrics
 from contrastkit.train.rundir import (
     RunLock,
+    agreed_checkpoint,
+    auto_resume,
     exists_message,
-    has_checkpoint,
     run_folder,
     start_folder,
 )
@@ -85,7 +86,12 @@ def train(cfg: RunConfig, *, overwrite: bool = False, callbacks: Sequence[Callba
 
     Under ``torchrun`` (or inside an initialised process group) every rank calls this; rank 0
     locks and writes the run folder, logs and checkpoints (:mod:`contrastkit.train.rundir`).
+    With ``train.auto_resume``, a folder that already holds this config is resumed (:func:`resume`).
     """
+    if cfg.train.auto_resume:  # rank 0 reads the folder; every rank follows its verdict
+        run_dir, ctx = run_folder(cfg.out_dir, cfg.name), init_from_env(_device(cfg.train.device))
+        if auto_resume(run_dir, cfg, ctx, overwrite):
+            return resume(run_dir, callbacks=callbacks)
     if cfg.curation.mcl is not None:  # multistage: its stages are ordinary runs in the folder
         return multistage.train_multistage(cfg, overwrite=overwrite, callbacks=callbacks)
     run_dir = run_folder(cfg.out_dir, cfg.name)
@@ -136,7 +142,7 @@ def resume(
     device = _device(cfg.train.device)
     ctx = init_from_env(device)
     with RunLock(run_dir) if ctx.main else nullcontext(), progress_default(cfg.train.progress and ctx.main):
-        ckpt = latest_checkpoint(run_dir) if has_checkpoint(run_dir) else None
+        ckpt = agreed_checkpoint(run_dir, ctx)  # rank 0's choice: every rank loads the same step
         done = 0 if ckpt is None else int(ckpt.name[5:])  # step_00000500
         if steps is not None and steps <= done:
             raise ConfigError(f"train.steps={steps} must be above step {done}, where run {run_dir} stopped")
@@ -197,11 +203,12 @@ def _embed(s: Session, batch: dict[str, torch.Tensor]):
     run chunk by chunk with gradient caching (same loss and gradients, one chunk's memory)."""
     chunk = s.cfg.scale.chunk_size
     amp = s.cfg.train.precision == "bf16"
-    with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=amp):
+    with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=amp), s.towers.step():
         if chunk is not None and chunk < len(next(iter(batch.values()))):
             sc = s.cfg.scale  # graphs of the chunks that fit are kept, not re-run (scale.grad_cache)
-            keep = chunks_to_keep(s.model, batch, chunk, sc.keep_chunks, sc.graph_bytes())
-            cached = embed_in_chunks(s.model, batch, chunk, keep)
+            with s.towers.no_sync():  # DDP/FSDP: chunks accumulate; chunk 0's re-run syncs (pass 2)
+                keep = chunks_to_keep(s.model, batch, chunk, sc.keep_chunks, sc.graph_bytes())
+                cached = embed_in_chunks(s.model, batch, chunk, keep, keep_first=not s.towers.wrapped)
             return cached.reps, cached
         emb = s.model(batch)
         if NEG_KEY in batch:  # hard-negative captions (data.text_negatives): the text tower's too
@@ -239,6 +246,14 @@ def _compute_loss(s: Session, emb: dict[str, torch.Tensor], batch: dict[str, tor
     return s.objective(a.float(), b.float(), **aux)
 
 
+def _with_aux_losses(s: Session, loss: torch.Tensor) -> torch.Tensor:
+    """``loss`` plus the auxiliary terms the towers recorded in this step's forward (LIMoE's routing
+    entropies, FuseLIP's masked modelling: :mod:`contrastkit.models.aux`), each logged as ``aux/<name>``."""
+    aux = pop_aux_losses(s.model)
+    s.aux_log = {f"aux/{k}": float(v.detach()) for k, v in aux.items()}
+    return loss + sum(v.float() for v in aux.values()) if aux else loss
+
+
 def _step(s: Session, batch: dict[str, torch.Tensor], step: int) -> tuple[float, float, str | None]:
     """One guarded optimisation step (0-based ``step``); returns (loss, grad norm, skip reason or None).
 
@@ -246,24 +261,27 @@ def _step(s: Session, batch: dict[str, torch.Tensor], step: int) -> tuple[float,
     averaged gradients' norm — so ranks never diverge or wait on each other's collectives.
     """
     s.model.train()
+    pop_aux_losses(s.model)  # terms of forwards outside a step (none in practice) are not this step's
     emb, cached = _embed(s, batch)
     loss_val, grad_norm = float("nan"), float("nan")
     if not all_true(all(bool(torch.isfinite(e).all()) for e in emb.values()), s.dist):
         reason: str | None = "non-finite embeddings"
     else:
-        loss = _compute_loss(s, emb, batch)
+        loss = _with_aux_losses(s, _compute_loss(s, emb, batch))
         loss_val = all_mean(float(loss.detach()), s.dist)  # local forms: the mean is the global loss
         reason = s.guard.check_loss(loss_val)
         if reason is None:
             loss.backward()
             if cached is not None:
                 amp = s.cfg.train.precision == "bf16"
-                with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=amp):
-                    backward_through_chunks(s.model, batch, cached)
-            average_gradients([s.model, s.loss], s.dist)
+                with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=amp), s.towers.step():
+                    final = s.towers.final if s.towers.wrapped else None  # the syncing chunks
+                    with s.towers.no_sync():
+                        backward_through_chunks(s.model, batch, cached, final=final)
+            s.towers.average()  # train.dist_wrapper: what DDP/FSDP left, or everything (allreduce)
             params = [p for g in s.optimizer.param_groups for p in g["params"]]
             clip = s.cfg.optim.grad_clip or float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+            grad_norm = s.towers.clip_grad_norm(params, clip)
             reason = s.guard.check_grad_norm(grad_norm)
     if reason is None:
         s.snapshot.take()
@@ -308,6 +326,7 @@ def _record(
                 "grad_norm": grad_norm,
                 **s.loss.log_values(),
                 **s.model.log_values(),
+                **s.aux_log,  # the towers' auxiliary loss terms of this step (already in "loss")
                 "data_time": t1 - t0,
                 "step_time": t2 - t1,
                 "samples_per_s": rate,
@@ -321,19 +340,21 @@ def _record(
 
 
 def _checkpoint(s: Session, step: int) -> None:
-    if not all_finite(module_tensors(s.model, s.loss)):  # never replace a good checkpoint with this
+    finite = all_true(all_finite(module_tensors(s.model, s.loss)), s.dist)  # FSDP: each rank its rows
+    if not finite:  # never replace a good checkpoint with this
         raise TrainingDivergedError(
             f"weights or buffers are non-finite at step {step}; checkpoint not written (the newest good "
             f"one is kept). Last skipped step: {s.guard.last_reason or 'none'}"
         )
     data_state = s.feed.state_dict()
+    model, optimizer = s.towers.for_saving(s.optimizer)  # FSDP: every rank gathers what rank 0 writes
     if s.dist.main:
         save_checkpoint(
             s.run_dir / "checkpoints",
             step,
-            s.model,
+            model,
             s.loss,
-            s.optimizer,
+            optimizer,
             s.scheduler,
             {"guard": s.guard.state_dict(), "batches_consumed": step, "data": data_state}
             | ({"noisy_pairs": s.noisy.state_dict()} if s.noisy is not None else {}),
@@ -344,6 +365,8 @@ def _checkpoint(s: Session, step: int) -> None:
 
 def _fit(s: Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
     cfg = s.cfg.train
+    if callbacks and s.towers.wrapped and cfg.dist_wrapper == "fsdp":  # they run on rank 0 alone
+        raise ConfigError("per-step callbacks cannot run with sharded towers (train.dist_wrapper=fsdp)")
     data = s.cfg.data
     text = "text" in data.modalities
     loader = s.feed.loader(

@@ -27,7 +27,10 @@ AUX = {
     "tagalign": {"targets": (torch.rand(N, 4, generator=g) > 0.5).double()},
     "captioning": {"text_ids": torch.randint(1, 11, (N, 5), generator=g)},
     "coca": {"text_ids": torch.randint(1, 11, (N, 5), generator=g)},
+    "split_caption": {"text_ids": torch.randint(1, 11, (N, 5), generator=g)},
 }
+# embeddings of another shape than [N, D] (the split text tower's caption logits [N, L - 1, V])
+SHAPES = {"caption_logits": (N, 4, 11)}
 # the keys a MultiLoss reads when its ``inputs`` are "all present" (GRAM, pairwise CLIP)
 ALL_KEYS = ("image", "text", "attributes")
 
@@ -37,7 +40,10 @@ def test_every_registered_loss_builds_and_trains(name):
     loss = losses.build(name, **PARAMS.get(name, {}))
     if isinstance(loss, MultiLoss):  # a dict of embeddings keyed by modality / view / ":ema"
         keys = loss.inputs if loss.inputs is not None else ALL_KEYS
-        emb = {k: torch.randn(N, D, generator=g, requires_grad=not k.endswith(":ema")) for k in keys}
+        emb = {
+            k: torch.randn(*SHAPES.get(k, (N, D)), generator=g, requires_grad=not k.endswith(":ema"))
+            for k in keys
+        }
         value = loss(emb, **AUX.get(name, {}))
         x = next(v for k, v in emb.items() if not k.endswith(":ema"))
     else:
