@@ -49,7 +49,7 @@ from contrastkit.models.aux import AuxLosses, declare_chunking
 from contrastkit.models.blocks import Block
 from contrastkit.models.image_codes import KMeansImageTokenizer, fit_codebook
 from contrastkit.models.tokenizer import encode, load_tokenizer, train_word_tokenizer
-from contrastkit.models.towers import TOWERS, TextTower, Tower, TowerContext, shared_owner
+from contrastkit.models.towers import TOWERS, TextTower, Tower, TowerContext, check_token_ids, shared_owner
 
 __all__ = ["FuseLIPTextTower", "FuseLIPTower", "MaskedTokenHead"]
 
@@ -142,10 +142,7 @@ class FuseLIPTower(Tower, AuxLosses):
         return seq
 
     def _check_text(self, ids: torch.Tensor) -> None:
-        if ids.ndim != 2 or ids.dtype != torch.long or ids.shape[0] == 0:
-            raise InputError(
-                f"text input must be a non-empty LongTensor [B, L], got {ids.dtype} {tuple(ids.shape)}"
-            )
+        check_token_ids(ids)
         if bool(((ids < 0) | (ids >= self.text_vocab)).any()):
             raise InputError(f"text ids must lie in the text range [0, {self.text_vocab})")
 

@@ -48,7 +48,7 @@ from contrastkit.models.aux import AuxLosses, declare_chunking
 from contrastkit.models.blocks import Block
 from contrastkit.models.moe import SparseMoE, global_entropy, local_entropy, thresholded_global_entropy
 from contrastkit.models.tokenizer import encode, load_tokenizer, train_word_tokenizer
-from contrastkit.models.towers import TOWERS, TextTower, Tower, TowerContext, shared_owner
+from contrastkit.models.towers import TOWERS, TextTower, Tower, TowerContext, check_token_ids, shared_owner
 
 __all__ = ["LIMoEBody", "LIMoEImageTower", "LIMoETextTower"]
 
@@ -170,12 +170,7 @@ class LIMoETextTower(TextTower):
         return self._owner[0]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if ids.ndim != 2 or ids.dtype != torch.long or ids.shape[0] == 0:
-            raise InputError(
-                f"text input must be a non-empty LongTensor [B, L], got {ids.dtype} {tuple(ids.shape)}"
-            )
-        if ids.shape[1] > self.max_length:
-            raise InputError(f"text of {ids.shape[1]} tokens is longer than max_length={self.max_length}")
+        check_token_ids(ids, self.max_length)
         pad = ids == self.pad_id
         hidden = self.owner.run(self.embed(ids) + self.pos[:, : ids.shape[1]], pad, "text")
         m = (~pad).unsqueeze(-1).to(hidden.dtype)

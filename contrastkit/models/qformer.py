@@ -46,7 +46,15 @@ from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.core.registry import Fraction, PositiveInt
 from contrastkit.models.pretrained import load_weights, map_state_dict
 from contrastkit.models.tokenizer import load_tokenizer, train_word_tokenizer
-from contrastkit.models.towers import TOWERS, ImageTower, TextTower, Tower, TowerContext, shared_owner
+from contrastkit.models.towers import (
+    TOWERS,
+    ImageTower,
+    TextTower,
+    Tower,
+    TowerContext,
+    check_token_ids,
+    shared_owner,
+)
 
 __all__ = ["QFormerBody", "QFormerImageTower", "QFormerLayer", "QFormerTextTower"]
 
@@ -183,12 +191,7 @@ class QFormerTextTower(TextTower):
         return self._owner[0]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if ids.ndim != 2 or ids.dtype != torch.long or ids.shape[0] == 0:
-            raise InputError(
-                f"text input must be a non-empty LongTensor [B, L], got {ids.dtype} {tuple(ids.shape)}"
-            )
-        if ids.shape[1] > self.max_length:
-            raise InputError(f"text of {ids.shape[1]} tokens is longer than max_length={self.max_length}")
+        check_token_ids(ids, self.max_length)
         pos = torch.arange(ids.shape[1], device=ids.device)
         emb = self.word_embeddings(ids) + self.position_embeddings(pos)[None]
         return self.owner.body.encode_text(emb, ids == self.pad_id)[:, 0]

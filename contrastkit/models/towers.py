@@ -122,6 +122,19 @@ class ImageTower(Tower):
         raise InputError(f"image tower features of shape {tuple(feats.shape)} have no patch grid")
 
 
+def check_token_ids(ids: torch.Tensor, max_length: int | None = None) -> None:
+    """A text tower's input must be a non-empty ``LongTensor [B, L]`` of token ids, at most
+    ``max_length`` long: anything else is an :class:`InputError` naming what came instead."""
+    if ids.ndim != 2 or ids.dtype != torch.long:
+        raise InputError(
+            f"text input must be LongTensor [B, L] of token ids, got {ids.dtype} {tuple(ids.shape)}"
+        )
+    if ids.shape[0] == 0:
+        raise InputError("empty text batch")
+    if max_length is not None and ids.shape[1] > max_length:
+        raise InputError(f"text of {ids.shape[1]} tokens is longer than max_length={max_length}")
+
+
 class TextTower(Tower):
     """A transformers encoder + its tokenizer; pooled by [CLS] or masked mean."""
 
@@ -145,12 +158,7 @@ class TextTower(Tower):
         return sum(len(t) > self.max_length for t in ids)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if ids.ndim != 2 or ids.dtype != torch.long:
-            raise InputError(
-                f"text input must be LongTensor [B, L] of token ids, got {ids.dtype} {tuple(ids.shape)}"
-            )
-        if ids.shape[0] == 0:
-            raise InputError("empty text batch")
+        check_token_ids(ids)
         mask = ids != self.pad_id
         hidden = self.encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
         if self.pooling == "cls":
