@@ -227,8 +227,10 @@ def _all_sum(parts: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _optimizer_to_shards(optimizer: torch.optim.Optimizer) -> None:
-    """Load hook: the moments of a sharded parameter, loaded whole, become this rank's rows."""
+    """Load hook: the moments of a sharded parameter, loaded whole, become this rank's rows; the
+    for-loop update stays (a checkpoint of an unsharded run may name foreach or fused)."""
     for group in optimizer.param_groups:
+        group["foreach"], group["fused"] = False, None
         for p in group["params"]:
             state = optimizer.state.get(p, {})
             for key, value in list(state.items()):
