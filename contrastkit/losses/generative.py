@@ -48,7 +48,7 @@ from contrastkit.core.registry import Fraction, NonNegative, NonNegInt, Positive
 from contrastkit.losses.base import LOSSES, MaxScale, PairLoss, as_float, learnable_log_scale
 from contrastkit.losses.clip import clip_loss
 
-__all__ = ["CaptionDecoder", "CaptioningLoss", "CoCaLoss", "caption_loss", "coca_loss"]
+__all__ = ["CaptionDecoder", "CaptioningLoss", "CoCaLoss", "caption_loss", "clip_plus_caption", "coca_loss"]
 
 
 def _check_ids(text_ids: Any, n: int | None, vocab_size: int | None = None) -> torch.Tensor:
@@ -111,6 +111,25 @@ def coca_loss(
     if lambda_cap:
         terms.append(lambda_cap * caption_loss(token_logits, text_ids, pad_id))
     return terms[0] if len(terms) == 1 else terms[0] + terms[1]
+
+
+def clip_plus_caption(
+    loss: Any, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None, ids: torch.Tensor | None
+) -> torch.Tensor:
+    """``λ_con · clip_loss(x, y; e^θ) + λ_cap · caption_loss(logits, ids)`` for a module holding
+    ``lambda_con``, ``lambda_cap``, ``log_scale``, ``pad_id``, ``normalize`` and ``allow_single``
+    (CoCa here, COSMO's ``split_caption``); a zero weight skips its term. Sets ``loss._last`` to
+    the unweighted terms for logging."""
+    terms: dict[str, torch.Tensor] = {}
+    if loss.lambda_con:
+        s = loss.log_scale.exp()
+        terms["contrastive"] = clip_loss(x, y, s, normalize=loss.normalize, allow_single=loss.allow_single)
+    if loss.lambda_cap:
+        terms["caption"] = caption_loss(logits, ids, loss.pad_id)
+    loss._last = {f"loss/{k}": float(v.detach()) for k, v in terms.items()}
+    weight = {"contrastive": loss.lambda_con, "caption": loss.lambda_cap}
+    parts = [weight[k] * v for k, v in terms.items()]
+    return parts[0] if len(parts) == 1 else parts[0] + parts[1]
 
 
 class CaptionDecoder(nn.Module):
@@ -252,22 +271,12 @@ class CoCaLoss(CaptioningLoss):
         if y is None:
             raise InputError("coca needs the text embeddings y for its contrastive term")
         check_pair(x, y)
+        ids = logits = None
         if self.lambda_cap:
             ids, logits = self._inputs(x, aux)
         else:  # λ_cap = 0: exactly CLIP, the decoder is not run and text_ids may be absent
             self.check_aux(aux)
-        terms: dict[str, torch.Tensor] = {}
-        if self.lambda_con:
-            s = self.log_scale.exp()
-            terms["contrastive"] = clip_loss(
-                x, y, s, normalize=self.normalize, allow_single=self.allow_single
-            )
-        if self.lambda_cap:
-            terms["caption"] = caption_loss(logits, ids, self.pad_id)
-        self._last = {f"loss/{k}": float(v.detach()) for k, v in terms.items()}
-        weight = {"contrastive": self.lambda_con, "caption": self.lambda_cap}
-        parts = [weight[k] * v for k, v in terms.items()]
-        return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+        return clip_plus_caption(self, x, y, logits, ids)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:

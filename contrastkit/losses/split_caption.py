@@ -30,8 +30,7 @@ import torch
 from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.core.registry import NonNegative, NonNegInt, Positive
 from contrastkit.losses.base import LOSSES, MaxScale, MultiLoss, learnable_log_scale
-from contrastkit.losses.clip import clip_loss
-from contrastkit.losses.generative import caption_loss
+from contrastkit.losses.generative import clip_plus_caption
 
 __all__ = ["LOGITS_KEY", "SplitCaptionLoss"]
 
@@ -78,21 +77,10 @@ class SplitCaptionLoss(MultiLoss):
                 "trained without scale.chunk_size (gradient caching encodes the towers separately)"
             )
         x, y, logits = self.select(emb)
-        terms: dict[str, torch.Tensor] = {}
-        if self.lambda_con:
-            s = self.log_scale.exp()
-            terms["contrastive"] = clip_loss(
-                x, y, s, normalize=self.normalize, allow_single=self.allow_single
-            )
-        if self.lambda_cap:
-            ids = aux.get("text_ids")
-            if ids is None:
-                raise InputError("split_caption needs the batch field text_ids [N, L] (caption token ids)")
-            terms["caption"] = caption_loss(logits, ids, self.pad_id)
-        self._last = {f"loss/{k}": float(v.detach()) for k, v in terms.items()}
-        weight = {"contrastive": self.lambda_con, "caption": self.lambda_cap}
-        parts = [weight[k] * v for k, v in terms.items()]
-        return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+        ids = aux.get("text_ids")
+        if self.lambda_cap and ids is None:
+            raise InputError("split_caption needs the batch field text_ids [N, L] (caption token ids)")
+        return clip_plus_caption(self, x, y, logits, ids)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
