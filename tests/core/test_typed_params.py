@@ -295,8 +295,12 @@ def test_shipped_configs_load_and_build_their_components(path):
         pytest.skip("composite loss")
     from_config(cfg.loss)
     built: dict = {}  # in config order: a tower sharing an earlier one's weights finds it
+    # training images held in memory, as the session passes for a built-in set (FuseLIP fits on them)
+    images = torch.randint(
+        0, 256, (64, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+    )
     for modality, tower in cfg.model.towers.items():
-        ctx = TowerContext(texts=TEXTS, towers=dict(built))
+        ctx = TowerContext(texts=TEXTS, towers=dict(built), images=images)
         if tower.name in ("timm_pretrained", "hf_pretrained", "cached_text"):
             check_params(TOWERS.get(tower.name), dict(tower.params), f"tower {tower.name!r}")
         else:  # a weights file made by another run first (qformer's frozen tower) may be absent here
