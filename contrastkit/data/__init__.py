@@ -23,6 +23,7 @@ from contrastkit.data.pairs import (
 from contrastkit.data.shape_bags import make_shape_bags
 from contrastkit.data.shapes import SPLITS as SHAPES_SPLITS
 from contrastkit.data.shapes import make_shapes
+from contrastkit.data.vectors import make_vectors
 
 __all__ = [
     "DATASETS",
@@ -50,6 +51,7 @@ __all__ = [
     "make_loader",
     "make_shape_bags",
     "make_shapes",
+    "make_vectors",
     "open_split",
     "source_captions",
     "train_loader",
@@ -61,6 +63,7 @@ DATASETS.register("digits")(make_digits)
 DATASETS.register("fashion_mnist")(make_fashion_mnist)
 DATASETS.register("emoji")(make_emoji)
 DATASETS.register("shape_bags")(make_shape_bags)
+DATASETS.register("vectors")(make_vectors)
 
 # the splits of each built-in set (its builder refuses others): checked before anything is generated
 DATASET_SPLITS: dict[str, tuple[str, ...]] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -12,6 +13,9 @@ from contrastkit.data.long_captions import LongCaptionConfig, check_long_caption
 from contrastkit.data.textaug import TextAugConfig
 
 __all__ = ["DataConfig", "SamplerConfig", "SourceConfig"]
+
+_SIGNAL = re.compile(r"^[a-z][a-z0-9_]*$")  # a signal's name (contrastkit.data.signals)
+_KEYS = {"labels", "targets", "text_neg", "text_pos"}  # batch keys no modality may take
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,10 @@ class DataConfig:
     ``long_captions``: split each sampled caption into sentences and put ``k`` of them (plus the
     whole caption with ``full``) in the batch as positives of the image (DreamLIP,
     :mod:`contrastkit.data.long_captions`; null = off).
+    Besides ``image``/``text``/``attributes``, ``modalities`` may name a data set's **signals**
+    (``audio``, ``series``, ``vectors``…; :mod:`contrastkit.data.signals`). ``missing``:
+    ``{modality: fraction}`` of the training split's samples that lack that modality (the same
+    samples every epoch, drawn from ``train.seed``; batches then carry ``present:<modality>``).
     """
 
     name: str = "shapes"
@@ -101,14 +109,23 @@ class DataConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     text_negatives: str | None = None
     long_captions: LongCaptionConfig | None = None
+    missing: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         known = ("image", "text", "attributes")
-        unknown = [m for m in self.modalities if m not in known]
-        if unknown or len(set(self.modalities)) != len(self.modalities):
+        unknown = [m for m in self.modalities if m not in known and not _SIGNAL.match(m)]
+        if unknown or len(set(self.modalities)) != len(self.modalities) or set(self.modalities) & _KEYS:
             raise ConfigError(
-                f"data.modalities must be distinct names from {list(known)}, got {list(self.modalities)}"
+                f"data.modalities must be distinct names: {list(known)} or a signal of the data set "
+                f"(a lower-case identifier such as audio, series, vectors), got {list(self.modalities)}"
             )
+        for m, f in self.missing.items():
+            if m not in self.modalities:
+                raise ConfigError(
+                    f"data.missing names {m!r}, which is not in data.modalities {list(self.modalities)}"
+                )
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f < 1:
+                raise ConfigError(f"data.missing.{m} must be a fraction in [0, 1), got {f!r}")
         if not self.modalities and self.views == 0:
             raise ConfigError("data.modalities is empty and data.views is 0: batches would be empty")
         if self.views < 0:

@@ -29,6 +29,7 @@ from contrastkit.data.mix import MixDataset
 from contrastkit.data.pairs import Collate, PairDataset, PairSet
 from contrastkit.data.samplers import build_sampler, check_sampler, context_of
 from contrastkit.data.shards import ShardSource, ShardStream, make_webdataset
+from contrastkit.data.signals import with_missing
 from contrastkit.data.table import PAIR_KEY, PairTable, TableDataset
 from contrastkit.data.tabular import make_csv, make_parquet, make_tsv
 
@@ -122,10 +123,20 @@ def open_split(cfg: DataConfig, split: str, progress: bool = False) -> Source:
         return Mixture(tuple(parts), tuple(s.weight for s in cfg.sources))
     params = cfg.split_params(split)
     if cfg.name in SOURCES:
-        return SOURCES.build(cfg.name, split=split, **params)
-    if "progress" in inspect.signature(DATASETS.get(cfg.name)).parameters:
-        params.setdefault("progress", progress)
-    return DATASETS.build(cfg.name, split=split, **params)
+        source = SOURCES.build(cfg.name, split=split, **params)
+    else:
+        if "progress" in inspect.signature(DATASETS.get(cfg.name)).parameters:
+            params.setdefault("progress", progress)
+        source = DATASETS.build(cfg.name, split=split, **params)
+    if cfg.missing and split == cfg.train_split:  # data.missing: training samples without a modality
+        if not isinstance(source, PairSet):
+            raise ConfigError(
+                f"data.missing needs a data set held in memory; {cfg.name!r} is read from files"
+            )
+        seed = int(params.get("seed", 0))
+        present = with_missing(source.present, cfg.missing, len(source), seed)
+        source = dataclasses.replace(source, present=present)
+    return source
 
 
 def load_split(cfg: DataConfig, split: str, progress: bool = False) -> PairSet:

@@ -16,7 +16,7 @@ workers.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from contrastkit.core.concepts import caption_vocabulary, concept_targets
 from contrastkit.core.errors import InputError
 from contrastkit.data.augment import AugmentConfig, make_views
+from contrastkit.data.signals import check_present, check_signal, present_key, variant_rows
 from contrastkit.data.skips import SKIPS_KEY
 
 __all__ = [
@@ -44,7 +45,7 @@ __all__ = [
     "pair_offsets",
 ]
 
-MODALITIES = ("image", "text", "attributes")  # what a PairSet can put in a batch
+MODALITIES = ("image", "text", "attributes")  # what every PairSet may put in a batch (plus its signals)
 SEED_KEY = "_seed"  # batch field: the integers that seed this batch's text augmentation
 INDEX_KEY = "_pair"  # batch field (when asked for): each row's flat (image, caption) pair index
 
@@ -86,24 +87,29 @@ class PairSet:
 
     ``attributes``: optional ``float32 [N, D]`` vector per image (batch key ``"attributes"``);
     ``attribute_names``: what each of its D entries means (empty or D names).
+    ``images`` may be ``None``: a set of other modalities with captions (sensor series, vectors).
+    ``signals``: further modalities by name, float ``[N, V, …]`` (V variants per sample);
+    ``present``: ``{modality: bool [N]}`` for modalities some samples lack
+    (:mod:`contrastkit.data.signals`).
     """
 
-    images: torch.Tensor
+    images: torch.Tensor | None
     captions: tuple[tuple[str, ...], ...]
     tasks: dict[str, ClassTask] = field(default_factory=dict)
     name: str = ""
     attributes: torch.Tensor | None = None
     attribute_names: tuple[str, ...] = ()
+    signals: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    present: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
-            raise InputError(
-                f"images must be uint8 [N, 3, H, W], got {self.images.dtype} {tuple(self.images.shape)}"
-            )
-        if not self.images.is_contiguous():  # a channels-last view would change conv kernels and numbers
-            object.__setattr__(self, "images", self.images.contiguous())
-        if len(self.captions) != self.images.shape[0]:
-            raise InputError(f"{len(self.captions)} caption lists for {self.images.shape[0]} images")
+        im = self.images
+        if im is not None and (im.dtype != torch.uint8 or im.ndim != 4 or im.shape[1] != 3):
+            raise InputError(f"images must be uint8 [N, 3, H, W], got {im.dtype} {tuple(im.shape)}")
+        if im is not None and not im.is_contiguous():  # a channels-last view would change conv kernels
+            object.__setattr__(self, "images", im.contiguous())
+        if im is not None and len(self.captions) != im.shape[0]:
+            raise InputError(f"{len(self.captions)} caption lists for {im.shape[0]} images")
         if any(len(c) == 0 for c in self.captions):
             raise InputError("every image needs at least one caption")
         for tname, task in self.tasks.items():
@@ -117,9 +123,32 @@ class PairSet:
                 )
             if self.attribute_names and len(self.attribute_names) != a.shape[1]:
                 raise InputError(f"{len(self.attribute_names)} attribute names for {a.shape[1]} attributes")
+        for m, values in self.signals.items():
+            check_signal(m, values, len(self))
+        check_present(self.present, self.modalities, len(self))
 
     def __len__(self) -> int:
-        return int(self.images.shape[0])
+        return len(self.captions)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The batch keys this set can fill: ``image`` (if it has images), ``text``,
+        ``attributes`` (if any) and its signals."""
+        own = (
+            ("image",) * (self.images is not None)
+            + ("text",)
+            + ("attributes",) * (self.attributes is not None)
+        )
+        return own + tuple(self.signals)
+
+    def image_tensor(self) -> torch.Tensor:
+        """The images, or an :class:`InputError` for a set without images (what image tasks call)."""
+        if self.images is None:
+            raise InputError(
+                f"{self.name or 'this data set'} has no images (modalities {list(self.modalities)}); "
+                "evaluate it with tasks over its own modalities (cross_modal)"
+            )
+        return self.images
 
     def subset(self, index: Sequence[int] | np.ndarray) -> PairSet:
         idx = np.asarray(index, dtype=np.int64)
@@ -127,13 +156,16 @@ class PairSet:
             k: ClassTask(t.classnames, t.templates, t.labels[idx], t.fix_articles)
             for k, t in self.tasks.items()
         }
+        rows = torch.from_numpy(idx)
         return PairSet(
-            images=self.images[torch.from_numpy(idx)],
+            images=None if self.images is None else self.images[rows],
             captions=tuple(self.captions[i] for i in idx),
             tasks=tasks,
             name=self.name,
-            attributes=None if self.attributes is None else self.attributes[torch.from_numpy(idx)],
+            attributes=None if self.attributes is None else self.attributes[rows],
             attribute_names=self.attribute_names,
+            signals={m: v[rows] for m, v in self.signals.items()},
+            present={m: v[rows] for m, v in self.present.items()},
         )
 
     def flat_captions(self) -> tuple[list[str], np.ndarray]:
@@ -193,11 +225,17 @@ class PairDataset(Dataset):
         self.pairs = pairs
         self.vocabulary = caption_vocabulary(pairs.captions) if concepts else None
         self.labels: torch.Tensor | None = None
-        unknown = [m for m in modalities if m not in MODALITIES]
-        if unknown:
-            raise InputError(f"unknown data modalities {unknown}; available: {list(MODALITIES)}")
-        if "attributes" in modalities and pairs.attributes is None:
+        available = getattr(pairs, "modalities", ("image", "text"))
+        missing = [m for m in modalities if m not in available]
+        if "attributes" in missing:
             raise InputError(f"{pairs.name or 'this data set'} has no attributes to put in batches")
+        if missing:
+            raise InputError(
+                f"{pairs.name or 'this data set'} has no modalities {missing} to put in batches; "
+                f"it has {list(available)}"
+            )
+        if views and "image" not in available:
+            raise InputError(f"augmented views need images; {pairs.name or 'this data set'} has none")
         if views < 0:
             raise InputError(f"views must be >= 0, got {views}")
         self.modalities = tuple(modalities)
@@ -226,17 +264,24 @@ class PairDataset(Dataset):
     ) -> tuple[Sequence[tuple[int, int]], torch.Tensor, dict[str, object]]:
         """The keys actually used, their images, and extra batch fields. File-backed subclasses
         decode here, may substitute unusable samples and add fields (extra columns, skip counts)."""
-        return keys, self.pairs.images[torch.tensor([k[0] for k in keys], dtype=torch.long)], {}
+        images = self.pairs.images
+        idx = torch.tensor([k[0] for k in keys], dtype=torch.long)
+        return keys, (images[idx] if images is not None else torch.empty(0)), {}
 
     def __getitems__(self, keys: Sequence[tuple[int, int]]) -> dict[str, object]:
         keys, images, item = self._load(keys)
         idx = torch.tensor([k[0] for k in keys], dtype=torch.long)
+        seed = (self.seed, keys.step, keys.offset) if isinstance(keys, SampledBatch) else None
         if "image" in self.modalities:
             item["image"] = images
         if "text" in self.modalities:
             item["text"] = [self.pairs.captions[i][j] for i, j in keys]
         if "attributes" in self.modalities:
             item["attributes"] = self.pairs.attributes[idx]  # type: ignore[index]
+        for m in self.modalities:
+            if m in getattr(self.pairs, "signals", {}):
+                item[m] = variant_rows(self.pairs.signals[m], idx, seed)
+        _mask_absent(item, getattr(self.pairs, "present", {}), self.modalities, idx)
         if self.views:
             if not isinstance(keys, SampledBatch):
                 raise InputError("augmented views need batches from PairBatchSampler (they know their step)")
@@ -255,6 +300,26 @@ class PairDataset(Dataset):
                 first = self.__dict__["_first"] = pair_offsets(self.pairs.captions)
             item[INDEX_KEY] = torch.tensor([int(first[i]) + j for i, j in keys], dtype=torch.long)
         return item
+
+
+def _mask_absent(
+    item: dict[str, object], present: Mapping[str, torch.Tensor], modalities: Sequence[str], idx: torch.Tensor
+) -> None:
+    """Add ``present:<m>`` for each batched modality with a mask and blank its absent rows (zeros,
+    or the empty caption), so an absent input cannot leak into the model."""
+    for m in modalities:
+        if m not in present:
+            continue
+        mask = present[m][idx]
+        item[present_key(m)] = mask
+        if bool(mask.all()):
+            continue
+        if m == "text":
+            item[m] = [t if ok else "" for t, ok in zip(item[m], mask.tolist(), strict=True)]  # type: ignore[arg-type]
+        else:
+            x = item[m].clone()  # type: ignore[union-attr]
+            x[~mask] = 0
+            item[m] = x
 
 
 def pair_offsets(captions: Sequence[Sequence[str]]) -> np.ndarray:

@@ -30,7 +30,9 @@ class Encoders:
     ``composed(uint8 [B,3,H,W], list[str]) -> [B, d]``, one L2-normalised embedding of each
     (image, text) query from a model that encodes them jointly (FuseLIP's early fusion);
     ``expert_usage(images, texts)`` → ``{modality: {"tokens" [L], "routed" [L, E], "kept" [L, E]}}``
-    (NumPy counts per MoE layer) for a sparse mixture-of-experts model (LIMoE)."""
+    (NumPy counts per MoE layer) for a sparse mixture-of-experts model (LIMoE);
+    ``modality(name, inputs) -> [B, d]``: L2-normalised embeddings of any other modality the model
+    has a tower for (a signal such as ``audio`` or ``series``, ``attributes``; batch tensors of it)."""
 
     images: Callable[[torch.Tensor], torch.Tensor]
     texts: Callable[[list[str]], torch.Tensor]
@@ -39,6 +41,7 @@ class Encoders:
     expert_usage: Callable[[torch.Tensor, list[str]], dict[str, dict[str, np.ndarray]]] | None = field(
         default=None, kw_only=True
     )
+    modality: Callable[[str, torch.Tensor], torch.Tensor] | None = field(default=None, kw_only=True)
 
 
 def _batches(n: int, batch_size: int, desc: str) -> Iterable[int]:
@@ -99,6 +102,13 @@ def model_encoders(model: DualEncoder, batch_size: int = 256, device: str | None
         ]
         return F.normalize(torch.cat(outs).float(), dim=-1).cpu()
 
+    @torch.no_grad()
+    def modality(name: str, x: torch.Tensor) -> torch.Tensor:
+        model.eval()
+        starts = _batches(len(x), batch_size, f"embed {name}")
+        outs = [model.encode(name, x[i : i + batch_size].to(dev)) for i in starts]
+        return F.normalize(_cat(outs).float(), dim=-1).cpu()
+
     def expert_usage(x: torch.Tensor, t: list[str]) -> dict[str, dict[str, np.ndarray]]:
         with record_usage(model) as read:
             images(x)
@@ -111,4 +121,5 @@ def model_encoders(model: DualEncoder, batch_size: int = 256, device: str | None
         image_patches=image_patches if hasattr(tower, "patch_tokens") else None,
         composed=composed if fused is not None else None,
         expert_usage=expert_usage if any(isinstance(m, SparseMoE) for m in model.modules()) else None,
+        modality=modality,
     )

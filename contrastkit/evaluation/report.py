@@ -188,6 +188,15 @@ def _similarity_figure(enc: Encoders, pairs: PairSet, path: Path, n: int = 12) -
     idx = np.arange(min(n, len(pairs)))
     sub = pairs.subset(idx)
     caps = [c[0] for c in sub.captions]
+    if sub.images is None:  # another modality against text: its first signal (or attributes)
+        other = next((m for m in sub.modalities if m != "text"), None)
+        if other is None or enc.modality is None:
+            return
+        rows = enc.modality(other, sub.attributes if other == "attributes" else sub.signals[other][:, 0])
+        sims = similarity(rows, enc.texts(caps))
+        title = f"{pairs.name}: {other}–text cosine similarity"
+        plot_similarity(None, caps, sims, path, title=title, row_kind=other)
+        return
     images, texts = enc.images(sub.images), enc.texts(caps)
     sims = similarity(images, texts)  # cosine, or MaxSim for token sets (evaluation.late_interaction)
     kind = "MaxSim" if is_token_set(images) or is_token_set(texts) else "cosine"

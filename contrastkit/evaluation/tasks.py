@@ -76,7 +76,7 @@ class EvalContext:
 
     @cached_property
     def image_emb(self) -> torch.Tensor:
-        return F.normalize(self.enc.images(self.pairs.images).float(), dim=-1)
+        return F.normalize(self.enc.images(self.pairs.image_tensor()).float(), dim=-1)
 
     @cached_property
     def captions(self) -> tuple[list[str], np.ndarray]:

@@ -74,6 +74,11 @@ def build_session(
         raise ConfigError(
             f"data.modalities has 'attributes' but data set {cfg.data.name!r} provides none (Shapes does)"
         )
+    lacking = [m for m in cfg.data.modalities if m not in getattr(train_set, "modalities", ("image", "text"))]
+    if lacking:
+        have = list(getattr(train_set, "modalities", ("image", "text")))
+        raise ConfigError(f"data.modalities has {lacking} but data set {cfg.data.name!r} provides {have}")
+    setup.check_present(cfg, loss, getattr(train_set, "present", {}), ctx.world)
     if fresh and cfg.train.init_from:
         model = setup.init_from(cfg, Path(cfg.train.init_from), loss, run_dir if ctx.main else None)
     elif fresh:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -146,6 +147,32 @@ def _check_negatives(cfg: RunConfig) -> None:
         raise ConfigError("data.text_negatives needs a text tower (model.towers.text) to encode them")
     if cfg.scale.chunk_size is not None:
         raise ConfigError("data.text_negatives does not work with scale.chunk_size (gradient caching)")
+
+
+def check_present(cfg: RunConfig, loss: PairLoss, present: Mapping[str, torch.Tensor], world: int) -> None:
+    """A training set whose samples may lack a modality (``data.missing``, a source with empty
+    entries) trains a pair loss on the rows where both modalities are present (the trainer cuts
+    the batch) or a multi-modality loss that takes the masks (``accepts`` ``present``:
+    pairwise_clip, gram, mmp), densely on one process: the tiled, gradient-cached and cross-rank
+    paths do not carry the masks, and a loss that ignored them would train on blanked inputs."""
+    lacking = sorted(m for m, mask in present.items() if not bool(mask.all()) and m in cfg.data.modalities)
+    if not lacking:
+        return
+    if isinstance(loss, MultiLoss) and "present" not in loss.accepts:
+        raise ConfigError(
+            f"training samples lack {lacking} (data.missing or empty entries) but loss {cfg.loss.name!r} "
+            "takes several modalities but no presence masks; use pairwise_clip, gram or mmp"
+        )
+    tricks = [
+        k
+        for k, on in (("scale.tile_size", cfg.scale.tile_size), ("scale.chunk_size", cfg.scale.chunk_size))
+        if on
+    ]
+    if tricks or world > 1:
+        where = ", ".join(tricks) or f"{world} processes"
+        raise ConfigError(
+            f"training with missing modalities runs the dense loss on one process, not with {where}"
+        )
 
 
 def _declared(cls: object) -> frozenset[str]:

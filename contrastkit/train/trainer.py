@@ -35,6 +35,7 @@ from contrastkit.core.progress import progress_bar, progress_default
 from contrastkit.core.runtime import check_threads, resolve_device
 from contrastkit.data.long_captions import LONG_KEY, encode_positives, long_caption_loss, owner_rows
 from contrastkit.data.negatives import NEG_KEY
+from contrastkit.data.signals import present_masks, present_rows
 from contrastkit.losses import from_config as build_loss
 from contrastkit.losses.base import MultiLoss, PairLoss
 from contrastkit.models.aux import pop_aux_losses
@@ -228,7 +229,10 @@ def _compute_loss(s: Session, emb: dict[str, torch.Tensor], batch: dict[str, tor
         aux["negatives"] = emb[NEG_KEY].float()[:, None, :]
     if "text_ids" in accepts and "text_ids" not in aux and "text" in batch:
         aux["text_ids"] = batch["text"]
+    masks = present_masks(batch)  # missing modalities: the loss uses only the rows that have them
     if isinstance(s.loss, MultiLoss):  # the objective may be a cross-rank wrapper of it
+        if masks:
+            aux["present"] = masks
         return s.objective({k: v.float() for k, v in emb.items()}, **aux)
     pair = s.model.modalities[:2]
     if len(pair) == 1:  # one tower (text pairs, image views): the modality against its view 1
@@ -240,6 +244,10 @@ def _compute_loss(s: Session, emb: dict[str, torch.Tensor], batch: dict[str, tor
             f"but the batch has no {missing} (data.modalities = {list(s.cfg.data.modalities)})"
         )
     a, b = (emb[m] for m in pair)
+    if masks:  # exactly the loss of the sub-batch where both modalities are present
+        a, b, aux, keep = present_rows(a, b, aux, masks, pair)
+        if keep < 2:  # nothing to contrast in this batch: a zero that keeps the graph
+            return (a.sum() + b.sum()).float() * 0.0
     if LONG_KEY in emb:  # M captions per image: multi-positive (labels = global rows) or column mean
         rows = owner_rows(len(a), s.dist.rank)  # positions in the gathered batch: unique on any source
         return long_caption_loss(s.objective, a.float(), b.float(), emb[LONG_KEY].float(), rows, aux)

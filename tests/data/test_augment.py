@@ -134,8 +134,10 @@ def test_data_config_keys():
         DataConfig, {"modalities": ["image", "text", "attributes"], "views": 2, "augment": {"flip": 0.0}}
     )
     assert cfg.modalities == ("image", "text", "attributes") and cfg.views == 2 and cfg.augment.flip == 0.0
-    with pytest.raises(ConfigError, match="data.modalities"):
-        DataConfig(modalities=("image", "audio"))
+    assert DataConfig(modalities=("image", "audio")).modalities == ("image", "audio")  # a signal
+    for bad in (("image", "Audio"), ("image", "image"), ("image", "labels"), ("image", "a@1")):
+        with pytest.raises(ConfigError, match="data.modalities"):
+            DataConfig(modalities=bad)
     with pytest.raises(ConfigError, match="data.views"):
         DataConfig(views=-1)
     with pytest.raises(ConfigError, match="crop_scale"):
