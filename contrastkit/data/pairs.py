@@ -89,8 +89,10 @@ class PairSet:
     ``attribute_names``: what each of its D entries means (empty or D names).
     ``images`` may be ``None``: a set of other modalities with captions (sensor series, vectors).
     ``signals``: further modalities by name, float ``[N, V, …]`` (V variants per sample);
-    ``present``: ``{modality: bool [N]}`` for modalities some samples lack
-    (:mod:`contrastkit.data.signals`).
+    ``signal_index``: for a signal shared by many samples (spoken captions repeat with the
+    caption), int64 ``[N]`` rows into ``signals[m]`` of ``[U, V, …]`` — sample i's is row
+    ``signal_index[m][i]`` (what :meth:`signal` reads); ``present``: ``{modality: bool [N]}`` for
+    modalities some samples lack (:mod:`contrastkit.data.signals`).
     """
 
     images: torch.Tensor | None
@@ -101,6 +103,7 @@ class PairSet:
     attribute_names: tuple[str, ...] = ()
     signals: Mapping[str, torch.Tensor] = field(default_factory=dict)
     present: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    signal_index: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         im = self.images
@@ -124,8 +127,20 @@ class PairSet:
             if self.attribute_names and len(self.attribute_names) != a.shape[1]:
                 raise InputError(f"{len(self.attribute_names)} attribute names for {a.shape[1]} attributes")
         for m, values in self.signals.items():
-            check_signal(m, values, len(self))
+            check_signal(m, values, len(self), self.signal_index.get(m))
+        stray = sorted(set(self.signal_index) - set(self.signals))
+        if stray:
+            raise InputError(f"signal_index names {stray}, which are not signals of the set")
         check_present(self.present, self.modalities, len(self))
+
+    def signal(
+        self, m: str, rows: torch.Tensor | None = None, seed: tuple[int, int, int] | None = None
+    ) -> torch.Tensor:
+        """Samples ``rows`` (default all) of signal ``m``, one variant each: variant 0 without a
+        ``seed``, else drawn per batch row (:func:`~contrastkit.data.signals.variant_rows`)."""
+        idx = torch.arange(len(self)) if rows is None else rows
+        index = self.signal_index.get(m)
+        return variant_rows(self.signals[m], idx if index is None else index[idx], seed)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -164,8 +179,9 @@ class PairSet:
             name=self.name,
             attributes=None if self.attributes is None else self.attributes[rows],
             attribute_names=self.attribute_names,
-            signals={m: v[rows] for m, v in self.signals.items()},
+            signals={m: v if m in self.signal_index else v[rows] for m, v in self.signals.items()},
             present={m: v[rows] for m, v in self.present.items()},
+            signal_index={m: v[rows] for m, v in self.signal_index.items()},
         )
 
     def flat_captions(self) -> tuple[list[str], np.ndarray]:
@@ -280,7 +296,7 @@ class PairDataset(Dataset):
             item["attributes"] = self.pairs.attributes[idx]  # type: ignore[index]
         for m in self.modalities:
             if m in getattr(self.pairs, "signals", {}):
-                item[m] = variant_rows(self.pairs.signals[m], idx, seed)
+                item[m] = self.pairs.signal(m, idx, seed)
         _mask_absent(item, getattr(self.pairs, "present", {}), self.modalities, idx)
         if self.views:
             if not isinstance(keys, SampledBatch):

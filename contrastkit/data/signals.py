@@ -71,12 +71,22 @@ def check_modality_name(name: str, what: str = "signal") -> None:
         )
 
 
-def check_signal(name: str, values: torch.Tensor, n: int) -> None:
+def check_signal(name: str, values: torch.Tensor, n: int, index: torch.Tensor | None = None) -> None:
     """``values`` is a finite float ``[n, V ≥ 1, …]`` tensor with at least one axis of its own (a
     ``[N, D]`` array would otherwise read as D variants of a number); missing rows hold zeros."""
     check_modality_name(name)
     if name in RESERVED:
         raise InputError(f"signal {name!r} would shadow the PairSet's own {name!r}")
+    if index is not None:  # rows of a shared table (signal_index)
+        if index.dtype != torch.int64 or tuple(index.shape) != (n,):
+            raise InputError(
+                f"signal_index[{name!r}] must be int64 [{n}], got {index.dtype} {tuple(index.shape)}"
+            )
+        if n and (int(index.min()) < 0 or int(index.max()) >= values.shape[0]):
+            raise InputError(
+                f"signal_index[{name!r}] points outside the {values.shape[0]} rows of the signal"
+            )
+        n = values.shape[0]
     if values.ndim < 3 or values.shape[0] != n or values.shape[1] < 1 or not values.is_floating_point():
         raise InputError(
             f"signal {name!r} must be a float [N={n}, V>=1, ...] tensor (V variants per sample, then the "

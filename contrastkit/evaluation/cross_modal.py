@@ -66,7 +66,7 @@ def modality_embeddings(ctx: EvalContext) -> dict[str, torch.Tensor]:
         elif m == "text":
             out[m] = F.normalize(enc.texts([c[0] for c in pairs.captions]).float(), dim=-1)
         elif enc.modality is not None:
-            inputs = pairs.attributes if m == "attributes" else pairs.signals[m][:, 0]
+            inputs = pairs.attributes if m == "attributes" else pairs.signal(m)
             out[m] = F.normalize(enc.modality(m, inputs).float(), dim=-1)
     if len(out) < 2 and not (out.keys() - {"text"}):
         raise InputError(

@@ -192,7 +192,7 @@ def _similarity_figure(enc: Encoders, pairs: PairSet, path: Path, n: int = 12) -
         other = next((m for m in sub.modalities if m != "text"), None)
         if other is None or enc.modality is None:
             return
-        rows = enc.modality(other, sub.attributes if other == "attributes" else sub.signals[other][:, 0])
+        rows = enc.modality(other, sub.attributes if other == "attributes" else sub.signal(other))
         sims = similarity(rows, enc.texts(caps))
         title = f"{pairs.name}: {other}–text cosine similarity"
         plot_similarity(None, caps, sims, path, title=title, row_kind=other)

@@ -169,3 +169,21 @@ def test_sampler_stream_over_a_set_without_images():
     sampler = PairBatchSampler([len(c) for c in ps.captions], 4, seed=0)
     batch = ds.__getitems__(next(iter(sampler)))
     assert set(batch) >= {"text", "audio", "present:audio", "present:text"} and "image" not in batch
+
+
+def test_shared_signal_table_equals_the_materialised_signal():
+    g = torch.Generator().manual_seed(1)
+    table = torch.randn(4, 3, 2, 5, generator=g)  # 4 distinct spoken captions, 3 voices
+    index = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 3, 2], dtype=torch.int64)
+    caps = tuple((f"c{i}",) for i in range(10))
+    shared = PairSet(None, caps, signals={"audio": table}, signal_index={"audio": index})
+    full = PairSet(None, caps, signals={"audio": table[index]})
+    rows = torch.tensor([9, 2, 4])
+    for seed in (None, (0, 5, 0)):
+        assert torch.equal(shared.signal("audio", rows, seed), full.signal("audio", rows, seed))
+    sub = shared.subset([8, 0])
+    assert torch.equal(sub.signal("audio"), table[[3, 0], 0]) and sub.signals["audio"] is table
+    with pytest.raises(InputError, match="outside the 4 rows"):
+        PairSet(None, caps, signals={"audio": table}, signal_index={"audio": index + 1})
+    with pytest.raises(InputError, match="not signals"):
+        PairSet(None, caps, signal_index={"speech": index})
