@@ -10,13 +10,14 @@ export TRANSFORMERS_OFFLINE := 1
 
 EMOJI  := .cache/npm/node_modules/emoji-datasource-google/emoji.json
 
-.PHONY: setup data fashion-mnist fonts demo demo-fashion demo-emoji test test-all lint bench docs clean
+.PHONY: setup data fashion-mnist fonts speech demo demo-fashion demo-emoji test test-all lint bench docs clean
 
 setup: $(STAMP) data
 
 # Real data (docs/real-data.md): Fashion-MNIST from Debian, emoji image-name pairs from npm;
-# DejaVu fonts from Debian for CLIPPO's rendered text (tower rendered_text, docs/models.md).
-data: fashion-mnist fonts $(EMOJI)
+# DejaVu fonts from Debian for CLIPPO's rendered text (tower rendered_text, docs/models.md);
+# the espeak-ng speech synthesiser from Debian for spoken captions (contrastkit.data.speech).
+data: fashion-mnist fonts speech $(EMOJI)
 
 fashion-mnist:
 	@if [ -d /usr/share/datasets/fashion-mnist ]; then :; \
@@ -30,13 +31,20 @@ fonts:
 	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get install -y -q fonts-dejavu-core || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q fonts-dejavu-core; }; fi
 
+speech:
+	@if command -v espeak-ng >/dev/null; then :; \
+	elif ! command -v apt-get >/dev/null; then echo "warning: no apt-get: speech (espeak-ng) tests will be skipped"; \
+	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q espeak-ng || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q espeak-ng; }; fi
+
 $(EMOJI):
 	@if command -v npm >/dev/null; then npm install --silent --no-save --prefix .cache/npm emoji-datasource-google@16.0.0; \
 	else echo "warning: no npm: emoji tests will be skipped (docs/real-data.md)"; fi
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -r requirements-nodeps.txt
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

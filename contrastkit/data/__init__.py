@@ -20,6 +20,8 @@ from contrastkit.data.pairs import (
     english_articles,
     make_loader,
 )
+from contrastkit.data.sensors import SPLITS as SERIES_SPLITS
+from contrastkit.data.sensors import make_series
 from contrastkit.data.shape_bags import make_shape_bags
 from contrastkit.data.shapes import SPLITS as SHAPES_SPLITS
 from contrastkit.data.shapes import make_shapes
@@ -49,6 +51,7 @@ __all__ = [
     "make_emoji",
     "make_fashion_mnist",
     "make_loader",
+    "make_series",
     "make_shape_bags",
     "make_shapes",
     "make_vectors",
@@ -64,6 +67,7 @@ DATASETS.register("fashion_mnist")(make_fashion_mnist)
 DATASETS.register("emoji")(make_emoji)
 DATASETS.register("shape_bags")(make_shape_bags)
 DATASETS.register("vectors")(make_vectors)
+DATASETS.register("series")(make_series)
 
 # the splits of each built-in set (its builder refuses others): checked before anything is generated
 DATASET_SPLITS: dict[str, tuple[str, ...]] = {
@@ -72,6 +76,7 @@ DATASET_SPLITS: dict[str, tuple[str, ...]] = {
     "fashion_mnist": ("train", "val", "test"),
     "emoji": ("train", "val", "test"),
     "shape_bags": SHAPES_SPLITS,
+    "series": SERIES_SPLITS,
 }
 
 

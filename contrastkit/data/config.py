@@ -10,6 +10,7 @@ from contrastkit.core.errors import ConfigError
 from contrastkit.data.augment import AugmentConfig
 from contrastkit.data.images import ImageConfig
 from contrastkit.data.long_captions import LongCaptionConfig, check_long_caption_data
+from contrastkit.data.speech import SpeechConfig
 from contrastkit.data.textaug import TextAugConfig
 
 __all__ = ["DataConfig", "SamplerConfig", "SourceConfig"]
@@ -78,7 +79,10 @@ class DataConfig:
     Besides ``image``/``text``/``attributes``, ``modalities`` may name a data set's **signals**
     (``audio``, ``series``, ``vectors``…; :mod:`contrastkit.data.signals`). ``missing``:
     ``{modality: fraction}`` of the training split's samples that lack that modality (the same
-    samples every epoch, drawn from ``train.seed``; batches then carry ``present:<modality>``).
+    samples every epoch, drawn from the data's ``params.seed``; batches then carry
+    ``present:<modality>``). ``speech``: speak each sample's first caption with espeak-ng in the
+    configured voices, speeds and pitches and add the log-mel features as the signal ``audio``
+    (list ``audio`` in ``modalities``; :mod:`contrastkit.data.speech`, docs/modalities.md).
     """
 
     name: str = "shapes"
@@ -110,6 +114,7 @@ class DataConfig:
     text_negatives: str | None = None
     long_captions: LongCaptionConfig | None = None
     missing: dict[str, float] = field(default_factory=dict)
+    speech: SpeechConfig | None = None
 
     def __post_init__(self) -> None:
         known = ("image", "text", "attributes")
@@ -151,6 +156,10 @@ class DataConfig:
                 f"{list(self.extras)}, got {neg!r}"
             )
         check_long_caption_data(self.long_captions, self.modalities, neg, self.text_augment)
+        if self.speech is not None and "audio" not in self.modalities:
+            raise ConfigError(
+                f"data.speech makes the modality 'audio': add it to data.modalities {list(self.modalities)}"
+            )
 
     def split_params(self, split: str) -> dict[str, Any]:
         if split not in self.splits:

@@ -30,6 +30,7 @@ from contrastkit.data.pairs import Collate, PairDataset, PairSet
 from contrastkit.data.samplers import build_sampler, check_sampler, context_of
 from contrastkit.data.shards import ShardSource, ShardStream, make_webdataset
 from contrastkit.data.signals import with_missing
+from contrastkit.data.speech import SpeechConfig, distinct_speech_features
 from contrastkit.data.table import PAIR_KEY, PairTable, TableDataset
 from contrastkit.data.tabular import make_csv, make_parquet, make_tsv
 
@@ -128,6 +129,8 @@ def open_split(cfg: DataConfig, split: str, progress: bool = False) -> Source:
         if "progress" in inspect.signature(DATASETS.get(cfg.name)).parameters:
             params.setdefault("progress", progress)
         source = DATASETS.build(cfg.name, split=split, **params)
+    if cfg.speech is not None:  # data.speech: each sample's first caption, spoken (a shared table)
+        source = _with_speech(source, cfg.speech, progress)
     if cfg.missing and split == cfg.train_split:  # data.missing: training samples without a modality
         if not isinstance(source, PairSet):
             raise ConfigError(
@@ -137,6 +140,19 @@ def open_split(cfg: DataConfig, split: str, progress: bool = False) -> Source:
         present = with_missing(source.present, cfg.missing, len(source), seed)
         source = dataclasses.replace(source, present=present)
     return source
+
+
+def _with_speech(source: Source, speech: SpeechConfig, progress: bool) -> PairSet:
+    """``source`` with the signal ``audio``: log-mel features of each sample's first caption in
+    every variant of ``speech``, held once per distinct caption (``PairSet.signal_index``)."""
+    if not isinstance(source, PairSet):
+        raise ConfigError("data.speech needs a data set held in memory (a built-in set), not files")
+    table, index = distinct_speech_features([c[0] for c in source.captions], speech, progress=progress)
+    return dataclasses.replace(
+        source,
+        signals={**source.signals, "audio": table},
+        signal_index={**source.signal_index, "audio": index},
+    )
 
 
 def load_split(cfg: DataConfig, split: str, progress: bool = False) -> PairSet:

@@ -32,7 +32,8 @@ class Encoders:
     ``expert_usage(images, texts)`` → ``{modality: {"tokens" [L], "routed" [L, E], "kept" [L, E]}}``
     (NumPy counts per MoE layer) for a sparse mixture-of-experts model (LIMoE);
     ``modality(name, inputs) -> [B, d]``: L2-normalised embeddings of any other modality the model
-    has a tower for (a signal such as ``audio`` or ``series``, ``attributes``; batch tensors of it)."""
+    has a tower for (a signal such as ``audio`` or ``series``, ``attributes``; batch tensors of it),
+    whose names are ``encodes``."""
 
     images: Callable[[torch.Tensor], torch.Tensor]
     texts: Callable[[list[str]], torch.Tensor]
@@ -42,6 +43,7 @@ class Encoders:
         default=None, kw_only=True
     )
     modality: Callable[[str, torch.Tensor], torch.Tensor] | None = field(default=None, kw_only=True)
+    encodes: tuple[str, ...] = field(default=(), kw_only=True)
 
 
 def _batches(n: int, batch_size: int, desc: str) -> Iterable[int]:
@@ -122,4 +124,5 @@ def model_encoders(model: DualEncoder, batch_size: int = 256, device: str | None
         composed=composed if fused is not None else None,
         expert_usage=expert_usage if any(isinstance(m, SparseMoE) for m in model.modules()) else None,
         modality=modality,
+        encodes=tuple(m for m in model.towers if m not in ("image", "text")),
     )

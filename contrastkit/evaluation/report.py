@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from contrastkit.core.config import to_dict
 from contrastkit.core.errors import InputError, MissingFileError
 from contrastkit.core.io import atomic_path, atomic_write_json, read_json
 from contrastkit.core.progress import progress_bar, progress_enabled
@@ -189,7 +190,7 @@ def _similarity_figure(enc: Encoders, pairs: PairSet, path: Path, n: int = 12) -
     sub = pairs.subset(idx)
     caps = [c[0] for c in sub.captions]
     if sub.images is None:  # another modality against text: its first signal (or attributes)
-        other = next((m for m in sub.modalities if m != "text"), None)
+        other = next((m for m in sub.modalities if m in enc.encodes), None)
         if other is None or enc.modality is None:
             return
         rows = enc.modality(other, sub.attributes if other == "attributes" else sub.signal(other))
@@ -400,6 +401,10 @@ def evaluate_run(
             data, splits or ("test",), data_params, prompt_files, train_split, image, tasks
         )
     record = _run_record(run_dir, model, ckpt) | stages
+    if cfg.data.speech is not None and data is None:  # spoken prompts for cross_modal's zero-shot
+        cm = dict((options or {}).get("cross_modal", {}))
+        cm.setdefault("speech", to_dict(cfg.data.speech))
+        options = {**(options or {}), "cross_modal": cm}
     report = _report(enc, record, sets, tasks, out, data_record, train, options)
     legacy = {
         "run": str(run_dir),

@@ -35,7 +35,11 @@ from contrastkit.evaluation.zeroshot import zero_shot_classifier, zero_shot_metr
 __all__ = ["EVAL_TASKS", "FIT_TASKS", "SPLIT_INDEPENDENT", "EvalContext", "TaskResult", "same_dimension"]
 
 TaskResult = tuple[dict[str, float], dict[str, np.ndarray]]
-FIT_TASKS = ("probe", "suppression")  # tasks that read ctx.train_pairs (suppression: source "pairs")
+FIT_TASKS = (
+    "probe",
+    "suppression",
+    "missing_modality",
+)  # tasks that read ctx.train_pairs (suppression: source "pairs")
 
 
 def same_dimension(enc: Encoders) -> Encoders:

@@ -27,6 +27,13 @@ Modules read every modality present in the embedding mapping — keys without ``
 ``modalities`` list. Tiled / distributed: dense only (``TiledLoss`` / ``GatherLoss`` dispatch on the
 two-tensor clip/siglip forms); gather every modality's embeddings first. ``pairwise_clip`` with two
 modalities is exactly L-CLIP, so a two-modality run can use ``clip`` and its wrappers instead.
+Missing modalities: both take ``present`` (one bool ``[N]`` mask or None per modality, aligned
+with ``modalities``; the modules take the batch field ``present = {modality: bool [N]}``, an absent
+key meaning all present). ``pairwise_clip_loss`` computes pair (anchor, m) on the rows where both are
+present — exactly the loss of that sub-batch — skips a masked pair left with fewer than 2 rows, and
+averages over the pairs that ran; ``gram_loss`` keeps the rows where every modality is present.
+When nothing runs the result is a 0 that keeps every input in the autograd graph (zero gradients,
+so a step with no usable rows is a no-op, never an error). Pairs without a mask behave as before.
 Related: L-CLIP, L-MVINFONCE (many views of one modality).
 """
 
@@ -46,6 +53,7 @@ from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.core.registry import Positive, Probability
 from contrastkit.losses.base import LOSSES, MaxScale, MultiLoss, learnable_log_scale, maybe_normalize
 from contrastkit.losses.clip import clip_loss
+from contrastkit.losses.present import check_present, graph_zero, present_masks, present_rows
 
 __all__ = [
     "GRAMLoss",
@@ -98,6 +106,7 @@ def gram_loss(
     eps: float = 1e-12,
     normalize: bool = True,
     allow_single: bool = False,
+    present: Sequence[torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """GRAM contrastive loss (spec L-GRAM): logits ``−Vol/τ``, symmetric CE with label smoothing.
 
@@ -108,10 +117,18 @@ def gram_loss(
         eps: floor of ``det G`` before the square root (spec: 1e-12; the reference has none).
         normalize: L2-normalise every modality first (default; the volume assumes unit vectors).
         allow_single: accept N = 1 (the loss is then exactly 0) instead of raising.
+        present: per modality a bool ``[N]`` mask or None (all present). The loss is then that of
+            the rows where **every** modality is present (the volume needs the whole tuple);
+            fewer than 2 such rows give a 0 that keeps the graph (zero gradients).
     Returns:
         0-d tensor ``½(L_D2A + L_A2D)``; rows of ``Vol`` are anchors, columns data tuples.
     """
     mods = _as_list(modalities)
+    rows = present_rows(check_present(present, mods), range(len(mods)))
+    if rows is not None:
+        if rows.numel() < 2:
+            return graph_zero(*mods, temperature)
+        mods = [t[rows] for t in mods]
     n = mods[0].shape[0]
     if n == 1 and not allow_single:
         raise InputError(
@@ -145,23 +162,36 @@ def pairwise_clip_loss(
     *,
     normalize: bool = True,
     allow_single: bool = False,
+    present: Sequence[torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """Pairwise-anchor CLIP (no spec entry): ``mean_{m≥1} clip_loss(modalities[0], modalities[m], s_m)``.
 
     ``scale`` is one logit scale shared by all pairs, or a sequence of M−1 scales (one per
     non-anchor modality, in order). With M = 2 this is exactly :func:`clip_loss`.
+
+    ``present`` (per modality a bool ``[N]`` mask or None = all present): pair (anchor, m) is the
+    CLIP loss of the rows where both are present — exactly ``clip_loss`` on that sub-batch. A
+    masked pair with fewer than 2 such rows is skipped (no negatives), the mean runs over the pairs
+    that ran, and when every pair is skipped the result is a 0 that keeps the graph (zero
+    gradients for every input and scale).
     """
     mods = _as_list(modalities)
+    masks = check_present(present, mods)
     if isinstance(scale, (int, float)) or (isinstance(scale, torch.Tensor) and scale.numel() == 1):
         scales = [scale] * (len(mods) - 1)
     else:
         scales = list(scale)  # type: ignore[arg-type]
         if len(scales) != len(mods) - 1:
             raise InputError(f"got {len(scales)} scales for {len(mods) - 1} anchor pairs")
-    losses = [
-        clip_loss(mods[0], other, s, normalize=normalize, allow_single=allow_single)
-        for other, s in zip(mods[1:], scales)
-    ]
+    losses = []
+    for m, (other, s) in enumerate(zip(mods[1:], scales), start=1):
+        rows = present_rows(masks, (0, m))
+        if rows is None:
+            losses.append(clip_loss(mods[0], other, s, normalize=normalize, allow_single=allow_single))
+        elif rows.numel() >= 2:
+            losses.append(clip_loss(mods[0][rows], other[rows], s, normalize=normalize))
+    if not losses:
+        return graph_zero(*mods, *scales)
     return torch.stack(losses).mean()
 
 
@@ -205,7 +235,11 @@ class GRAMLoss(MultiLoss):
         modalities: the modality keys to read (anchor included); None = every modality present.
         init_temperature: τ init (0.07); ``learnable=False`` keeps it fixed.
         label_smoothing: 0.1 (reference code). eps: 1e-12 (spec). allow_single: see :func:`gram_loss`.
+
+    Accepts the batch field ``present = {modality: bool [N]}`` (rows with every modality present).
     """
+
+    accepts = frozenset({"present"})
 
     def __init__(
         self,
@@ -231,12 +265,14 @@ class GRAMLoss(MultiLoss):
 
     def forward(self, emb: dict[str, torch.Tensor], **aux: Any) -> torch.Tensor:  # type: ignore[override]
         self.check_aux(aux)
+        keys = modality_keys(emb, self.anchor, self.modalities, type(self).__name__)
         return gram_loss(
-            self.select(emb),
+            [emb[k] for k in keys],
             self.log_temperature.exp(),
             label_smoothing=self.label_smoothing,
             eps=self.eps,
             allow_single=self.allow_single,
+            present=present_masks(aux.get("present"), keys, emb, type(self).__name__),
         )
 
     def log_values(self) -> dict[str, float]:
@@ -256,7 +292,11 @@ class PairwiseCLIPLoss(MultiLoss):
         learnable: as ``CLIPLoss``.
         max_scale: as ``CLIPLoss`` (clamp ``θ_s`` to [0, ln 100] after each optimizer step).
         allow_single: as ``CLIPLoss``.
+
+    Accepts the batch field ``present = {modality: bool [N]}`` (see :func:`pairwise_clip_loss`).
     """
+
+    accepts = frozenset({"present"})
 
     def __init__(
         self,
@@ -289,7 +329,10 @@ class PairwiseCLIPLoss(MultiLoss):
             scales: Any = [self.log_scales[k].exp() for k in keys[1:]]
         else:
             scales = self.log_scale.exp()  # type: ignore[union-attr]
-        return pairwise_clip_loss([emb[k] for k in keys], scales, allow_single=self.allow_single)
+        present = present_masks(aux.get("present"), keys, emb, type(self).__name__)
+        return pairwise_clip_loss(
+            [emb[k] for k in keys], scales, allow_single=self.allow_single, present=present
+        )
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:

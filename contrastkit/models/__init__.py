@@ -1,5 +1,6 @@
 """Models: towers from timm and transformers, combined into a multi-modality dual encoder."""
 
+from contrastkit.models.audio import AudioCNNTower, AudioTransformerTower
 from contrastkit.models.cache import CachedTextTower, cached_features
 from contrastkit.models.clippo import RenderedTextTower, TextRenderer, render_text
 from contrastkit.models.dual_encoder import (
@@ -19,6 +20,7 @@ from contrastkit.models.openclip_dual import OpenCLIPImageTower, OpenCLIPTextTow
 from contrastkit.models.pretrained import load_weights, map_state_dict, resolve_path
 from contrastkit.models.qformer import QFormerImageTower, QFormerTextTower
 from contrastkit.models.saved import load
+from contrastkit.models.series import DeviceSeriesTower, SeriesCNNTower, SeriesTransformerTower
 from contrastkit.models.set_pool import AttentionPool, SetPoolTower
 from contrastkit.models.split_text import SplitTextEncoder, SplitTextTower
 from contrastkit.models.tokenizer import encode, load_tokenizer, train_word_tokenizer
@@ -27,8 +29,11 @@ from contrastkit.models.towers import TOWERS, ImageTower, TextTower, Tower, Towe
 __all__ = [
     "TOWERS",
     "AttentionPool",
+    "AudioCNNTower",
+    "AudioTransformerTower",
     "CachedTextTower",
     "DecoderTextTower",
+    "DeviceSeriesTower",
     "DualEncoder",
     "FuseLIPTextTower",
     "FuseLIPTower",
@@ -43,6 +48,8 @@ __all__ = [
     "QFormerImageTower",
     "QFormerTextTower",
     "RenderedTextTower",
+    "SeriesCNNTower",
+    "SeriesTransformerTower",
     "SetPoolTower",
     "SplitTextEncoder",
     "SplitTextTower",

@@ -44,7 +44,7 @@ def _encoders(table: dict[str, torch.Tensor]) -> Encoders:
     def modality(name: str, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([words["abcd"[int(v)]] for v in x.reshape(len(x), -1)[:, 0]])
 
-    return Encoders(lambda x: torch.zeros(len(x), 8), texts, modality=modality)
+    return Encoders(lambda x: torch.zeros(len(x), 8), texts, modality=modality, encodes=("audio",))
 
 
 def test_cross_modal_metrics_on_a_known_case():
@@ -65,3 +65,24 @@ def test_cross_modal_metrics_on_a_known_case():
     # text "d" of sample 7 finds sample 3's audio "d": a positive (same caption), so every text hits
     assert out["cross_modal/text_to_audio_R@1"] == 1.0
     assert "cross_modal/zeroshot/text/class/top1" not in out
+
+
+def test_missing_modality_task_reports_accuracy_by_removed_modalities():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 400)
+    noise = rng.integers(0, 4, 400)  # the audio says a random class: only text carries the label
+    ps = PairSet(
+        images=None,
+        captions=tuple((f"a photo of {'abcd'[c]}",) for c in labels),
+        tasks={"class": ClassTask(tuple("abcd"), ("a photo of {}",), labels)},
+        signals={"audio": torch.tensor(noise, dtype=torch.float32)[:, None, None]},
+    )
+    opts = {"missing_modality": {"heads": ["mean", "mmp"], "seeds": [0], "epochs": 60}}
+    out, ex = evaluate_examples(_encoders({}), ps, ["missing_modality"], options=opts)
+    mmp = {k.rsplit("/", 1)[1]: v for k, v in out.items() if "/mmp/" in k}
+    assert mmp["without_none"] == 1.0 and mmp["without_audio"] == 1.0
+    assert mmp["without_text"] < 0.4  # chance is 0.25: the audio carries nothing
+    assert mmp["missing_1"] == pytest.approx((mmp["without_text"] + 1.0) / 2)
+    # averaging in a noise modality hurts the mean baseline, not the learned fusion
+    assert out["missing_modality/class/mean/without_none"] < 0.8
+    assert ex == {}

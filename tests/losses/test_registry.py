@@ -16,6 +16,8 @@ PARAMS = {
     "mlcd": {"num_positives": 2, "prototypes": torch.randn(5, D, generator=torch.Generator().manual_seed(1))},
     "captioning": {"vocab_size": 11, "width": 16, "heads": 2, "layers": 1},
     "coca": {"vocab_size": 11, "width": 16, "heads": 2, "layers": 1},
+    "mmp": {"modalities": ("attributes", "image", "text"), "dim": D},
+    "collossl_mmd": {"devices": [[0, 1], [2, 3], [4, 5]]},
 }
 # batch fields a loss needs beyond (x, y)
 g = torch.Generator().manual_seed(0)
@@ -28,9 +30,11 @@ AUX = {
     "captioning": {"text_ids": torch.randint(1, 11, (N, 5), generator=g)},
     "coca": {"text_ids": torch.randint(1, 11, (N, 5), generator=g)},
     "split_caption": {"text_ids": torch.randint(1, 11, (N, 5), generator=g)},
+    "collossl_mmd": {"series": torch.randn(N, 6, 10, generator=g)},
 }
 # embeddings of another shape than [N, D] (the split text tower's caption logits [N, L - 1, V])
 SHAPES = {"caption_logits": (N, 4, 11)}
+SHAPES = {"caption_logits": (N, 4, 11), "series": (N, 3, D)}  # series: 3 devices (collossl_mmd)
 # the keys a MultiLoss reads when its ``inputs`` are "all present" (GRAM, pairwise CLIP)
 ALL_KEYS = ("image", "text", "attributes")
 
