@@ -79,3 +79,29 @@ def floor_step(x, y, block: int = 8192) -> None:
                 blk = x[i : i + block] @ y[j : j + block].T
                 gx[i : i + block] += blk @ y[j : j + block]
                 gy[j : j + block] += blk.T @ x[i : i + block]
+
+
+def ratio_spread(num: list[float], den: list[float], digits: int = 2) -> str:
+    """``median (min–max)`` of the per-round ratios ``num[r] / den[r]``: both timed in the same
+    round of one process, so load that hits a round hits both sides of its ratio."""
+    import statistics
+
+    r = [a / b for a, b in zip(num, den, strict=True)]
+    return f"{statistics.median(r):.{digits}f} ({min(r):.{digits}f}–{max(r):.{digits}f})"
+
+
+def interleaved(arms: dict, rounds: int, calls: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each arm (a no-argument callable) in each of ``rounds`` rounds: every
+    round runs every arm ``calls`` times, arms in rotated order (A, B, then B, A, …), so neither
+    always runs first or inherits the other's cache and allocator state."""
+    import time
+
+    names = list(arms)
+    out: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                arms[name]()
+            out[name].append((time.perf_counter() - t0) / calls)
+    return out

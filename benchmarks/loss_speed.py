@@ -26,7 +26,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _measure import floor_step, peak_bytes, reset_peak, rss_bytes
+from _measure import floor_step, peak_bytes, ratio_spread, reset_peak, rss_bytes
 
 # Losses whose similarity matrix is over both views stacked (SimCLR layout, 2N × 2N): their own
 # arithmetic floor is the three products at 2N, i.e. 4× the N × N floor.
@@ -138,12 +138,6 @@ def run_one(name: str, n: int, d: int, threads: int, repeats: int) -> dict:
     return {**times, "nxn": max(extra, 0) / (n * n * 4)}
 
 
-def _ratio(loss: list[float], floor: list[float]) -> str:
-    """Median of the per-round ratios with their min–max."""
-    r = [a / b for a, b in zip(loss, floor)]
-    return f"{statistics.median(r):.2f} ({min(r):.2f}–{max(r):.2f})"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=4096)
@@ -184,7 +178,7 @@ def main() -> None:
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
         t, floor = statistics.median(r["loss"]), statistics.median(r["floor"])
-        ratios = f"{_ratio(r['loss'], r['floor'])} | {_ratio(r['loss'], r[own])}"
+        ratios = f"{ratio_spread(r['loss'], r['floor'])} | {ratio_spread(r['loss'], r[own])}"
         cells = f"{t:.3f} | {floor:.3f} | {ratios} | {own} | {r['nxn']:.1f} | {load}"
         print(f"| {name} | {cells} |", flush=True)
 

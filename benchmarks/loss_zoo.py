@@ -12,18 +12,29 @@ Losses beyond pairs (loss zoo II) train with a recipe from ``RECIPES``: two augm
 momentum encoder, the Shapes attribute vector as a third modality (MLP tower), or caption
 concepts; ``clip_plus_ssl:<ssl>`` rows combine CLIP with an image–image SSL loss.
 
-Each loss trains in a fresh subprocess and run folder (``--out/<loss>``) through the Python API
-(``contrastkit.train.RunConfig`` / ``train`` with ``LossConfig(name)``, then
+**Quality.** Each loss trains in a fresh subprocess and run folder (``--out/<loss>``) through the
+Python API (``contrastkit.train.RunConfig`` / ``train`` with ``LossConfig(name)``, then
 ``contrastkit.evaluation.evaluate_run`` on the test split), with the demo model and optimiser
 (warm-up shortened to a tenth of the budget; non-finite steps are skipped and the run stops after
-10 in a row, reported as a failure). Columns: training-loop wall seconds (data generation
-and evaluation excluded), test zero-shot top-1 on shape+color and on color, test text→image R@1,
-and a shape+color linear probe of the image embeddings (fixed λ, 50/50 split of the test images) —
-the only meaningful column for image-only objectives, which leave the text tower untrained.
-A budget this small ranks losses by early progress, not by their final quality.
+10 in a row, reported as a failure). Columns: test zero-shot top-1 on shape+color and on color,
+test text→image R@1, and a shape+color linear probe of the image embeddings (fixed λ, 50/50 split
+of the test images) — the only meaningful column for image-only objectives, which leave the text
+tower untrained. A budget this small ranks losses by early progress, not by their final quality.
+
+**Speed.** A second subprocess per loss builds two training sessions of the same run config
+(:func:`contrastkit.train.session.build_session`): one with the loss and its recipe, one with the
+reference loss (``--reference``, default ``clip``, plain pairs). After ``--warmup`` steps each, it
+times the trainer's own step (towers, loss, backward, optimiser) in ``--rounds`` interleaved rounds
+of ``--round-steps`` steps per session (loss, reference, then reference, loss, …; each session on
+its own pre-drawn batches). Reported: the loss's median ms per step, the median of the per-round
+ratios (loss step / reference step) with their min–max, and the 1-minute load average before and
+after that process. ``--part`` picks quality, speed or both. The step time does not depend on
+``--train-n`` (the model and its vocabulary are the same): a smaller one only saves the sessions'
+data generation.
 
     python benchmarks/loss_zoo.py --losses clip,siglip,m3col --steps 60
     python benchmarks/loss_zoo.py            # every loss, 150 steps of 128, 8000 training pairs
+    python benchmarks/loss_zoo.py --part speed   # the speed columns only (minutes, not an hour)
     python benchmarks/loss_zoo.py --probe-only   # which losses would train, and why not
 """
 
@@ -36,13 +47,16 @@ import inspect
 import json
 import os
 import pkgutil
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _measure import TIMING, ratio_spread, set_mmap_threshold  # OMP_WAIT_POLICY=PASSIVE
+from _train_steps import step_times
 
 METRICS = {
     "zs_shape_color": "zeroshot/shape+color/top1",
@@ -240,6 +254,7 @@ def worker(args: argparse.Namespace) -> None:
     from contrastkit.evaluation import evaluate_run
     from contrastkit.train import train
 
+    set_mmap_threshold(TIMING)  # the allocator as in a plain training run, not _measure's child default
     load_registry()
     params = json.loads(args.params)
     cfg = run_config(args, args.worker, params)
@@ -273,19 +288,58 @@ def run_one(args: argparse.Namespace, name: str, params: dict[str, Any]) -> dict
     return out
 
 
+def speed_worker(args: argparse.Namespace) -> None:
+    """Time the training step of ``--speed-worker`` against the reference loss's in interleaved
+    rounds in this one process; print ``{"loss": [...], "ref": [...], "skipped": n}`` (seconds per
+    step, one value per round) as the last line."""
+    from contrastkit.models.dual_encoder import ModelConfig
+
+    registry, _ = load_registry()
+    ref = (args.reference, loss_params(registry, args.reference, args.steps, ModelConfig().embed_dim))
+    cfgs = {}
+    for arm, (name, params) in {"loss": (args.speed_worker, json.loads(args.params)), "ref": ref}.items():
+        if "warmup_steps" in params:  # the steady state: MoCHi mixes hard negatives after its warm-up
+            params = {**params, "warmup_steps": 0}
+        cfgs[arm] = run_config(args, name, params)
+    times, skipped = step_times(cfgs, args.warmup, args.rounds, args.round_steps)
+    print(json.dumps({**times, "skipped": skipped}))
+
+
+def run_speed(args: argparse.Namespace, name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``name``'s step time against the reference's, from a fresh process, with the load around it."""
+    cmd = [sys.executable, __file__, "--speed-worker", name, "--params", json.dumps(params)]
+    flags = ("steps", "batch", "train_n", "test_n", "seed", "device", "threads", "reference", "warmup")
+    for flag in (*flags, "rounds", "round_steps"):
+        cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    load0 = os.getloadavg()[0]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    load = f"{load0:.1f}→{os.getloadavg()[0]:.1f}"
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1][:200]
+        return {"speed_error": f"speed failed (exit {proc.returncode}): {tail}", "load": load}
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {
+        "ms_per_step": 1e3 * statistics.median(r["loss"]),
+        "x_ref": ratio_spread(r["loss"], r["ref"]),
+        "speed_skipped": r["skipped"],
+        "load": load,
+    }
+
+
 def fmt(v: Any, spec: str) -> str:
     return "—" if v is None or (isinstance(v, float) and v != v) else format(v, spec)
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[dict[str, Any]], reference: str) -> str:
     lines = [
-        "| loss | steps | wall s | test shape+color zero-shot top-1 | test color top-1 "
-        "| text→image R@1 | shape+color linear probe | note |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        f"| loss | steps | ms/step | step time × {reference} | load | test shape+color zero-shot top-1 "
+        "| test color top-1 | text→image R@1 | shape+color linear probe | note |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['loss']} | {fmt(r.get('steps'), 'd')} | {fmt(r.get('wall_s'), '.1f')} "
+            f"| {r['loss']} | {fmt(r.get('steps'), 'd')} | {fmt(r.get('ms_per_step'), '.0f')} "
+            f"| {r.get('x_ref', '—')} | {r.get('load', '—')} "
             f"| {fmt(r.get('zs_shape_color'), '.3f')} | {fmt(r.get('zs_color'), '.3f')} "
             f"| {fmt(r.get('t2i_r1'), '.3f')} | {fmt(r.get('probe_shape_color'), '.3f')} "
             f"| {r.get('reason', '')} |"
@@ -306,11 +360,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads per run (0: all cores)")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per loss")
     p.add_argument("--probe-only", action="store_true", help="list which losses would train; train none")
+    p.add_argument("--part", choices=("both", "quality", "speed"), default="both")
+    p.add_argument("--reference", default="clip", help="speed: the loss every step time is divided by")
+    p.add_argument("--warmup", type=int, default=3, help="speed: untimed steps per session")
+    p.add_argument("--rounds", type=int, default=5, help="speed: interleaved rounds")
+    p.add_argument("--round-steps", type=int, default=3, help="speed: steps per session per round")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--speed-worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--params", default="{}", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         worker(args)
+        return
+    if args.speed_worker:
+        speed_worker(args)
         return
 
     from contrastkit.models.dual_encoder import ModelConfig
@@ -338,17 +401,36 @@ def main(argv: list[str] | None = None) -> None:
             elif args.probe_only:
                 row["reason"] = f"(probe only: would train with {params or 'defaults'})"
             else:
-                print(f"[loss_zoo] {name} {params or ''}: training {args.steps} steps …", flush=True)
-                row.update(run_one(args, name, params))
+                row.update(measure(args, name, params))
                 if "reason" not in row:
-                    row["reason"] = recipe_note(registry, name)
-        if "wall_s" not in row:
+                    row["reason"] = "; ".join(
+                        x for x in (recipe_note(registry, name), row.get("speed_error")) if x
+                    )
+        if "reason" in row and "wall_s" not in row and "x_ref" not in row:
             print(f"[loss_zoo] {name}: skipped — {row['reason']}", flush=True)
         rows.append(row)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "summary.json").write_text(json.dumps(rows, indent=1))
     print()
-    print(table(rows))
+    if args.part != "quality":
+        print(
+            f"Speed: ms per training step (median over {args.rounds} rounds × {args.round_steps} steps); "
+            f"step time × {args.reference}: median of per-round ratios (min–max); "
+            "load: 1-min average before→after.\n"
+        )
+    print(table(rows, args.reference))
+
+
+def measure(args: argparse.Namespace, name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The parts of ``--part`` for one trainable loss: quality (train + evaluate) and/or speed."""
+    row: dict[str, Any] = {}
+    if args.part != "speed":
+        print(f"[loss_zoo] {name} {params or ''}: training {args.steps} steps …", flush=True)
+        row.update(run_one(args, name, params))
+    if args.part != "quality" and "reason" not in row:
+        print(f"[loss_zoo] {name}: step time against {args.reference} …", flush=True)
+        row.update(run_speed(args, name, params))
+    return row
 
 
 if __name__ == "__main__":

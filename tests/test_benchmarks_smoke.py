@@ -1,9 +1,10 @@
-"""The benchmark scripts behind docs/performance.md run end to end at toy sizes and write what their
-summaries and figures read: every compared method in every round of one process, ratios to the
-round's own floor, and (evaluation) the same metrics from both retrieval backends.
+"""The benchmark scripts behind docs/performance.md and docs/losses.md run end to end at toy sizes
+and write what their summaries and figures read: every compared method in every round of one
+process, ratios to the round's own floor or reference, and (evaluation) the same metrics from both
+retrieval backends.
 
 Nothing here is timed: the scripts' numbers are for the docs, measured under the benchmark lock.
-Three of the four start several interpreters each (~15–20 s): ``pytest -m slow`` runs them."""
+Those that start several interpreters (~15–40 s each) are marked slow: ``pytest -m slow`` runs them."""
 
 import json
 import os
@@ -102,6 +103,35 @@ def test_loss_speed_interleaved_table() -> None:
         cells = [c.strip() for c in rows[name].strip("|").split("|")]
         assert len(cells) == 8 and "(" in cells[3] and "–" in cells[3] and "→" in cells[7]
     assert rows["ntxent"].count("floor@2N") == 1 and "floor@2N" not in rows["clip"]
+
+
+def test_interleaved_rotates_arms_and_ratio_spread_reads_rounds() -> None:
+    sys.path.insert(0, str(BENCH))
+    from _measure import interleaved, ratio_spread
+
+    order: list[str] = []
+    times = interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 3, 2)
+    assert order == ["a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b"]  # A,B / B,A / A,B
+    assert [len(v) for v in times.values()] == [3, 3] and all(t >= 0 for v in times.values() for t in v)
+    assert ratio_spread([2.0, 9.0, 3.0], [1.0, 3.0, 1.0]) == "3.00 (2.00–3.00)"  # per-round ratios 2, 3, 3
+    with pytest.raises(ValueError):  # rounds must pair up
+        ratio_spread([1.0, 2.0], [1.0])
+
+
+@pytest.mark.slow  # ~40 s: a quality and a speed process per loss, each generating toy Shapes data
+def test_loss_zoo_quality_and_interleaved_speed(tmp_path: Path) -> None:
+    args = ["--losses", "clip,moco2", "--train-n", "200", "--test-n", "100", "--batch", "16", "--steps", "3"]
+    args += ["--threads", "1", "--warmup", "1", "--rounds", "2", "--round-steps", "1", "--out", str(tmp_path)]
+    out = _run("loss_zoo.py", *args)
+    rows = {line.split(" | ")[0].strip("| "): line for line in out.splitlines() if line.startswith("| ")}
+    for name in ("clip", "moco2"):  # moco2: two augmented views and an EMA image tower (a recipe)
+        cells = [c.strip() for c in rows[name].strip("|").split("|")]
+        assert cells[1] == "3" and float(cells[2]) > 0, cells  # trained 3 steps; ms per step
+        assert "(" in cells[3] and "–" in cells[3] and "→" in cells[4], cells  # ratio (min–max), load
+        assert 0 <= float(cells[8]) <= 1, cells  # the linear probe ran
+    assert "step time × clip" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["loss"] for r in summary] == ["clip", "moco2"] and all(r["speed_skipped"] == 0 for r in summary)
 
 
 def test_multibootstrap_speed_interleaved_table() -> None:

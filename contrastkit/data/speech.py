@@ -18,11 +18,14 @@ Protocol:
    writer never leaves a partial file);
 3. samples ``/ 32768`` are resampled to ``sample_rate`` in float64 by a polyphase filter
    (``scipy.signal.resample_poly``, ratio reduced by the gcd, its default Kaiser-window FIR
-   designed once per ratio), cropped
-   to ``max_seconds`` (a warning counts the cropped clips), cast to float32;
+   designed once per ratio), cropped to ``max_seconds`` (a warning counts the cropped clips),
+   cast to float32;
 4. log-mel features (:func:`contrastkit.data.audio_features.log_mel`, ``speech.mel``) in
    float32 with a fixed number of frames (zero-padded waveforms: trailing frames are silence,
-   ``log(eps)``).
+   ``log(eps)``);
+5. the feature tensor of the distinct texts is kept too (``cache_features``), as
+   ``<cache_dir>/features/<key>.npy`` keyed by the texts, variants, settings and the espeak-ng,
+   torch and scipy versions: a warm start loads one file instead of re-reading every clip.
 
 Exactness: espeak-ng has no randomness: its output was byte-identical over repeated runs and
 across worker counts (tests check it for every variant they synthesise), so cached and fresh
@@ -35,6 +38,7 @@ another accent. Related: :mod:`contrastkit.data.audio_features`, :mod:`contrastk
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import hashlib
@@ -47,11 +51,11 @@ import subprocess
 import tempfile
 import warnings
 import wave
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import torch
@@ -92,7 +96,8 @@ class SpeechConfig:
     :meth:`variants`, in that order. ``voices``: espeak-ng names (``espeak-ng --voices``), e.g.
     ``en-us``, ``en-gb``, ``en-gb-scotland``, ``en-029``, ``en-us+f3`` (a variant voice);
     ``speeds``: 80–450 words per minute (espeak-ng's default 175); ``pitches``: 0–99 (default 50);
-    ``cache_dir``: relative to the working directory; ``workers``: synthesiser processes at a time."""
+    ``cache_dir``: relative to the working directory; ``workers``: synthesiser processes at a time;
+    ``cache_features``: also keep each feature tensor (``<cache_dir>/features/<key>.npy``)."""
 
     voices: tuple[str, ...] = ("en-us",)
     speeds: tuple[int, ...] = (175,)
@@ -101,6 +106,7 @@ class SpeechConfig:
     max_seconds: float = 4.0
     cache_dir: str = ".cache/speech"
     workers: int = 2
+    cache_features: bool = True
     mel: MelConfig = field(default_factory=MelConfig)
 
     def __post_init__(self) -> None:
@@ -235,19 +241,29 @@ def _cache_path(cache_dir: Path, text: str, variant: Variant) -> Path:
     return cache_dir / digest[:2] / f"{digest}.wav"
 
 
-def _write_wav(path: Path, rate: int, pcm: np.ndarray) -> None:
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` through ``write`` into a temporary file beside it, then rename: readers
+    (other processes, a later run after a crash) see no file or the whole file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem[:8], suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f, wave.open(f, "wb") as w:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_wav(path: Path, rate: int, pcm: np.ndarray) -> None:
+    def write(f: BinaryIO) -> None:
+        with wave.open(f, "wb") as w:
             w.setnchannels(1)
             w.setsampwidth(2)
             w.setframerate(rate)
             w.writeframes(pcm.astype("<i2").tobytes())
-        os.replace(tmp, path)  # atomic: readers see the old state or the whole file
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    _atomic_write(path, write)
 
 
 def _read_wav(path: Path) -> tuple[int, np.ndarray]:
@@ -306,9 +322,9 @@ def _resample(x: np.ndarray, up: int, down: int) -> np.ndarray:
 
 def _waves(
     texts: list[str], variants: tuple[Variant, ...], cfg: SpeechConfig, progress: bool
-) -> list[np.ndarray]:
+) -> tuple[list[np.ndarray], int]:
     """float32 waveforms at ``cfg.sample_rate`` for every (text, variant), text-major, cropped
-    to ``max_seconds`` (with a warning counting the cropped ones)."""
+    to ``max_seconds``, and how many were cropped."""
     jobs = [(t, v) for t in texts for v in variants]
     cache_dir = Path(cfg.cache_dir)
     with ThreadPoolExecutor(max_workers=cfg.workers) as pool:  # threads wait on espeak-ng processes
@@ -330,14 +346,16 @@ def _waves(
         if rate != cfg.sample_rate:
             x = _resample(x, cfg.sample_rate // g, rate // g)
         out.append(x.astype(np.float32))
-    cropped = sum(len(x) > limit for x in out)
+    return [x[:limit] for x in out], sum(len(x) > limit for x in out)
+
+
+def _warn_cropped(cropped: int, total: int, cfg: SpeechConfig, stacklevel: int) -> None:
     if cropped:
         warnings.warn(
-            f"speech: {cropped} of {len(out)} spoken clips are longer than max_seconds="
+            f"speech: {cropped} of {total} spoken clips are longer than max_seconds="
             f"{cfg.max_seconds} and were cropped",
-            stacklevel=3,
+            stacklevel=stacklevel,  # the caller of the public function
         )
-    return [x[:limit] for x in out]
 
 
 def speak(
@@ -352,10 +370,44 @@ def speak(
     cfg = cfg or SpeechConfig()
     distinct = _check_texts(texts)
     chosen = _variants(cfg, variants)
-    waves = _waves(distinct, chosen, cfg, progress)
+    waves, cropped = _waves(distinct, chosen, cfg, progress)
+    _warn_cropped(cropped, len(waves), cfg, 3)
     row = {t: i for i, t in enumerate(distinct)}
     v = len(chosen)
     return [waves[row[t] * v : row[t] * v + v] for t in texts]
+
+
+def _features_path(texts: list[str], variants: tuple[Variant, ...], cfg: SpeechConfig) -> Path:
+    """The feature cache file of these distinct texts, variants and settings: keyed also by the
+    espeak-ng, torch and scipy versions (float32 STFT and resampling rounding)."""
+    import scipy
+
+    key = [texts, [list(v) for v in variants], cfg.sample_rate, cfg.max_seconds, cfg.max_frames]
+    key += [dataclasses.astuple(cfg.mel), espeak_version(), torch.__version__, scipy.__version__]
+    digest = hashlib.sha256(json.dumps(key, ensure_ascii=False).encode("utf-8")).hexdigest()
+    return Path(cfg.cache_dir) / "features" / f"{digest}.npy"
+
+
+def _features(
+    texts: list[str], variants: tuple[Variant, ...], cfg: SpeechConfig, progress: bool
+) -> torch.Tensor:
+    m, frames = cfg.mel, cfg.max_frames
+    feats = torch.empty(len(texts), len(variants), m.n_mels, frames, dtype=torch.float32)
+    length, cropped = (frames - 1) * m.hop, 0
+    bar = progress_bar(total=len(texts), desc="speech features", enabled=progress, unit="text", leave=False)
+    for lo in range(0, len(texts), _CHUNK):
+        chunk = texts[lo : lo + _CHUNK]
+        waves, n = _waves(chunk, variants, cfg, False)
+        cropped += n
+        batch = torch.zeros(len(waves), length)  # zero padding = silence
+        for i, x in enumerate(waves):
+            batch[i, : min(len(x), length)] = torch.from_numpy(x[:length])
+        mel = log_mel(batch, cfg.sample_rate, m.n_fft, m.hop, m.n_mels, m.fmin, m.fmax, m.eps, frames)
+        feats[lo : lo + len(chunk)] = mel.view(len(chunk), len(variants), m.n_mels, frames)
+        bar.update(len(chunk))
+    bar.close()
+    _warn_cropped(cropped, feats.shape[0] * feats.shape[1], cfg, 4)
+    return feats
 
 
 def distinct_speech_features(
@@ -370,22 +422,13 @@ def distinct_speech_features(
     cfg = cfg or SpeechConfig()
     distinct = _check_texts(texts)
     chosen = _variants(cfg, variants)
-    m, frames = cfg.mel, cfg.max_frames
-    feats = torch.empty(len(distinct), len(chosen), m.n_mels, frames, dtype=torch.float32)
-    length = (frames - 1) * m.hop
-    bar = progress_bar(
-        total=len(distinct), desc="speech features", enabled=progress, unit="text", leave=False
-    )
-    for lo in range(0, len(distinct), _CHUNK):
-        chunk = distinct[lo : lo + _CHUNK]
-        waves = _waves(chunk, chosen, cfg, False)
-        batch = torch.zeros(len(waves), length)  # zero padding = silence
-        for i, x in enumerate(waves):
-            batch[i, : min(len(x), length)] = torch.from_numpy(x[:length])
-        mel = log_mel(batch, cfg.sample_rate, m.n_fft, m.hop, m.n_mels, m.fmin, m.fmax, m.eps, frames)
-        feats[lo : lo + len(chunk)] = mel.view(len(chunk), len(chosen), m.n_mels, frames)
-        bar.update(len(chunk))
-    bar.close()
+    path = _features_path(distinct, chosen, cfg)
+    if cfg.cache_features and path.is_file():
+        feats = torch.from_numpy(np.load(path))
+    else:
+        feats = _features(distinct, chosen, cfg, progress)
+        if cfg.cache_features:
+            _atomic_write(path, lambda f: np.save(f, feats.numpy()))
     row = {t: i for i, t in enumerate(distinct)}
     return feats, torch.tensor([row[t] for t in texts], dtype=torch.int64)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import warnings
 
@@ -112,6 +113,11 @@ def test_synthesis_cached_deterministic_and_resampled(tmp_path, monkeypatch):
     monkeypatch.setattr(speech, "synthesize", fail)
     second = speak(TEXTS, cfg, VARIANTS)
     assert all(np.array_equal(a, b) for r, s in zip(first, second) for a, b in zip(r, s))
+    feats, _ = distinct_speech_features(TEXTS, cfg, VARIANTS)  # computes and caches the features
+    monkeypatch.setattr(speech, "_features", fail)
+    again, _ = distinct_speech_features(TEXTS, cfg, VARIANTS)  # from the feature cache
+    assert torch.equal(again, feats)
+    assert not list((tmp_path / "speech").rglob("*.tmp"))
 
 
 @needs_espeak
@@ -137,6 +143,9 @@ def test_features_shape_index_and_equal_to_log_mel(tmp_path):
     assert index.tolist() == [0, 1, 0]
     full = speech_features(TEXTS, cfg, VARIANTS)
     assert full.shape == (3, 2, 40, 301) and torch.equal(full[0], full[2]) and torch.equal(full[1], feats[1])
+    assert len(list((tmp_path / "speech" / "features").glob("*.npy"))) == 1
+    fresh, _ = distinct_speech_features(TEXTS, dataclasses.replace(cfg, cache_features=False), VARIANTS)
+    assert torch.equal(fresh, feats)  # cached features = features recomputed from the cached clips
     wave = speak(TEXTS[1:2], cfg, VARIANTS[1:])[0][0]
     ref = log_mel(torch.from_numpy(wave), 16000, max_frames=301)  # float32, as the batch
     assert torch.equal(full[1, 1], ref)
