@@ -59,6 +59,8 @@ def test_list_losses_verbose(capsys):
         "max_scale: float >= 1 = 100.0",
         "init_bias: float | None = None",
         "allow_single: bool = False",
+        "similarity: str = 'cosine'",
+        "bandwidth: float > 0 = 1.0",
     ]
     assert "\ndcl  [L-DCL]" in out and "\nhn_nce  [L-HNNCE]" in out  # ids from class / module docs
     assert "\n    dim: int >= 1  (required)" in out  # moco2's queue dimension has no default

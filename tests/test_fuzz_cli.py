@@ -101,7 +101,10 @@ EXTRA_KEYS = [
     "data.image.size",
     "data.max_skip_fraction",
     "model.momentum",
+    "model.momentum.start",
     "loss.terms",
+    "train.modulation",
+    "train.modulation.alpha",
 ]
 
 

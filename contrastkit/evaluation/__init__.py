@@ -23,7 +23,16 @@ from contrastkit.evaluation.tasks import EVAL_TASKS, EvalContext, TaskResult
 from contrastkit.evaluation.zeroshot import zero_shot_classifier, zero_shot_metrics
 
 # Register the remaining task families (each module's @EVAL_TASKS.register runs at import).
-from contrastkit.evaluation import composed, compositional, cross_modal, experts, geometry, multilabel, probes  # noqa: F401  isort: skip
+from contrastkit.evaluation import (  # noqa: F401  isort: skip
+    composed,
+    compositional,
+    cross_modal,
+    experts,
+    geometry,
+    multilabel,
+    probes,
+    tolerance,
+)
 
 __all__ = [
     "EVAL_TASKS",

@@ -17,6 +17,10 @@ row and column term, ``ℓ_i = ½ [CE(L_i·, i) + CE(L_·i, i)]`` (:func:`clip_p
 ``loss = (1/N) Σ_i ℓ_i``. With per-pair weights ``w`` (batch field ``pair_weights [N]``, constants)
 the loss is ``(1/N) Σ_i w_i·ℓ_i``; pair i stays a negative for every other anchor whatever ``w_i``.
 
+Similarity as a choice (Le-Khac et al. 2020, seed 79): ``similarity="dot" | "neg_sq_dist" | "rbf"``
+replaces ``x_i·y_j`` by that similarity of the raw embeddings (:mod:`contrastkit.losses.similarity`);
+the ``scale`` wrappers refuse it (cosine only).
+
 Related: L-SIGLIP (sigmoid, no softmax), L-NTXENT (both views in one 2N batch), L-DCL
 (positive removed from the denominator). Memory tricks (tiled, gathered, gradient-cached) are
 wrappers in ``contrastkit.scale`` around :func:`clip_loss`.
@@ -34,7 +38,13 @@ from torch import nn
 from contrastkit.core.checks import check_pair, check_scalar_param
 from contrastkit.core.errors import InputError
 from contrastkit.core.registry import Positive
-from contrastkit.losses.base import LOSSES, MaxScale, PairLoss, learnable_log_scale, maybe_normalize
+from contrastkit.losses.base import LOSSES, MaxScale, PairLoss, learnable_log_scale
+from contrastkit.losses.similarity import (
+    DEFAULT_SIMILARITY,
+    check_similarity,
+    similarity_kwargs,
+    similarity_matrix,
+)
 
 __all__ = ["CLIPLoss", "check_pair_weights", "clip_loss", "clip_pair_losses"]
 
@@ -48,6 +58,8 @@ def clip_loss(
     normalize: bool = True,
     allow_single: bool = False,
     pair_weights: torch.Tensor | None = None,
+    similarity: str = DEFAULT_SIMILARITY,
+    bandwidth: float = 1.0,
 ) -> torch.Tensor:
     """Symmetric InfoNCE (CLIP). ``scale`` is the multiplier ``s`` (not its log).
 
@@ -60,14 +72,26 @@ def clip_loss(
         allow_single: accept N = 1 (the loss is then exactly 0).
         pair_weights: optional ``[N]`` finite weights ``w_i >= 0`` (no gradient flows to them):
             the loss is then ``(1/N) Σ_i w_i·ℓ_i`` with ℓ_i of :func:`clip_pair_losses`.
+        similarity: ``x_i·y_j`` replaced by ``S_ij`` of this similarity (``"cosine"`` default,
+            ``"dot"``, ``"neg_sq_dist"``, ``"rbf"``; :mod:`contrastkit.losses.similarity`).
+        bandwidth: σ of the ``"rbf"`` similarity.
     Returns:
         0-d tensor, mean over the 2N cross-entropies / 2, in float32 (float64 for float64 input).
     """
     if pair_weights is not None:
         w = check_pair_weights(pair_weights, x.shape[0])
-        ell = clip_pair_losses(x, y, scale, bias, normalize=normalize, allow_single=allow_single)
+        ell = clip_pair_losses(
+            x,
+            y,
+            scale,
+            bias,
+            normalize=normalize,
+            allow_single=allow_single,
+            similarity=similarity,
+            bandwidth=bandwidth,
+        )
         return (w.to(ell.dtype) * ell).mean()
-    logits = _logits(x, y, scale, bias, normalize, allow_single)
+    logits = _logits(x, y, scale, bias, normalize, allow_single, similarity, bandwidth)
     target = torch.arange(x.shape[0], device=x.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
@@ -80,11 +104,13 @@ def clip_pair_losses(
     *,
     normalize: bool = True,
     allow_single: bool = False,
+    similarity: str = DEFAULT_SIMILARITY,
+    bandwidth: float = 1.0,
 ) -> torch.Tensor:
     """Each pair's share of :func:`clip_loss`: ``ℓ_i = ½ [CE(L_i·, i) + CE(L_·i, i)]``, ``[N]``
     (row i: image i against every text; column i: text i against every image). Their mean is
     ``clip_loss(x, y, scale, bias)``. Arguments as in :func:`clip_loss`."""
-    logits = _logits(x, y, scale, bias, normalize, allow_single)
+    logits = _logits(x, y, scale, bias, normalize, allow_single, similarity, bandwidth)
     target = torch.arange(x.shape[0], device=x.device)
     rows = F.cross_entropy(logits, target, reduction="none")
     cols = F.cross_entropy(logits.T, target, reduction="none")
@@ -109,6 +135,8 @@ def _logits(
     bias: torch.Tensor | float | None,
     normalize: bool,
     allow_single: bool,
+    similarity: str = DEFAULT_SIMILARITY,
+    bandwidth: float = 1.0,
 ) -> torch.Tensor:
     check_pair(x, y)
     if x.shape[0] == 1 and not allow_single:
@@ -116,11 +144,10 @@ def _logits(
             "clip_loss got a batch of 1 pair: with no negatives the loss is identically 0; "
             "pass allow_single=True if that is intended"
         )
-    x = maybe_normalize(x, normalize)
-    y = maybe_normalize(y, normalize).to(x.dtype)
     if isinstance(scale, torch.Tensor):
         check_scalar_param("scale", scale)
-    logits = scale * (x @ y.T)  # one matmul; the text→image direction uses the transposed view
+    # one matmul; the text→image direction uses the transposed view
+    logits = scale * similarity_matrix(x, y, similarity, bandwidth=bandwidth, normalize=normalize)
     if bias is not None:
         logits = logits + bias
     return logits
@@ -137,6 +164,8 @@ class CLIPLoss(PairLoss):
         max_scale: clamp ``s ≤ max_scale`` after each optimizer step (CLIP: 100); ``θ_s ≥ 0`` too.
         init_bias: add a learnable logit bias with this initial value (default: none).
         allow_single: see :func:`clip_loss`.
+        similarity: ``"cosine"`` (default), ``"dot"``, ``"neg_sq_dist"`` or ``"rbf"``
+            (:mod:`contrastkit.losses.similarity`); bandwidth: σ of ``"rbf"`` (1.0).
     """
 
     accepts = frozenset({"pair_weights"})
@@ -148,8 +177,12 @@ class CLIPLoss(PairLoss):
         max_scale: MaxScale = 100.0,
         init_bias: float | None = None,
         allow_single: bool = False,
+        similarity: str = DEFAULT_SIMILARITY,
+        bandwidth: Positive = 1.0,
     ) -> None:
         super().__init__()
+        check_similarity(similarity, bandwidth)
+        self.similarity, self.bandwidth = similarity, float(bandwidth)
         self.log_scale, self.max_log_scale = learnable_log_scale(init_temperature, max_scale, learnable)
         self.bias = None if init_bias is None else nn.Parameter(torch.tensor(float(init_bias)))
         self.allow_single = allow_single
@@ -159,6 +192,7 @@ class CLIPLoss(PairLoss):
             "scale": self.log_scale.exp(),
             "bias": self.bias,
             "allow_single": self.allow_single,
+            **similarity_kwargs(self.similarity, self.bandwidth),
         }
 
     @torch.no_grad()

@@ -18,7 +18,9 @@ Tiled: ``scale.tile_size`` runs ``ntxent`` and one-directional ``infonce`` in O(
 memory, exactly (:mod:`contrastkit.scale.tiled_zoo`). Distributed: for several devices gather the
 embeddings first. An
 ``InfoNCELoss(symmetric=True)`` module's ``pure()`` *is* ``clip_loss``, so it runs under both
-wrappers. Related: L-CLIP, L-SUPCON (NT-Xent = SupCon with two views and distinct labels), L-DCL
+wrappers. Similarity as a choice (seed 79): both take ``similarity="dot" | "neg_sq_dist" | "rbf"``
+in place of the cosine (:mod:`contrastkit.losses.similarity`; the tiled forms refuse it).
+Related: L-CLIP, L-SUPCON (NT-Xent = SupCon with two views and distinct labels), L-DCL
 (positive removed from the denominator), L-AM-NTXENT (margin on the positive).
 """
 
@@ -33,8 +35,14 @@ import torch.nn.functional as F
 from contrastkit.core.checks import check_pair, check_scalar_param
 from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.core.registry import Positive
-from contrastkit.losses.base import LOSSES, MaxScale, PairLoss, learnable_log_scale, maybe_normalize
+from contrastkit.losses.base import LOSSES, MaxScale, PairLoss, as_float, learnable_log_scale
 from contrastkit.losses.clip import clip_loss
+from contrastkit.losses.similarity import (
+    DEFAULT_SIMILARITY,
+    check_similarity,
+    similarity_kwargs,
+    similarity_matrix,
+)
 
 __all__ = ["InfoNCELoss", "NTXentLoss", "infonce_loss", "ntxent_loss"]
 
@@ -56,6 +64,8 @@ def ntxent_loss(
     reduction: Reduction = "mean",
     normalize: bool = True,
     allow_single: bool = False,
+    similarity: str = DEFAULT_SIMILARITY,
+    bandwidth: float = 1.0,
 ) -> torch.Tensor:
     """NT-Xent (SimCLR) over the 2N rows ``[x; y]`` (spec L-NTXENT).
 
@@ -69,6 +79,8 @@ def ntxent_loss(
         normalize: L2-normalise ``x`` and ``y`` first (default; SimCLR ``hidden_norm=True``).
         allow_single: accept N = 1, where each anchor's only candidate is its positive and the loss
             is identically 0; an :class:`InputError` otherwise.
+        similarity: ``z_a·z_b`` replaced by this similarity (``"cosine"`` default, ``"dot"``,
+            ``"neg_sq_dist"``, ``"rbf"``; :mod:`contrastkit.losses.similarity`); bandwidth: σ of rbf.
     Returns:
         0-d tensor. Memory: one ``[2N, 2N]`` logit matrix.
     """
@@ -82,9 +94,9 @@ def ntxent_loss(
     if reduction not in ("mean", "sum", "simclr"):
         raise ConfigError(f"reduction must be 'mean', 'sum' or 'simclr', got {reduction!r}")
     _check_positive("temperature", temperature)
-    x = maybe_normalize(x, normalize)
-    z = torch.cat([x, maybe_normalize(y, normalize).to(x.dtype)])
-    q = (z @ z.T) / temperature
+    check_similarity(similarity, bandwidth)
+    z = torch.cat([as_float(x), as_float(y).to(as_float(x).dtype)])
+    q = similarity_matrix(z, z, similarity, bandwidth=bandwidth, normalize=normalize) / temperature
     idx = torch.arange(2 * n, device=z.device)
     pos = q[idx, (idx + n) % (2 * n)]  # row k's positive is the other view of the same sample
     # the anchor itself is not a candidate; in-place keeps a single 2N×2N matrix alive
@@ -102,6 +114,8 @@ def infonce_loss(
     symmetric: bool = False,
     normalize: bool = True,
     allow_single: bool = False,
+    similarity: str = DEFAULT_SIMILARITY,
+    bandwidth: float = 1.0,
 ) -> torch.Tensor:
     """One-directional InfoNCE x→y: ``CE(s · x yᵀ, arange N)``; the candidates of ``x[i]`` are all ``y``.
 
@@ -112,6 +126,7 @@ def infonce_loss(
         symmetric: average with the y→x direction, ``½[CE(L) + CE(Lᵀ)]`` — equal to :func:`clip_loss`.
         normalize: L2-normalise ``x`` and ``y`` first (default).
         allow_single: accept N = 1 (the loss is then exactly 0); an :class:`InputError` otherwise.
+        similarity: ``x_i·y_j`` replaced by this similarity (see :func:`ntxent_loss`); bandwidth: σ.
     Returns:
         0-d tensor, mean over the N anchors.
     """
@@ -122,9 +137,7 @@ def infonce_loss(
             "pass allow_single=True if that is intended"
         )
     _check_positive("scale", scale)
-    x = maybe_normalize(x, normalize)
-    y = maybe_normalize(y, normalize).to(x.dtype)
-    logits = scale * (x @ y.T)
+    logits = scale * similarity_matrix(x, y, similarity, bandwidth=bandwidth, normalize=normalize)
     target = torch.arange(x.shape[0], device=x.device)
     loss = F.cross_entropy(logits, target)
     if symmetric:
@@ -140,12 +153,20 @@ class NTXentLoss(PairLoss):
         temperature: ``τ`` (SimCLR: 0.1 on ImageNet).
         reduction: ``"mean"`` | ``"sum"`` | ``"simclr"`` (2× mean, as the SimCLR TF code).
         allow_single: see :func:`ntxent_loss`.
+        similarity: ``"cosine"`` (default), ``"dot"``, ``"neg_sq_dist"``, ``"rbf"``; bandwidth: σ of rbf.
     """
 
     def __init__(
-        self, temperature: Positive = 0.1, reduction: Reduction = "mean", allow_single: bool = False
+        self,
+        temperature: Positive = 0.1,
+        reduction: Reduction = "mean",
+        allow_single: bool = False,
+        similarity: str = DEFAULT_SIMILARITY,
+        bandwidth: Positive = 1.0,
     ) -> None:
         super().__init__()
+        check_similarity(similarity, bandwidth)
+        self.similarity, self.bandwidth = similarity, float(bandwidth)
         _check_positive("temperature", temperature)
         if reduction not in ("mean", "sum", "simclr"):
             raise ConfigError(f"reduction must be 'mean', 'sum' or 'simclr', got {reduction!r}")
@@ -158,6 +179,7 @@ class NTXentLoss(PairLoss):
             "temperature": self.temperature,
             "reduction": self.reduction,
             "allow_single": self.allow_single,
+            **similarity_kwargs(self.similarity, self.bandwidth),
         }
 
 
@@ -181,14 +203,22 @@ class InfoNCELoss(PairLoss):
         max_scale: MaxScale = 100.0,
         symmetric: bool = False,
         allow_single: bool = False,
+        similarity: str = DEFAULT_SIMILARITY,
+        bandwidth: Positive = 1.0,
     ) -> None:
         super().__init__()
+        check_similarity(similarity, bandwidth)
+        self.similarity, self.bandwidth = similarity, float(bandwidth)
         self.log_scale, self.max_log_scale = learnable_log_scale(init_temperature, max_scale, learnable)
         self.symmetric = symmetric
         self.allow_single = allow_single
 
     def pure(self) -> tuple[Callable[..., torch.Tensor], dict[str, Any]]:
-        kwargs: dict[str, Any] = {"scale": self.log_scale.exp(), "allow_single": self.allow_single}
+        kwargs: dict[str, Any] = {
+            "scale": self.log_scale.exp(),
+            "allow_single": self.allow_single,
+            **similarity_kwargs(self.similarity, self.bandwidth),
+        }
         if self.symmetric:
             return clip_loss, kwargs
         return infonce_loss, kwargs

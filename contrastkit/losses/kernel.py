@@ -248,7 +248,10 @@ def decoupled_uniformity_loss(
 
 @LOSSES.register("decoupled_uniformity")
 class DecoupledUniformityLoss(PairLoss):
-    """Module form of :func:`decoupled_uniformity_loss`. Batch fields: ``weights`` (K) or ``prior``."""
+    """Module form of :func:`decoupled_uniformity_loss`. Batch fields: ``weights`` (K) or the prior
+    features, read from the field named ``prior_field`` (default ``prior``): a config selects the
+    kernel prior by naming a per-sample batch field, e.g. ``prior_field: attributes`` (Shapes'
+    attribute vectors) with ``kernel: rbf, sigma: 1.0``."""
 
     accepts = frozenset({"weights", "prior"})
 
@@ -258,13 +261,27 @@ class DecoupledUniformityLoss(PairLoss):
         kernel: Literal["rbf", "cosine"] = "rbf",
         sigma: Positive | None = None,
         lam: Positive | None = 0.01,
+        prior_field: str = "prior",
     ) -> None:
         super().__init__()
         if not t > 0:
             raise ConfigError(f"t must be > 0, got {t}")
         if kernel not in ("rbf", "cosine"):
             raise ConfigError(f"kernel must be 'rbf' or 'cosine', got {kernel!r}")
+        if not prior_field or prior_field == "weights":
+            raise ConfigError(
+                f"prior_field must name a per-sample batch field other than weights, got {prior_field!r}"
+            )
         self.kwargs: dict[str, Any] = {"t": t, "kernel": kernel, "sigma": sigma, "lam": lam}
+        self.prior_field = prior_field
+        self.accepts = frozenset({"weights", prior_field})  # type: ignore[misc]  # per instance
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, **aux: Any) -> torch.Tensor:
+        self.check_aux(aux)
+        fields = {k: v for k, v in aux.items() if v is not None}
+        if self.prior_field in fields:
+            fields["prior"] = fields.pop(self.prior_field)
+        return decoupled_uniformity_loss(x, y, **self.kwargs, **fields)
 
     def pure(self) -> tuple[Callable[..., torch.Tensor], dict[str, Any]]:
         return decoupled_uniformity_loss, dict(self.kwargs)

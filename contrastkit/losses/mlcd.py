@@ -6,6 +6,11 @@
   random subset): ``L = mean_i [log(1 + Σ_{Ω_n} e^{s c_j}) + log(1 + Σ_{Ω_p} e^{−s c_j})]``; spec form,
   not checked against the original. Defaults s = 32, l = 8, sampling ratio 1 (all centres).
 
+Prototypes from a config: :func:`save_prototypes` fits k-means on embeddings (e.g. a pretrained
+run's image embeddings, :func:`contrastkit.evaluation.prototypes.fit_run_prototypes`) and writes
+the ``[K, d]`` centres with ``torch.save``; the loss parameter ``prototypes_file`` names that file
+(``loss: {name: mlcd, params: {prototypes_file: protos.pt}}``), read by :func:`load_prototypes`.
+
 Tiled / distributed: dense only (``TiledLoss`` and ``GatherLoss`` dispatch on clip/siglip only);
 gather embeddings (and targets) across devices first. Related: L-SUPCON, L-CATLIP
 (:mod:`contrastkit.losses.labels`).
@@ -14,17 +19,25 @@ gather embeddings (and targets) across devices first. Related: L-SUPCON, L-CATLI
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Annotated, Any
 
 import torch
 from annotated_types import Gt, Le
 
 from contrastkit.core.checks import check_embeddings, check_pair
-from contrastkit.core.errors import ConfigError, InputError
+from contrastkit.core.errors import ConfigError, InputError, MissingFileError
 from contrastkit.core.registry import Positive, PositiveInt
 from contrastkit.losses.base import LOSSES, PairLoss, as_float, maybe_normalize
 
-__all__ = ["MLCDLoss", "assign_positives", "fit_prototypes", "mlcd_loss"]
+__all__ = [
+    "MLCDLoss",
+    "assign_positives",
+    "fit_prototypes",
+    "load_prototypes",
+    "mlcd_loss",
+    "save_prototypes",
+]
 
 
 def _nearest(z: torch.Tensor, centres: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
@@ -62,6 +75,46 @@ def fit_prototypes(
             break
         centres = new
     return centres
+
+
+def save_prototypes(
+    embeddings: torch.Tensor,
+    path: str | Path,
+    k: int,
+    iters: int = 20,
+    seed: int = 0,
+    *,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """Fit :func:`fit_prototypes` on ``embeddings`` and write the ``[k, d]`` float32 centres to
+    ``path`` (``torch.save`` of a plain tensor; parent folders created). Returns the centres."""
+    centres = fit_prototypes(embeddings, k, iters, seed, normalize=normalize).float().cpu().contiguous()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(centres, path)
+    return centres
+
+
+def load_prototypes(path: str | Path) -> torch.Tensor:
+    """The ``[K, d]`` centres saved by :func:`save_prototypes` (a ``.pt`` tensor, read with
+    ``weights_only=True``) or a NumPy ``.npy`` array; clear errors for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"prototypes file {path} does not exist (write it with save_prototypes)")
+    if path.suffix == ".npy":
+        import numpy as np
+
+        value: Any = torch.from_numpy(np.load(path))
+    else:
+        try:
+            value = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # pickle / zip errors: name the file, not the unpickler internals
+            raise InputError(f"prototypes file {path} is not a saved tensor: {err}") from None
+    if not isinstance(value, torch.Tensor) or value.ndim != 2 or not value.is_floating_point():
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise InputError(f"prototypes file {path} must hold a float [K, d] tensor, got {shape}")
+    check_embeddings("prototypes", value)
+    return value
 
 
 @torch.no_grad()
@@ -136,9 +189,11 @@ def mlcd_loss(
 class MLCDLoss(PairLoss):
     """Module form of :func:`mlcd_loss` holding the prototypes (a buffer, not trained).
 
-    Set them with :meth:`fit` (k-means over embeddings, :func:`fit_prototypes`) or
-    :meth:`set_prototypes`. Positives come from the batch field ``positives [N, l]`` (offline
-    assignment, as in the paper) or, when absent, from :func:`assign_positives` on the detached
+    Set them with :meth:`fit` (k-means over embeddings, :func:`fit_prototypes`),
+    :meth:`set_prototypes`, or from a config: ``prototypes_file`` names a file written by
+    :func:`save_prototypes` (read once, at construction; the centres then live in the state
+    dict). Positives come from the batch field ``positives [N, l]`` (offline assignment, as in
+    the paper) or, when absent, from :func:`assign_positives` on the detached
     batch. With ``sample_ratio < 1`` a shared subset of ``ceil(ratio·K)`` centres is drawn each
     step (PartialFC-style) from a generator seeded with ``(seed, step)``; ``step`` is a buffer and
     advances in training mode only. ``y`` is unused (image-only objective).
@@ -154,6 +209,7 @@ class MLCDLoss(PairLoss):
         seed: int = 0,
         normalize: bool = True,
         prototypes: torch.Tensor | None = None,
+        prototypes_file: str | None = None,
     ) -> None:
         super().__init__()
         if num_positives < 1 or not scale > 0 or not 0 < sample_ratio <= 1:
@@ -166,6 +222,10 @@ class MLCDLoss(PairLoss):
         self.seed, self.normalize = int(seed), normalize
         self.register_buffer("prototypes", torch.zeros(0, 0))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        if prototypes is not None and prototypes_file is not None:
+            raise ConfigError("mlcd: give prototypes or prototypes_file, not both")
+        if prototypes_file is not None:
+            prototypes = load_prototypes(prototypes_file)
         if prototypes is not None:
             self.set_prototypes(prototypes)
 

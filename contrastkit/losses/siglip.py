@@ -14,6 +14,10 @@ several positives per row or N ≠ M. Defaults: ``t' = log 10``, ``b = −10``, 
 both excluded from weight decay. N = 1 is valid (a single positive term). Normalisation uses
 ``F.normalize`` (eps 1e-12); big_vision divides by ``‖z‖ + 1e-8`` — identical for non-tiny norms.
 
+Similarity as a choice (seed 79): ``similarity="dot" | "neg_sq_dist" | "rbf"`` replaces
+``x_i·y_j`` by that similarity of the raw embeddings (:mod:`contrastkit.losses.similarity`); the
+chunked and ring forms refuse it (cosine only).
+
 Related: L-CLIP (softmax over the row instead of independent sigmoids). The chunked and ring
 (multi-device) forms are wrappers in ``contrastkit.scale``.
 """
@@ -31,7 +35,13 @@ from torch import nn
 from contrastkit.core.checks import check_embeddings, check_scalar_param
 from contrastkit.core.errors import InputError
 from contrastkit.core.registry import Positive
-from contrastkit.losses.base import LOSSES, PairLoss, maybe_normalize
+from contrastkit.losses.base import LOSSES, PairLoss
+from contrastkit.losses.similarity import (
+    DEFAULT_SIMILARITY,
+    check_similarity,
+    similarity_kwargs,
+    similarity_matrix,
+)
 
 __all__ = ["SigLIPLoss", "siglip_loss"]
 
@@ -44,6 +54,8 @@ def siglip_loss(
     *,
     labels: torch.Tensor | None = None,
     normalize: bool = True,
+    similarity: str = DEFAULT_SIMILARITY,
+    bandwidth: float = 1.0,
 ) -> torch.Tensor:
     """Sigmoid loss (SigLIP). ``scale`` is ``t`` (not its log).
 
@@ -53,7 +65,9 @@ def siglip_loss(
         scale: temperature multiplier ``t > 0``.
         bias: logit bias ``b``.
         labels: optional ``[N, M]`` matrix of ±1; default ``2·I − 1``.
-        normalize: L2-normalise ``x`` and ``y`` first (default).
+        normalize: L2-normalise ``x`` and ``y`` first (default; cosine only).
+        similarity: ``"cosine"`` (default), ``"dot"``, ``"neg_sq_dist"`` or ``"rbf"``
+            (:mod:`contrastkit.losses.similarity`); bandwidth: σ of ``"rbf"``.
     Returns:
         0-d tensor ``(1/N) Σ_ij softplus(−z_ij ℓ_ij)``.
     """
@@ -72,9 +86,7 @@ def siglip_loss(
     for name, v in (("scale", scale), ("bias", bias)):
         if isinstance(v, torch.Tensor):
             check_scalar_param(name, v)
-    x = maybe_normalize(x, normalize)
-    y = maybe_normalize(y, normalize).to(x.dtype)
-    logits = scale * (x @ y.T) + bias
+    logits = scale * similarity_matrix(x, y, similarity, bandwidth=bandwidth, normalize=normalize) + bias
     if labels is None:
         # softplus(−z·ℓ) summed = Σ_all softplus(ℓ) − Σ_diag ℓ  (softplus(−a) = softplus(a) − a)
         total = F.softplus(logits).sum() - logits.diagonal().sum()
@@ -92,6 +104,8 @@ class SigLIPLoss(PairLoss):
         init_bias: initial ``b`` (SigLIP: −10).
         learnable: learn ``t'`` and ``b``.
         max_scale: optional clamp ``t ≤ max_scale`` after each step (big_vision: none).
+        similarity: ``"cosine"`` (default), ``"dot"``, ``"neg_sq_dist"`` or ``"rbf"``;
+            bandwidth: σ of ``"rbf"`` (1.0).
     """
 
     def __init__(
@@ -100,8 +114,12 @@ class SigLIPLoss(PairLoss):
         init_bias: float = -10.0,
         learnable: bool = True,
         max_scale: Positive | None = None,
+        similarity: str = DEFAULT_SIMILARITY,
+        bandwidth: Positive = 1.0,
     ) -> None:
         super().__init__()
+        check_similarity(similarity, bandwidth)
+        self.similarity, self.bandwidth = similarity, float(bandwidth)
         if not init_scale > 0:
             raise InputError(f"init_scale must be > 0, got {init_scale}")
         self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)), requires_grad=learnable)
@@ -109,7 +127,11 @@ class SigLIPLoss(PairLoss):
         self.max_log_scale = None if max_scale is None else math.log(max_scale)
 
     def pure(self) -> tuple[Callable[..., torch.Tensor], dict[str, Any]]:
-        return siglip_loss, {"scale": self.log_scale.exp(), "bias": self.bias}
+        return siglip_loss, {
+            "scale": self.log_scale.exp(),
+            "bias": self.bias,
+            **similarity_kwargs(self.similarity, self.bandwidth),
+        }
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:

@@ -37,7 +37,9 @@ values and gradients in O(N·d + tile²) memory (:mod:`contrastkit.scale.tiled_z
 gather embeddings *and* labels across devices first. Only ``[N]`` labels are accepted (not the
 reference's explicit ``[B, B]`` mask), and only anchor mode "all". With labels, the "ignore" mode
 reads the number of anchors with a positive on the host (one device sync per call).
-Related: L-NTXENT, L-CLIP, L-DCL.
+Similarity as a choice (seed 79): ``similarity="dot" | "neg_sq_dist" | "rbf"`` replaces
+``z_i·z_a`` by that similarity of the raw rows (after ``relu_head``; :mod:`contrastkit.losses.similarity`);
+the tiled form refuses it. Related: L-NTXENT, L-CLIP, L-DCL.
 """
 
 from __future__ import annotations
@@ -53,6 +55,13 @@ from contrastkit.core.checks import check_embeddings, check_pair, check_scalar_p
 from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.core.registry import Positive
 from contrastkit.losses.base import LOSSES, PairLoss, as_float, maybe_normalize
+from contrastkit.losses.similarity import (
+    DEFAULT_SIMILARITY,
+    SIMILARITIES,
+    check_similarity,
+    similarity_kwargs,
+    similarity_matrix,
+)
 
 __all__ = ["SupConLoss", "reduce_anchors", "supcon_loss"]
 
@@ -108,6 +117,8 @@ def supcon_loss(
     zero_positive: Literal["ignore", "zero"] = "ignore",
     relu_head: bool = False,
     normalize: bool = True,
+    similarity: str = DEFAULT_SIMILARITY,
+    bandwidth: float = 1.0,
 ) -> torch.Tensor:
     """Supervised contrastive loss (spec L-SUPCON) over the anchors ``[x; y]``.
 
@@ -123,18 +134,21 @@ def supcon_loss(
         zero_positive: anchors with no positive are left out of the mean (``"ignore"``, with a
             warning) or count as 0 in it (``"zero"``, reference behaviour).
         relu_head: ReLU on the embeddings before normalisation (Kini et al. 2024).
-        normalize: L2-normalise the embeddings first (default).
+        normalize: L2-normalise the embeddings first (default; cosine only).
+        similarity: ``"cosine"`` (default), ``"dot"``, ``"neg_sq_dist"`` or ``"rbf"``
+            (:mod:`contrastkit.losses.similarity`); bandwidth: σ of ``"rbf"``.
     Returns:
         0-d tensor.
     """
     _check_config(temperature, base_temperature, variant, zero_positive)
-    z, groups = _views(x, y, labels, relu_head, normalize)
+    check_similarity(similarity, bandwidth)
+    z, groups = _views(x, y, labels, relu_head, normalize and SIMILARITIES[similarity].normalizes)
     m = z.shape[0]
     eye = torch.eye(m, dtype=torch.bool, device=z.device)
     pos = (groups[:, None] == groups[None, :]) & ~eye  # [VN, VN]: P(i)
     n_pos = pos.sum(1)
     has_pos = n_pos > 0
-    q = (z @ z.T) / temperature
+    q = similarity_matrix(z, z, similarity, bandwidth=bandwidth, normalize=False) / temperature
     lse = q.masked_fill(eye, float("-inf")).logsumexp(1)  # LSE over A(i)
     if variant == "out":
         # mean of q_ip over P(i); rows without positives give 0 / 1 and are masked below
@@ -180,6 +194,7 @@ class SupConLoss(PairLoss):
             (default ``τ`` → 1; the reference uses 0.07).
         variant: ``"out"`` (default) or ``"in"``. zero_positive: ``"ignore"`` (default) or ``"zero"``.
         relu_head: ReLU before normalisation (Kini et al. 2024).
+        similarity: ``"cosine"`` (default), ``"dot"``, ``"neg_sq_dist"``, ``"rbf"``; bandwidth: σ of rbf.
     """
 
     accepts: ClassVar[frozenset[str]] = frozenset({"labels"})
@@ -191,9 +206,13 @@ class SupConLoss(PairLoss):
         base_temperature: Positive | None = None,
         zero_positive: Literal["ignore", "zero"] = "ignore",
         relu_head: bool = False,
+        similarity: str = DEFAULT_SIMILARITY,
+        bandwidth: Positive = 1.0,
     ) -> None:
         super().__init__()
         _check_config(temperature, base_temperature, variant, zero_positive)
+        check_similarity(similarity, bandwidth)
+        self.similarity, self.bandwidth = similarity, float(bandwidth)
         self.temperature = float(temperature)
         self.variant = variant
         self.base_temperature = base_temperature
@@ -207,4 +226,5 @@ class SupConLoss(PairLoss):
             "base_temperature": self.base_temperature,
             "zero_positive": self.zero_positive,
             "relu_head": self.relu_head,
+            **similarity_kwargs(self.similarity, self.bandwidth),
         }

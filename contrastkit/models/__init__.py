@@ -16,6 +16,7 @@ from contrastkit.models.hf_dual import HFDualImageTower, HFDualTextTower, hf_dua
 from contrastkit.models.late_interaction import TokenImageTower, TokenTextTower
 from contrastkit.models.limoe import LIMoEImageTower, LIMoETextTower
 from contrastkit.models.llm_embed import DecoderTextTower, Template
+from contrastkit.models.mim import MIMTower
 from contrastkit.models.openclip_dual import OpenCLIPImageTower, OpenCLIPTextTower
 from contrastkit.models.pretrained import load_weights, map_state_dict, resolve_path
 from contrastkit.models.qformer import QFormerImageTower, QFormerTextTower
@@ -42,6 +43,7 @@ __all__ = [
     "ImageTower",
     "LIMoEImageTower",
     "LIMoETextTower",
+    "MIMTower",
     "ModelConfig",
     "OpenCLIPImageTower",
     "OpenCLIPTextTower",

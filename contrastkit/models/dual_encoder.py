@@ -264,7 +264,7 @@ class DualEncoder(nn.Module):
             if shared:
                 raise InputError(f"momentum modalities {shared} share another tower; name that one")
             online = self._online(momentum.modalities)
-            self.momentum = MomentumEncoder(online, momentum.m, momentum.schedule)
+            self.momentum = MomentumEncoder(online, momentum.m, momentum.schedule, momentum.start)
 
     def _online(self, modalities: Sequence[str]) -> dict[str, nn.Module]:
         """Tower → projection of each modality, as the modules the momentum encoder follows."""

@@ -9,7 +9,10 @@ eval mode, and after every optimizer step follows the online weights by the exac
 while buffers (batch-norm running statistics, normalisation constants) are copied from the online
 modules. The momentum ``m`` is ``m`` throughout (``schedule: constant``, MoCo) or rises from ``m``
 to 1 along a half cosine (``schedule: cosine``, BYOL): ``m_t = 1 − (1 − m)·(cos(π t / T) + 1) / 2``
-for the optimizer step ``t`` (0-based) of ``T``.
+for the optimizer step ``t`` (0-based) of ``T``. With ``start = S > 0`` (SigLIP 2's late
+self-distillation teacher) the copy is frozen (m = 1) until optimizer step S − 2, set to the online
+weights after step S − 1 (m = 0, so the teacher of step S is the student of that moment), and
+follows the schedule from step S on.
 
 Its weights are ordinary parameters/buffers of the model (``momentum.encoders.<modality>.*``), so
 checkpoints save and restore them with everything else.
@@ -38,6 +41,7 @@ class MomentumConfig:
     modalities: tuple[str, ...] = ("image",)
     m: float = 0.999
     schedule: Literal["constant", "cosine"] = "constant"
+    start: int = 0  # optimizer steps before the EMA starts (frozen, then a copy of the online weights)
 
     def __post_init__(self) -> None:
         if not self.modalities:
@@ -46,10 +50,16 @@ class MomentumConfig:
             raise ConfigError(f"model.momentum.m must be in [0, 1], got {self.m}")
         if self.schedule not in ("constant", "cosine"):
             raise ConfigError(f"model.momentum.schedule must be constant or cosine, got {self.schedule!r}")
+        if self.start < 0:
+            raise ConfigError(f"model.momentum.start must be >= 0, got {self.start}")
 
 
-def momentum_at(m: float, schedule: str, step: int, total_steps: int) -> float:
-    """The EMA momentum after optimizer step ``step`` (0-based) of ``total_steps``."""
+def momentum_at(m: float, schedule: str, step: int, total_steps: int, start: int = 0) -> float:
+    """The EMA momentum after optimizer step ``step`` (0-based) of ``total_steps`` (module docstring)."""
+    if step < start - 1:  # before the start: frozen
+        return 1.0
+    if step == start - 1:  # the teacher of step ``start`` is the online encoder of that moment
+        return 0.0
     if schedule == "constant":
         return m
     if schedule == "cosine":
@@ -61,7 +71,9 @@ def momentum_at(m: float, schedule: str, step: int, total_steps: int) -> float:
 class MomentumEncoder(nn.Module):
     """EMA copies of ``online[modality]`` modules (``forward(x) -> [B, D]``)."""
 
-    def __init__(self, online: Mapping[str, nn.Module], m: float = 0.999, schedule: str = "constant") -> None:
+    def __init__(
+        self, online: Mapping[str, nn.Module], m: float = 0.999, schedule: str = "constant", start: int = 0
+    ) -> None:
         super().__init__()
         if not online:
             raise InputError("a momentum encoder needs at least one module")
@@ -69,6 +81,7 @@ class MomentumEncoder(nn.Module):
         self.encoders.requires_grad_(False)
         self.m = float(m)
         self.schedule = schedule
+        self.start = int(start)
         self.last_m = float(m)
         momentum_at(self.m, schedule, 0, 1)  # validates the schedule name
         self.train(False)
@@ -90,7 +103,7 @@ class MomentumEncoder(nn.Module):
             return self.encoders[modality](x)
 
     def momentum(self, step: int, total_steps: int) -> float:
-        return momentum_at(self.m, self.schedule, step, total_steps)
+        return momentum_at(self.m, self.schedule, step, total_steps, self.start)
 
     @torch.no_grad()
     def update(self, online: Mapping[str, nn.Module], m: float) -> None:
@@ -119,5 +132,8 @@ class MomentumEncoder(nn.Module):
     def step(self, online: Mapping[str, nn.Module], step: int, total_steps: int) -> float:
         """EMA update after optimizer step ``step`` (0-based) of ``total_steps``; returns the ``m`` used."""
         m = self.momentum(step, total_steps)
+        if step < self.start - 1:  # frozen before the start: weights and buffers untouched
+            self.last_m = m
+            return m
         self.update(online, m)
         return m

@@ -44,6 +44,7 @@ from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.losses.base import PairLoss, maybe_normalize
 from contrastkit.losses.clip import check_pair_weights, clip_loss
 from contrastkit.losses.siglip import siglip_loss
+from contrastkit.losses.similarity import refuse_non_cosine
 from contrastkit.scale.tiled import tiled_lse, tiled_softplus_sum
 
 __all__ = [
@@ -310,6 +311,7 @@ def _pure_of(loss: PairLoss, allowed: tuple[Callable[..., torch.Tensor], ...], w
     if fn not in allowed:
         names = [f.__name__ for f in allowed]
         raise ConfigError(f"{who} supports losses whose pure function is one of {names}, got {fn.__name__}")
+    refuse_non_cosine(kwargs, who)
     return fn, kwargs
 
 

@@ -45,6 +45,7 @@ from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.losses.base import PairLoss, maybe_normalize
 from contrastkit.losses.clip import clip_loss
 from contrastkit.losses.siglip import siglip_loss
+from contrastkit.losses.similarity import refuse_non_cosine
 from contrastkit.scale.tiled_more import TILED_MORE, TILED_MORE_FIELDS
 from contrastkit.scale.tiled_zoo import TILED_FAMILY, TILED_FIELDS
 
@@ -305,12 +306,13 @@ class TiledLoss(PairLoss):
         super().__init__()
         _check_tile(tile_size)
         try:
-            fn, _ = loss.pure()
+            fn, kwargs = loss.pure()
         except NotImplementedError:  # no pure function: nothing to tile
-            fn = None
+            fn, kwargs = None, {}
         if fn not in TILED:
             names = ", ".join(f.__name__ for f in TILED)
             raise ConfigError(f"{type(loss).__name__} has no tiled form; tiled losses: {names}")
+        refuse_non_cosine(kwargs, f"scale.tile_size (TiledLoss of {type(loss).__name__})")
         self.inner = loss
         self.tile_size = tile_size
 

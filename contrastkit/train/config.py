@@ -13,6 +13,7 @@ from contrastkit.losses.base import LossConfig
 from contrastkit.models.dual_encoder import ModelConfig
 from contrastkit.scale.config import ScaleConfig
 from contrastkit.train.jest import JestConfig
+from contrastkit.train.modulation import ModulationConfig, check_modulation
 from contrastkit.train.multistage import MCLConfig
 from contrastkit.train.noisy import NoisyPairsConfig
 
@@ -147,6 +148,8 @@ class TrainConfig:
     # a start whose run folder already holds this same config resumes it (torchrun restarts)
     auto_resume: bool = False
     dist_wrapper: Literal["ddp", "fsdp", "allreduce"] = "ddp"
+    # per-tower gradient scales from per-modality scores (R-OGM-GE, contrastkit.train.modulation)
+    modulation: ModulationConfig | None = None
 
     def __post_init__(self) -> None:
         for name in ("compile", "channels_last", "auto_resume"):
@@ -165,6 +168,10 @@ class TrainConfig:
             )
         check_seed(self.seed, "train.seed")
         check_device_name(self.device, "train.device")
+        if self.modulation is not None and self.dist_wrapper == "fsdp":  # std(g) over a shard differs
+            raise ConfigError(
+                "train.modulation needs whole gradients: use train.dist_wrapper ddp or allreduce"
+            )
 
 
 @dataclass(frozen=True)
@@ -204,6 +211,8 @@ class RunConfig:
                 f"model tower(s) {starved} get no input: data.modalities is {list(self.data.modalities)}"
                 f"{f' with {self.data.views} image views' if self.data.views else ''}; add them there"
             )
+        if self.train.modulation is not None:
+            check_modulation(self.train.modulation, tuple(self.model.towers), self.data.label_task)
 
     @classmethod
     def tiny(cls, name: str = "tiny", out_dir: str = "runs") -> RunConfig:

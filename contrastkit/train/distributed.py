@@ -34,6 +34,7 @@ from contrastkit.core.errors import ConfigError
 from contrastkit.losses.base import PairLoss
 from contrastkit.losses.clip import clip_loss
 from contrastkit.losses.siglip import siglip_loss
+from contrastkit.losses.similarity import DEFAULT_SIMILARITY
 from contrastkit.scale.config import ScaleConfig
 from contrastkit.scale.distributed import GatherLoss, SigLIPRingLoss
 from contrastkit.scale.gather_all import GatherAllLoss
@@ -144,7 +145,11 @@ def _pure_fn(loss: PairLoss) -> object:
 
 
 def _is_clip_or_siglip(loss: PairLoss) -> bool:
-    return _pure_fn(loss) in (clip_loss, siglip_loss)
+    """CLIP/SigLIP with cosine logits (their gather forms); another similarity (``similarity=dot``…)
+    runs as :class:`GatherAllLoss`, exact for any loss."""
+    if _pure_fn(loss) not in (clip_loss, siglip_loss):
+        return False
+    return loss.pure()[1].get("similarity", DEFAULT_SIMILARITY) == DEFAULT_SIMILARITY
 
 
 def _ring_form(loss: PairLoss, scale: ScaleConfig) -> PairLoss:

@@ -52,6 +52,7 @@ from contrastkit.train.distributed import (
 )
 from contrastkit.train.guard import all_finite, module_tensors
 from contrastkit.train.logger import read_metrics
+from contrastkit.train.modulation import modulate
 from contrastkit.train.rundir import (
     RunLock,
     agreed_checkpoint,
@@ -287,6 +288,10 @@ def _step(s: Session, batch: dict[str, torch.Tensor], step: int) -> tuple[float,
                     with s.towers.no_sync():
                         backward_through_chunks(s.model, batch, cached, final=final)
             s.towers.average()  # train.dist_wrapper: what DDP/FSDP left, or everything (allreduce)
+            mod = s.cfg.train.modulation
+            if mod is not None:  # R-OGM-GE: each tower's gradient × k_u (+ noise), logged as modulation/*
+                t = s.cfg.train
+                s.aux_log.update(modulate(mod, s.model, emb, batch, step, t.steps, t.seed, s.dist))
             params = [p for g in s.optimizer.param_groups for p in g["params"]]
             clip = s.cfg.optim.grad_clip or float("inf")
             grad_norm = s.towers.clip_grad_norm(params, clip)

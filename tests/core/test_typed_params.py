@@ -227,11 +227,18 @@ def test_every_tower_builds_with_its_defaults_as_before():
 
 
 @pytest.mark.parametrize("name", DATASETS.names())
-def test_every_data_set_builds_with_its_defaults_as_before(name):
+def test_every_data_set_builds_with_its_defaults_as_before(name, tmp_path):
     fn = DATASETS.get(name)
     extra = {"n": 64} if name == "shapes" else {}
+    if name == "vectors":  # reads the user's file: one made here
+        np.save(tmp_path / "v.npy", np.eye(3, dtype=np.float32))
+        (tmp_path / "c.txt").write_text("a\nb\nc\n")
+        extra = {"path": str(tmp_path / "v.npy"), "captions": str(tmp_path / "c.txt")}
     built, direct = DATASETS.build(name, split="train", **extra), fn(split="train", **extra)
-    assert torch.equal(built.images, direct.images) and built.captions == direct.captions
+    assert built.captions == direct.captions and built.modalities == direct.modalities
+    assert built.images is None or torch.equal(built.images, direct.images)
+    for m, values in direct.signals.items():  # sets without images: their signals
+        assert torch.equal(built.signals[m], values)
 
 
 def test_valid_values_reach_the_builder_unchanged_or_as_needed():
@@ -308,8 +315,9 @@ def test_shipped_configs_load_and_build_their_components(path):
             built[modality] = TOWERS.build(tower.name, context=ctx, **params)
     for split in cfg.data.splits:
         params = cfg.data.split_params(split)
-        if cfg.data.name in SOURCES:  # files: check the parameters, do not read them
-            check_params(SOURCES.get(cfg.data.name), {"split": split, **params}, cfg.data.name)
+        if cfg.data.name in SOURCES or cfg.data.name == "vectors":  # files: check the parameters only
+            registry = SOURCES if cfg.data.name in SOURCES else DATASETS
+            check_params(registry.get(cfg.data.name), {"split": split, **params}, cfg.data.name)
         else:
             if cfg.data.name == "shapes":
                 params["n"] = min(params.get("n", 64), 64)

@@ -18,6 +18,8 @@ PARAMS = {
     "coca": {"vocab_size": 11, "width": 16, "heads": 2, "layers": 1},
     "mmp": {"modalities": ("attributes", "image", "text"), "dim": D},
     "collossl_mmd": {"devices": [[0, 1], [2, 3], [4, 5]]},
+    "rcml": {"dim": D},
+    "hydra": {"num_classes": 4, "dim": D},
 }
 # batch fields a loss needs beyond (x, y)
 g = torch.Generator().manual_seed(0)
@@ -31,10 +33,13 @@ AUX = {
     "coca": {"text_ids": torch.randint(1, 11, (N, 5), generator=g)},
     "split_caption": {"text_ids": torch.randint(1, 11, (N, 5), generator=g)},
     "collossl_mmd": {"series": torch.randn(N, 6, 10, generator=g)},
+    "multi_focal": {"targets": torch.randint(-1, 2, (N, 4), generator=g).double()},
+    "hydra": {"labels": torch.tensor([0, 1, 1, 2, 0, 3])},
 }
 # embeddings of another shape than [N, D] (the split text tower's caption logits [N, L - 1, V])
-SHAPES = {"caption_logits": (N, 4, 11)}
 SHAPES = {"caption_logits": (N, 4, 11), "series": (N, 3, D)}  # series: 3 devices (collossl_mmd)
+# pair losses over token sets [N, T, d] (aligned parts of one example)
+PAIR_SHAPES = {"intra_sample": (N, 3, D)}
 # the keys a MultiLoss reads when its ``inputs`` are "all present" (GRAM, pairwise CLIP)
 ALL_KEYS = ("image", "text", "attributes")
 
@@ -51,8 +56,8 @@ def test_every_registered_loss_builds_and_trains(name):
         value = loss(emb, **AUX.get(name, {}))
         x = next(v for k, v in emb.items() if not k.endswith(":ema"))
     else:
-        x = torch.randn(N, D, generator=g, requires_grad=True)
-        y = torch.randn(N, D, generator=g, requires_grad=True)
+        x = torch.randn(*PAIR_SHAPES.get(name, (N, D)), generator=g, requires_grad=True)
+        y = torch.randn(*PAIR_SHAPES.get(name, (N, D)), generator=g, requires_grad=True)
         value = loss(x, y, **AUX.get(name, {}))
     assert value.ndim == 0 and torch.isfinite(value), name
     value.backward()
