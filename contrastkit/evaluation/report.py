@@ -414,7 +414,31 @@ def evaluate_run(
         "seconds": time.perf_counter() - t0,
     }
     atomic_write_json(out / "metrics.json", legacy)
+    if out == run_dir and (run_dir / "tensorboard").is_dir():  # a run logging to TensorBoard
+        _tensorboard_eval(run_dir / "tensorboard", report["metrics"], out / "similarity.png", ckpt.name)
     return legacy
+
+
+def _tensorboard_eval(folder: Path, metrics: dict[str, dict[str, float]], png: Path, ckpt: str) -> None:
+    """Add an evaluation to the run's TensorBoard events: every numeric metric as ``eval/<split>/
+    <metric>`` at the checkpoint's step, and the similarity figure as the image ``eval/similarity``."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # optional: the run's logger has already said so
+        return
+    step = int(re.sub(r"\D", "", ckpt) or 0)
+    writer = SummaryWriter(str(folder))
+    try:
+        for split, values in metrics.items():
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    writer.add_scalar(f"eval/{split}/{key}", value, step)
+        if png.is_file():
+            import matplotlib.image as mpimg
+
+            writer.add_image("eval/similarity", mpimg.imread(png)[..., :3], step, dataformats="HWC")
+    finally:
+        writer.close()
 
 
 def evaluate_model(

@@ -1,5 +1,7 @@
 """Metrics logging: ``metrics.jsonl`` (always), TensorBoard (if installed and enabled; requested
-but not installed: one warning per process, naming the two fixes)."""
+but not installed: one warning per process, naming the two fixes): every logged scalar, and at the
+end of a run its configuration as hyperparameters with the last loss. ``contrastkit eval`` of a run
+adds the evaluation metrics and the similarity image (:mod:`contrastkit.evaluation.report`)."""
 
 from __future__ import annotations
 
@@ -60,9 +62,31 @@ class MetricsLogger:
                 if isinstance(v, (int, float)):
                     self._tb.add_scalar(k, v, step)
 
+    def hparams(self, config: dict[str, Any], metrics: dict[str, float]) -> None:
+        """The run's configuration as TensorBoard hyperparameters (the HPARAMS tab: flattened
+        ``section.key`` entries; lists and ``None`` as text) with ``metrics`` beside them, and the
+        whole config as text. Nothing without TensorBoard."""
+        if self._tb is None:
+            return
+        flat = {
+            k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in _flatten(config).items()
+        }
+        self._tb.add_hparams(flat, metrics, run_name=".")  # "." keeps it in this run's folder
+        self._tb.add_text("config", "\n".join(f"    {k}: {v}" for k, v in flat.items()))
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

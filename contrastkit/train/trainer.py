@@ -431,6 +431,9 @@ def _fit(s: Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
                 )
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
                 _checkpoint(s, step)
+        s.logger.hparams(
+            to_dict(s.cfg), {"hparam/last_loss": loss_val, "hparam/skipped_steps": s.guard.total}
+        )
     finally:
         bar.close()
         s.logger.close()

@@ -61,3 +61,38 @@ def test_cli_warning_is_one_stderr_line(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr.splitlines() == [MESSAGE]
     assert proc.stdout.startswith(f"trained {tmp_path / 'runs' / 'tiny'}: step 1, loss ")
+
+
+def test_tensorboard_events_hold_scalars_hparams_eval_metrics_and_the_similarity_image(tmp_path):
+    """Read back with TensorBoard's own event reader, as `tensorboard --logdir` would."""
+    pytest.importorskip("tensorboard")
+    import dataclasses
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from contrastkit.evaluation import evaluate_run
+    from contrastkit.train import read_metrics, train
+
+    base = RunConfig.tiny(out_dir=str(tmp_path))
+    cfg = dataclasses.replace(
+        base, train=dataclasses.replace(base.train, steps=4, log_every=1, tensorboard=True)
+    )
+    result = train(cfg)
+    evaluate_run(result.run_dir, splits=["test"])
+    folder = result.run_dir / "tensorboard"
+    acc = EventAccumulator(str(folder), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    losses = [e.value for e in acc.Scalars("loss")]
+    logged = [r["loss"] for r in read_metrics(result.run_dir) if "loss" in r]
+    assert losses == pytest.approx(logged, rel=1e-6) and len(losses) == 4
+    metrics = yaml.safe_load((result.run_dir / "metrics.json").read_text())["metrics"]["test"]
+    top1 = acc.Scalars("eval/test/zeroshot/shape+color/top1")
+    assert [e.step for e in top1] == [4] and top1[0].value == pytest.approx(
+        metrics["zeroshot/shape+color/top1"]
+    )
+    assert "eval/similarity" in tags["images"]
+    image = acc.Images("eval/similarity")[0]
+    assert image.width > 100 and image.height > 100
+    plugins = acc.PluginTagToContent("hparams")  # the HPARAMS tab: session info holds the config
+    assert plugins and any(b"train.steps" in v for v in plugins.values())
