@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from contrastkit.core.concepts import caption_vocabulary, concept_targets
 from contrastkit.core.errors import InputError
 from contrastkit.data.augment import AugmentConfig, make_views
-from contrastkit.data.signals import check_present, check_signal, present_key, variant_rows
+from contrastkit.data.signals import check_presence, check_signal, present_key, variant_rows
 from contrastkit.data.skips import SKIPS_KEY
 
 __all__ = [
@@ -131,7 +131,7 @@ class PairSet:
         stray = sorted(set(self.signal_index) - set(self.signals))
         if stray:
             raise InputError(f"signal_index names {stray}, which are not signals of the set")
-        check_present(self.present, self.modalities, len(self))
+        check_presence(self.present, self.modalities, len(self))
 
     def signal(
         self, m: str, rows: torch.Tensor | None = None, seed: tuple[int, int, int] | None = None

@@ -13,6 +13,7 @@ always reads variant 0.
 ``"present:<m>"`` (bool ``[B]``) beside ``m`` and the rows that lack it hold zeros (an image or a
 signal) or the empty caption, so nothing of an absent input leaks into the model. Losses that
 accept ``present`` (``pairwise_clip``, ``gram``, ``mmp``) use only the rows where the pair is present
+(a pair loss gets the trainer's cut of the batch, :func:`contrastkit.losses.present.pair_sub_batch`)
 (docs/modalities.md). :func:`with_missing` makes a fraction of a set's samples lack a modality, the
 same samples for every epoch (a data set with holes, not dropout).
 """
@@ -31,11 +32,10 @@ __all__ = [
     "PRESENT_PREFIX",
     "RESERVED",
     "check_modality_name",
-    "check_present",
+    "check_presence",
     "check_signal",
     "present_key",
     "present_masks",
-    "present_rows",
     "variant_rows",
     "with_missing",
 ]
@@ -101,7 +101,7 @@ def check_signal(name: str, values: torch.Tensor, n: int, index: torch.Tensor | 
         )
 
 
-def check_present(present: Mapping[str, torch.Tensor], modalities: Sequence[str], n: int) -> None:
+def check_presence(present: Mapping[str, torch.Tensor], modalities: Sequence[str], n: int) -> None:
     """Every mask is a bool ``[n]`` tensor of a modality the set has."""
     for m, mask in present.items():
         if m not in modalities:
@@ -140,30 +140,3 @@ def with_missing(
         mask[torch.from_numpy(drop)] = False
         out[m] = mask
     return out
-
-
-def present_rows(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    aux: Mapping[str, object],
-    present: Mapping[str, torch.Tensor],
-    pair: Sequence[str],
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, object], int]:
-    """The rows of a pair loss's inputs where both modalities of ``pair`` are present:
-    ``(a, b, aux, n_rows)``, with every per-row ``aux`` tensor (leading dimension N, e.g.
-    ``labels``) cut the same way, so a pair loss on the result equals that loss on the sub-batch."""
-    n = len(a)
-    keep = torch.ones(n, dtype=torch.bool, device=a.device)
-    for m in pair:
-        mask = present.get(m.partition("@")[0])
-        if mask is not None:
-            keep &= mask.to(a.device)
-    rows = torch.nonzero(keep).flatten()
-    cut = {
-        k: v[rows.to(v.device)] if isinstance(v, torch.Tensor) and v.ndim and len(v) == n else v
-        for k, v in aux.items()
-    }
-    for k, v in aux.items():
-        if isinstance(v, torch.Tensor) and v.ndim >= 2 and v.shape[0] == v.shape[1] == n:
-            raise InputError(f"loss input {k!r} is a [N, N] matrix: it cannot follow missing-modality rows")
-    return a[rows], b[rows], cut, len(rows)

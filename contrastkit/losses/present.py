@@ -26,7 +26,7 @@ import torch
 
 from contrastkit.core.errors import InputError
 
-__all__ = ["check_present", "graph_zero", "present_masks", "present_rows"]
+__all__ = ["check_present", "graph_zero", "pair_sub_batch", "present_masks", "present_rows"]
 
 
 def check_present(
@@ -86,3 +86,27 @@ def present_masks(
             f"{who}: present names {unknown}, which are not embeddings of the batch {sorted(emb)}"
         )
     return [present.get(k) for k in keys]
+
+
+def pair_sub_batch(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    aux: Mapping[str, Any],
+    masks: Sequence[torch.Tensor | None],
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any], int]:
+    """A pair loss's inputs cut to the rows where both of its modalities are present (``masks``:
+    theirs, None = all present): ``(a, b, aux, n_rows)``, every per-row ``aux`` tensor (leading
+    dimension N, e.g. ``labels``) cut the same way, so the loss on the result equals the loss of
+    the sub-batch. A ``[N, N]`` input (pair weights) cannot follow the rows: an error."""
+    n = len(a)
+    for k, v in aux.items():
+        if isinstance(v, torch.Tensor) and v.ndim >= 2 and v.shape[0] == v.shape[1] == n:
+            raise InputError(f"loss input {k!r} is a [N, N] matrix: it cannot follow missing-modality rows")
+    rows = present_rows(check_present(masks, [a, b]), (0, 1))
+    if rows is None:
+        return a, b, dict(aux), n
+    cut = {
+        k: v[rows.to(v.device)] if isinstance(v, torch.Tensor) and v.ndim and len(v) == n else v
+        for k, v in aux.items()
+    }
+    return a[rows], b[rows], cut, len(rows)

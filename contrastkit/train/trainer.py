@@ -35,9 +35,10 @@ from contrastkit.core.progress import progress_bar, progress_default
 from contrastkit.core.runtime import check_threads, resolve_device
 from contrastkit.data.long_captions import LONG_KEY, encode_positives, long_caption_loss, owner_rows
 from contrastkit.data.negatives import NEG_KEY
-from contrastkit.data.signals import present_masks, present_rows
+from contrastkit.data.signals import present_masks
 from contrastkit.losses import from_config as build_loss
 from contrastkit.losses.base import MultiLoss, PairLoss
+from contrastkit.losses.present import graph_zero, pair_sub_batch
 from contrastkit.models.aux import pop_aux_losses
 from contrastkit.models.dual_encoder import DualEncoder, build_model
 from contrastkit.models.pretrained import check_files
@@ -246,9 +247,10 @@ def _compute_loss(s: Session, emb: dict[str, torch.Tensor], batch: dict[str, tor
         )
     a, b = (emb[m] for m in pair)
     if masks:  # exactly the loss of the sub-batch where both modalities are present
-        a, b, aux, keep = present_rows(a, b, aux, masks, pair)
+        own = [masks.get(m.partition("@")[0]) for m in pair]
+        a, b, aux, keep = pair_sub_batch(a, b, aux, own)
         if keep < 2:  # nothing to contrast in this batch: a zero that keeps the graph
-            return (a.sum() + b.sum()).float() * 0.0
+            return graph_zero(a, b)
     if LONG_KEY in emb:  # M captions per image: multi-positive (labels = global rows) or column mean
         rows = owner_rows(len(a), s.dist.rank)  # positions in the gathered batch: unique on any source
         return long_caption_loss(s.objective, a.float(), b.float(), emb[LONG_KEY].float(), rows, aux)

@@ -12,8 +12,9 @@ from contrastkit.core.errors import ConfigError, DataError, InputError, MissingF
 from contrastkit.data import DataConfig, PairDataset, PairSet, build
 from contrastkit.data.loading import open_split
 from contrastkit.data.pairs import PairBatchSampler, SampledBatch
-from contrastkit.data.signals import present_masks, present_rows, variant_rows, with_missing
+from contrastkit.data.signals import present_masks, variant_rows, with_missing
 from contrastkit.losses.clip import clip_loss
+from contrastkit.losses.present import pair_sub_batch
 
 
 def _set(n: int = 12, v: int = 3, images: bool = True) -> PairSet:
@@ -103,7 +104,7 @@ def test_pair_loss_on_present_rows_equals_the_sub_batch():
     b = torch.randn(10, 6, dtype=torch.float64, generator=g, requires_grad=True)
     labels = torch.arange(10)
     present = {"audio": torch.tensor([1, 1, 0, 1, 1, 1, 0, 1, 1, 1], dtype=torch.bool)}
-    x, y, aux, n = present_rows(a, b, {"labels": labels}, present, ("audio", "text"))
+    x, y, aux, n = pair_sub_batch(a, b, {"labels": labels}, [present["audio"], None])
     keep = present["audio"]
     assert n == 8 and torch.equal(aux["labels"], labels[keep])
     cut = clip_loss(x, y, 10.0)
@@ -112,7 +113,7 @@ def test_pair_loss_on_present_rows_equals_the_sub_batch():
     ga = torch.autograd.grad(cut, a)[0]
     assert (ga[~keep] == 0).all()
     with pytest.raises(InputError, match=r"\[N, N\]"):
-        present_rows(a, b, {"weights": torch.ones(10, 10)}, present, ("audio", "text"))
+        pair_sub_batch(a, b, {"weights": torch.ones(10, 10)}, [present["audio"], None])
 
 
 def test_data_config_missing_and_training_split_masks():
