@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from contrastkit.core.registry import Registry
+from contrastkit.data.collate import make_loader
 from contrastkit.data.config import DataConfig, SamplerConfig
 from contrastkit.data.digits import make_digits
 from contrastkit.data.emoji import make_emoji
@@ -18,7 +19,6 @@ from contrastkit.data.pairs import (
     PairDataset,
     PairSet,
     english_articles,
-    make_loader,
 )
 from contrastkit.data.sensors import SPLITS as SERIES_SPLITS
 from contrastkit.data.sensors import make_series

@@ -23,10 +23,11 @@ from torch.utils.data import DataLoader
 
 from contrastkit.core.errors import ConfigError, MissingFileError
 from contrastkit.core.registry import Registry, check_params
+from contrastkit.data.collate import Collate
 from contrastkit.data.config import DataConfig
 from contrastkit.data.folders import make_hf, make_imagefolder
 from contrastkit.data.mix import MixDataset
-from contrastkit.data.pairs import Collate, PairDataset, PairSet
+from contrastkit.data.pairs import PairDataset, PairSet
 from contrastkit.data.samplers import build_sampler, check_sampler, context_of
 from contrastkit.data.shards import ShardSource, ShardStream, make_webdataset
 from contrastkit.data.signals import with_missing

@@ -13,7 +13,8 @@ import torch
 
 from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.data import SAMPLERS, ClassTask, SamplerContext
-from contrastkit.data.pairs import Collate, PairDataset, PairSet
+from contrastkit.data.collate import Collate
+from contrastkit.data.pairs import PairDataset, PairSet
 from contrastkit.data.unpaired import UnpairedSampler, label_vectors, matched_label_vectors, split_items
 from contrastkit.losses.soft_targets import medclip_loss, medclip_targets
 
