@@ -2,6 +2,8 @@
 
 Shared by the data layer (which can put ``targets`` in batches, ``DataConfig.concepts``) and the
 label-style losses (``CatLIPLoss.targets_for``), so both parse captions the same way.
+:func:`unknown_entries` marks a fixed, seeded share of an image's labels as unobserved (partial
+labels, ``data.concepts_unknown``: the −1 targets of ``multi_focal``).
 """
 
 from __future__ import annotations
@@ -9,11 +11,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from contrastkit.core.errors import ConfigError, InputError
 
-__all__ = ["STOP_WORDS", "caption_vocabulary", "concept_targets"]
+__all__ = ["STOP_WORDS", "caption_vocabulary", "concept_targets", "unknown_entries"]
 
 # Function words that never name a concept (articles, prepositions, conjunctions, copulas).
 STOP_WORDS = frozenset(
@@ -76,3 +79,32 @@ def caption_vocabulary(
     if not words:
         raise InputError("no concept words in the captions (all empty or stop words)")
     return sorted(words)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on ``uint64`` counters (wrapping arithmetic): a counter-based hash, so
+    an entry's draw depends only on its key, not on which batch or worker asks."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def unknown_entries(
+    rows: Sequence[int] | np.ndarray, n_concepts: int, share: float, seed: int
+) -> torch.Tensor:
+    """Which concept labels of the images ``rows`` are unobserved: ``bool [B, C]``, entry (i, c)
+    unknown iff ``u(seed, i, c) < share`` with ``u`` uniform on [0, 1) from a hash of the key.
+
+    Why a hash: partial labels belong to the *image* (a data set whose annotators skipped some
+    labels), so image i must miss the same labels in every batch, epoch, worker and resumed run,
+    without an ``[N, C]`` table in memory. ``share`` in [0, 1).
+    """
+    if not 0 <= share < 1:
+        raise ConfigError(f"the share of unknown concept labels must be in [0, 1), got {share}")
+    r = np.asarray(rows, dtype=np.int64).astype(np.uint64)[:, None]
+    c = np.arange(n_concepts, dtype=np.uint64)[None, :]
+    with np.errstate(over="ignore"):
+        key = _splitmix64(np.uint64(seed & (2**64 - 1)) ^ _splitmix64(r * np.uint64(n_concepts) + c))
+    u = (key >> np.uint64(11)).astype(np.float64) / float(2**53)
+    return torch.from_numpy(u < share)

@@ -57,7 +57,9 @@ class DataConfig:
     ``concepts``: put multi-hot caption concepts in every batch as ``targets [B, C]`` (CatLIP,
     TagAlign) of training batches: the words of the sampled caption over the training split's
     sorted non-stop-word vocabulary (plain lower-cased words, no lemmas: "dog" ≠ "dogs";
-    :mod:`contrastkit.core.concepts`). Evaluation does not use them.
+    :mod:`contrastkit.core.concepts`). Evaluation does not use them. ``concepts_unknown``: the
+    share in [0, 1) of each image's concept labels marked −1 = unknown (partial labels for
+    ``multi_focal``), the same entries of an image in every batch (a hash of seed, image, concept).
 
     File sources (``csv``, ``tsv``, ``parquet``, ``imagefolder``, ``hf``, ``webdataset``;
     docs/data.md): ``image`` is how their images are decoded and transformed (size, training
@@ -102,6 +104,7 @@ class DataConfig:
     modalities: tuple[str, ...] = ("image", "text")
     views: int = 0
     concepts: bool = False
+    concepts_unknown: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     extras: tuple[str, ...] = ()
@@ -140,6 +143,10 @@ class DataConfig:
         for s in (*(() if self.sources else (self.train_split,)), *self.eval_splits):
             if s not in self.splits:
                 raise ConfigError(f"data split {s!r} is not declared in data.splits {sorted(self.splits)}")
+        if not 0 <= self.concepts_unknown < 1:
+            raise ConfigError(f"data.concepts_unknown must be in [0, 1), got {self.concepts_unknown}")
+        if self.concepts_unknown and not self.concepts:
+            raise ConfigError("data.concepts_unknown marks concept labels unknown: needs data.concepts: true")
         if not 0 <= self.max_skip_fraction <= 1:
             raise ConfigError(f"data.max_skip_fraction must be in [0, 1], got {self.max_skip_fraction}")
         if self.skip_grace < 0:

@@ -267,10 +267,13 @@ def train_loader(
 def _indexed(source: PairSet | PairTable, cfg: DataConfig, seed: int) -> PairDataset:
     args = (cfg.label_task, cfg.modalities, cfg.views, cfg.augment, seed, cfg.concepts)
     if isinstance(source, PairTable):
-        return TableDataset(source, cfg.image, *args, extras=cfg.extras)
-    if cfg.extras:
+        dataset: PairDataset = TableDataset(source, cfg.image, *args, extras=cfg.extras)
+    elif cfg.extras:
         raise ConfigError(f"data.extras {list(cfg.extras)}: built-in set {source.name!r} has no extra column")
-    return PairDataset(source, *args)
+    else:
+        dataset = PairDataset(source, *args)
+    dataset.unknown_share = cfg.concepts_unknown
+    return dataset
 
 
 def _text_extras(source: Source, extras: Sequence[str]) -> tuple[str, ...]:

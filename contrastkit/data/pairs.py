@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from contrastkit.core.concepts import caption_vocabulary, concept_targets
+from contrastkit.core.concepts import caption_vocabulary, concept_targets, unknown_entries
 from contrastkit.core.errors import InputError
 from contrastkit.data.augment import AugmentConfig, make_views
 from contrastkit.data.signals import check_presence, check_signal, present_key, variant_rows
@@ -217,12 +217,17 @@ class PairDataset(Dataset):
     ``concepts``: add ``targets`` — the sampled caption's multi-hot concepts over
     :attr:`vocabulary`, the sorted non-stop-words of all the set's captions.
 
+    ``unknown_share`` (an attribute, 0 by default; ``data.concepts_unknown``): that share of each
+    image's concept entries is −1 = unknown (:func:`contrastkit.core.concepts.unknown_entries`,
+    seeded by the image index, so an image misses the same labels in every batch).
+
     ``pair_index`` (an attribute, off by default; the trainer sets it for per-pair state such as
     noisy-pair weights): add ``_pair`` — int64 ``[B]``, each row's flat pair index
     ``first_caption[i] + j`` (the order of :meth:`PairSet.flat_captions`), after substitutions.
     """
 
     pair_index: bool = False
+    unknown_share: float = 0.0  # data.concepts_unknown: share of each image's concepts marked −1
 
     def __init__(
         self,
@@ -305,7 +310,11 @@ class PairDataset(Dataset):
         if self.labels is not None:
             item["labels"] = self.labels[idx]
         if self.vocabulary is not None:
-            item["targets"] = concept_targets([self.pairs.captions[i][j] for i, j in keys], self.vocabulary)
+            targets = concept_targets([self.pairs.captions[i][j] for i, j in keys], self.vocabulary)
+            if self.unknown_share:  # partial labels: the same entries of an image in every batch
+                hidden = unknown_entries(idx.numpy(), len(self.vocabulary), self.unknown_share, self.seed)
+                targets[hidden] = -1.0
+            item["targets"] = targets
         if self.pair_index:
             first = self.__dict__.get("_first")
             if first is None:  # once per dataset (and worker): the caption counts do not change
