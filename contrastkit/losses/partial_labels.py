@@ -20,10 +20,10 @@ loss), β = 0 (``class_counts`` per class, e.g. positive counts of the training 
 (``logsigmoid``), so large logits stay finite.
 
 Targets reach the loss as the batch field ``targets [N, C]`` (``data.concepts`` delivers multi-hot
-{0, 1} caption concepts; ``data.concepts_unknown`` marks a fixed share of each image's entries −1). The text embedding
-is unused. Exactness: dense, values and gradients equal a naive float64 loop (tests). Tiled /
-distributed: dense only; gather embeddings and targets first (``GatherAllLoss``). Related:
-L-CATLIP, ``tagalign`` (:mod:`contrastkit.losses.labels`), L-MLCD.
+{0, 1} caption concepts; ``data.concepts_unknown`` marks a fixed share of each image's entries
+−1). The text embedding is unused. Exactness: dense, values and gradients equal a naive float64
+loop (tests). Tiled / distributed: dense only; gather embeddings and targets first
+(``GatherAllLoss``). Related: L-CATLIP, ``tagalign`` (:mod:`contrastkit.losses.labels`), L-MLCD.
 """
 
 from __future__ import annotations
