@@ -138,10 +138,11 @@ def _check_negatives(cfg: RunConfig) -> None:
     unused otherwise), a text tower to encode them, and no gradient caching (its chunked forward
     does not encode them)."""
     takes = sorted(n for n in LOSSES.names() if "negatives" in _declared(LOSSES.get(n)))
-    if cfg.loss.terms or "negatives" not in _declared(LOSSES.get(cfg.loss.name)):
+    names = list(cfg.loss.terms) or [cfg.loss.name]  # a composite passes them to the terms that take them
+    if not any("negatives" in _declared(LOSSES.get(n)) for n in names):
+        what = f"loss terms {names}" if cfg.loss.terms else f"loss {cfg.loss.name!r}"
         raise ConfigError(
-            f"data.text_negatives is set but loss {cfg.loss.name!r} does not use negative captions; "
-            f"losses that do: {takes}"
+            f"data.text_negatives is set but {what} does not use negative captions; losses that do: {takes}"
         )
     if "text" not in cfg.model.towers:
         raise ConfigError("data.text_negatives needs a text tower (model.towers.text) to encode them")

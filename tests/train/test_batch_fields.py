@@ -4,8 +4,10 @@
 import dataclasses
 import math
 
+import pytest
 import torch
 
+from contrastkit.core.errors import ConfigError
 from contrastkit.losses import LossConfig
 from contrastkit.losses.base import PairLoss
 from contrastkit.losses.clip import clip_loss
@@ -54,3 +56,29 @@ def test_catlip_and_coca_train_from_shapes_batches(tmp_path):
         result = train(cfg)
         losses = [r["loss"] for r in read_metrics(result.run_dir) if "loss" in r]
         assert result.skipped == 0 and len(losses) == 3 and all(math.isfinite(v) for v in losses), name
+
+
+def test_text_negatives_reach_the_terms_of_a_composite_that_take_them(tmp_path, monkeypatch):
+    from contrastkit.losses import extra_negatives
+
+    seen: list[tuple[int, ...]] = []
+    real = extra_negatives.energy_hinge_loss
+
+    def spy(x, y, negatives=None, **kw):
+        seen.append(tuple(negatives.shape))
+        return real(x, y, negatives=negatives, **kw)
+
+    monkeypatch.setattr(extra_negatives, "energy_hinge_loss", spy)
+    cfg = dataclasses.replace(
+        tiny(tmp_path, "eh", text_negatives="swap"),
+        loss=LossConfig(terms={"clip": 1.0, "energy_hinge": 10.0}),
+    )
+    result = train(cfg)
+    rows = [r for r in read_metrics(result.run_dir) if "loss" in r]
+    batch, dim = cfg.train.batch_size, cfg.model.embed_dim
+    assert seen == [(batch, 1, dim)] * 3  # one swapped caption per pair, embedded by the text tower
+    for r in rows:  # the logged total is exactly the weighted sum of the logged terms
+        assert r["loss"] == pytest.approx(r["loss/clip"] + 10.0 * r["loss/energy_hinge"], rel=1e-6)
+        assert r["loss/energy_hinge"] > 0
+    with pytest.raises(ConfigError, match=r"loss terms \['clip', 'uniformity'\] does not use negative"):
+        train(dataclasses.replace(cfg, name="none", loss=LossConfig(terms={"clip": 1.0, "uniformity": 0.1})))
