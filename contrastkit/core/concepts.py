@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from contrastkit.core.counters import counter_uniform
 from contrastkit.core.errors import ConfigError, InputError
 
 __all__ = ["STOP_WORDS", "caption_vocabulary", "concept_targets", "unknown_entries"]
@@ -81,15 +82,6 @@ def caption_vocabulary(
     return sorted(words)
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser on ``uint64`` counters (wrapping arithmetic): a counter-based hash, so
-    an entry's draw depends only on its key, not on which batch or worker asks."""
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
 def unknown_entries(
     rows: Sequence[int] | np.ndarray, n_concepts: int, share: float, seed: int
 ) -> torch.Tensor:
@@ -102,9 +94,5 @@ def unknown_entries(
     """
     if not 0 <= share < 1:
         raise ConfigError(f"the share of unknown concept labels must be in [0, 1), got {share}")
-    r = np.asarray(rows, dtype=np.int64).astype(np.uint64)[:, None]
-    c = np.arange(n_concepts, dtype=np.uint64)[None, :]
-    with np.errstate(over="ignore"):
-        key = _splitmix64(np.uint64(seed & (2**64 - 1)) ^ _splitmix64(r * np.uint64(n_concepts) + c))
-    u = (key >> np.uint64(11)).astype(np.float64) / float(2**53)
-    return torch.from_numpy(u < share)
+    rows = np.asarray(rows, dtype=np.int64)[:, None]
+    return torch.from_numpy(counter_uniform(seed, rows, np.arange(n_concepts)[None, :]) < share)

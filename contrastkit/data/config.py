@@ -10,6 +10,7 @@ from contrastkit.core.errors import ConfigError
 from contrastkit.data.augment import AugmentConfig
 from contrastkit.data.images import ImageConfig
 from contrastkit.data.long_captions import LongCaptionConfig, check_long_caption_data
+from contrastkit.data.relations import check_relations
 from contrastkit.data.speech import SpeechConfig
 from contrastkit.data.textaug import TextAugConfig
 
@@ -60,6 +61,10 @@ class DataConfig:
     :mod:`contrastkit.core.concepts`). Evaluation does not use them. ``concepts_unknown``: the
     share in [0, 1) of each image's concept labels marked −1 = unknown (partial labels for
     ``multi_focal``), the same entries of an image in every batch (a hash of seed, image, concept).
+    ``relations``: class task → relation description (``{color: "the same colour"}``); each
+    training row draws one and the batch carries ``relation`` (its text, embedded by the text
+    tower) and ``labels`` (relation and class: rows related under it share one), the ``rcml``
+    inputs (:mod:`contrastkit.data.relations`).
 
     File sources (``csv``, ``tsv``, ``parquet``, ``imagefolder``, ``hf``, ``webdataset``;
     docs/data.md): ``image`` is how their images are decoded and transformed (size, training
@@ -105,6 +110,7 @@ class DataConfig:
     views: int = 0
     concepts: bool = False
     concepts_unknown: float = 0.0
+    relations: dict[str, str] = field(default_factory=dict)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     extras: tuple[str, ...] = ()
@@ -143,6 +149,7 @@ class DataConfig:
         for s in (*(() if self.sources else (self.train_split,)), *self.eval_splits):
             if s not in self.splits:
                 raise ConfigError(f"data split {s!r} is not declared in data.splits {sorted(self.splits)}")
+        check_relations(self.relations, self.label_task)
         if not 0 <= self.concepts_unknown < 1:
             raise ConfigError(f"data.concepts_unknown must be in [0, 1), got {self.concepts_unknown}")
         if self.concepts_unknown and not self.concepts:

@@ -28,6 +28,7 @@ from contrastkit.data.config import DataConfig
 from contrastkit.data.folders import make_hf, make_imagefolder
 from contrastkit.data.mix import MixDataset
 from contrastkit.data.pairs import PairDataset, PairSet
+from contrastkit.data.relations import RELATION_KEY, Relations
 from contrastkit.data.samplers import build_sampler, check_sampler, context_of
 from contrastkit.data.shards import ShardSource, ShardStream, make_webdataset
 from contrastkit.data.signals import with_missing
@@ -224,6 +225,7 @@ def train_loader(
         *(e for e in text_extras if e != negatives),
         *(() if negatives is None else ("text_neg",)),
         *(() if cfg.long_captions is None else ("text_pos",)),  # data.long_captions: [B, M-1, L]
+        *((RELATION_KEY,) if cfg.relations else ()),  # data.relations: tokenised like captions
     )
     collate = Collate(tokenize, text_keys, truncated, augment_text, transform, negatives, cfg.long_captions)
     workers = cfg.num_workers
@@ -243,6 +245,8 @@ def train_loader(
             raise ConfigError(
                 "data.concepts needs the whole caption vocabulary: not available for webdataset"
             )
+        if cfg.relations:
+            raise ConfigError("data.relations needs the class tasks of an indexed source: not for webdataset")
         stream = ShardStream(
             source,
             cfg.image,
@@ -273,6 +277,8 @@ def _indexed(source: PairSet | PairTable, cfg: DataConfig, seed: int) -> PairDat
     else:
         dataset = PairDataset(source, *args)
     dataset.unknown_share = cfg.concepts_unknown
+    if cfg.relations:
+        dataset.relations = Relations.of(source.tasks, cfg.relations, source.name)
     return dataset
 
 

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset, Sampler
 from contrastkit.core.concepts import caption_vocabulary, concept_targets, unknown_entries
 from contrastkit.core.errors import InputError
 from contrastkit.data.augment import AugmentConfig, make_views
+from contrastkit.data.relations import RELATION_KEY, Relations
 from contrastkit.data.signals import check_presence, check_signal, present_key, variant_rows
 
 __all__ = [
@@ -221,6 +222,9 @@ class PairDataset(Dataset):
     image's concept entries is −1 = unknown (:func:`contrastkit.core.concepts.unknown_entries`,
     seeded by the image index, so an image misses the same labels in every batch).
 
+    ``relations`` (an attribute, ``None`` by default; ``data.relations``): add ``relation`` texts and
+    relation-group ``labels`` (:mod:`contrastkit.data.relations`).
+
     ``pair_index`` (an attribute, off by default; the trainer sets it for per-pair state such as
     noisy-pair weights): add ``_pair`` — int64 ``[B]``, each row's flat pair index
     ``first_caption[i] + j`` (the order of :meth:`PairSet.flat_captions`), after substitutions.
@@ -228,6 +232,7 @@ class PairDataset(Dataset):
 
     pair_index: bool = False
     unknown_share: float = 0.0  # data.concepts_unknown: share of each image's concepts marked −1
+    relations: Relations | None = None  # data.relations: a relation text and group labels per row
 
     def __init__(
         self,
@@ -309,6 +314,10 @@ class PairDataset(Dataset):
             item[SEED_KEY] = (self.seed, keys.step, keys.offset)
         if self.labels is not None:
             item["labels"] = self.labels[idx]
+        if self.relations is not None:
+            if not isinstance(keys, SampledBatch):
+                raise InputError("data.relations needs batches from PairBatchSampler (they know their step)")
+            item[RELATION_KEY], item["labels"] = self.relations.batch(idx, self.seed, keys.step, keys.offset)
         if self.vocabulary is not None:
             targets = concept_targets([self.pairs.captions[i][j] for i, j in keys], self.vocabulary)
             if self.unknown_share:  # partial labels: the same entries of an image in every batch
