@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,10 @@ from contrastkit.core.progress import progress_bar, progress_default
 from contrastkit.core.registry import PositiveInt
 from contrastkit.curation.filters import FILTERS, Filter, FilterInput
 from contrastkit.curation.output import StepRecord, write_outputs
-from contrastkit.data import SOURCES, DataConfig, ImageConfig, PairSet, PairTable
+from contrastkit.data import ImageConfig, PairSet, PairTable
 from contrastkit.data.images import SkipSample
 from contrastkit.evaluation.encoders import Encoders, model_encoders
+from contrastkit.evaluation.eval_data import run_image
 from contrastkit.evaluation.external import HFEncoders, file_sha256, hf_encoders
 
 __all__ = ["CurationModel", "FilterStep", "build_steps", "curate", "load_curation_model"]
@@ -81,12 +82,6 @@ def build_steps(
     return out
 
 
-def _run_image(data: DataConfig) -> ImageConfig:
-    """How a run decodes files: as it trained on a file source, else at its built-in images' size."""
-    size = data.split_params(data.train_split).get("image_size")
-    return replace(data.image, size=int(size)) if data.name not in SOURCES and size else data.image
-
-
 def load_curation_model(
     model: str | Path | Encoders,
     batch_size: PositiveInt | None = None,
@@ -120,7 +115,7 @@ def load_curation_model(
         if weights.is_file():
             record["weights_sha256"] = {weights.name: file_sha256(weights)}
         enc = model_encoders(net, batch_size=batch_size or 256, device=str(dev))
-        return CurationModel(enc, image or _run_image(cfg.data), record)
+        return CurationModel(enc, image or run_image(cfg.data), record)
     if (path / "config.json").is_file():
         hf = hf_encoders(path, batch_size=batch_size or 64, device=str(dev))
         resize = (hf.info.get("image_preprocessing") or {}).get("resize") or {}

@@ -36,13 +36,9 @@ decoded with the run's ``data.image`` transform (a run trained on a built-in set
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import platform
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,20 +48,28 @@ from contrastkit.core.config import to_dict
 from contrastkit.core.errors import InputError, MissingFileError
 from contrastkit.core.io import atomic_path, atomic_write_json, read_json
 from contrastkit.core.progress import progress_bar, progress_enabled
-from contrastkit.data import SOURCES, DataConfig, ImageConfig, check_data, load_split
+from contrastkit.data import load_split
 from contrastkit.data.pairs import PairSet
 from contrastkit.evaluation.encoders import Encoders
+from contrastkit.evaluation.eval_data import (
+    check_batch_size,
+    check_request,
+    load_sets,
+    model_image,
+    named_data,
+    run_image,
+)
 from contrastkit.evaluation.external import (
     HFEncoders,
     checked_encoders,
-    file_sha256,
     hf_encoders,
     open_clip_encoders,
 )
 from contrastkit.evaluation.late_interaction import is_token_set, similarity
 from contrastkit.evaluation.multistage import run_encoders
 from contrastkit.evaluation.plots import plot_similarity
-from contrastkit.evaluation.prompts import apply_prompt_files, prompt_entries, read_lines
+from contrastkit.evaluation.prompts import apply_prompt_files, read_lines
+from contrastkit.evaluation.protocol import library_versions, listed, metric_definitions, run_record
 from contrastkit.evaluation.splits import GENERATED, fit_record, fit_split, once_record, split_independent
 from contrastkit.evaluation.tasks import EVAL_TASKS, EvalContext, TaskResult
 
@@ -82,15 +86,6 @@ __all__ = [
 ]
 
 TASKS = ("zeroshot", "retrieval")  # the default selection; EVAL_TASKS lists all
-_DEFINITIONS = {
-    "zeroshot": "class = norm(mean_m norm(enc_text(template_m(name)))); prediction = argmax cosine; "
-    "top1, top5 (NaN if C < 5), balanced accuracy = mean per-class recall; label -1 = not in the task",
-    "retrieval": "CLIP_benchmark recall@K: text->image hit if its image is in the top K; image->text hit "
-    "if any own caption is in the top K; ties broken by lower index; median rank 1-based; "
-    "R@K_random_ties = exact expectation under uniformly random tie-breaking (per query "
-    "1 - C(t, j)/C(t+m, j), j = K - #strictly better, t other and m own items tied with its best own "
-    "score); tied_queries = queries whose best own score is shared by another item",
-}
 
 
 def _evaluate(
@@ -134,55 +129,6 @@ def evaluate_examples(
 
 
 # ---------------------------------------------------------------- prompt files
-
-
-def _listed(values: Sequence[str], limit: int = 200) -> dict[str, Any]:
-    digest = hashlib.sha256("\n".join(values).encode()).hexdigest()
-    out: dict[str, Any] = {"n": len(values), "sha256": digest}
-    if len(values) <= limit:
-        out["values"] = list(values)
-    return out
-
-
-# ---------------------------------------------------------------- protocol
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of Python and the libraries a number depends on."""
-    out = {"python": platform.python_version()}
-    for lib in ("contrastkit", "torch", "transformers", "timm", "numpy", "faiss-cpu", "tokenizers"):
-        try:
-            out[lib] = importlib.metadata.version(lib)
-        except importlib.metadata.PackageNotFoundError:
-            out[lib] = "not installed"
-    return out
-
-
-def _definitions(tasks: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for name in tasks:
-        doc = (EVAL_TASKS.get(name).__doc__ or "").strip().split("\n\n")[0]
-        out[name] = _DEFINITIONS.get(name, " ".join(doc.split()))
-    return out
-
-
-def _run_record(run_dir: Path, model: Any, ckpt: Path) -> dict[str, Any]:
-    rec: dict[str, Any] = {"kind": "contrastkit-run", "path": str(run_dir.resolve()), "checkpoint": ckpt.name}
-    weights = ckpt / "model.safetensors"
-    if weights.is_file():
-        rec["weights_sha256"] = {weights.name: file_sha256(weights)}
-    image = model.towers["image"] if "image" in model.towers else None
-    if image is not None and hasattr(image, "mean"):
-        rec["image_preprocessing"] = {
-            "resize": None,
-            "normalise": "(x - 255·mean) / (255·std) on uint8 inside the image tower",
-            "mean": [round(float(v) / 255, 8) for v in image.mean.flatten()],
-            "std": [round(float(v) / 255, 8) for v in image.std.flatten()],
-        }
-    text = model.towers["text"] if "text" in model.towers else None
-    if text is not None and hasattr(text, "max_length"):
-        rec["text"] = {"max_length": int(text.max_length), "pooling": str(getattr(text, "pooling", ""))}
-    return rec
 
 
 def _similarity_figure(enc: Encoders, pairs: PairSet, path: Path, n: int = 12) -> None:
@@ -237,7 +183,7 @@ def _report(
         if i == 0:
             _similarity_figure(enc, pairs, out_dir / "similarity.png")
             prompts = {
-                k: {"classnames": _listed(t.classnames), "templates": _listed(t.templates)}
+                k: {"classnames": listed(t.classnames), "templates": listed(t.templates)}
                 for k, t in pairs.tasks.items()
             }
     if once:
@@ -253,7 +199,7 @@ def _report(
             "splits": list(sets),
             "tasks": list(tasks),
             "prompts": prompts,
-            "metric_definitions": _definitions(tasks),
+            "metric_definitions": metric_definitions(tasks),
             "embeddings": "L2-normalised (eps 1e-12), cosine similarities in float32",
             "fit_split": fit_record(data_record.get("fit_split", {}), metrics, sets, train_pairs),
             **({"split_independent": once_record(once)} if once else {}),
@@ -266,90 +212,6 @@ def _report(
     }
     atomic_write_json(out_dir / "eval.json", report)
     return report
-
-
-def _data_split(data: str, split: str, params: dict[str, Any] | None, image: ImageConfig) -> PairSet:
-    """``split`` of a built-in set, or of a file source decoded with ``image`` (module docstring)."""
-    cfg = DataConfig(
-        name=data,
-        params=dict(params or {}),
-        splits={split: {}},
-        train_split=split,
-        eval_splits=(split,),
-        image=image,
-    )
-    return load_split(cfg, split, progress_enabled())
-
-
-def _load_sets(
-    data: str,
-    splits: Sequence[str],
-    params: dict[str, Any] | None,
-    prompt_files: dict[str, Any],
-    train_split: str | None,
-    image: ImageConfig,
-    tasks: Sequence[str] = (),
-) -> tuple[dict[str, PairSet], PairSet | None, dict[str, Any]]:
-    """The evaluated splits, the split ``tasks`` fit on (default: a built-in set's ``train``; a file
-    source has none, module docstring) and the data record of ``data``."""
-    sets = {s: apply_prompt_files(_data_split(data, s, params, image), **prompt_files) for s in splits}
-    default, origin = "train", f"default: the train split of the built-in data set {data!r}"
-    if data in SOURCES:
-        default = None
-        origin = f"no default for the file source {data!r}: without a split column or split folders "
-        origin += "every split name returns the same rows"
-    load = lambda s: _data_split(data, s, params, image)  # noqa: E731
-    train, fit = fit_split(tasks, train_split, default, origin, load)
-    record: dict[str, Any] = {"data": data, "data_params": dict(params or {}), "fit_split": fit}
-    if data in SOURCES:
-        record["image"] = asdict(image)
-    return sets, train, record
-
-
-def _run_image(cfg: DataConfig) -> ImageConfig:
-    """How a run decodes other data: as it trained (a file source), else at its images' size."""
-    size = cfg.split_params(cfg.train_split).get("image_size")
-    return replace(cfg.image, size=int(size)) if cfg.name not in SOURCES and size else cfg.image
-
-
-def _model_image(record: dict[str, Any]) -> ImageConfig:
-    """Decode size for a Hugging Face model: its processor's resize size (else 224)."""
-    resize = (record.get("image_preprocessing") or {}).get("resize") or {}
-    return ImageConfig(size=int(resize.get("shortest_edge") or resize.get("height") or 224))
-
-
-def _check_batch_size(batch_size: int | None) -> None:
-    """An encoder batch size is an integer >= 1 (``None``: the default), refused up front."""
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-    ):
-        raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-
-
-def _named_data(data: str, params: dict[str, Any] | None, splits: Sequence[str]) -> DataConfig:
-    """``data`` with ``params`` and ``splits`` as a data config (what :func:`check_data` checks)."""
-    names = tuple(dict.fromkeys(splits))
-    return DataConfig(
-        name=data,
-        params=dict(params or {}),
-        splits={s: {} for s in names},
-        train_split=names[0],
-        eval_splits=names,
-    )
-
-
-def _check_request(
-    tasks: Sequence[str], data: DataConfig, splits: Sequence[str], prompt_files: dict[str, Any]
-) -> None:
-    """Refuse, before a model is loaded or any data generated or read, what the request alone gets
-    wrong: an unknown task; an unknown data set, split or parameter, a missing data file
-    (:func:`~contrastkit.data.loading.check_data`); a missing or empty prompt file."""
-    for name in tasks:
-        EVAL_TASKS.get(name)  # an unknown name lists the tasks
-    check_data(data, splits)
-    for key, what in (("classes", "class names"), ("templates", "templates")):
-        if prompt_files.get(key) is not None:
-            prompt_entries(prompt_files[key], what)
 
 
 def evaluate_run(
@@ -373,15 +235,15 @@ def evaluate_run(
     of the run's own data, ``train`` of a built-in ``data``)."""
     from contrastkit.train import load_run_config  # evaluation sits above train
 
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     prompt_files = {"classes": classes, "templates": templates, "class_task": class_task}
     own = load_run_config(run_dir).data
     wanted = [*(splits or (own.eval_splits if data is None else ("test",)))]
     wanted += [train_split] if train_split else []
-    asked = own if data is None else _named_data(data, data_params, wanted)
-    _check_request(tasks, asked, wanted, prompt_files)
+    asked = own if data is None else named_data(data, data_params, wanted)
+    check_request(tasks, asked, wanted, prompt_files)
     cfg, model, ckpt, enc, stages = run_encoders(run_dir, batch_size)  # multistage: all stages concatenated
     out = Path(out_dir).expanduser() if out_dir is not None else run_dir
     if data is None:
@@ -396,11 +258,11 @@ def evaluate_run(
             "fit_split": fit,
         }
     else:
-        image = _run_image(cfg.data)
-        sets, train, data_record = _load_sets(
+        image = run_image(cfg.data)
+        sets, train, data_record = load_sets(
             data, splits or ("test",), data_params, prompt_files, train_split, image, tasks
         )
-    record = _run_record(run_dir, model, ckpt) | stages
+    record = run_record(run_dir, model, ckpt) | stages
     if cfg.data.speech is not None and data is None:  # spoken prompts for cross_modal's zero-shot
         cm = dict((options or {}).get("cross_modal", {}))
         cm.setdefault("speech", to_dict(cfg.data.speech))
@@ -460,11 +322,11 @@ def evaluate_model(
     ``eval.json`` report. Defaults: a run's own data set and eval splits, else ``shapes`` /
     ``test``; ``out_dir`` = the run folder, ``eval/<folder name>`` for a model folder (required
     for encoders)."""
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     kw = {"classes": classes, "templates": templates, "class_task": class_task}
     if isinstance(model, Encoders) or not (Path(model).expanduser() / "config.yaml").is_file():
         wanted = [*(splits or ("test",)), *([train_split] if train_split else [])]
-        _check_request(tasks, _named_data(data or "shapes", data_params, wanted), wanted, kw)
+        check_request(tasks, named_data(data or "shapes", data_params, wanted), wanted, kw)
     if isinstance(model, Encoders):
         if out_dir is None:
             raise InputError("evaluate_model(encoders) needs an out_dir for its outputs")
@@ -487,8 +349,8 @@ def evaluate_model(
             )
         record, out_dir = dict(enc.info), out_dir or Path("eval") / path.resolve().name
     data, splits = data or "shapes", splits or ("test",)
-    image = _model_image(record)
-    sets, train, data_record = _load_sets(data, splits, data_params, kw, train_split, image, tasks)
+    image = model_image(record)
+    sets, train, data_record = load_sets(data, splits, data_params, kw, train_split, image, tasks)
     return _report(enc, record, sets, tasks, Path(out_dir), data_record, train, options)
 
 
