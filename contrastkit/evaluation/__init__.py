@@ -32,6 +32,7 @@ from contrastkit.evaluation import (  # noqa: F401  isort: skip
     multilabel,
     probes,
     tolerance,
+    instruct,
 )
 
 __all__ = [

@@ -7,7 +7,7 @@ same metrics run on contrastkit runs, on loaded third-party checkpoints, or on a
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from contrastkit.core.errors import InputError
 from contrastkit.core.progress import progress_bar
 from contrastkit.models.dual_encoder import DualEncoder
+from contrastkit.models.llm_embed import DecoderTextTower
 from contrastkit.models.moe import SparseMoE, record_usage
+from contrastkit.models.towers import TextTower
 
 __all__ = ["Encoders", "model_encoders"]
 
@@ -33,7 +35,9 @@ class Encoders:
     (NumPy counts per MoE layer) for a sparse mixture-of-experts model (LIMoE);
     ``modality(name, inputs) -> [B, d]``: L2-normalised embeddings of any other modality the model
     has a tower for (a signal such as ``audio`` or ``series``, ``attributes``; batch tensors of it),
-    whose names are ``encodes``."""
+    whose names are ``encodes``; ``instructed(instruction, list[str]) -> [B, d]``: texts embedded
+    with ``instruction`` in the text tower's instruction slot (``decoder_llm``: its ``task_prompt``),
+    for a tower that has one (the ``instruct`` task)."""
 
     images: Callable[[torch.Tensor], torch.Tensor]
     texts: Callable[[list[str]], torch.Tensor]
@@ -44,6 +48,7 @@ class Encoders:
     )
     modality: Callable[[str, torch.Tensor], torch.Tensor] | None = field(default=None, kw_only=True)
     encodes: tuple[str, ...] = field(default=(), kw_only=True)
+    instructed: Callable[[str, list[str]], torch.Tensor] | None = field(default=None, kw_only=True)
 
 
 def _batches(n: int, batch_size: int, desc: str) -> Iterable[int]:
@@ -117,6 +122,20 @@ def model_encoders(model: DualEncoder, batch_size: int = 256, device: str | None
             texts(t)
             return {m: {k: v.numpy() for k, v in r.items()} for m, r in read().items()}
 
+    text_tower = next((t for t in model.towers.values() if isinstance(t, TextTower)), None)
+    if not isinstance(text_tower, DecoderTextTower):  # the tower model.tokenize uses
+        text_tower = None
+
+    def instructed(instruction: str, t: list[str]) -> torch.Tensor:
+        # the tower renders system_prompt + prefix + task_prompt + text + suffix: swap its
+        # task_prompt for the instruction for this call only
+        saved = text_tower.template
+        text_tower.template = replace(saved, task_prompt=instruction)
+        try:
+            return texts(t)
+        finally:
+            text_tower.template = saved
+
     return Encoders(
         images,
         texts,
@@ -125,4 +144,5 @@ def model_encoders(model: DualEncoder, batch_size: int = 256, device: str | None
         expert_usage=expert_usage if any(isinstance(m, SparseMoE) for m in model.modules()) else None,
         modality=modality,
         encodes=tuple(m for m in model.towers if m not in ("image", "text")),
+        instructed=instructed if text_tower is not None else None,
     )
