@@ -36,6 +36,7 @@ decoded with the run's ``data.image`` transform (a run trained on a built-in set
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Sequence
@@ -128,9 +129,6 @@ def evaluate_examples(
     return _evaluate(enc, pairs, tasks, train_pairs, options)
 
 
-# ---------------------------------------------------------------- prompt files
-
-
 def _similarity_figure(enc: Encoders, pairs: PairSet, path: Path, n: int = 12) -> None:
     idx = np.arange(min(n, len(pairs)))
     sub = pairs.subset(idx)
@@ -200,6 +198,8 @@ def _report(
             "tasks": list(tasks),
             "prompts": prompts,
             "metric_definitions": metric_definitions(tasks),
+            # the task options as given (instructions, k, compared runs…): part of what a number means
+            "options": json.loads(json.dumps(options or {}, default=str)),
             "embeddings": "L2-normalised (eps 1e-12), cosine similarities in float32",
             "fit_split": fit_record(data_record.get("fit_split", {}), metrics, sets, train_pairs),
             **({"split_independent": once_record(once)} if once else {}),

@@ -60,12 +60,14 @@ def test_encoders_report_files_and_per_example_scores(tmp_path):
         splits=("test",),
         data_params={"n": 60},
         tasks=["zeroshot", "retrieval", "_test_plotter"],
+        options={"_test_plotter": {"k": 3, "where": tmp_path}},
     )
     m = report["metrics"]["test"]
     assert m["zeroshot/shape/top1"] == 1.0  # the oracle
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert saved["metrics"] == json.loads(json.dumps(report["metrics"]))
     assert saved["model"] == {"kind": "callables"}
+    assert saved["protocol"]["options"] == {"_test_plotter": {"k": 3, "where": str(tmp_path)}}  # as given
     assert saved["n"]["test"] == {"images": 60, "texts": 120}
     assert set(saved["protocol"]["metric_definitions"]) == {"zeroshot", "retrieval", "_test_plotter"}
     assert "ties broken by lower index" in saved["protocol"]["metric_definitions"]["retrieval"]
