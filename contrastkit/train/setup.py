@@ -102,10 +102,10 @@ def check_config(cfg: RunConfig) -> None:
         )
     if cfg.data.text_negatives is not None:
         _check_negatives(cfg)
-    loss_cls = None if cfg.loss.terms else LOSSES.get(cfg.loss.name)
-    check_long_caption_run(  # data.long_captions: a pair loss, no gradient caching, no mixup
     if cfg.data.relations:
         _check_relations(cfg)
+    loss_cls = None if cfg.loss.terms else LOSSES.get(cfg.loss.name)
+    check_long_caption_run(  # data.long_captions: a pair loss, no gradient caching, no mixup
         cfg.data.long_captions,
         cfg.loss.name,
         _declared(loss_cls),
@@ -135,8 +135,6 @@ def _check_tower_scale(cfg: RunConfig, modality: str, name: str, params: dict) -
         )
 
 
-def _check_negatives(cfg: RunConfig) -> None:
-    """``data.text_negatives`` needs a pair loss that takes ``negatives`` (they would be silently
 def _check_relations(cfg: RunConfig) -> None:
     """``data.relations`` are texts the text tower embeds in the plain forward (not the chunked one)."""
     if "text" not in cfg.model.towers:
@@ -145,6 +143,8 @@ def _check_relations(cfg: RunConfig) -> None:
         raise ConfigError("data.relations does not work with scale.chunk_size (gradient caching)")
 
 
+def _check_negatives(cfg: RunConfig) -> None:
+    """``data.text_negatives`` needs a pair loss that takes ``negatives`` (they would be silently
     unused otherwise), a text tower to encode them, and no gradient caching (its chunked forward
     does not encode them)."""
     takes = sorted(n for n in LOSSES.names() if "negatives" in _declared(LOSSES.get(n)))

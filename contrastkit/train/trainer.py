@@ -35,8 +35,8 @@ from contrastkit.core.progress import progress_bar, progress_default
 from contrastkit.core.runtime import check_threads, resolve_device
 from contrastkit.data.long_captions import LONG_KEY, encode_positives, long_caption_loss, owner_rows
 from contrastkit.data.negatives import NEG_KEY
-from contrastkit.data.signals import present_masks
 from contrastkit.data.relations import RELATION_KEY
+from contrastkit.data.signals import present_masks
 from contrastkit.losses import from_config as build_loss
 from contrastkit.losses.base import MultiLoss, PairLoss
 from contrastkit.losses.present import graph_zero, pair_sub_batch
@@ -217,9 +217,9 @@ def _embed(s: Session, batch: dict[str, torch.Tensor]):
         emb = s.model(batch)
         if NEG_KEY in batch:  # hard-negative captions (data.text_negatives): the text tower's too
             emb[NEG_KEY] = s.model.encode("text", batch[NEG_KEY])
-        if LONG_KEY in batch:  # data.long_captions: the image's other positive captions [B, M-1, d]
         if RELATION_KEY in batch and RELATION_KEY not in emb:  # data.relations: texts, so the text tower
             emb[RELATION_KEY] = s.model.encode("text", batch[RELATION_KEY])
+        if LONG_KEY in batch:  # data.long_captions: the image's other positive captions [B, M-1, d]
             emb[LONG_KEY] = encode_positives(s.model.encode, batch[LONG_KEY])
         return emb, None
 
