@@ -10,14 +10,15 @@ export TRANSFORMERS_OFFLINE := 1
 
 EMOJI  := .cache/npm/node_modules/emoji-datasource-google/emoji.json
 
-.PHONY: setup data fashion-mnist fonts speech demo demo-fashion demo-emoji test test-all lint bench docs clean
+.PHONY: setup data fashion-mnist fonts speech chromium demo demo-fashion demo-emoji test test-all lint bench docs clean
 
 setup: $(STAMP) data
 
 # Real data (docs/real-data.md): Fashion-MNIST from Debian, emoji image-name pairs from npm;
 # DejaVu fonts from Debian for CLIPPO's rendered text (tower rendered_text, docs/models.md);
-# the espeak-ng speech synthesiser from Debian for spoken captions (contrastkit.data.speech).
-data: fashion-mnist fonts speech $(EMOJI)
+# the espeak-ng speech synthesiser from Debian for spoken captions (contrastkit.data.speech);
+# Chromium and its driver from Debian for the browser test of contrastkit report (tests/report/).
+data: fashion-mnist fonts speech chromium $(EMOJI)
 
 fashion-mnist:
 	@if [ -d /usr/share/datasets/fashion-mnist ]; then :; \
@@ -36,6 +37,12 @@ speech:
 	elif ! command -v apt-get >/dev/null; then echo "warning: no apt-get: speech (espeak-ng) tests will be skipped"; \
 	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get install -y -q espeak-ng || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q espeak-ng; }; fi
+
+chromium:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif ! command -v apt-get >/dev/null; then echo "warning: no apt-get: the report browser test (Chromium) will be skipped"; \
+	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q chromium chromium-driver || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; }; fi
 
 $(EMOJI):
 	@if command -v npm >/dev/null; then npm install --silent --no-save --prefix .cache/npm emoji-datasource-google@16.0.0; \

@@ -17,6 +17,7 @@ contrastkit study configs/study-shapes-clip-vs-siglip.yaml [--jobs N] [--report-
 contrastkit study configs/study-shapes-clip-vs-siglip.yaml --executor ray [--address HOST:PORT]
 contrastkit list [tasks|losses|towers|datasets|sources] [--verbose]
 contrastkit explain NAME
+contrastkit report runs/NAME|runs/STUDY [--compare runs/OTHER] --out DIR [--evaluate]
 ```
 """
 
@@ -205,6 +206,16 @@ def _parser() -> argparse.ArgumentParser:
 
     for sp in (e, w, cu, pl, st):  # long phases show progress bars (on stderr) unless asked not to
         sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    rp = sub.add_parser("report", help="a static HTML page of a run, two runs or a study (docs/report.md)")
+    rp.add_argument("path", metavar="RUN_OR_STUDY", help="run folder or study folder")
+    rp.add_argument("--compare", metavar="RUN2", help="a second run: metrics side by side, curves overlaid")
+    rp.add_argument(
+        "--out", required=True, metavar="DIR", help="output folder (created; index.html + assets/)"
+    )
+    rp.add_argument(
+        "--evaluate", action="store_true", help="first evaluate shown runs that have no evaluation yet"
+    )
 
     ls = sub.add_parser("list", help="list registered components")
     ls.add_argument("what", nargs="?", choices=list(KINDS), help="one kind (default: all)")
@@ -429,6 +440,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             with progress_default(not args.no_progress):
                 run_study(args.file, args.jobs, args.only, args.report_only, args.executor, ray_options(args))
+        elif args.command == "report":
+            from contrastkit.report import build_report
+
+            print(f"wrote {build_report(args.path, args.out, args.compare, args.evaluate)}")
         elif args.command == "explain":
             print(explain(args.name))
         else:

@@ -21,6 +21,7 @@ RANK = {
     "curation": 5,  # filters over data with evaluation's encoders; a sibling of studies (no imports between)
     "demo": 6,
     "commands": 6,  # handlers cli.py delegates to (list, explain, plan): below cli, which imports it
+    "report": 6,  # contrastkit report: HTML pages of what train, evaluation and studies wrote
     "cli": 7,
     "__main__": 8,
     "__init__": 9,
