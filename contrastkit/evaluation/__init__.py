@@ -27,12 +27,14 @@ from contrastkit.evaluation import (  # noqa: F401  isort: skip
     composed,
     compositional,
     cross_modal,
+    decomposition,
+    error_analysis,
     experts,
     geometry,
+    instruct,
     multilabel,
     probes,
     tolerance,
-    instruct,
 )
 
 __all__ = [
