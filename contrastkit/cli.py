@@ -142,6 +142,13 @@ def _parser() -> argparse.ArgumentParser:
         help="split probes fit on (default: the data set's training split; a file source given with "
         "--data has none: then a seeded half of each evaluated split, with a warning)",
     )
+    e.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="TASK.KEY=VALUE",
+        help="a task option, read as YAML (repeatable): errors.compare=runs/OTHER, instruct.exclude=own",
+    )
     e.add_argument("--out", help="output folder (default: the run folder; eval/NAME for a model)")
     e.add_argument("--batch-size", type=int, help="encoder batch size (default: 256 run, 64 model)")
 
@@ -307,6 +314,24 @@ def _params(items: Sequence[str], flag: str) -> dict[str, object]:
     return params
 
 
+def _task_options(items: Sequence[str], tasks: Sequence[str]) -> dict[str, dict[str, object]]:
+    """``--option TASK.KEY=VALUE`` items as ``{task: {key: value}}`` (values as in :func:`_params`);
+    a task that is not evaluated is an error (the option would be silently unused)."""
+    from contrastkit.core.errors import ConfigError
+
+    out: dict[str, dict[str, object]] = {}
+    for key, value in _params(items, "--option").items():
+        task, dot, name = key.partition(".")
+        if not dot or not name:
+            raise ConfigError(
+                f"--option expects TASK.KEY=VALUE (e.g. errors.compare=runs/OTHER), got {key!r}"
+            )
+        if task not in tasks:
+            raise ConfigError(f"--option {key}: task {task!r} is not in --tasks {list(tasks)}")
+        out.setdefault(task, {})[name] = value
+    return out
+
+
 def _prompts(value: str | None, sep: str) -> str | list[str] | None:
     """A prompt option: an existing file's path, else a ``sep``-separated list (a template list: any
     value with ``{}``); a value with neither is taken as a file name (missing → a clear error)."""
@@ -337,6 +362,7 @@ def _eval(args: argparse.Namespace) -> None:
             class_task=args.class_task,
             train_split=args.train_split,
             batch_size=args.batch_size,
+            options=_task_options(args.option, args.tasks.split(",")) or None,
         )
     print(format_table(report["metrics"]))
     print(f"wrote {report['outputs_dir']}/: " + ", ".join(report["outputs"]))

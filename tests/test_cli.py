@@ -50,3 +50,21 @@ def test_list(capsys):
     assert main(["list", "losses"]) == 0
     names = capsys.readouterr().out.split()
     assert {"clip", "siglip", "supcon", "dcl", "mochi"} <= set(names) and names == sorted(names)
+
+
+def test_eval_task_options_reach_the_tasks_and_the_protocol(tiny_yaml, tmp_path, capsys):
+    assert main(["train", "--config", str(tiny_yaml), "--set", "train.steps=2"]) == 0
+    run, out = tmp_path / "runs" / "tiny", tmp_path / "ev"
+    args = ["eval", str(run), "--splits", "test", "--tasks", "instruct", "--out", str(out)]
+    assert main([*args, "--option", "instruct.exclude=own", "--option", "instruct.targets=[image]"]) == 0
+    saved = json.loads((out / "eval.json").read_text())
+    assert saved["protocol"]["options"] == {"instruct": {"exclude": "own", "targets": ["image"]}}
+    metrics = saved["metrics"]["test"]
+    # only exclude=own measures the conjunction task, and targets=[image] drops the caption gallery
+    assert "instruct/same_shape_and_color/precision@1" in metrics
+    assert not any("/text/" in k for k in metrics)
+    capsys.readouterr()
+    assert main([*args, "--option", "errors.compare=runs/x"]) == 2
+    assert "task 'errors' is not in --tasks ['instruct']" in capsys.readouterr().err
+    assert main([*args, "--option", "exclude=own"]) == 2
+    assert "--option expects TASK.KEY=VALUE" in capsys.readouterr().err
