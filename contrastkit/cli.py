@@ -11,6 +11,8 @@ contrastkit data shards pairs.csv --out shards/ [--shard-size 1000] [--image-siz
 contrastkit data inspect photos/ [--out inspect-photos] [--samples 16]
 contrastkit data export shapes:train --out data/shapes-csv [--split train]
 contrastkit curate data/pairs.csv --filter clip_score [--param keep=0.3] --model runs/NAME --out DIR
+contrastkit ttm runs/NAME --out DIR [--rounds 10] [--epochs 30]
+contrastkit continual runs/NAME [RUN ...] [--out DIR] [--wise 0.5] [--classes seen|task|all]
 contrastkit export runs/NAME --format hf|open_clip|safetensors --out DIR
 contrastkit plan configs/shapes-clip.yaml --memory 16GiB
 contrastkit study configs/study-shapes-clip-vs-siglip.yaml [--jobs N] [--report-only]
@@ -32,13 +34,16 @@ from typing import TYPE_CHECKING
 from contrastkit.commands import (
     KINDS,
     TasksHelp,
+    add_continual_parser,
     add_curate_parser,
     add_executor_arguments,
+    add_ttm_parser,
     curate,
     explain,
     listing,
     plan,
     ray_options,
+    ttm,
 )
 from contrastkit.core.progress import progress_default
 
@@ -194,6 +199,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     cu = add_curate_parser(sub, src_help.format(""))
+    tt = add_ttm_parser(sub)
+    add_continual_parser(sub)
 
     pl = sub.add_parser("plan", help="largest contrastive batch that fits a memory budget")
     pl.add_argument("config", help="YAML run config")
@@ -211,8 +218,14 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--report-only", action="store_true", help="only rebuild the report from finished runs")
     add_executor_arguments(st)
 
-    for sp in (e, w, cu, pl, st):  # long phases show progress bars (on stderr) unless asked not to
+    for sp in (e, w, cu, pl, st, tt):  # long phases show progress bars (on stderr) unless asked not to
         sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    ls = sub.add_parser("list", help="list registered components")
+    ls.add_argument("what", nargs="?", choices=list(KINDS), help="one kind (default: all)")
+    ls.add_argument("-v", "--verbose", action="store_true", help="spec ids, descriptions, parameters")
+    xp = sub.add_parser("explain", help="the full description of a registered component")
+    xp.add_argument("name", metavar="NAME", help="a loss, tower, evaluation task, data set or source")
 
     rp = sub.add_parser("report", help="a static HTML page of a run, two runs or a study (docs/report.md)")
     rp.add_argument("path", metavar="RUN_OR_STUDY", help="run folder or study folder")
@@ -223,12 +236,6 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument(
         "--evaluate", action="store_true", help="first evaluate shown runs that have no evaluation yet"
     )
-
-    ls = sub.add_parser("list", help="list registered components")
-    ls.add_argument("what", nargs="?", choices=list(KINDS), help="one kind (default: all)")
-    ls.add_argument("-v", "--verbose", action="store_true", help="spec ids, descriptions, parameters")
-    xp = sub.add_parser("explain", help="the full description of a registered component")
-    xp.add_argument("name", metavar="NAME", help="a loss, tower, evaluation task, data set or source")
     return p
 
 
@@ -455,6 +462,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from contrastkit.train.export import export_run
 
             print(f"wrote {export_run(args.run, args.format, args.out)} ({args.format})")
+        elif args.command == "continual":
+            from contrastkit.commands import continual
+
+            with progress_default(not args.no_progress):
+                continual(args)
+        elif args.command == "ttm":
+            with progress_default(not args.no_progress):
+                ttm(args)
         elif args.command == "curate":
             steps = [(name, _params(items, f"--filter {name} --param")) for name, items in args.filters]
             curate(args, steps, _params(args.data_param, "--data-param"))

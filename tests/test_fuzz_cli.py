@@ -105,6 +105,17 @@ EXTRA_KEYS = [
     "loss.terms",
     "train.modulation",
     "train.modulation.alpha",
+    "model.teacher",
+    "model.towers.text.prompt",
+    "model.towers.text.prompt.n_ctx",
+    "data.text_views",
+    "data.text_views.templates",
+    "data.jigsaw",
+    "data.jigsaw.grid",
+    "model.previous",
+    "continual",
+    "continual.method",
+    "continual.stages",
 ]
 
 

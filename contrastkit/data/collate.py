@@ -38,7 +38,8 @@ class Collate:
     ``transform(batch, seed)``: a sampler's batch transform (mixup), given the batch's ``_seed``
     ``(seed, step, offset)``. ``long_captions``: a :class:`~contrastkit.data.long_captions.
     LongCaptionConfig` — sub-captions as ``text`` and ``text_pos`` [B, M−1, L]
-    (``data.long_captions``). Picklable."""
+    (``data.long_captions``). ``text_views`` (set by the loader): adds the class text views
+    ``text@k`` of ``data.text_views`` (:mod:`contrastkit.data.text_views`). Picklable."""
 
     def __init__(
         self,
@@ -54,6 +55,8 @@ class Collate:
         self.augment_text, self.transform = augment_text, transform
         self.negatives = negatives  # data.text_negatives: "swap" or a text column
         self.long_captions = long_captions  # data.long_captions: a LongCaptionConfig or None
+        # data.text_views: adds text@k from the batch's labels (a TextViews; the loader sets it)
+        self.text_views: Callable[[dict[str, object], Any], None] | None = None
 
     def __call__(self, item: dict[str, object]) -> Batch:
         out = dict(item)
@@ -66,6 +69,8 @@ class Collate:
             _add_negatives(out, self.negatives, seed)
         if self.transform is not None:
             out = self.transform(out, seed)
+        if self.text_views is not None:  # from the sampled captions, before any augmentation
+            self.text_views(out, seed)
         if self.augment_text is not None and "text" in out:
             if seed is None:
                 raise InputError("text augmentation needs batches that carry their seed (_seed)")

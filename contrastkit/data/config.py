@@ -9,9 +9,11 @@ from typing import Any, Literal
 from contrastkit.core.errors import ConfigError
 from contrastkit.data.augment import AugmentConfig
 from contrastkit.data.images import ImageConfig
+from contrastkit.data.jigsaw import JigsawConfig
 from contrastkit.data.long_captions import LongCaptionConfig, check_long_caption_data
 from contrastkit.data.relations import check_relations
 from contrastkit.data.speech import SpeechConfig
+from contrastkit.data.text_views import TextViewsConfig
 from contrastkit.data.textaug import TextAugConfig
 
 __all__ = ["DataConfig", "SamplerConfig", "SourceConfig"]
@@ -90,6 +92,11 @@ class DataConfig:
     ``present:<modality>``). ``speech``: speak each sample's first caption with espeak-ng in the
     configured voices, speeds and pitches and add the log-mel features as the signal ``audio``
     (list ``audio`` in ``modalities``; :mod:`contrastkit.data.speech`, docs/modalities.md).
+    ``text_views``: K text views ``text@0 … text@{K−1}`` of each row's class (``label_task``), one per
+    prompt template, with optional demonstration prefixes, for ``supcon_text_views``
+    (:mod:`contrastkit.data.text_views`; null = off).
+    ``jigsaw``: ``{grid: g}`` turns every training batch's images into Jigsaw Clustering montages
+    and adds ``labels`` / ``positions`` ``[B·g²]`` (for the ``jigsaw`` loss; :mod:`contrastkit.data.jigsaw`).
     """
 
     name: str = "shapes"
@@ -124,6 +131,8 @@ class DataConfig:
     long_captions: LongCaptionConfig | None = None
     missing: dict[str, float] = field(default_factory=dict)
     speech: SpeechConfig | None = None
+    text_views: TextViewsConfig | None = None
+    jigsaw: JigsawConfig | None = None
 
     def __post_init__(self) -> None:
         known = ("image", "text", "attributes")
@@ -170,6 +179,12 @@ class DataConfig:
                 f"{list(self.extras)}, got {neg!r}"
             )
         check_long_caption_data(self.long_captions, self.modalities, neg, self.text_augment)
+        if self.text_views is not None and (self.label_task is None or "text" not in self.modalities):
+            raise ConfigError("data.text_views renders each row's class: it needs data.label_task and text")
+        if self.text_views is not None and self.relations:  # both would set the batch labels
+            raise ConfigError("data.text_views and data.relations cannot be combined (unset one)")
+        if self.jigsaw is not None:
+            _check_jigsaw_data(self)
         if self.speech is not None and "audio" not in self.modalities:
             raise ConfigError(
                 f"data.speech makes the modality 'audio': add it to data.modalities {list(self.modalities)}"
@@ -185,4 +200,25 @@ class DataConfig:
         return cls(
             params={"image_size": 32, "seed": 0},
             splits={"train": {"n": 512}, "test": {"n": 128}, "unseen": {"n": 64}},
+        )
+
+
+def _check_jigsaw_data(cfg: DataConfig) -> None:
+    """``data.jigsaw`` replaces the images by montages and sets ``labels``: it needs images and no
+    other source of labels, views or image masks."""
+    clash = [
+        k
+        for k, on in (
+            ("data.views", cfg.views),
+            ("data.label_task", cfg.label_task),
+            ("data.relations", cfg.relations),
+            ("data.missing.image", "image" in cfg.missing),
+        )
+        if on
+    ]
+    if "image" not in cfg.modalities or clash:
+        raise ConfigError(
+            "data.jigsaw makes montages of the images and sets the batch labels: it needs 'image' in "
+            f"data.modalities {list(cfg.modalities)}"
+            + (f" and cannot be combined with {clash}" if clash else "")
         )

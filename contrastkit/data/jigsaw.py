@@ -16,17 +16,36 @@ original **position** in that image — the ``labels`` and ``positions`` batch f
 Exactness: a pure re-arrangement (every patch appears once, bit-exact); ``unshuffle`` inverts it.
 Randomness: a ``torch.Generator`` seeded with ``seed`` (never the global RNG): the same seed gives
 the same montages. H and W must be divisible by g.
+
+Training (``data.jigsaw: {grid: g}``, :class:`JigsawConfig`): every training batch's images become
+montages (:func:`jigsaw_batch`), seeded by ``(train seed, step, shard offset)`` like the augmented
+views (:mod:`contrastkit.data.augment`), so a resumed run sees the same montages; ``labels`` are
+global rows (the shard's offset in the global batch added), ``positions`` the original cells.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from contrastkit.core.errors import ConfigError, InputError
 
-__all__ = ["JigsawViews", "jigsaw_views", "unshuffle"]
+__all__ = ["JigsawConfig", "JigsawViews", "jigsaw_batch", "jigsaw_seed", "jigsaw_views", "unshuffle"]
+
+_TAG = 0x1165_A3  # separates the montage stream from the augmentation and sampler streams
+
+
+@dataclass(frozen=True)
+class JigsawConfig:
+    """``data.jigsaw``: train on montages of g×g patches (``grid`` = g ≥ 1; 2: the paper's 2×2)."""
+
+    grid: int = 2
+
+    def __post_init__(self) -> None:
+        if isinstance(self.grid, bool) or not isinstance(self.grid, int) or self.grid < 1:
+            raise ConfigError(f"data.jigsaw.grid must be an integer >= 1, got {self.grid!r}")
 
 
 @dataclass(frozen=True)
@@ -91,3 +110,19 @@ def unshuffle(views: JigsawViews) -> torch.Tensor:
 def _patch_hw(views: JigsawViews) -> tuple[int, int]:
     h, w = views.montages.shape[2:]
     return h // views.grid, w // views.grid
+
+
+def jigsaw_seed(seed: int, step: int, offset: int) -> int:
+    """The montage seed of the shard at row ``offset`` of training batch ``step`` (a 62-bit int)."""
+    state = np.random.SeedSequence([int(seed), int(step), int(offset), _TAG]).generate_state(2, np.uint32)
+    return (int(state[0]) << 30) ^ int(state[1])
+
+
+def jigsaw_batch(
+    images: torch.Tensor, grid: int, seed: int, step: int, offset: int
+) -> dict[str, torch.Tensor]:
+    """The batch fields of ``data.jigsaw`` for this shard's ``images`` (rows ``offset …`` of batch
+    ``step``): ``image`` = the montages, ``labels`` = source image as a global batch row (unique
+    over shards), ``positions`` = original cell; ``labels``/``positions`` are ``[B·G]``."""
+    views = jigsaw_views(images, grid, seed=jigsaw_seed(seed, step, offset))
+    return {"image": views.montages, "labels": views.labels + int(offset), "positions": views.positions}

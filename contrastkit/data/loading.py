@@ -35,6 +35,7 @@ from contrastkit.data.signals import with_missing
 from contrastkit.data.speech import SpeechConfig, distinct_speech_features
 from contrastkit.data.table import PAIR_KEY, PairTable, TableDataset
 from contrastkit.data.tabular import make_csv, make_parquet, make_tsv
+from contrastkit.data.text_views import TextViews, view_keys
 
 __all__ = [
     "SOURCES",
@@ -226,8 +227,10 @@ def train_loader(
         *(() if negatives is None else ("text_neg",)),
         *(() if cfg.long_captions is None else ("text_pos",)),  # data.long_captions: [B, M-1, L]
         *((RELATION_KEY,) if cfg.relations else ()),  # data.relations: tokenised like captions
+        *(() if cfg.text_views is None else view_keys(cfg.text_views)),  # data.text_views: text@k
     )
     collate = Collate(tokenize, text_keys, truncated, augment_text, transform, negatives, cfg.long_captions)
+    collate.text_views = _text_views(source, cfg)
     workers = cfg.num_workers
     common: dict[str, Any] = {
         "num_workers": workers,
@@ -247,6 +250,10 @@ def train_loader(
             )
         if cfg.relations:
             raise ConfigError("data.relations needs the class tasks of an indexed source: not for webdataset")
+        if cfg.jigsaw is not None:
+            raise ConfigError(
+                "data.jigsaw needs an indexed source (built-in set or file table), not webdataset"
+            )
         stream = ShardStream(
             source,
             cfg.image,
@@ -279,7 +286,21 @@ def _indexed(source: PairSet | PairTable, cfg: DataConfig, seed: int) -> PairDat
     dataset.unknown_share = cfg.concepts_unknown
     if cfg.relations:
         dataset.relations = Relations.of(source.tasks, cfg.relations, source.name)
+    dataset.jigsaw = cfg.jigsaw  # None: the images as they are
     return dataset
+
+
+def _text_views(source: Source, cfg: DataConfig) -> TextViews | None:
+    """``data.text_views``' collate step, with the class names of ``data.label_task``."""
+    if cfg.text_views is None:
+        return None
+    task = getattr(source, "tasks", {}).get(cfg.label_task) if not isinstance(source, Mixture) else None
+    if task is None:
+        raise ConfigError(
+            f"data.text_views needs the class names of data.label_task {cfg.label_task!r}: a single "
+            "indexed source (built-in set or file table) with that task"
+        )
+    return TextViews(cfg.text_views, task.classnames)
 
 
 def _text_extras(source: Source, extras: Sequence[str]) -> tuple[str, ...]:

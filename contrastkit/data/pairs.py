@@ -26,6 +26,7 @@ from torch.utils.data import Dataset, Sampler
 from contrastkit.core.concepts import caption_vocabulary, concept_targets, unknown_entries
 from contrastkit.core.errors import InputError
 from contrastkit.data.augment import AugmentConfig, make_views
+from contrastkit.data.jigsaw import JigsawConfig, jigsaw_batch
 from contrastkit.data.relations import RELATION_KEY, Relations
 from contrastkit.data.signals import check_presence, check_signal, present_key, variant_rows
 
@@ -225,6 +226,9 @@ class PairDataset(Dataset):
     ``relations`` (an attribute, ``None`` by default; ``data.relations``): add ``relation`` texts and
     relation-group ``labels`` (:mod:`contrastkit.data.relations`).
 
+    ``jigsaw`` (an attribute, ``None`` by default; ``data.jigsaw``): ``image`` becomes the batch's
+    montages, with ``labels`` / ``positions`` per cell (:func:`contrastkit.data.jigsaw.jigsaw_batch`).
+
     ``pair_index`` (an attribute, off by default; the trainer sets it for per-pair state such as
     noisy-pair weights): add ``_pair`` — int64 ``[B]``, each row's flat pair index
     ``first_caption[i] + j`` (the order of :meth:`PairSet.flat_captions`), after substitutions.
@@ -233,6 +237,7 @@ class PairDataset(Dataset):
     pair_index: bool = False
     unknown_share: float = 0.0  # data.concepts_unknown: share of each image's concepts marked −1
     relations: Relations | None = None  # data.relations: a relation text and group labels per row
+    jigsaw: JigsawConfig | None = None  # data.jigsaw: montages, cell labels and positions
 
     def __init__(
         self,
@@ -310,6 +315,10 @@ class PairDataset(Dataset):
             item.update(
                 make_views(images, self.views, self.augment, self.seed, keys.step, keys.offset, keys.total)
             )
+        if self.jigsaw is not None:  # seeded like the views: a resumed run sees the same montages
+            if not isinstance(keys, SampledBatch):
+                raise InputError("data.jigsaw needs batches from PairBatchSampler (they know their step)")
+            item.update(jigsaw_batch(images, self.jigsaw.grid, self.seed, keys.step, keys.offset))
         if isinstance(keys, SampledBatch):  # seeds per-batch text augmentation (Collate)
             item[SEED_KEY] = (self.seed, keys.step, keys.offset)
         if self.labels is not None:

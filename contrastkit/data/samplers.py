@@ -21,6 +21,8 @@ data:
   targets (:mod:`contrastkit.data.unpaired`).
 * ``mcl``: every global batch from one group (MCL's cluster-restricted negatives, D-MCL): the
   groups of a ``.npy`` label file (``groups``) or of a class task (``task``); one source.
+* ``rehearsal``: a continual stage's classes plus rows of a rehearsal memory, flagged
+  ``rehearsal`` (:mod:`contrastkit.data.rehearsal`, written by ``continual``); one source.
 
 Every sampler is a function of ``(seed, step)``: the loader passes ``start`` (batches already
 consumed) and a resumed run sees exactly the batches an uninterrupted one would. With
@@ -50,6 +52,7 @@ from contrastkit.data.config import DataConfig, SamplerConfig
 from contrastkit.data.mcl import MCLBatchSampler, read_groups
 from contrastkit.data.mix import MixBatchSampler
 from contrastkit.data.pairs import ClassTask, PairBatchSampler
+from contrastkit.data.rehearsal import rehearsal_sampler
 from contrastkit.data.unpaired import unpaired_sampler
 from contrastkit.data.zerovl import MIX_FIELDS, CoinFlipMixup, SingleSourceSampler
 
@@ -71,9 +74,10 @@ __all__ = [
 SAMPLERS: Registry[Sampler] = Registry("sampler")
 SAMPLERS.register("b3")(b3_sampler)  # S-B3, contrastkit.data.b3
 SAMPLERS.register("unpaired_labels")(unpaired_sampler)  # D-MEDCLIP-SAMPLER, contrastkit.data.unpaired
+SAMPLERS.register("rehearsal")(rehearsal_sampler)  # D-REHEARSAL, contrastkit.data.rehearsal (continual)
 
 _NEEDS_SOURCES = ("single_source", "source_mix")
-_ONE_SOURCE = ("class_mix", "batch_binding", "mcl", "b3")
+_ONE_SOURCE = ("class_mix", "batch_binding", "mcl", "b3", "rehearsal")
 
 
 @SAMPLERS.register("random")

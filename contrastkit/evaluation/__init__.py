@@ -24,6 +24,7 @@ from contrastkit.evaluation.zeroshot import zero_shot_classifier, zero_shot_metr
 
 # Register the remaining task families (each module's @EVAL_TASKS.register runs at import).
 from contrastkit.evaluation import (  # noqa: F401  isort: skip
+    alignment,
     composed,
     compositional,
     cross_modal,
@@ -34,6 +35,7 @@ from contrastkit.evaluation import (  # noqa: F401  isort: skip
     instruct,
     multilabel,
     probes,
+    same_object,
     tolerance,
 )
 

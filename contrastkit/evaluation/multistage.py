@@ -81,13 +81,23 @@ def multistage_encoders(
 def run_encoders(run_dir: str | Path, batch_size: int = 256) -> tuple[Any, DualEncoder, Path, Encoders, dict]:
     """``(config, model, checkpoint, encoders, record)`` of a run folder: an ordinary run's model
     and its encoders (``record`` empty); for a multistage run its config, the LAST stage's model and
-    checkpoint, the concatenated encoders of all stages and ``record = {"stages": [...]}``."""
+    checkpoint, the concatenated encoders of all stages and ``record = {"stages": [...]}``; for a
+    continual run (``continual``) its config and its last stage's model (``record = {"stage": path}``)."""
     from contrastkit.train import load_run, load_run_config  # evaluation sits above train
     from contrastkit.train.multistage import stage_dirs
     from contrastkit.train.rundir import has_checkpoint
 
     cfg = load_run_config(run_dir)
     mcl = cfg.curation.mcl
+    cont = getattr(cfg, "continual", None)
+    if cont is not None and cont.stage is None:  # a continual run: its LAST stage's model
+        from contrastkit.train.continual import stage_dirs as continual_stages
+
+        last = continual_stages(run_dir, cont)[-1]
+        if not has_checkpoint(last):
+            raise ConfigError(f"continual run {run_dir}: its last stage {last} has no checkpoint yet")
+        _, model, _, ckpt = load_run(last)
+        return cfg, model, ckpt, model_encoders(model, batch_size=batch_size), {"stage": str(last.resolve())}
     if mcl is None:
         cfg, model, _, ckpt = load_run(run_dir)
         return cfg, model, ckpt, model_encoders(model, batch_size=batch_size), {}

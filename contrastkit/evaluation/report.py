@@ -142,7 +142,11 @@ def _similarity_figure(enc: Encoders, pairs: PairSet, path: Path, n: int = 12) -
         title = f"{pairs.name}: {other}–text cosine similarity"
         plot_similarity(None, caps, sims, path, title=title, row_kind=other)
         return
-    images, texts = enc.images(sub.images), enc.texts(caps)
+    try:
+        texts = enc.texts(caps)
+    except InputError:  # an image-only model (SimCLR, Jigsaw Clustering): no image–text figure
+        return
+    images = enc.images(sub.images)
     sims = similarity(images, texts)  # cosine, or MaxSim for token sets (evaluation.late_interaction)
     kind = "MaxSim" if is_token_set(images) or is_token_set(texts) else "cosine"
     plot_similarity(sub.images, caps, sims, path, title=f"{pairs.name}: image–text {kind} similarity")
@@ -206,7 +210,8 @@ def _report(
         },
         "versions": library_versions(),
         "outputs_dir": str(out_dir),
-        "outputs": ["eval.json", "per_example.npz", "similarity.png"]
+        "outputs": ["eval.json", "per_example.npz"]
+        + (["similarity.png"] if (out_dir / "similarity.png").is_file() else [])
         + (["plots/"] if (out_dir / "plots").is_dir() else []),
         "seconds": time.perf_counter() - t0,
     }

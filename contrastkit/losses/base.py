@@ -35,6 +35,7 @@ __all__ = [
     "MultiLoss",
     "PairLoss",
     "as_float",
+    "declared_fields",
     "learnable_log_scale",
     "maybe_normalize",
 ]
@@ -83,6 +84,14 @@ def as_float(x: torch.Tensor) -> torch.Tensor:
     """Half-precision inputs are promoted to float32 so logits and log-sum-exps are exact enough;
     float32/float64 pass through unchanged (float64 is what the naive-formula tests use)."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def declared_fields(name: str) -> frozenset[str]:
+    """The batch fields registered loss ``name`` declares on its class (``accepts``). A wrapper
+    whose fields depend on its instance (``accepts`` is a property: temperature schedules,
+    self-distillation) declares none here."""
+    accepts = getattr(LOSSES.get(name), "accepts", ())
+    return frozenset(accepts) if isinstance(accepts, (frozenset, set, tuple)) else frozenset()
 
 
 def maybe_normalize(x: torch.Tensor, normalize: bool) -> torch.Tensor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +27,7 @@ from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.models.hf_dual import hf_dual_embed_dim, hf_dual_logit_scale
 from contrastkit.models.momentum import MomentumConfig, MomentumEncoder
 from contrastkit.models.openclip_dual import open_clip_config, open_clip_logit_scale, parse_open_clip
+from contrastkit.models.prompts import PromptConfig, PromptContext
 from contrastkit.models.towers import TOWERS, TextTower, Tower, TowerContext
 
 __all__ = [
@@ -60,11 +62,14 @@ class TowerConfig:
     """A tower by registry name (``timm``, ``hf_text``, ``hf_pretrained``) and its parameters.
 
     ``locked``: freeze the tower (no gradients, kept in eval mode) — LiT-style locked towers.
+    ``prompt``: learnable context vectors before every text's tokens (CoOp, text towers with token
+    embeddings; :mod:`contrastkit.models.prompts`); they stay trainable when the tower is locked.
     """
 
     name: str
     params: dict[str, Any] = field(default_factory=dict)
     locked: bool = False
+    prompt: PromptConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,11 @@ class ModelConfig:
     ``lock``: freeze named parameter groups — ``fnmatch`` patterns over the model's parameter
     names (``"towers.text.encoder.embeddings.*"``, ``"projections.image.*"``); each pattern must
     match at least one parameter. Whole towers lock with ``TowerConfig.locked`` (also eval mode).
+    ``teacher``: a contrastkit run folder whose frozen model embeds every training batch for a
+    distillation loss (``loss: distill``, :mod:`contrastkit.train.distill`); not part of this model.
+    ``previous``: a contrastkit run folder, the frozen earlier model whose embeddings of every training
+    batch are Sy-CON's past embeddings (``loss: sycon``, :mod:`contrastkit.train.previous`); not part
+    of this model either.
     """
 
     towers: dict[str, TowerConfig] = field(
@@ -105,6 +115,8 @@ class ModelConfig:
     momentum: MomentumConfig | None = None
     lock: tuple[str, ...] = ()
     from_: str | None = field(default=None, metadata={"key": "from"})
+    teacher: str | None = None
+    previous: str | None = None
 
     def __post_init__(self) -> None:
         if self.from_ is not None:
@@ -154,8 +166,11 @@ class ModelConfig:
             dim = hf_dual_embed_dim(rest)
         else:
             dim = int(open_clip_config(*parse_open_clip(rest))["model_cfg"]["embed_dim"])
-        locked = {m: self.towers[m].locked for m in towers if m in self.towers}
-        towers = {m: dataclasses.replace(t, locked=locked.get(m, False)) for m, t in towers.items()}
+        own = {m: self.towers[m] for m in towers if m in self.towers}  # keep locked / prompt choices
+        towers = {
+            m: dataclasses.replace(t, locked=own[m].locked, prompt=own[m].prompt) if m in own else t
+            for m, t in towers.items()
+        }
         object.__setattr__(self, "towers", towers)
         object.__setattr__(self, "embed_dim", dim)
         object.__setattr__(self, "projection", "none")
@@ -255,6 +270,9 @@ class DualEncoder(nn.Module):
         self.locked = tuple(locked)
         for m in self.locked:
             self.towers[m].requires_grad_(False)
+        # modality -> learnable prompt context of its text tower (CoOp); outside the towers, so a
+        # locked tower's context still trains (build_model adds them)
+        self.prompts = nn.ModuleDict()
         self.momentum: MomentumEncoder | None = None
         if momentum is not None:
             missing = [m for m in momentum.modalities if m not in self.towers]
@@ -303,10 +321,12 @@ class DualEncoder(nn.Module):
                     f"model has no momentum encoder for {modality!r}; momentum modalities: {have}"
                 )
             return self.momentum(modality, inputs)
-        run = self.runners.get(modality)
-        if run is not None:  # the same tower and projection, through a wrapper (e.g. DDP)
-            return run(inputs)
-        return self.projections[self.shares.get(modality, modality)](self.towers[modality](inputs))
+        prompt = self.prompts[modality] if modality in self.prompts else None
+        with nullcontext() if prompt is None else prompt.applied(self.towers[modality]):  # type: ignore[operator]
+            run = self.runners.get(modality)
+            if run is not None:  # the same tower and projection, through a wrapper (e.g. DDP)
+                return run(inputs)
+            return self.projections[self.shares.get(modality, modality)](self.towers[modality](inputs))
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         keys = [k for k in batch if self.can_encode(k) and not k.endswith(EMA_SUFFIX)]
@@ -338,12 +358,23 @@ class DualEncoder(nn.Module):
                 return tower
         raise InputError("model has no text tower")
 
+    def _prompt_of(self, tower: nn.Module) -> PromptContext | None:
+        """The prompt context of ``tower`` (a text tower of this model), if it has one."""
+        for m, t in self.towers.items():
+            if t is tower and m in self.prompts:
+                return self.prompts[m]  # type: ignore[return-value]
+        return None
+
     def tokenize(self, texts: list[str]) -> torch.Tensor:
-        return self.text_tower().tokenize(texts)
+        tower = self.text_tower()
+        prompt = self._prompt_of(tower)
+        return tower.tokenize(texts) if prompt is None else prompt.tokenize(tower, texts)
 
     def count_truncated(self, texts: list[str]) -> int:
         """How many ``texts`` exceed the text tower's context (and are truncated by ``tokenize``)."""
-        return self.text_tower().count_truncated(texts)
+        tower = self.text_tower()
+        prompt = self._prompt_of(tower)
+        return tower.count_truncated(texts) if prompt is None else prompt.count_truncated(tower, texts)
 
     def save_assets(self, folder: Path) -> None:
         for m, tower in self.towers.items():
@@ -386,6 +417,11 @@ def build_model(
         raise ConfigError(f"towers ask for different model classes {sorted(c.__name__ for c in classes)}")
     model_class = classes.pop() if classes else DualEncoder
     model = model_class(towers, cfg.embed_dim, cfg.projection, locked, cfg.momentum)
+    for m, tcfg in cfg.towers.items():
+        if tcfg.prompt is not None:
+            if m in followed:  # the EMA copy would encode the placeholder ids, not the context
+                raise ConfigError(f"model.towers.{m}.prompt cannot be combined with model.momentum of {m!r}")
+            model.prompts[m] = PromptContext(towers[m], tcfg.prompt, f"model.towers.{m}.prompt")  # type: ignore[arg-type]
     lock_parameters(model, cfg.lock)
     return model
 

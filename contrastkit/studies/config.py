@@ -14,6 +14,8 @@
     comparisons:
       - {baseline: {loss.name: clip}, intervention: {loss.name: siglip}, where: {train.batch_size: 32}}
     dynamics_every: 50                 # log the metric during training every 50 steps
+    extra_metrics: [zeroshot/color/top1]  # also reported per setting and per comparison
+    axes: [train.batch_size]           # plot the metric against these grid keys (axes.png)
     executor: pool                     # or ray: every run a Ray task (studies.ray_executor)
     ray: {address: null, cpus_per_run: 0, gpus_per_run: 0, memory_per_run: 0, max_retries: 3}
 """
@@ -130,8 +132,15 @@ class StudyConfig:
     out_dir: str = "studies"
     executor: Literal["pool", "ray"] = "pool"
     ray: RayConfig = field(default_factory=RayConfig)
+    extra_metrics: tuple[str, ...] = ()
+    axes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        bad_axes = [k for k in self.axes if k not in self.grid]
+        if bad_axes:
+            raise ConfigError(f"study axes {bad_axes} are not grid keys {sorted(self.grid)}")
+        if self.metric in self.extra_metrics or len(set(self.extra_metrics)) != len(self.extra_metrics):
+            raise ConfigError(f"study extra_metrics repeat a metric: {[self.metric, *self.extra_metrics]}")
         if not self.grid or any(not isinstance(v, list) or not v for v in self.grid.values()):
             raise ConfigError("study grid must map each key to a non-empty list of values")
         if not self.seeds:
@@ -145,6 +154,11 @@ class StudyConfig:
                     raise ConfigError(
                         f"comparison names setting key(s) {unknown} not in the grid {sorted(self.grid)}"
                     )
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The study's metric, then its ``extra_metrics``."""
+        return (self.metric, *self.extra_metrics)
 
     def settings(self) -> list[Setting]:
         keys = list(self.grid)

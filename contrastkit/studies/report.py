@@ -1,5 +1,7 @@
 """The study report: per-setting estimates, comparisons with Multi-Bootstrap CIs and p-values,
-learning curves with bands over seeds — ``report.md``, PNG plots and ``results.parquet``."""
+learning curves with bands over seeds, the metric against each of the study's ``axes``
+(:mod:`contrastkit.studies.axes`), the same tables for its ``extra_metrics`` — ``report.md``, PNG
+plots and ``results.parquet``."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import numpy as np
 from contrastkit.core.errors import ContrastkitError, InputError
 from contrastkit.core.io import atomic_path, atomic_write_text
 from contrastkit.core.progress import progress_bar
+from contrastkit.studies.axes import axes_markdown, plot_axes
 from contrastkit.studies.config import Setting, StudyConfig
 from contrastkit.studies.multibootstrap import BootstrapResult, Runs, multibootstrap, seed_means
 from contrastkit.studies.runner import RunSpec
@@ -170,21 +173,23 @@ def _curves(study: StudyConfig, specs: Sequence[RunSpec], path: Path) -> bool:
     return drawn
 
 
-def _parquet(specs: Sequence[RunSpec], scores, study: StudyConfig, path: Path) -> None:
+def _parquet(specs: Sequence[RunSpec], by_metric: dict[str, dict], study: StudyConfig, path: Path) -> None:
+    """One row per (run, metric): the study's metric, then its extra metrics."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     cols: dict[str, list[Any]] = {"run": [], "seed": [], "metric": [], "value": [], "n_examples": []}
     for k in study.grid:
         cols[k] = []
-    for s in specs:
-        cols["run"].append(s.name)
-        cols["seed"].append(s.seed)
-        cols["metric"].append(study.metric)
-        cols["value"].append(float(scores[s.name].mean()))
-        cols["n_examples"].append(int(scores[s.name].size))
-        for k, v in s.setting:
-            cols[k].append(str(v))
+    for metric, scores in by_metric.items():
+        for s in specs:
+            cols["run"].append(s.name)
+            cols["seed"].append(s.seed)
+            cols["metric"].append(metric)
+            cols["value"].append(float(scores[s.name].mean()))
+            cols["n_examples"].append(int(scores[s.name].size))
+            for k, v in s.setting:
+                cols[k].append(str(v))
     with atomic_path(path) as tmp:
         pq.write_table(pa.table(cols), str(tmp))
 
@@ -198,10 +203,10 @@ _TERMS = (
 
 
 def _settings_table(
-    study: StudyConfig, specs, scores, per_setting: list[tuple[Setting, Estimate]]
+    study: StudyConfig, specs, scores, per_setting: list[tuple[Setting, Estimate]], title: str = "## Settings"
 ) -> list[str]:
     lines = [
-        "## Settings",
+        title,
         "",
         _TERMS.format(nboot=study.nboot),
         "",
@@ -218,10 +223,12 @@ def _settings_table(
     return lines
 
 
-def _comparisons_table(study: StudyConfig, comps: Sequence[tuple[str, Estimate]]) -> list[str]:
+def _comparisons_table(
+    study: StudyConfig, comps: Sequence[tuple[str, Estimate]], title: str = "## Comparisons"
+) -> list[str]:
     lines = [
         "",
-        "## Comparisons",
+        title,
         "",
         "δ = intervention − baseline; mean over seeds, bootstrap estimate and CI as above "
         "(paired: over the seeds both settings ran).",
@@ -239,21 +246,36 @@ def _comparisons_table(study: StudyConfig, comps: Sequence[tuple[str, Estimate]]
     return lines
 
 
-def build_report(
-    study: StudyConfig, specs: Sequence[RunSpec], root: Path, wall_seconds: float | None = None
-) -> Path:
-    """Write report.md, forest.png, curves.png and results.parquet under ``root``."""
-    t0 = time.perf_counter()
-    scores = {s.name: load_scores(s, study.metric) for s in progress_bar(specs, "report: scores", unit="run")}
+_AXES_TEXT = (
+    "Each cell: the mean over seeds [the per-setting bootstrap interval], as in the settings table; "
+    "one row per combination of the other grid keys."
+)
+
+
+def _analyse(study: StudyConfig, specs: Sequence[RunSpec], metric: str):
+    """Per-example scores of every run, per-setting estimates and the comparisons, for ``metric``."""
+    scores = {s.name: load_scores(s, metric) for s in progress_bar(specs, "report: scores", unit="run")}
     per_setting = _per_setting(study, specs, scores)
     comps = []
     for c in progress_bar(study.comparisons, "report: comparisons", unit="comparison"):
         b, e, est = _compare(study, specs, c, scores)
         comps.append((f"{_label(e)}  vs  {_label(b)}", est))
+    return scores, per_setting, comps
+
+
+def build_report(
+    study: StudyConfig, specs: Sequence[RunSpec], root: Path, wall_seconds: float | None = None
+) -> Path:
+    """Write report.md, forest.png, curves.png, axes.png (with ``axes``) and results.parquet under
+    ``root``; ``extra_metrics`` get their own settings and comparisons tables."""
+    t0 = time.perf_counter()
+    scores, per_setting, comps = _analyse(study, specs, study.metric)
     if comps:
         _forest(comps, root / "forest.png", study.metric)
     has_curves = _curves(study, specs, root / "curves.png")
-    _parquet(specs, scores, study, root / "results.parquet")
+    extras = {m: _analyse(study, specs, m) for m in study.extra_metrics}
+    by_metric = {study.metric: scores, **{m: extras[m][0] for m in extras}}
+    _parquet(specs, by_metric, study, root / "results.parquet")
     lines = [
         f"# Study `{study.name}`",
         "",
@@ -267,6 +289,16 @@ def build_report(
     if comps:
         lines += _comparisons_table(study, comps)
         lines += ["", "![forest plot](forest.png)"]
+    if study.axes:
+        points = [(st, e.plain, e.boot.base.low, e.boot.base.high) for st, e in per_setting]
+        plot_axes(study.grid, points, study.axes, study.metric, root / "axes.png")
+        lines += ["", "## The metric against each axis", "", _AXES_TEXT]
+        lines += [*axes_markdown(study.grid, points, study.axes), "", "![axes](axes.png)"]
+    for metric, (m_scores, m_settings, m_comps) in extras.items():
+        lines += ["", f"## Also measured: `{metric}`", ""]
+        lines += _settings_table(study, specs, m_scores, m_settings, title="### Settings")
+        if m_comps:
+            lines += _comparisons_table(study, m_comps, title="### Comparisons")
     if has_curves:
         lines += [
             "",

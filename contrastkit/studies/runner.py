@@ -90,11 +90,12 @@ def execute_run(spec: RunSpec, study: StudyConfig, threads: int) -> dict[str, An
     else:
         result = train(cfg, overwrite=True, callbacks=callbacks)
     enc = run_encoders(spec.run_dir)[3]  # a multistage run: its stages concatenated
-    family = study.metric.split("/")[0]  # the metric's task, even if not a default one (winoground)
-    tasks = TASKS if family in TASKS else (*TASKS, family)
+    families = [m.split("/")[0] for m in study.metrics]  # their tasks, even if not default (winoground)
+    tasks = (*TASKS, *(f for f in dict.fromkeys(families) if f not in TASKS))
     metrics, examples = evaluate_examples(enc, load_split(cfg.data, study.split), tasks)
-    if study.metric not in examples:
-        raise ContrastkitError(f"metric {study.metric!r} not produced; available: {sorted(examples)}")
+    lacking = [m for m in study.metrics if m not in examples]
+    if lacking:
+        raise ContrastkitError(f"metric(s) {lacking} not produced; available: {sorted(examples)}")
     atomic_write_json(spec.run_dir / "eval_metrics.json", metrics)
     with atomic_path(spec.run_dir / "examples.npz") as tmp:
         with open(tmp, "wb") as fh:

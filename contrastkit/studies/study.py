@@ -29,11 +29,12 @@ def check_plan(study: StudyConfig, specs: Sequence[RunSpec]) -> None:
             from_dict(RunConfig, spec.cfg)
         except ConfigError as exc:
             raise ConfigError(f"study run {spec.name}: {exc}") from exc
-    family = study.metric.split("/")[0]
-    if family not in EVAL_TASKS:
-        raise ConfigError(
-            f"study metric {study.metric!r}: no evaluation task {family!r}; tasks: {EVAL_TASKS.names()}"
-        )
+    for metric in study.metrics:
+        family = metric.split("/")[0]
+        if family not in EVAL_TASKS:
+            raise ConfigError(
+                f"study metric {metric!r}: no evaluation task {family!r}; tasks: {EVAL_TASKS.names()}"
+            )
 
 
 def with_executor(

@@ -44,6 +44,7 @@ __all__ = [
     "MissingCheckpointError",
     "latest_checkpoint",
     "load_checkpoint",
+    "load_tower_weights",
     "load_weights",
     "save_checkpoint",
     "verify_checkpoint",
@@ -338,6 +339,41 @@ def load_weights(path: str | Path, model: nn.Module, loss: nn.Module | None = No
     path = Path(path)
     verify_checkpoint(path)
     _load_weights(path, model, loss)
+
+
+def load_tower_weights(path: str | Path, model: nn.Module, modalities: tuple[str, ...]) -> list[str]:
+    """Verify checkpoint folder ``path``, then load only the weights of the towers and projections
+    of ``modalities`` (``model.towers.<m>.*``, ``model.projections.<m>.*``) into ``model``; every
+    other weight of ``model`` stays as it is, except that a momentum copy (``model.momentum``) of a
+    loaded tower restarts as a copy of it. Returns the loaded names. A tower the checkpoint lacks,
+    or whose names or shapes differ from ``model``'s, is an :class:`InputError` (nothing loaded)."""
+    path = Path(path)
+    verify_checkpoint(path)
+    tensors = _read_safetensors(path / "model.safetensors")
+    own = model.state_dict()
+    picked: dict[str, torch.Tensor] = {}
+    for m in modalities:
+        prefixes = (f"towers.{m}.", f"projections.{m}.")
+        src = {k[6:]: v for k, v in tensors.items() if k.startswith("model.") and k[6:].startswith(prefixes)}
+        want = {k for k in own if k.startswith(prefixes)}
+        if not any(k.startswith(prefixes[0]) for k in src):
+            have = sorted({k.split(".")[2] for k in tensors if k.startswith("model.towers.")})
+            raise InputError(f"checkpoint {path} has no {m!r} tower to load; its towers: {have}")
+        bad = sorted(set(src) ^ want) or sorted(k for k in src if src[k].shape != own[k].shape)
+        if bad:
+            raise InputError(
+                f"checkpoint {path}: tower {m!r} does not match this model's (first differing "
+                f"weight {bad[0]!r}); the two runs must configure that tower the same"
+            )
+        picked.update(src)
+    with torch.no_grad():
+        for k, v in picked.items():
+            own[k].copy_(v)  # state_dict tensors share storage with the parameters and buffers
+    momentum = getattr(model, "momentum", None)  # an EMA copy of a loaded tower restarts as a copy
+    for m in modalities if momentum is not None else ():  # of it, as in a freshly built model
+        if m in momentum.encoders:
+            momentum.encoders[m].load_state_dict(model._online([m])[m].state_dict())
+    return sorted(picked)
 
 
 def _match_param_layouts(optimizer: torch.optim.Optimizer) -> None:

@@ -12,6 +12,7 @@ from contrastkit.data.config import DataConfig
 from contrastkit.losses.base import LossConfig
 from contrastkit.models.dual_encoder import ModelConfig
 from contrastkit.scale.config import ScaleConfig
+from contrastkit.train.continual import ContinualConfig
 from contrastkit.train.jest import JestConfig
 from contrastkit.train.modulation import ModulationConfig, check_modulation
 from contrastkit.train.multistage import MCLConfig
@@ -143,6 +144,10 @@ class TrainConfig:
     # fine-tune: start from the newest checkpoint of this run folder (its weights and assets, e.g.
     # the tokenizer; the loss's learnable state too when its loss config is the same)
     init_from: str | None = None
+    # which of init_from's towers (with their projections) to load; the others keep the fresh init
+    # of this seed, as from scratch (() = the whole model and loss state). No effect without
+    # init_from, so a study can compare init_from: [null, RUN] with one init_towers for both arms
+    init_towers: tuple[str, ...] = ()
     compile: bool = False
     channels_last: bool = True
     # a start whose run folder already holds this same config resumes it (torchrun restarts)
@@ -168,6 +173,8 @@ class TrainConfig:
             )
         check_seed(self.seed, "train.seed")
         check_device_name(self.device, "train.device")
+        if len(set(self.init_towers)) != len(self.init_towers):
+            raise ConfigError(f"train.init_towers repeats a tower: {list(self.init_towers)}")
         if self.modulation is not None and self.dist_wrapper == "fsdp":  # std(g) over a shard differs
             raise ConfigError(
                 "train.modulation needs whole gradients: use train.dist_wrapper ddp or allreduce"
@@ -202,6 +209,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
     curation: CurationConfig = field(default_factory=CurationConfig)
+    # class-incremental stages with a rehearsal memory (COCONUT; contrastkit.train.continual); null = off
+    continual: ContinualConfig | None = None
 
     def __post_init__(self) -> None:
         fed = set(self.data.modalities) | ({"image"} if self.data.views else set())
@@ -210,6 +219,11 @@ class RunConfig:
             raise ConfigError(
                 f"model tower(s) {starved} get no input: data.modalities is {list(self.data.modalities)}"
                 f"{f' with {self.data.views} image views' if self.data.views else ''}; add them there"
+            )
+        unknown = [m for m in self.train.init_towers if m not in self.model.towers]
+        if unknown:
+            raise ConfigError(
+                f"train.init_towers names {unknown}, not towers of this model: {list(self.model.towers)}"
             )
         if self.train.modulation is not None:
             check_modulation(self.train.modulation, tuple(self.model.towers), self.data.label_task)

@@ -42,6 +42,11 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> Path:
     out = Path(out)
     if fmt == "safetensors":
         return saved.save(model, cfg.model, out)
+    if len(model.prompts):  # transformers / open_clip have no place for a learned prompt context
+        raise ConfigError(
+            f"{run_dir} learned a prompt context (model.towers.*.prompt) that --format {fmt} cannot carry; "
+            "use --format safetensors"
+        )
     if fmt == "open_clip":
         return _export_open_clip(cfg.model.projection, model, loss, out)
     return _export_hf(cfg.model.projection, model, loss, out)

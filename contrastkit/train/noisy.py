@@ -56,7 +56,7 @@ from contrastkit.core.progress import progress_bar
 from contrastkit.data.images import ImageConfig, SkipSample
 from contrastkit.data.pairs import INDEX_KEY, PairSet, pair_offsets
 from contrastkit.data.table import PairTable
-from contrastkit.losses import LOSSES
+from contrastkit.losses.base import declared_fields
 from contrastkit.losses.clip import clip_pair_losses
 from contrastkit.models.dual_encoder import DualEncoder
 from contrastkit.train.bmm import fit_noise_model, noise_probability
@@ -127,7 +127,7 @@ def check_noisy_pairs(cfg: RunConfig, world: int = 1) -> None:
     if noisy.mode == "weight":
         accepts = set()
         if not cfg.loss.terms:
-            accepts = set(getattr(LOSSES.get(cfg.loss.name), "accepts", ()))
+            accepts = set(declared_fields(cfg.loss.name))
         if "pair_weights" not in accepts:
             raise ConfigError(
                 f"{where}.mode=weight needs a loss that takes per-pair weights (clip); "

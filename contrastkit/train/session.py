@@ -21,13 +21,17 @@ from contrastkit.models.dual_encoder import DualEncoder, build_model
 from contrastkit.train import setup, teacher
 from contrastkit.train.config import RunConfig
 from contrastkit.train.dist_towers import GradSync, tower_sync
+from contrastkit.train.distill import frozen_teacher
 from contrastkit.train.distributed import DistContext, broadcast_parameters
 from contrastkit.train.feed import DataFeed
 from contrastkit.train.guard import StepGuard, WeightSnapshot
 from contrastkit.train.jest import Jest
+from contrastkit.train.jigsaw import check_world
 from contrastkit.train.logger import MetricsLogger
 from contrastkit.train.noisy import NoisyPairs
 from contrastkit.train.optim import build_optimizer, build_scheduler, param_groups
+from contrastkit.train.previous import frozen_previous
+from contrastkit.train.replay import StageTeacher, stage_teacher
 from contrastkit.train.speed import apply_speed_options
 
 __all__ = ["Session", "build_session"]
@@ -55,6 +59,9 @@ class Session:
     towers: GradSync  # how gradients are averaged over ranks: DDP runners, FSDP shards, all-reduce
     noisy: NoisyPairs | None = None  # curation.noisy_pairs: per-pair clean probabilities
     jest: Jest | None = None  # curation.jest: the reference that picks the batch of a super-batch
+    teacher: StageTeacher | None = None  # continual (coconut) stage: the previous stage, frozen
+    distill_teacher: DualEncoder | None = None  # model.teacher: frozen, embeds every batch (distill)
+    previous: DualEncoder | None = None  # model.previous: frozen, Sy-CON's past embeddings
     aux_log: dict[str, float] = field(default_factory=dict)  # the towers' auxiliary terms, last step
 
 
@@ -69,6 +76,7 @@ def build_session(
     # model's initial weights are the same in either order)
     loss = build_loss(cfg.loss)
     objective = setup.objective(cfg, loss, ctx)
+    check_world(cfg, ctx.world)  # data.jigsaw: one process
     train_set = open_split(cfg.data, cfg.data.train_split, progress=cfg.train.progress and ctx.main)
     if "attributes" in cfg.data.modalities and getattr(train_set, "attributes", None) is None:
         raise ConfigError(
@@ -79,11 +87,13 @@ def build_session(
         have = list(getattr(train_set, "modalities", ("image", "text")))
         raise ConfigError(f"data.modalities has {lacking} but data set {cfg.data.name!r} provides {have}")
     setup.check_present(cfg, loss, getattr(train_set, "present", {}), ctx.world)
-    if fresh and cfg.train.init_from:
+    if fresh and cfg.train.init_from and not cfg.train.init_towers:
         model = setup.init_from(cfg, Path(cfg.train.init_from), loss, run_dir if ctx.main else None)
     elif fresh:
         held = train_set.images if isinstance(train_set, PairSet) else None  # in memory: a built-in set
         model = build_model(cfg.model, texts=source_captions(train_set), images=held)
+        if cfg.train.init_from:  # init_towers: these from the source, the rest exactly as from scratch
+            setup.init_towers_from(cfg, model, Path(cfg.train.init_from), run_dir if ctx.main else None)
         if ctx.main:
             model.save_assets(run_dir / "assets")
     else:
@@ -125,4 +135,7 @@ def build_session(
         towers,
         NoisyPairs.for_run(cfg, train_set, ctx.world),
         Jest.for_run(cfg, model, train_set, ctx.rank, ctx.world),
+        stage_teacher(cfg, device),
+        distill_teacher=frozen_teacher(cfg, model, getattr(train_set, "captions", None), ctx.world, device),
+        previous=frozen_previous(cfg, model, getattr(train_set, "captions", None), ctx.world, device),
     )

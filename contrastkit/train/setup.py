@@ -1,6 +1,7 @@
 """Setting up a run before its first step: pre-flight checks of the config (before any data is read or
 a run folder made), what the step optimises (the loss, tiled or across ranks), and where initial
-weights come from besides a fresh init (``train.init_from`` runs, ``model.from`` logit scales).
+weights come from besides a fresh init (``train.init_from`` runs, or single towers of one with
+``train.init_towers``; ``model.from`` logit scales).
 """
 
 from __future__ import annotations
@@ -14,22 +15,26 @@ from pathlib import Path
 import torch
 
 from contrastkit.core.config import from_dict, load_yaml
-from contrastkit.core.errors import ConfigError, MissingFileError
+from contrastkit.core.errors import ConfigError, InputError, MissingFileError
 from contrastkit.core.io import atomic_write_text
 from contrastkit.core.registry import check_params
 from contrastkit.data import check_data
 from contrastkit.data.long_captions import check_long_caption_run
 from contrastkit.data.samplers import sampler_fields
-from contrastkit.losses.base import LOSSES, LossTerm, MultiLoss, PairLoss
+from contrastkit.losses.base import LOSSES, LossTerm, MultiLoss, PairLoss, declared_fields
+from contrastkit.losses.prompt_views import check_text_view_loss
 from contrastkit.models.aux import chunking_refusal
 from contrastkit.models.dual_encoder import DualEncoder, build_model
 from contrastkit.models.towers import TOWERS
 from contrastkit.scale import TILED_MULTI, TiledLoss
 from contrastkit.train.checkpoint import latest_checkpoint
 from contrastkit.train.config import RunConfig
+from contrastkit.train.distill import check_distill
 from contrastkit.train.distributed import DistContext, wrap_loss
 from contrastkit.train.jest import check_jest
+from contrastkit.train.jigsaw import check_jigsaw
 from contrastkit.train.noisy import check_noisy_pairs
+from contrastkit.train.previous import check_previous
 from contrastkit.train.teacher import check_samplers
 
 __all__ = [
@@ -37,6 +42,7 @@ __all__ = [
     "check_config",
     "check_init_from",
     "init_from",
+    "init_towers_from",
     "load_run_config",
     "objective",
     "pretrained_scale",
@@ -94,8 +100,12 @@ def check_config(cfg: RunConfig) -> None:
     check_noisy_pairs(cfg)
     check_jest(cfg)
     check_samplers(cfg)  # b3's teacher; unpaired_labels' loss
+    check_distill(cfg)  # model.teacher and a loss that reads it
+    check_previous(cfg)  # model.previous and sycon, which reads it
+    check_jigsaw(cfg)  # data.jigsaw and the jigsaw loss
+    check_text_view_loss(cfg.loss, cfg.data.text_views is not None)  # data.text_views ↔ its loss
     fields = sampler_fields(cfg.data.sampler)  # mixup batches are wrong targets for other losses
-    if fields and (cfg.loss.terms or not set(fields) <= getattr(LOSSES.get(cfg.loss.name), "accepts", set())):
+    if fields and (cfg.loss.terms or not set(fields) <= declared_fields(cfg.loss.name)):
         raise ConfigError(
             f"data.sampler {cfg.data.sampler.name!r} with mixup adds {list(fields)} to batches; train it "
             f"with a loss that uses them (mixup_nce), not {cfg.loss.name!r}"
@@ -212,12 +222,10 @@ def pretrained_scale(loss: PairLoss, cfg: RunConfig) -> None:
 def init_from(cfg: RunConfig, source: Path, loss: PairLoss, run_dir: Path | None) -> DualEncoder:
     """The model (and, for the same loss config, the loss state) of ``source``'s newest checkpoint,
     built with its assets; records which checkpoint in ``run_dir/init_from.json`` (θ₀ of WiSE-FT)."""
-    from contrastkit.train.checkpoint import load_weights
-
     ckpt = check_init_from(source)
     model = build_model(cfg.model, assets_dir=source / "assets")
     same_loss = load_run_config(source).loss == cfg.loss
-    load_weights(ckpt, model, loss if same_loss else None)
+    _load_with_new_prompts(ckpt, model, loss if same_loss else None)
     if run_dir is not None:
         model.save_assets(run_dir / "assets")
         record = {"run": str(source.resolve()), "checkpoint": str(ckpt.resolve()), "loss_state": same_loss}
@@ -225,9 +233,71 @@ def init_from(cfg: RunConfig, source: Path, loss: PairLoss, run_dir: Path | None
     return model
 
 
-def check_init_from(source: Path) -> Path:
+def _load_with_new_prompts(ckpt: Path, model: DualEncoder, loss: PairLoss | None) -> None:
+    """Load ``ckpt``; a source without this model's prompt contexts (CoOp on a trained run) loads
+    without them, and each context is then initialised from the loaded token embeddings."""
+    from torch import nn
+
+    from contrastkit.train.checkpoint import load_weights
+
+    try:
+        load_weights(ckpt, model, loss)
+        return
+    except InputError:
+        if not len(model.prompts):
+            raise
+    held, model.prompts = model.prompts, nn.ModuleDict()
+    try:
+        load_weights(ckpt, model, loss)
+    finally:
+        model.prompts = held
+    for m, prompt in held.items():
+        prompt.initialize(model.towers[m])  # type: ignore[operator]
+
+
+def init_towers_from(cfg: RunConfig, model: DualEncoder, source: Path, run_dir: Path | None) -> None:
+    """``train.init_towers``: load those towers and their projections from ``source``'s newest
+    checkpoint into the freshly built ``model`` (the other weights keep the fresh init of this seed,
+    the same as a run from scratch; the loss state is not loaded); a momentum copy of a loaded tower
+    restarts as a copy of it. Records the checkpoint and the towers in ``run_dir/init_from.json``."""
+    from contrastkit.train.checkpoint import load_tower_weights
+
+    ckpt = check_init_from(source, cfg)
+    towers = tuple(cfg.train.init_towers)
+    load_tower_weights(ckpt, model, towers)
+    if run_dir is not None:
+        record = {"run": str(source.resolve()), "checkpoint": str(ckpt.resolve()), "loss_state": False}
+        atomic_write_text(
+            run_dir / "init_from.json", json.dumps({**record, "towers": list(towers)}, indent=1)
+        )
+
+
+def check_init_from(source: Path, cfg: RunConfig | None = None) -> Path:
     """The checkpoint ``train.init_from`` starts from; a one-line error for anything else (checked
-    before any data is generated or read)."""
+    before any data is generated or read). With ``cfg``, also that each of its ``train.init_towers``
+    is configured in ``source`` as in ``cfg`` and has no assets (a tokenizer fitted to the source's
+    captions would not fit this run's)."""
+    _check_source_folder(source)
+    ckpt = latest_checkpoint(source, fallback=False)
+    theirs = load_run_config(source).model.towers if cfg is not None and cfg.train.init_towers else {}
+    for m in cfg.train.init_towers if theirs else ():
+        if m not in theirs:
+            raise ConfigError(f"train.init_towers: run {source} has no {m!r} tower; it has {list(theirs)}")
+        if (theirs[m].name, theirs[m].params) != (cfg.model.towers[m].name, cfg.model.towers[m].params):
+            raise ConfigError(
+                f"train.init_towers: tower {m!r} of run {source} is configured differently "
+                f"({theirs[m].name} {theirs[m].params} there, {cfg.model.towers[m].name} "
+                f"{cfg.model.towers[m].params} here)"
+            )
+        if any(p.is_file() for p in (source / "assets" / m).rglob("*")):
+            raise ConfigError(
+                f"train.init_towers: tower {m!r} of run {source} has assets (e.g. a tokenizer), which "
+                "loading single towers does not carry over; start from the whole run (no init_towers)"
+            )
+    return ckpt
+
+
+def _check_source_folder(source: Path) -> None:
     if not source.is_dir():
         raise MissingFileError(f"train.init_from: no contrastkit run folder at {source} (no such folder)")
     if not (source / "config.yaml").is_file():
@@ -237,7 +307,6 @@ def check_init_from(source: Path) -> Path:
             "and checkpoints). Pretrained Hugging Face text models load as towers: model.towers.text: "
             "{name: hf_pretrained, params: {path: ...}} (docs/real-data.md)"
         )
-    return latest_checkpoint(source, fallback=False)
 
 
 def check_batch_split(cfg: RunConfig, world: int) -> None:

@@ -61,9 +61,9 @@ def check_samplers(cfg: RunConfig) -> None:
     (``image_labels``, ``text_labels``) trains on random image–text pairs (the naive use of
     unpaired data): a warning."""
     if cfg.data.sampler.name == "unpaired_labels":
-        from contrastkit.losses.base import LOSSES
+        from contrastkit.losses.base import declared_fields
 
-        if cfg.loss.terms or "image_labels" not in getattr(LOSSES.get(cfg.loss.name), "accepts", ()):
+        if cfg.loss.terms or "image_labels" not in declared_fields(cfg.loss.name):
             warnings.warn(
                 f"data.sampler unpaired_labels with loss {cfg.loss.name!r}: the loss ignores the "
                 "label-overlap targets (batch fields image_labels, text_labels) and treats random "

@@ -5,10 +5,14 @@
 
 ``train`` starts a run in ``out_dir/name``; ``resume(run_dir)`` continues the newest checkpoint
 exactly (same weights, optimizer moments, schedule, RNG and data position as an uninterrupted
-run). A pair loss gets the model's first two modalities (``loss(x, y, **aux)``); a
+run). A pair loss gets the model's first two modalities (``loss(x, y, **aux)``; a one-tower model:
+the modality and its view 1, or views 0 and 1 when the batch carries views only); a
 :class:`~contrastkit.losses.base.MultiLoss` gets every embedding the model produced — modalities,
 views ``"image@v"`` and momentum outputs ``"<key>:ema"`` — as ``loss(emb, **aux)``, with ``aux``
-the batch fields it ``accepts`` (docs/architecture.md). After every optimizer step the loss's
+the batch fields it ``accepts`` (docs/architecture.md); with ``data.jigsaw``, the jigsaw loss gets
+the image tower's cell embeddings alone (:mod:`contrastkit.train.jigsaw`), and with
+``model.previous`` the batch carries the earlier run's ``past_x``/``past_y``
+(:mod:`contrastkit.train.previous`). After every optimizer step the loss's
 constraints are applied and the model's momentum encoder (if any) is updated. Upper layers add
 periodic work (e.g. zero-shot tracking) through ``callbacks`` — functions
 ``(step, model) -> dict of metrics`` — so this module never imports evaluation code.
@@ -20,7 +24,7 @@ import math
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,17 +48,20 @@ from contrastkit.models.aux import pop_aux_losses
 from contrastkit.models.dual_encoder import DualEncoder, build_model
 from contrastkit.models.pretrained import check_files
 from contrastkit.scale import backward_through_chunks, chunks_to_keep, embed_in_chunks
-from contrastkit.train import multistage, setup
+from contrastkit.train import continual, multistage, setup
 from contrastkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from contrastkit.train.config import RunConfig
+from contrastkit.train.distill import teacher_fields
 from contrastkit.train.distributed import (
     all_mean,
     all_true,
     init_from_env,
 )
 from contrastkit.train.guard import all_finite, module_tensors
+from contrastkit.train.jigsaw import cell_embeddings
 from contrastkit.train.logger import read_metrics
 from contrastkit.train.modulation import modulate
+from contrastkit.train.previous import past_fields
 from contrastkit.train.rundir import (
     RunLock,
     agreed_checkpoint,
@@ -98,10 +105,12 @@ def train(cfg: RunConfig, *, overwrite: bool = False, callbacks: Sequence[Callba
             return resume(run_dir, callbacks=callbacks)
     if cfg.curation.mcl is not None:  # multistage: its stages are ordinary runs in the folder
         return multistage.train_multistage(cfg, overwrite=overwrite, callbacks=callbacks)
+    if cfg.continual is not None and cfg.continual.stage is None:  # continual: stages are runs too
+        return continual.train_continual(cfg, overwrite=overwrite, callbacks=callbacks)
     run_dir = run_folder(cfg.out_dir, cfg.name)
     check_threads(cfg.train.threads)
     if cfg.train.init_from:
-        setup.check_init_from(Path(cfg.train.init_from))
+        setup.check_init_from(Path(cfg.train.init_from), cfg)
     for modality, tower in cfg.model.towers.items():  # pretrained files: before any data is read
         check_files(tower.params, f"model.towers.{modality}.params")
     setup.check_config(cfg)
@@ -141,6 +150,8 @@ def resume(
     cfg = load_run_config(run_dir)
     if cfg.curation.mcl is not None:
         return multistage.resume_multistage(run_dir, callbacks=callbacks, steps=steps)
+    if cfg.continual is not None and cfg.continual.stage is None:
+        return continual.resume_continual(run_dir, callbacks=callbacks, steps=steps)
     if steps is not None:
         cfg = replace(cfg, train=replace(cfg.train, steps=steps))  # validates: steps >= 1
     device = _device(cfg.train.device)
@@ -214,7 +225,11 @@ def _embed(s: Session, batch: dict[str, torch.Tensor]):
                 keep = chunks_to_keep(s.model, batch, chunk, sc.keep_chunks, sc.graph_bytes())
                 cached = embed_in_chunks(s.model, batch, chunk, keep, keep_first=not s.towers.wrapped)
             return cached.reps, cached
+        if s.cfg.data.jigsaw is not None:  # data.jigsaw: the montages' cell embeddings [B·G, d] alone
+            return {"image": cell_embeddings(s.model, batch["image"], s.cfg.data.jigsaw.grid)}, None
         emb = s.model(batch)
+        if s.teacher is not None:  # continual stage: the previous stage's features of the rehearsal rows
+            emb.update(s.teacher.embed(batch))
         if NEG_KEY in batch:  # hard-negative captions (data.text_negatives): the text tower's too
             emb[NEG_KEY] = s.model.encode("text", batch[NEG_KEY])
         if RELATION_KEY in batch and RELATION_KEY not in emb:  # data.relations: texts, so the text tower
@@ -239,9 +254,9 @@ def _compute_loss(s: Session, emb: dict[str, torch.Tensor], batch: dict[str, tor
         if masks:
             aux["present"] = masks
         return s.objective({k: v.float() for k, v in emb.items()}, **aux)
-    pair = s.model.modalities[:2]
-    if len(pair) == 1:  # one tower (text pairs, image views): the modality against its view 1
-        pair = (pair[0], f"{pair[0]}@1")
+    if s.cfg.data.jigsaw is not None:  # the cells alone: the jigsaw loss's second view is optional
+        return s.objective(emb["image"].float(), None, **aux)
+    pair = _loss_pair(s, emb)
     missing = [m for m in pair if m not in emb]
     if missing:
         raise ConfigError(
@@ -258,6 +273,17 @@ def _compute_loss(s: Session, emb: dict[str, torch.Tensor], batch: dict[str, tor
         rows = owner_rows(len(a), s.dist.rank)  # positions in the gathered batch: unique on any source
         return long_caption_loss(s.objective, a.float(), b.float(), emb[LONG_KEY].float(), rows, aux)
     return s.objective(a.float(), b.float(), **aux)
+
+
+def _loss_pair(s: Session, keys: Mapping[str, object]) -> tuple[str, ...]:
+    """The two keys a pair loss contrasts: the model's first two modalities; one tower (text pairs,
+    image views): the modality against its view 1, or view 0 against view 1 when ``keys`` (the
+    embeddings or the batch) have views only (SimCLR: data.modalities [])."""
+    pair = s.model.modalities[:2]
+    if len(pair) == 1:
+        m = pair[0]
+        pair = (m, f"{m}@1") if m in keys else (f"{m}@0", f"{m}@1")
+    return pair
 
 
 def _with_aux_losses(s: Session, loss: torch.Tensor) -> torch.Tensor:
@@ -277,6 +303,10 @@ def _step(s: Session, batch: dict[str, torch.Tensor], step: int) -> tuple[float,
     s.model.train()
     pop_aux_losses(s.model)  # terms of forwards outside a step (none in practice) are not this step's
     emb, cached = _embed(s, batch)
+    if s.distill_teacher is not None:  # model.teacher: its embeddings of this batch (teacher_x/y)
+        batch = {**batch, **teacher_fields(s.distill_teacher, batch, s.model.modalities[:2])}
+    if s.previous is not None:  # model.previous: the earlier run's embeddings of this batch (sycon)
+        batch = {**batch, **past_fields(s.previous, batch, _loss_pair(s, batch))}
     loss_val, grad_norm = float("nan"), float("nan")
     if not all_true(all(bool(torch.isfinite(e).all()) for e in emb.values()), s.dist):
         reason: str | None = "non-finite embeddings"

@@ -24,7 +24,7 @@ from contrastkit.core.progress import progress_bar, progress_enabled
 from contrastkit.core.runtime import seed_everything
 from contrastkit.data import load_split
 from contrastkit.models.dual_encoder import DualEncoder, build_model
-from contrastkit.train.checkpoint import load_weights
+from contrastkit.train.checkpoint import load_tower_weights, load_weights
 from contrastkit.train.trainer import load_run, load_run_config
 
 __all__ = [
@@ -60,15 +60,20 @@ def interpolate_weights(
 def initial_model(run_dir: str | Path) -> DualEncoder:
     """The run's model as training started, in eval mode: for a fine-tuning run
     (``train.init_from``) the source checkpoint recorded in ``init_from.json``, else the
-    from-scratch initialisation (same seed, same config and assets)."""
+    from-scratch initialisation (same seed, same config and assets) — with ``train.init_towers``
+    the recorded towers loaded into it."""
     cfg = load_run_config(run_dir)
     record = Path(run_dir) / "init_from.json"
-    if record.is_file():
+    info = json.loads(record.read_text()) if record.is_file() else {}
+    if info and not info.get("towers"):
         model = build_model(cfg.model, assets_dir=Path(run_dir) / "assets")
-        load_weights(json.loads(record.read_text())["checkpoint"], model)
+        load_weights(info["checkpoint"], model)
         return model.eval()
     seed_everything(cfg.train.seed)
-    return build_model(cfg.model, assets_dir=Path(run_dir) / "assets").eval()
+    model = build_model(cfg.model, assets_dir=Path(run_dir) / "assets")
+    if info:  # train.init_towers: the fresh init with those towers from the source checkpoint
+        load_tower_weights(info["checkpoint"], model, tuple(info["towers"]))
+    return model.eval()
 
 
 def calibration_images(run_dir: str | Path, n: int, seed: int = 0) -> torch.Tensor:

@@ -335,3 +335,21 @@ def test_a_timm_architecture_that_builds_but_cannot_run_is_a_config_error():
         "timm", arch="resnet18", kwargs={"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64]}
     )
     assert tower.training  # the dry run leaves the mode as it was
+
+
+STUDIES = sorted((ROOT / "configs").glob("study-*.yaml"))
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
+def test_shipped_study_configs_load_and_every_run_config_validates(path, tmp_path):
+    """Every shipped study file loads, and each of its (setting, seed) run configs validates, as
+    ``contrastkit study`` checks before training (GPU and Ray studies included: nothing runs)."""
+    from contrastkit.studies.config import load_study
+    from contrastkit.studies.runner import plan_runs
+    from contrastkit.studies.study import check_plan
+
+    study, base = load_study(path)
+    specs = plan_runs(study, base, tmp_path / study.name)
+    check_plan(study, specs)
+    assert len(specs) == len(study.settings()) * len(study.seeds)
+    assert len({s.name for s in specs}) == len(specs)  # distinct run folders

@@ -35,6 +35,8 @@ AUX = {
     "collossl_mmd": {"series": torch.randn(N, 6, 10, generator=g)},
     "multi_focal": {"targets": torch.randint(-1, 2, (N, 4), generator=g).double()},
     "hydra": {"labels": torch.tensor([0, 1, 1, 2, 0, 3])},
+    "distill": {"teacher_x": torch.randn(N, 5, generator=g), "teacher_y": torch.randn(N, 5, generator=g)},
+    "supcon_text_views": {"labels": torch.tensor([0, 1, 1, 2, 0, 3])},
 }
 # embeddings of another shape than [N, D] (the split text tower's caption logits [N, L - 1, V])
 SHAPES = {"caption_logits": (N, 4, 11), "series": (N, 3, D)}  # series: 3 devices (collossl_mmd)
@@ -42,13 +44,15 @@ SHAPES = {"caption_logits": (N, 4, 11), "series": (N, 3, D)}  # series: 3 device
 PAIR_SHAPES = {"intra_sample": (N, 3, D)}
 # the keys a MultiLoss reads when its ``inputs`` are "all present" (GRAM, pairwise CLIP)
 ALL_KEYS = ("image", "text", "attributes")
+# MultiLosses whose keys are not fixed (``inputs`` None) and not ALL_KEYS: text views of data.text_views
+KEYS = {"supcon_text_views": ("image", "text", "text@0", "text@1")}
 
 
 @pytest.mark.parametrize("name", losses.names())
 def test_every_registered_loss_builds_and_trains(name):
     loss = losses.build(name, **PARAMS.get(name, {}))
     if isinstance(loss, MultiLoss):  # a dict of embeddings keyed by modality / view / ":ema"
-        keys = loss.inputs if loss.inputs is not None else ALL_KEYS
+        keys = KEYS.get(name) or (loss.inputs if loss.inputs is not None else ALL_KEYS)
         emb = {
             k: torch.randn(*SHAPES.get(k, (N, D)), generator=g, requires_grad=not k.endswith(":ema"))
             for k in keys

@@ -1,0 +1,328 @@
+"""T-CONTINUAL — class-incremental training in stages, with a rehearsal memory and COCONUT's terms.
+
+Spec form after Cappellazzo et al. 2024, "Continual Contrastive Spoken Language Understanding"
+(COCONUT); UNVERIFIED (no public code), every number a parameter. ``continual:`` in a run config
+turns the run into ``len(stages)`` ordinary runs in its folder, ``RUN_DIR/stage-<t>/``:
+
+1. stage ``t`` trains on the items of its classes (``stages[t]``, names of the class task
+   ``task``) plus, with ``method`` ``replay`` or ``coconut``, ``m`` rows of the rehearsal memory in
+   every batch (sampler ``rehearsal``, :mod:`contrastkit.data.rehearsal`); stage ``t ≥ 1`` starts
+   from stage ``t−1``'s final weights (and its loss state), with a fresh optimizer and schedule;
+   ``train.steps`` is the TOTAL, split evenly over the stages (the remainder to the last);
+2. after stage ``t``: the items of its classes are ranked (``selection`` ``random`` or iCaRL
+   ``herding`` on stage ``t``'s L2-normalised image embeddings, evaluation transform) and saved as
+   ``RUN_DIR/memory/ranking-<t>.npz``; the memory of stage ``t+1``, ``RUN_DIR/memory/memory-<t+1>.npy``,
+   holds ``M`` items split evenly over every class seen so far (``M = memory_size``, or
+   ``round(memory_fraction · N_train)``, default 1%);
+3. ``coconut``: the loss becomes ``coconut`` around the configured pair loss (the main term on all
+   rows, ``λ_nsc``·NSC on the rehearsal rows against the previous stage's frozen features,
+   ``λ_mm``·the supervised image–text term on the current rows; :mod:`contrastkit.losses.coconut`);
+   the teacher is stage ``t−1``'s newest (= final) checkpoint, rebuilt in eval mode by every stage
+   session (:func:`stage_teacher`), so it needs no copy of its own. ``finetune``: no memory, the
+   configured loss — the baseline that forgets.
+
+Resume: each stage resumes exactly from its own checkpoints; memory files are written once and
+the teacher is read from the previous stage's final checkpoint, so ``resume(RUN_DIR)`` continues
+at the right stage and step with the same batches, memory and teacher (tested bit for bit). Stage
+configs name the memory file and the previous stage by absolute path; resume re-points them at
+the run folder where it is now. One process; one indexed source (built-in sets, file tables).
+Forgetting is measured by :mod:`contrastkit.evaluation.continual` (``contrastkit continual``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import yaml
+
+from contrastkit.core.config import to_dict
+from contrastkit.core.errors import ConfigError
+from contrastkit.core.io import atomic_write_text, check_writable_dir
+from contrastkit.core.runtime import resolve_device
+from contrastkit.data.config import SamplerConfig
+from contrastkit.data.rehearsal import SELECTIONS
+from contrastkit.losses.base import LOSSES, LossConfig, MultiLoss
+from contrastkit.train.distributed import DistContext, init_from_env
+from contrastkit.train.replay import memory_path, memory_size, stage_dirs, write_memory
+from contrastkit.train.rundir import RunLock, run_folder, start_folder
+
+if TYPE_CHECKING:
+    from contrastkit.train.config import RunConfig
+    from contrastkit.train.trainer import Callback, TrainResult
+
+__all__ = [
+    "METHODS",
+    "ContinualConfig",
+    "check_continual",
+    "is_continual",
+    "memory_path",
+    "memory_size",
+    "resume_continual",
+    "stage_config",
+    "stage_dirs",
+    "train_continual",
+]
+
+METHODS = ("finetune", "replay", "coconut")
+
+
+@dataclass(frozen=True)
+class ContinualConfig:
+    """``continual:`` (module docstring). ``stages``: class names per stage; ``task``: the class
+    task they name (also the batch ``labels``); ``method``: ``finetune`` | ``replay`` | ``coconut``;
+    ``memory_fraction`` / ``memory_size`` (items; overrides the fraction); ``selection``:
+    ``random`` | ``herding``; ``memory_per_batch``: rehearsal rows per batch (null: the memory's
+    share of the pooled data, at least 1); ``lambda_nsc``, ``lambda_mm``, ``nsc_temperature``,
+    ``mm_temperature``, ``nsc_negatives`` (``teacher`` | ``student``): the coconut loss;
+    ``embed_batch``: images per forward pass when embedding for herding. ``stage``: set by the
+    stage loop in each stage's own config (null in the run's)."""
+
+    stages: tuple[tuple[str, ...], ...] = ()
+    task: str = "class"
+    method: Literal["finetune", "replay", "coconut"] = "coconut"
+    memory_fraction: float = 0.01
+    memory_size: int | None = None
+    selection: Literal["random", "herding"] = "random"
+    memory_per_batch: int | None = None
+    lambda_nsc: float = 0.1
+    lambda_mm: float = 0.1
+    nsc_temperature: float = 0.1
+    mm_temperature: float = 0.1
+    nsc_negatives: Literal["teacher", "student"] = "teacher"
+    embed_batch: int = 256
+    stage: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.stages or any(not s for s in self.stages):
+            raise ConfigError(
+                "continual.stages must list at least one stage, each a non-empty list of classes"
+            )
+        flat = [c for s in self.stages for c in s]
+        repeated = sorted({c for c in flat if flat.count(c) > 1})
+        if repeated:
+            raise ConfigError(f"continual.stages: class(es) {repeated} appear in more than one stage")
+        if self.method not in METHODS:
+            raise ConfigError(f"continual.method must be one of {list(METHODS)}, got {self.method!r}")
+        if self.selection not in SELECTIONS:
+            raise ConfigError(
+                f"continual.selection must be one of {list(SELECTIONS)}, got {self.selection!r}"
+            )
+        if self.nsc_negatives not in ("teacher", "student"):
+            raise ConfigError(
+                f"continual.nsc_negatives must be teacher or student, got {self.nsc_negatives!r}"
+            )
+        if not 0 <= self.memory_fraction < 1:
+            raise ConfigError(f"continual.memory_fraction must be in [0, 1), got {self.memory_fraction}")
+        for name in ("memory_size", "memory_per_batch"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ConfigError(f"continual.{name} must be >= 0 or null, got {getattr(self, name)}")
+        for name in ("lambda_nsc", "lambda_mm"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ConfigError(f"continual.{name} must be finite and >= 0, got {getattr(self, name)}")
+        for name in ("nsc_temperature", "mm_temperature"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ConfigError(f"continual.{name} must be finite and > 0, got {getattr(self, name)}")
+        if self.embed_batch < 1:
+            raise ConfigError(f"continual.embed_batch must be >= 1, got {self.embed_batch}")
+        if self.stage is not None and not 0 <= self.stage < len(self.stages):
+            raise ConfigError(
+                f"continual.stage must be in 0 … {len(self.stages) - 1} or null, got {self.stage}"
+            )
+
+    @property
+    def replays(self) -> bool:
+        """Whether stages after the first replay a memory."""
+        return self.method != "finetune"
+
+
+def is_continual(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` is the folder of a continual run (not one of its stages)."""
+    from contrastkit.train.setup import load_run_config
+
+    if not (Path(run_dir) / "config.yaml").is_file():
+        return False
+    cont = load_run_config(run_dir).continual
+    return cont is not None and cont.stage is None
+
+
+def _cont(cfg: RunConfig) -> ContinualConfig:
+    if cfg.continual is None:
+        raise ConfigError(f"run {cfg.name!r} has no continual section: it is not a continual run")
+    return cfg.continual
+
+
+def _coconut_loss(cfg: RunConfig, cont: ContinualConfig) -> LossConfig:
+    params = {
+        "main": cfg.loss.name,
+        "main_params": dict(cfg.loss.params),
+        "nsc_weight": cont.lambda_nsc,
+        "mm_weight": cont.lambda_mm,
+        "nsc_temperature": cont.nsc_temperature,
+        "mm_temperature": cont.mm_temperature,
+        "nsc_negatives": cont.nsc_negatives,
+    }
+    return LossConfig(name="coconut", params=params)
+
+
+def stage_config(cfg: RunConfig, run_dir: str | Path, stage: int) -> RunConfig:
+    """The ordinary run config of stage ``stage`` of the continual run ``cfg`` in ``run_dir``."""
+    cont = _cont(cfg)
+    root, n = Path(run_dir), len(cont.stages)
+    steps = cfg.train.steps // n + (cfg.train.steps % n if stage == n - 1 else 0)
+    if not 0 <= stage < n or steps < 1:
+        raise ConfigError(
+            f"continual: stage {stage} is not trained (train.steps={cfg.train.steps}, {n} stages)"
+        )
+    params: dict = {"classes": list(cont.stages[stage]), "task": cont.task, "stage": stage}
+    if cont.replays and stage >= 1:
+        params["memory"] = str(memory_path(root, stage).resolve())
+        if cont.memory_per_batch is not None:
+            params["memory_per_batch"] = cont.memory_per_batch
+    coconut = cont.method == "coconut"
+    data = replace(cfg.data, sampler=SamplerConfig("rehearsal", params), label_task=cont.task)
+    first = stage == 0
+    train = replace(
+        cfg.train,
+        steps=steps,
+        init_from=cfg.train.init_from if first else str((root / f"stage-{stage - 1}").resolve()),
+        init_towers=cfg.train.init_towers if first else (),
+    )
+    return replace(
+        cfg,
+        name=f"stage-{stage}",
+        out_dir=str(root),
+        continual=replace(cont, stage=stage),
+        data=data,
+        loss=_coconut_loss(cfg, cont) if coconut else cfg.loss,
+        train=train,
+    )
+
+
+def check_continual(cfg: RunConfig, world: int = 1) -> None:
+    """What ``continual`` refuses before anything is trained."""
+    cont = _cont(cfg)
+    if world > 1:
+        raise ConfigError("continual runs train on one process (the rehearsal rows are not gathered)")
+    if cfg.data.sources or cfg.data.name == "webdataset":
+        raise ConfigError("continual needs one indexed training set: not data.sources mixtures or webdataset")
+    if cfg.data.sampler.name != "random":
+        raise ConfigError(
+            "continual sets the sampler of each stage; leave data.sampler at random, not "
+            f"{cfg.data.sampler.name!r}"
+        )
+    if cfg.data.label_task not in (None, cont.task):
+        raise ConfigError(
+            f"continual: data.label_task {cfg.data.label_task!r} differs from continual.task {cont.task!r}"
+        )
+    cur = cfg.curation
+    if cur.mcl is not None or cur.jest is not None or cur.noisy_pairs is not None:
+        raise ConfigError(
+            "continual does not combine with curation.mcl, curation.jest or curation.noisy_pairs"
+        )
+    if cfg.train.steps < len(cont.stages):
+        raise ConfigError(
+            f"continual: train.steps={cfg.train.steps} (the total) cannot give each of "
+            f"{len(cont.stages)} stages a step"
+        )
+    if cont.method == "coconut":
+        main = None if cfg.loss.terms else LOSSES.get(cfg.loss.name)
+        if main is None or (isinstance(main, type) and issubclass(main, MultiLoss)):
+            raise ConfigError(
+                "continual.method coconut wraps one image–text pair loss (loss.name), not loss.terms "
+                "or a multi-embedding loss"
+            )
+        if not {"image", "text"} <= set(cfg.model.towers):
+            raise ConfigError("continual.method coconut needs an image and a text tower")
+    if cont.selection == "herding" and cont.replays and "image" not in cfg.model.towers:
+        raise ConfigError(
+            "continual.selection herding ranks image embeddings: the model needs an image tower"
+        )
+
+
+def _reanchor(root: Path, cfg: RunConfig, stage: int, ctx: DistContext) -> None:
+    """Point stage ``stage``'s saved config at the memory file and previous stage of the run folder
+    where it is now (they are saved as absolute paths), so a moved run folder resumes."""
+    from contrastkit.train.setup import load_run_config
+
+    if ctx.main:
+        folder = stage_dirs(root, _cont(cfg))[stage]
+        saved, want = load_run_config(folder), stage_config(cfg, root, stage)
+        if (saved.data.sampler, saved.train.init_from) != (want.data.sampler, want.train.init_from):
+            fixed = replace(
+                saved,
+                data=replace(saved.data, sampler=want.data.sampler),
+                train=replace(saved.train, init_from=want.train.init_from),
+            )
+            atomic_write_text(folder / "config.yaml", yaml.safe_dump(to_dict(fixed), sort_keys=False))
+    ctx.barrier()
+
+
+def _run_stages(root: Path, cfg: RunConfig, ctx: DistContext, callbacks: Sequence[Callback]) -> TrainResult:
+    from contrastkit.train.trainer import TrainResult, resume, train
+
+    cont = _cont(cfg)
+    results = []
+    for t, folder in enumerate(stage_dirs(root, cont)):
+        if t >= 1 and cont.replays:
+            write_memory(root, cfg, t, ctx)
+        if (folder / "config.yaml").is_file():
+            if t >= 1:
+                _reanchor(root, cfg, t, ctx)
+            results.append(resume(folder, callbacks=callbacks))
+        else:
+            results.append(train(stage_config(cfg, root, t), overwrite=True, callbacks=callbacks))
+    last = results[-1]
+    return TrainResult(
+        root,
+        sum(r.step for r in results),
+        last.last_loss,
+        sum(r.skipped for r in results),
+        sum(r.seconds for r in results),
+        already_finished=all(r.already_finished for r in results),
+    )
+
+
+def train_continual(
+    cfg: RunConfig, *, overwrite: bool = False, callbacks: Sequence[Callback] = ()
+) -> TrainResult:
+    """Train every stage of ``cfg`` (``continual`` set) in ``cfg.out_dir/cfg.name``; what
+    :func:`contrastkit.train.train` does for such a config. ``TrainResult.step``: steps of all stages."""
+    root = run_folder(cfg.out_dir, cfg.name)
+    ctx = init_from_env(resolve_device(cfg.train.device))
+    check_continual(cfg, ctx.world)
+    if ctx.main:
+        check_writable_dir(cfg.out_dir)
+    with RunLock(root) if ctx.main else nullcontext():
+        message = (
+            f"continual run folder {root} already exists; resume it (contrastkit train --resume {root}), "
+            "pick another name (--name), or start it again with --overwrite"
+        )
+        config_yaml = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+        start_folder(root, config_yaml, ctx, (root / "config.yaml").exists(), overwrite, message)
+        return _run_stages(root, cfg, ctx, callbacks)
+
+
+def resume_continual(
+    run_dir: str | Path, *, callbacks: Sequence[Callback] = (), steps: int | None = None
+) -> TrainResult:
+    """Continue a continual run at the stage and step where it stopped (stages resume exactly)."""
+    from contrastkit.train.setup import load_run_config
+
+    root = Path(run_dir)
+    cfg = load_run_config(root)
+    if steps is not None:
+        raise ConfigError(
+            "a continual run cannot be given a new train.steps on resume; start a new run instead"
+        )
+    ctx = init_from_env(resolve_device(cfg.train.device))
+    check_continual(cfg, ctx.world)
+    with RunLock(root) if ctx.main else nullcontext():
+        if not (root / "stage-0").exists():
+            warnings.warn(f"{root} has no stage yet: starting it from stage 0", stacklevel=2)
+        return _run_stages(root, cfg, ctx, callbacks)

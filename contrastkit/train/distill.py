@@ -1,0 +1,103 @@
+"""The frozen teacher of a distillation run (``model.teacher: <run folder>``).
+
+What: a student run trains on the same batches its teacher embeds. The teacher is the newest
+checkpoint of a contrastkit run, loaded once (:func:`~contrastkit.train.teacher.load_teacher`),
+frozen (no parameter requires gradient) and kept in eval mode; it is not part of the student's
+model, so it is neither optimised nor checkpointed. Every step, before the loss, the trainer puts
+its embeddings of the step's pair of modalities in the batch fields ``teacher_x`` / ``teacher_y``
+(:data:`~contrastkit.losses.distill.DISTILL_FIELDS`), which the ``distill`` loss (alone or as a term)
+reads. Checked before any data is read: the folder is a run with a checkpoint, the loss uses the
+fields (and a loss that uses them has a teacher), one process, no gradient caching; when the run
+starts: the teacher encodes the student's modalities and tokenises its captions to the same ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from contrastkit.core.errors import ConfigError, MissingFileError
+from contrastkit.losses.base import LossTerm, declared_fields
+from contrastkit.losses.distill import DISTILL_FIELDS
+from contrastkit.models.dual_encoder import DualEncoder
+from contrastkit.train.config import RunConfig
+from contrastkit.train.teacher import load_teacher
+
+__all__ = ["check_distill", "frozen_teacher", "teacher_fields", "uses_teacher"]
+
+
+def uses_teacher(cfg: RunConfig) -> bool:
+    """Whether the configured loss (or one of its terms) reads the teacher's embeddings."""
+    terms = cfg.loss.terms or {cfg.loss.name: LossTerm(params=cfg.loss.params)}
+    return any(set(DISTILL_FIELDS) <= declared_fields(name) for name in terms)
+
+
+def check_distill(cfg: RunConfig) -> None:
+    """Refuse a teacher no loss reads, a distillation loss without a teacher, a teacher folder that is
+    not a trained run, and the settings the teacher's batch fields do not follow."""
+    teacher, used = cfg.model.teacher, uses_teacher(cfg)
+    if teacher is None:
+        if used:
+            raise ConfigError(
+                "the loss distills from a teacher but model.teacher is not set: give a contrastkit run folder"
+            )
+        return
+    if not used:
+        raise ConfigError(
+            f"model.teacher is set but loss {cfg.loss.name if not cfg.loss.terms else list(cfg.loss.terms)} "
+            "does not use the teacher's embeddings: use loss distill (alone or as a term)"
+        )
+    path = Path(teacher).expanduser()
+    if not (path / "config.yaml").is_file():
+        raise MissingFileError(f"model.teacher: {teacher} is not a contrastkit run folder (no config.yaml)")
+    from contrastkit.train.checkpoint import latest_checkpoint
+
+    latest_checkpoint(path, fallback=False)  # a one-line error if it has no intact checkpoint
+    if cfg.scale.chunk_size is not None or cfg.scale.tile_size is not None:
+        raise ConfigError("distillation runs the dense loss: unset scale.chunk_size and scale.tile_size")
+
+
+def frozen_teacher(
+    cfg: RunConfig,
+    model: DualEncoder,
+    captions: Sequence[Sequence[str]] | None,
+    world: int,
+    device: torch.device,
+) -> DualEncoder | None:
+    """The teacher of ``cfg.model.teacher`` on ``device``, frozen and in eval mode (``None``: no teacher)."""
+    if cfg.model.teacher is None:
+        return None
+    if world > 1:
+        raise ConfigError(
+            "distillation (model.teacher) runs on one process: the teacher's fields are not gathered"
+        )
+    teacher = load_teacher(str(Path(cfg.model.teacher).expanduser())).to(device)
+    teacher.requires_grad_(False)
+    pair = model.modalities[:2] if len(model.modalities) > 1 else model.modalities
+    if any(not teacher.can_encode(m) for m in pair):
+        raise ConfigError(
+            f"model.teacher encodes {list(teacher.modalities)}; the student trains {list(pair)}"
+        )
+    if any(m.partition("@")[0] == "text" for m in pair) and captions:
+        sample = [c for caps in list(captions)[:128] for c in caps]
+        if not torch.equal(model.tokenize(sample), teacher.tokenize(sample)):
+            raise ConfigError(
+                f"model.teacher {cfg.model.teacher} tokenizes this run's captions differently; the teacher "
+                "reads the student's token ids, so it needs the same tokenizer (same vocabulary)"
+            )
+    return teacher.eval()
+
+
+@torch.no_grad()
+def teacher_fields(
+    teacher: DualEncoder, batch: Mapping[str, torch.Tensor], pair: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """``{"teacher_x": …, "teacher_y": …}``: the teacher's embeddings (float32, no gradient) of the
+    batch's two modalities ``pair`` (the student's x and y)."""
+    teacher.eval()  # whatever a caller did: batch-norm statistics and dropout stay frozen
+    if len(pair) == 1:  # one tower: the modality against its view 1, as the trainer's pair loss
+        pair = (pair[0], f"{pair[0]}@1")
+    x, y = (teacher.encode(m, batch[m]).float() for m in pair)
+    return dict(zip(DISTILL_FIELDS, (x, y)))
