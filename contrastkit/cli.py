@@ -13,6 +13,7 @@ contrastkit data export shapes:train --out data/shapes-csv [--split train]
 contrastkit curate data/pairs.csv --filter clip_score [--param keep=0.3] --model runs/NAME --out DIR
 contrastkit ttm runs/NAME --out DIR [--rounds 10] [--epochs 30]
 contrastkit continual runs/NAME [RUN ...] [--out DIR] [--wise 0.5] [--classes seen|task|all]
+contrastkit prototypes runs/NAME --k 64 --out protos.pt [--split train] [--max-images N]
 contrastkit export runs/NAME --format hf|open_clip|safetensors --out DIR
 contrastkit plan configs/shapes-clip.yaml --memory 16GiB
 contrastkit study configs/study-shapes-clip-vs-siglip.yaml [--jobs N] [--report-only]
@@ -37,11 +38,13 @@ from contrastkit.commands import (
     add_continual_parser,
     add_curate_parser,
     add_executor_arguments,
+    add_prototypes_parser,
     add_ttm_parser,
     curate,
     explain,
     listing,
     plan,
+    prototypes,
     ray_options,
     ttm,
 )
@@ -201,6 +204,7 @@ def _parser() -> argparse.ArgumentParser:
     cu = add_curate_parser(sub, src_help.format(""))
     tt = add_ttm_parser(sub)
     add_continual_parser(sub)
+    add_prototypes_parser(sub)
 
     pl = sub.add_parser("plan", help="largest contrastive batch that fits a memory budget")
     pl.add_argument("config", help="YAML run config")
@@ -467,6 +471,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             with progress_default(not args.no_progress):
                 continual(args)
+        elif args.command == "prototypes":
+            prototypes(args)
         elif args.command == "ttm":
             with progress_default(not args.no_progress):
                 ttm(args)
