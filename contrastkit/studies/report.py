@@ -130,7 +130,9 @@ def _forest(comparisons: Sequence[tuple[str, Estimate]], path: Path, metric: str
     ax.set_yticks(range(n), labels, fontsize=7)
     ax.set_ylabel("intervention vs baseline")
     ax.set_xlabel(f"δ = intervention − baseline\n{metric} ({_unit(metric)})")
-    ax.set_title("Multi-Bootstrap comparisons (seeds × examples), one-sided p", fontsize=10)
+    # over the figure, not the axes: long setting labels push the axes right and an axes title
+    # centred on them ran off the figure's right edge
+    fig.suptitle("Multi-Bootstrap comparisons (seeds × examples), one-sided p", fontsize=10)
     fig.legend(loc="outside lower center", ncol=3, fontsize=7, frameon=False)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)

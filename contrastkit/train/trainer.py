@@ -9,7 +9,8 @@ run). A pair loss gets the model's first two modalities (``loss(x, y, **aux)``; 
 the modality and its view 1, or views 0 and 1 when the batch carries views only); a
 :class:`~contrastkit.losses.base.MultiLoss` gets every embedding the model produced — modalities,
 views ``"image@v"`` and momentum outputs ``"<key>:ema"`` — as ``loss(emb, **aux)``, with ``aux``
-the batch fields it ``accepts`` (docs/architecture.md); with ``data.jigsaw``, the jigsaw loss gets
+the batch fields it ``accepts`` (docs/architecture.md; the embedding and the objective of a step
+are :mod:`contrastkit.train.forward`'s); with ``data.jigsaw``, the jigsaw loss gets
 the image tower's cell embeddings alone (:mod:`contrastkit.train.jigsaw`), and with
 ``model.previous`` the batch carries the earlier run's ``past_x``/``past_y``
 (:mod:`contrastkit.train.previous`). After every optimizer step the loss's
@@ -24,7 +25,7 @@ import math
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,17 +38,12 @@ from contrastkit.core.errors import ConfigError, TrainingDivergedError
 from contrastkit.core.io import atomic_write_text, check_writable_dir
 from contrastkit.core.progress import progress_bar, progress_default
 from contrastkit.core.runtime import check_threads, resolve_device
-from contrastkit.data.long_captions import LONG_KEY, encode_positives, long_caption_loss, owner_rows
-from contrastkit.data.negatives import NEG_KEY
-from contrastkit.data.relations import RELATION_KEY
-from contrastkit.data.signals import present_masks
 from contrastkit.losses import from_config as build_loss
-from contrastkit.losses.base import MultiLoss, PairLoss
-from contrastkit.losses.present import graph_zero, pair_sub_batch
+from contrastkit.losses.base import PairLoss
 from contrastkit.models.aux import pop_aux_losses
 from contrastkit.models.dual_encoder import DualEncoder, build_model
 from contrastkit.models.pretrained import check_files
-from contrastkit.scale import backward_through_chunks, chunks_to_keep, embed_in_chunks
+from contrastkit.scale import backward_through_chunks
 from contrastkit.train import continual, multistage, setup
 from contrastkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from contrastkit.train.config import RunConfig
@@ -57,8 +53,8 @@ from contrastkit.train.distributed import (
     all_true,
     init_from_env,
 )
+from contrastkit.train.forward import compute_loss, embed_batch, loss_pair, with_aux_losses
 from contrastkit.train.guard import all_finite, module_tensors
-from contrastkit.train.jigsaw import cell_embeddings
 from contrastkit.train.logger import read_metrics
 from contrastkit.train.modulation import modulate
 from contrastkit.train.previous import past_fields
@@ -213,87 +209,6 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, DualEncoder, PairLoss, Pat
     return cfg, model.eval(), loss.eval(), ckpt
 
 
-def _embed(s: Session, batch: dict[str, torch.Tensor]):
-    """Embeddings of the batch; with ``scale.chunk_size`` below this rank's batch, the towers
-    run chunk by chunk with gradient caching (same loss and gradients, one chunk's memory)."""
-    chunk = s.cfg.scale.chunk_size
-    amp = s.cfg.train.precision == "bf16"
-    with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=amp), s.towers.step():
-        if chunk is not None and chunk < len(next(iter(batch.values()))):
-            sc = s.cfg.scale  # graphs of the chunks that fit are kept, not re-run (scale.grad_cache)
-            with s.towers.no_sync():  # DDP/FSDP: chunks accumulate; chunk 0's re-run syncs (pass 2)
-                keep = chunks_to_keep(s.model, batch, chunk, sc.keep_chunks, sc.graph_bytes())
-                cached = embed_in_chunks(s.model, batch, chunk, keep, keep_first=not s.towers.wrapped)
-            return cached.reps, cached
-        if s.cfg.data.jigsaw is not None:  # data.jigsaw: the montages' cell embeddings [B·G, d] alone
-            return {"image": cell_embeddings(s.model, batch["image"], s.cfg.data.jigsaw.grid)}, None
-        emb = s.model(batch)
-        if s.teacher is not None:  # continual stage: the previous stage's features of the rehearsal rows
-            emb.update(s.teacher.embed(batch))
-        if NEG_KEY in batch:  # hard-negative captions (data.text_negatives): the text tower's too
-            emb[NEG_KEY] = s.model.encode("text", batch[NEG_KEY])
-        if RELATION_KEY in batch and RELATION_KEY not in emb:  # data.relations: texts, so the text tower
-            emb[RELATION_KEY] = s.model.encode("text", batch[RELATION_KEY])
-        if LONG_KEY in batch:  # data.long_captions: the image's other positive captions [B, M-1, d]
-            emb[LONG_KEY] = encode_positives(s.model.encode, batch[LONG_KEY])
-        return emb, None
-
-
-def _compute_loss(s: Session, emb: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The objective on this step's embeddings: every key for a :class:`MultiLoss`, the model's
-    first two modalities for a pair loss; ``aux`` = the batch fields the loss accepts, and
-    ``text_ids`` = the caption token ids for a loss that accepts it (captioning, CoCa)."""
-    accepts = s.objective.accepts
-    aux = {k: v for k, v in batch.items() if k in accepts}
-    if "negatives" in accepts and NEG_KEY in emb:  # one negative caption per pair: K = 1
-        aux["negatives"] = emb[NEG_KEY].float()[:, None, :]
-    if "text_ids" in accepts and "text_ids" not in aux and "text" in batch:
-        aux["text_ids"] = batch["text"]
-    masks = present_masks(batch)  # missing modalities: the loss uses only the rows that have them
-    if isinstance(s.loss, MultiLoss):  # the objective may be a cross-rank wrapper of it
-        if masks:
-            aux["present"] = masks
-        return s.objective({k: v.float() for k, v in emb.items()}, **aux)
-    if s.cfg.data.jigsaw is not None:  # the cells alone: the jigsaw loss's second view is optional
-        return s.objective(emb["image"].float(), None, **aux)
-    pair = _loss_pair(s, emb)
-    missing = [m for m in pair if m not in emb]
-    if missing:
-        raise ConfigError(
-            f"{type(s.objective).__name__} is a pair loss over the model's modalities {list(pair)}, "
-            f"but the batch has no {missing} (data.modalities = {list(s.cfg.data.modalities)})"
-        )
-    a, b = (emb[m] for m in pair)
-    if masks:  # exactly the loss of the sub-batch where both modalities are present
-        own = [masks.get(m.partition("@")[0]) for m in pair]
-        a, b, aux, keep = pair_sub_batch(a, b, aux, own)
-        if keep < 2:  # nothing to contrast in this batch: a zero that keeps the graph
-            return graph_zero(a, b)
-    if LONG_KEY in emb:  # M captions per image: multi-positive (labels = global rows) or column mean
-        rows = owner_rows(len(a), s.dist.rank)  # positions in the gathered batch: unique on any source
-        return long_caption_loss(s.objective, a.float(), b.float(), emb[LONG_KEY].float(), rows, aux)
-    return s.objective(a.float(), b.float(), **aux)
-
-
-def _loss_pair(s: Session, keys: Mapping[str, object]) -> tuple[str, ...]:
-    """The two keys a pair loss contrasts: the model's first two modalities; one tower (text pairs,
-    image views): the modality against its view 1, or view 0 against view 1 when ``keys`` (the
-    embeddings or the batch) have views only (SimCLR: data.modalities [])."""
-    pair = s.model.modalities[:2]
-    if len(pair) == 1:
-        m = pair[0]
-        pair = (m, f"{m}@1") if m in keys else (f"{m}@0", f"{m}@1")
-    return pair
-
-
-def _with_aux_losses(s: Session, loss: torch.Tensor) -> torch.Tensor:
-    """``loss`` plus the auxiliary terms the towers recorded in this step's forward (LIMoE's routing
-    entropies, FuseLIP's masked modelling: :mod:`contrastkit.models.aux`), each logged as ``aux/<name>``."""
-    aux = pop_aux_losses(s.model)
-    s.aux_log = {f"aux/{k}": float(v.detach()) for k, v in aux.items()}
-    return loss + sum(v.float() for v in aux.values()) if aux else loss
-
-
 def _step(s: Session, batch: dict[str, torch.Tensor], step: int) -> tuple[float, float, str | None]:
     """One guarded optimisation step (0-based ``step``); returns (loss, grad norm, skip reason or None).
 
@@ -302,16 +217,16 @@ def _step(s: Session, batch: dict[str, torch.Tensor], step: int) -> tuple[float,
     """
     s.model.train()
     pop_aux_losses(s.model)  # terms of forwards outside a step (none in practice) are not this step's
-    emb, cached = _embed(s, batch)
+    emb, cached = embed_batch(s, batch)
     if s.distill_teacher is not None:  # model.teacher: its embeddings of this batch (teacher_x/y)
         batch = {**batch, **teacher_fields(s.distill_teacher, batch, s.model.modalities[:2])}
     if s.previous is not None:  # model.previous: the earlier run's embeddings of this batch (sycon)
-        batch = {**batch, **past_fields(s.previous, batch, _loss_pair(s, batch))}
+        batch = {**batch, **past_fields(s.previous, batch, loss_pair(s, batch))}
     loss_val, grad_norm = float("nan"), float("nan")
     if not all_true(all(bool(torch.isfinite(e).all()) for e in emb.values()), s.dist):
         reason: str | None = "non-finite embeddings"
     else:
-        loss = _with_aux_losses(s, _compute_loss(s, emb, batch))
+        loss = with_aux_losses(s, compute_loss(s, emb, batch))
         loss_val = all_mean(float(loss.detach()), s.dist)  # local forms: the mean is the global loss
         reason = s.guard.check_loss(loss_val)
         if reason is None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import contrastkit.train.trainer as trainer_module
+import contrastkit.train.forward as forward_module
 from contrastkit.core.config import from_dict, to_dict
 from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.data import open_split, train_loader
@@ -84,7 +84,7 @@ def test_a_jigsaw_config_trains_and_the_loss_sees_the_cells_and_targets(tmp_path
         return cell_embeddings(model, images, grid)
 
     monkeypatch.setattr(JigsawLoss, "forward", spy_loss)
-    monkeypatch.setattr(trainer_module, "cell_embeddings", spy_cells)
+    monkeypatch.setattr(forward_module, "cell_embeddings", spy_cells)
     result = train(cfg)
     losses = [r["loss"] for r in read_metrics(result.run_dir) if "loss" in r]
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses) and result.skipped == 0
