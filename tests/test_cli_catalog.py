@@ -123,6 +123,10 @@ def test_eval_help_lists_the_tasks(capsys):
         ("winoground", "E-WINOGROUND + E-GROUPMATCH"),
     ]:
         assert re.search(rf"^  {name} +{re.escape(words)}", tasks, re.M), name
+    from contrastkit.evaluation import EVAL_TASKS
+
+    for name in EVAL_TASKS.names():  # the longest name too keeps a gap before its description
+        assert re.search(rf"^  {name}  +\S", tasks, re.M), name
 
 
 def _subcommands(text: str) -> set[str]:

@@ -111,8 +111,10 @@ def tasks_epilog() -> str:
 
     width = max(shutil.get_terminal_size().columns - 2, 60)  # what argparse wraps its help to
     lines = ["evaluation tasks (--tasks, comma-separated; details: contrastkit explain TASK):"]
-    for c in _components("tasks"):
-        head = f"  {c.name:<13}"
+    tasks = _components("tasks")
+    pad = max(len(c.name) for c in tasks) + 2  # the longest name still leaves a gap before its text
+    for c in tasks:
+        head = f"  {c.name:<{pad}}"
         text = summary(c.doc, width=1000)
         lines.append(textwrap.fill(text, width, initial_indent=head, subsequent_indent=" " * len(head)))
     return "\n".join(lines)
