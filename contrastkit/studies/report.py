@@ -16,12 +16,12 @@ import numpy as np
 from contrastkit.core.errors import ContrastkitError, InputError
 from contrastkit.core.io import atomic_path, atomic_write_text
 from contrastkit.core.progress import progress_bar
-from contrastkit.studies.axes import axes_markdown, plot_axes
+from contrastkit.studies.axes import axes_markdown, plot_axes, value_label
 from contrastkit.studies.config import Setting, StudyConfig
 from contrastkit.studies.multibootstrap import BootstrapResult, Runs, multibootstrap, seed_means
 from contrastkit.studies.runner import RunSpec
 
-__all__ = ["build_report", "load_scores"]
+__all__ = ["build_report", "load_scores", "plot_label"]
 
 
 def load_scores(spec: RunSpec, metric: str) -> np.ndarray:
@@ -46,6 +46,23 @@ def _unit(metric: str) -> str:
 
 def _label(setting: Setting) -> str:
     return ", ".join(f"{k}={v}" for k, v in setting)
+
+
+def plot_label(baseline: Setting, intervention: Setting) -> str:
+    """A comparison as the forest plot names it: the keys that change as ``key: before → after``,
+    then the keys both settings share (``at key=value, …``); keys by their last dotted part and
+    values as :func:`~contrastkit.studies.axes.value_label` writes them, so a grid over long
+    config paths still leaves the plot its width (the tables keep the full names)."""
+    before = dict(baseline)
+    short = lambda k: k.rsplit(".", 1)[-1]  # noqa: E731
+    changed = [k for k, v in intervention if k not in before or before[k] != v]
+    head = "; ".join(
+        f"{short(k)}: {value_label(before.get(k))} → {value_label(v)}"
+        for k, v in intervention
+        if k in changed
+    )
+    shared = ", ".join(f"{short(k)}={value_label(v)}" for k, v in intervention if k not in changed)
+    return head + (f"\nat {shared}" if shared else "")
 
 
 def _compare(study: StudyConfig, specs: Sequence[RunSpec], c, scores: dict[str, np.ndarray]):
@@ -126,7 +143,7 @@ def _forest(comparisons: Sequence[tuple[str, Estimate]], path: Path, metric: str
         p = f"p = {est.boot.p_value:.3g}"
         ax.text(0.98, i, p, transform=at_right, ha="right", va="center", fontsize=8)
     ax.axvline(0, color="grey", lw=1, ls="--")
-    labels = [label.replace("  vs  ", "\nvs  ") for label, _ in comparisons]
+    labels = [label for label, _ in comparisons]
     ax.set_yticks(range(n), labels, fontsize=7)
     ax.set_ylabel("intervention vs baseline")
     ax.set_xlabel(f"δ = intervention − baseline\n{metric} ({_unit(metric)})")
@@ -258,11 +275,12 @@ def _analyse(study: StudyConfig, specs: Sequence[RunSpec], metric: str):
     """Per-example scores of every run, per-setting estimates and the comparisons, for ``metric``."""
     scores = {s.name: load_scores(s, metric) for s in progress_bar(specs, "report: scores", unit="run")}
     per_setting = _per_setting(study, specs, scores)
-    comps = []
+    comps, short = [], []
     for c in progress_bar(study.comparisons, "report: comparisons", unit="comparison"):
         b, e, est = _compare(study, specs, c, scores)
         comps.append((f"{_label(e)}  vs  {_label(b)}", est))
-    return scores, per_setting, comps
+        short.append(plot_label(b, e))
+    return scores, per_setting, comps, short
 
 
 def build_report(
@@ -271,9 +289,10 @@ def build_report(
     """Write report.md, forest.png, curves.png, axes.png (with ``axes``) and results.parquet under
     ``root``; ``extra_metrics`` get their own settings and comparisons tables."""
     t0 = time.perf_counter()
-    scores, per_setting, comps = _analyse(study, specs, study.metric)
+    scores, per_setting, comps, short = _analyse(study, specs, study.metric)
     if comps:
-        _forest(comps, root / "forest.png", study.metric)
+        named = [(label, est) for label, (_, est) in zip(short, comps, strict=True)]
+        _forest(named, root / "forest.png", study.metric)
     has_curves = _curves(study, specs, root / "curves.png")
     extras = {m: _analyse(study, specs, m) for m in study.extra_metrics}
     by_metric = {study.metric: scores, **{m: extras[m][0] for m in extras}}
@@ -296,7 +315,7 @@ def build_report(
         plot_axes(study.grid, points, study.axes, study.metric, root / "axes.png")
         lines += ["", "## The metric against each axis", "", _AXES_TEXT]
         lines += [*axes_markdown(study.grid, points, study.axes), "", "![axes](axes.png)"]
-    for metric, (m_scores, m_settings, m_comps) in extras.items():
+    for metric, (m_scores, m_settings, m_comps, _) in extras.items():
         lines += ["", f"## Also measured: `{metric}`", ""]
         lines += _settings_table(study, specs, m_scores, m_settings, title="### Settings")
         if m_comps:
