@@ -1,8 +1,10 @@
 """E-CONTINUAL, the report: several continual runs grouped by setting, as JSON, markdown and a plot.
 
 :func:`continual_report` evaluates each run (:func:`contrastkit.evaluation.continual.continual_summary`:
-accuracy matrix, average accuracy, forgetting, WiSE-FT rows), groups the runs by setting (the run
-folder name without its ``-s<seed>`` suffix), averages each setting over its runs and writes
+accuracy matrix, average accuracy, forgetting, WiSE-FT rows), groups the runs by setting
+(:func:`setting_labels`: the config values that differ between the runs, ``continual.method=coconut``
+as the study report names a setting; runs that differ in nothing but the seed: the run folder name
+without its ``-s<seed>`` suffix), averages each setting over its runs and writes
 ``continual.json`` (every number, NaN as null), ``continual.md`` (:func:`format_continual`: one row
 per setting and WiSE-FT α, then each setting's mean accuracy matrix) and ``continual.png``
 (:func:`plot_continual`: accuracy on each stage's classes over the stages, one panel per setting).
@@ -18,11 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from contrastkit.core.config import load_yaml
 from contrastkit.core.errors import InputError
 from contrastkit.core.io import atomic_path, atomic_write_json, atomic_write_text
 from contrastkit.evaluation.continual import clean_json, continual_summary
 
-__all__ = ["continual_report", "format_continual", "plot_continual"]
+__all__ = ["continual_report", "format_continual", "plot_continual", "setting_labels"]
 
 
 def continual_report(
@@ -40,6 +43,8 @@ def continual_report(
     if not run_dirs:
         raise InputError("give at least one continual run folder")
     runs = [continual_summary(d, split, candidates, wise, n, recalibrate, wise_from) for d in run_dirs]
+    for r, label in zip(runs, setting_labels(run_dirs)):
+        r["setting"] = label or r["setting"]
     settings: dict[str, list[dict]] = {}
     for r in runs:
         settings.setdefault(r["setting"], []).append(r)
@@ -59,6 +64,35 @@ def continual_report(
     with atomic_path(out / "continual.png") as tmp:
         plot_continual(report, tmp)
     return report
+
+
+# Keys that name a run rather than its setting: a study's seeds of one setting differ in these.
+_NOT_SETTING = frozenset({"name", "out_dir", "train.seed", "train.threads", "train.progress"})
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def setting_labels(run_dirs: Sequence[str | Path]) -> list[str | None]:
+    """Each run's setting as the study report writes it: the config keys (dotted, in config order)
+    whose values differ between the runs' ``config.yaml``, ``key=value`` joined by ", " (a study's
+    ``continual.method=coconut``); name, out_dir, train.seed, train.threads and train.progress do
+    not count. ``None`` for every run when nothing else differs (one run, or the seeds of one
+    setting): the caller keeps the folder name."""
+    flat = [_flat(load_yaml(Path(d) / "config.yaml")) for d in run_dirs]
+    keys = [k for k in dict.fromkeys(k for f in flat for k in f) if k not in _NOT_SETTING]
+    missing = object()
+    differ = [k for k in keys if len({repr(f.get(k, missing)) for f in flat}) > 1]
+    if not differ:
+        return [None] * len(flat)
+    return [", ".join(f"{k}={f.get(k, '–')}" for k in differ) for f in flat]
 
 
 def _group(runs: list[dict]) -> dict[str, Any]:

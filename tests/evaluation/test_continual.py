@@ -5,13 +5,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from contrastkit.cli import main
+from contrastkit.core.config import load_yaml
 from contrastkit.core.errors import ConfigError, InputError
+from contrastkit.core.io import atomic_write_text
 from contrastkit.data import make_shapes
 from contrastkit.evaluation.continual import (
     accuracy_matrix,
@@ -19,7 +23,7 @@ from contrastkit.evaluation.continual import (
     task_accuracies,
     wise_accuracies,
 )
-from contrastkit.evaluation.continual_report import continual_report
+from contrastkit.evaluation.continual_report import continual_report, setting_labels
 from contrastkit.evaluation.encoders import model_encoders
 from contrastkit.evaluation.zeroshot import zero_shot_classifier
 from contrastkit.train import RunConfig, load_run, train
@@ -122,3 +126,28 @@ def test_report_files_and_command_line(tiny_run, tmp_path, capsys):
     assert main(["continual", str(tiny_run), "--out", str(out), "--wise", "", "--no-progress"]) == 0
     assert "final average accuracy" in capsys.readouterr().out and (out / "continual.md").is_file()
     assert main(["continual", str(tiny_run), str(tiny_run), "--no-progress"]) == 2  # several runs: --out
+
+
+def test_settings_are_labelled_by_the_config_values_that_differ(tiny_run, tmp_path):
+    """A study's runs are named by a slug (``methodcoconut-s0``); the report names their setting as
+    the study does (``continual.method=coconut``), not by the slug, and seeds of one setting group."""
+    runs = []
+    for name, method, seed in (("methodcoconut-s0", "coconut", 0), ("methodcoconut-s1", "coconut", 1),
+                               ("methodfinetune-s0", "finetune", 0)):  # fmt: skip
+        cfg = load_yaml(tiny_run / "config.yaml")
+        cfg["name"], cfg["continual"]["method"], cfg["train"]["seed"] = name, method, seed
+        (tmp_path / name).mkdir()
+        atomic_write_text(tmp_path / name / "config.yaml", yaml.safe_dump(cfg))
+        runs.append(tmp_path / name)
+    assert setting_labels(runs) == ["continual.method=coconut"] * 2 + ["continual.method=finetune"]
+    assert setting_labels(runs[:2]) == [None, None]  # the seeds of one setting: the folder name
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run, other)
+    cfg = load_yaml(other / "config.yaml")
+    cfg["continual"]["lambda_nsc"] = 0.5
+    atomic_write_text(other / "config.yaml", yaml.safe_dump(cfg))
+    report = continual_report([tiny_run, other], tmp_path / "rep", wise=())
+    assert list(report["settings"]) == ["continual.lambda_nsc=0.1", "continual.lambda_nsc=0.5"]
+    assert [r["setting"] for r in report["runs"]] == list(report["settings"])
+    md = (tmp_path / "rep" / "continual.md").read_text()
+    assert "| continual.lambda_nsc=0.5 | 1 |" in md and "**continual.lambda_nsc=0.1**" in md
