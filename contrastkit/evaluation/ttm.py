@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -336,6 +337,16 @@ def ttm_on_run(run_dir: str | Path, out: str | Path, cfg: TTMConfig | None = Non
     device = resolve_device(cfg.device, "ttm device")  # one line for a device this machine lacks
     run_cfg, model, loss, ckpt = load_run(run_dir)
     model.to(device)
+    if not cfg.norm_eval and any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()
+    ):
+        # measured (docs/recipes.md): a round with one selected group trains on batches of 2 images,
+        # which drag the running statistics; the reference's ViTs have no batch norm
+        warnings.warn(
+            f"{run_dir} has batch-norm layers: test-time matching rounds with few selected groups move "
+            "their running statistics; --norm-eval (TTMConfig.norm_eval) keeps them",
+            stacklevel=2,
+        )
     loss.to(device)
     size = cfg.image_size or int(run_cfg.data.params.get("image_size", 32))
     sets = {k: make_swap_sets(cfg.n, k, size, cfg.data_seed) for k in cfg.kinds}

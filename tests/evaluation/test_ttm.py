@@ -4,8 +4,10 @@ loss call, and the command end to end on a tiny run."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -153,7 +155,8 @@ def test_ttm_on_a_run_writes_json_png_and_an_evaluable_run(tmp_path) -> None:
 
     run = train(RunConfig.tiny(out_dir=str(tmp_path))).run_dir
     cfg = TTMConfig(rounds=2, epochs=1, n=4, threshold_start=0.0, threshold_end=0.0, lr=1e-3)
-    report = ttm_on_run(run, tmp_path / "ttm", cfg)
+    with pytest.warns(UserWarning, match="batch-norm layers"):  # the tiny image tower has batch norm
+        report = ttm_on_run(run, tmp_path / "ttm", cfg)
     saved = json.loads((tmp_path / "ttm" / "ttm.json").read_text())
     assert saved["rounds"] == json.loads(json.dumps(report["rounds"]))
     assert (tmp_path / "ttm" / "ttm.png").stat().st_size > 0
@@ -166,6 +169,9 @@ def test_ttm_on_a_run_writes_json_png_and_an_evaluable_run(tmp_path) -> None:
             assert metrics["generated"][name] == pytest.approx(last[name])
     with pytest.raises(ConfigError, match="not the run itself"):
         ttm_on_run(run, run, cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # --norm-eval: nothing to warn about
+        ttm_on_run(run, tmp_path / "ttm-ne", dataclasses.replace(cfg, norm_eval=True, rounds=1))
 
 
 def test_norm_eval_keeps_batch_norm_statistics(sets) -> None:
