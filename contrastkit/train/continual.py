@@ -43,14 +43,14 @@ import yaml
 
 from contrastkit.core.config import to_dict
 from contrastkit.core.errors import ConfigError
-from contrastkit.core.io import atomic_write_text, check_writable_dir
+from contrastkit.core.io import check_writable_dir
 from contrastkit.core.runtime import resolve_device
 from contrastkit.data.config import SamplerConfig
 from contrastkit.data.rehearsal import SELECTIONS
 from contrastkit.losses.base import LOSSES, LossConfig, MultiLoss
 from contrastkit.train.distributed import DistContext, init_from_env
 from contrastkit.train.replay import memory_path, memory_size, stage_dirs, write_memory
-from contrastkit.train.rundir import RunLock, run_folder, start_folder
+from contrastkit.train.rundir import RunLock, reanchor_stage, run_folder, start_folder
 
 if TYPE_CHECKING:
     from contrastkit.train.config import RunConfig
@@ -248,19 +248,7 @@ def check_continual(cfg: RunConfig, world: int = 1) -> None:
 def _reanchor(root: Path, cfg: RunConfig, stage: int, ctx: DistContext) -> None:
     """Point stage ``stage``'s saved config at the memory file and previous stage of the run folder
     where it is now (they are saved as absolute paths), so a moved run folder resumes."""
-    from contrastkit.train.setup import load_run_config
-
-    if ctx.main:
-        folder = stage_dirs(root, _cont(cfg))[stage]
-        saved, want = load_run_config(folder), stage_config(cfg, root, stage)
-        if (saved.data.sampler, saved.train.init_from) != (want.data.sampler, want.train.init_from):
-            fixed = replace(
-                saved,
-                data=replace(saved.data, sampler=want.data.sampler),
-                train=replace(saved.train, init_from=want.train.init_from),
-            )
-            atomic_write_text(folder / "config.yaml", yaml.safe_dump(to_dict(fixed), sort_keys=False))
-    ctx.barrier()
+    reanchor_stage(stage_dirs(root, _cont(cfg))[stage], stage_config(cfg, root, stage), ctx)
 
 
 def _run_stages(root: Path, cfg: RunConfig, ctx: DistContext, callbacks: Sequence[Callback]) -> TrainResult:

@@ -50,7 +50,7 @@ import yaml
 
 from contrastkit.core.config import to_dict
 from contrastkit.core.errors import ConfigError, InputError
-from contrastkit.core.io import atomic_path, atomic_write_text, check_writable_dir
+from contrastkit.core.io import atomic_path, check_writable_dir
 from contrastkit.core.runtime import resolve_device
 from contrastkit.data.config import SamplerConfig
 from contrastkit.data.images import ImageConfig, SkipSample
@@ -58,7 +58,7 @@ from contrastkit.data.mcl import COMBINE, combine_labels
 from contrastkit.data.pairs import PairSet
 from contrastkit.data.table import PairTable
 from contrastkit.train.distributed import DistContext, init_from_env
-from contrastkit.train.rundir import RunLock, run_folder, start_folder
+from contrastkit.train.rundir import RunLock, reanchor_stage, run_folder, start_folder
 
 if TYPE_CHECKING:
     from contrastkit.models.dual_encoder import DualEncoder
@@ -280,19 +280,7 @@ def _reanchor(root: Path, cfg: RunConfig, stage: int, ctx: DistContext) -> None:
     """Point the saved config of stage ``stage`` at the group file and previous stage of the run
     folder where it is now: they are saved as absolute paths (the sampler reads its file relative
     to the working directory), so a moved or copied run folder would read the old ones, or none."""
-    from contrastkit.train.setup import load_run_config
-
-    if ctx.main:
-        folder = stage_dirs(root, _mcl(cfg))[stage]
-        saved, want = load_run_config(folder), stage_config(cfg, root, stage)
-        if (saved.data.sampler, saved.train.init_from) != (want.data.sampler, want.train.init_from):
-            fixed = replace(
-                saved,
-                data=replace(saved.data, sampler=want.data.sampler),
-                train=replace(saved.train, init_from=want.train.init_from),
-            )
-            atomic_write_text(folder / "config.yaml", yaml.safe_dump(to_dict(fixed), sort_keys=False))
-    ctx.barrier()
+    reanchor_stage(stage_dirs(root, _mcl(cfg))[stage], stage_config(cfg, root, stage), ctx)
 
 
 def _run_stages(root: Path, cfg: RunConfig, ctx: DistContext, callbacks: Sequence[Callback]) -> TrainResult:

@@ -47,6 +47,7 @@ __all__ = [
     "clear_for_overwrite",
     "exists_message",
     "has_checkpoint",
+    "reanchor_stage",
     "run_folder",
     "start_folder",
     "write_marker",
@@ -229,3 +230,27 @@ class RunLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def reanchor_stage(folder: Path, want: Any, ctx: DistContext) -> None:
+    """Rewrite stage run ``folder``'s saved config so its sampler and ``train.init_from`` are
+    ``want``'s (a :class:`~contrastkit.train.config.RunConfig` of the stage as it would be built
+    now). A staged run (multistage MCL, continual) saves the paths of its group or memory file and
+    of the previous stage as absolute paths; after the run folder moves they must point at the new
+    place, or a resume would read the old files, or none. Main process writes, all wait."""
+    from dataclasses import replace
+
+    import yaml
+
+    from contrastkit.train.setup import load_run_config
+
+    if ctx.main:
+        saved = load_run_config(folder)
+        if (saved.data.sampler, saved.train.init_from) != (want.data.sampler, want.train.init_from):
+            fixed = replace(
+                saved,
+                data=replace(saved.data, sampler=want.data.sampler),
+                train=replace(saved.train, init_from=want.train.init_from),
+            )
+            atomic_write_text(folder / "config.yaml", yaml.safe_dump(to_dict(fixed), sort_keys=False))
+    ctx.barrier()
