@@ -14,16 +14,15 @@ starts: the teacher encodes the student's modalities and tokenises its captions 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 
-from contrastkit.core.errors import ConfigError, MissingFileError
+from contrastkit.core.errors import ConfigError
 from contrastkit.losses.base import LossTerm, declared_fields
 from contrastkit.losses.distill import DISTILL_FIELDS
 from contrastkit.models.dual_encoder import DualEncoder
 from contrastkit.train.config import RunConfig
-from contrastkit.train.teacher import load_teacher
+from contrastkit.train.teacher import check_frozen_run, frozen_run
 
 __all__ = ["check_distill", "frozen_teacher", "teacher_fields", "uses_teacher"]
 
@@ -49,14 +48,7 @@ def check_distill(cfg: RunConfig) -> None:
             f"model.teacher is set but loss {cfg.loss.name if not cfg.loss.terms else list(cfg.loss.terms)} "
             "does not use the teacher's embeddings: use loss distill (alone or as a term)"
         )
-    path = Path(teacher).expanduser()
-    if not (path / "config.yaml").is_file():
-        raise MissingFileError(f"model.teacher: {teacher} is not a contrastkit run folder (no config.yaml)")
-    from contrastkit.train.checkpoint import latest_checkpoint
-
-    latest_checkpoint(path, fallback=False)  # a one-line error if it has no intact checkpoint
-    if cfg.scale.chunk_size is not None or cfg.scale.tile_size is not None:
-        raise ConfigError("distillation runs the dense loss: unset scale.chunk_size and scale.tile_size")
+    check_frozen_run(cfg, teacher, "model.teacher", "distillation")
 
 
 def frozen_teacher(
@@ -73,21 +65,8 @@ def frozen_teacher(
         raise ConfigError(
             "distillation (model.teacher) runs on one process: the teacher's fields are not gathered"
         )
-    teacher = load_teacher(str(Path(cfg.model.teacher).expanduser())).to(device)
-    teacher.requires_grad_(False)
     pair = model.modalities[:2] if len(model.modalities) > 1 else model.modalities
-    if any(not teacher.can_encode(m) for m in pair):
-        raise ConfigError(
-            f"model.teacher encodes {list(teacher.modalities)}; the student trains {list(pair)}"
-        )
-    if any(m.partition("@")[0] == "text" for m in pair) and captions:
-        sample = [c for caps in list(captions)[:128] for c in caps]
-        if not torch.equal(model.tokenize(sample), teacher.tokenize(sample)):
-            raise ConfigError(
-                f"model.teacher {cfg.model.teacher} tokenizes this run's captions differently; the teacher "
-                "reads the student's token ids, so it needs the same tokenizer (same vocabulary)"
-            )
-    return teacher.eval()
+    return frozen_run(cfg.model.teacher, "model.teacher", model, pair, captions, device)
 
 
 @torch.no_grad()

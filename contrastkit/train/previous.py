@@ -24,16 +24,15 @@ its captions to the same ids (it reads this run's token ids).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 
-from contrastkit.core.errors import ConfigError, MissingFileError
+from contrastkit.core.errors import ConfigError
 from contrastkit.losses.base import LossTerm, declared_fields
 from contrastkit.models.dual_encoder import DualEncoder
 from contrastkit.train.config import RunConfig
 from contrastkit.train.distill import teacher_fields
-from contrastkit.train.teacher import load_teacher
+from contrastkit.train.teacher import check_frozen_run, frozen_run
 
 __all__ = ["PAST_FIELDS", "check_previous", "frozen_previous", "past_fields", "uses_previous"]
 
@@ -62,16 +61,7 @@ def check_previous(cfg: RunConfig) -> None:
         raise ConfigError(
             f"model.previous is set but loss {what} does not use the past model's embeddings: use sycon"
         )
-    path = Path(previous).expanduser()
-    if not (path / "config.yaml").is_file():
-        raise MissingFileError(f"model.previous: {previous} is not a contrastkit run folder (no config.yaml)")
-    from contrastkit.train.checkpoint import latest_checkpoint
-
-    latest_checkpoint(path, fallback=False)  # a one-line error if it has no intact checkpoint
-    if cfg.scale.chunk_size is not None or cfg.scale.tile_size is not None:
-        raise ConfigError(
-            "model.previous (sycon) runs the dense loss: unset scale.chunk_size and scale.tile_size"
-        )
+    check_frozen_run(cfg, previous, "model.previous", "model.previous (sycon)")
 
 
 def frozen_previous(
@@ -86,22 +76,9 @@ def frozen_previous(
         return None
     if world > 1:
         raise ConfigError("model.previous (sycon) runs on one process: the past embeddings are not gathered")
-    previous = load_teacher(str(Path(cfg.model.previous).expanduser())).to(device)
-    previous.requires_grad_(False)
     needed = model.modalities[:2]  # a one-tower model: its views go through the same tower
-    if any(not previous.can_encode(m) for m in needed):
-        raise ConfigError(
-            f"model.previous encodes {list(previous.modalities)}; this run trains {list(needed)}"
-        )
-    if "text" in needed and captions:
-        sample = [c for caps in list(captions)[:128] for c in caps]
-        if not torch.equal(model.tokenize(sample), previous.tokenize(sample)):
-            raise ConfigError(
-                f"model.previous {cfg.model.previous} tokenizes this run's captions differently; it reads "
-                "this run's token ids, so it needs the same tokenizer (e.g. continue from that run: "
-                "train.init_from)"
-            )
-    return previous.eval()
+    hint = " (e.g. continue from that run: train.init_from)"
+    return frozen_run(cfg.model.previous, "model.previous", model, needed, captions, device, hint)
 
 
 def past_fields(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,15 @@ from contrastkit.models.dual_encoder import DualEncoder, ModelConfig, build_mode
 from contrastkit.train.config import RunConfig
 from contrastkit.train.distributed import DistContext
 
-__all__ = ["CACHE_NAME", "b3_data", "check_samplers", "load_teacher", "teacher_embeddings"]
+__all__ = [
+    "CACHE_NAME",
+    "b3_data",
+    "check_frozen_run",
+    "check_samplers",
+    "frozen_run",
+    "load_teacher",
+    "teacher_embeddings",
+]
 
 CACHE_NAME = "b3_teacher.npz"
 
@@ -102,6 +111,47 @@ def load_teacher(teacher: str) -> DualEncoder:
     else:
         model = build_model(ModelConfig(from_=spec))
     return model.eval()
+
+
+def check_frozen_run(cfg: RunConfig, folder: str, key: str, why: str) -> None:
+    """Refuse, before any data is read, a frozen companion run (``key``: ``model.teacher``,
+    ``model.previous``) that is not a trained contrastkit run folder, or a run that would need its
+    fields chunked or tiled (``why`` names the dense loss that reads them)."""
+    from contrastkit.train.checkpoint import latest_checkpoint
+
+    path = Path(folder).expanduser()
+    if not (path / "config.yaml").is_file():
+        raise MissingFileError(f"{key}: {folder} is not a contrastkit run folder (no config.yaml)")
+    latest_checkpoint(path, fallback=False)  # a one-line error if it has no intact checkpoint
+    if cfg.scale.chunk_size is not None or cfg.scale.tile_size is not None:
+        raise ConfigError(f"{why} runs the dense loss: unset scale.chunk_size and scale.tile_size")
+
+
+def frozen_run(
+    folder: str,
+    key: str,
+    model: DualEncoder,
+    needed: Sequence[str],
+    captions: Sequence[Sequence[str]] | None,
+    device: torch.device,
+    tokenizer_hint: str = "",
+) -> DualEncoder:
+    """The run of ``folder`` (config key ``key``) on ``device``, frozen (no parameter requires
+    gradient) and in eval mode; it must encode the trained modalities ``needed`` and, when text is
+    among them, tokenise this run's ``captions`` (the first 128 rows) to the same ids, since it
+    reads the batch's token ids."""
+    frozen = load_teacher(str(Path(folder).expanduser())).to(device)
+    frozen.requires_grad_(False)
+    if any(not frozen.can_encode(m) for m in needed):
+        raise ConfigError(f"{key} encodes {list(frozen.modalities)}; this run trains {list(needed)}")
+    if any(m.partition("@")[0] == "text" for m in needed) and captions:
+        sample = [c for caps in list(captions)[:128] for c in caps]
+        if not torch.equal(model.tokenize(sample), frozen.tokenize(sample)):
+            raise ConfigError(
+                f"{key} {folder} tokenizes this run's captions differently; it reads this run's token "
+                f"ids, so it needs the same tokenizer (same vocabulary){tokenizer_hint}"
+            )
+    return frozen.eval()
 
 
 @torch.no_grad()
