@@ -1,6 +1,7 @@
 """Command handlers kept out of :mod:`contrastkit.cli`: :mod:`~contrastkit.commands.catalog`
 (``list``, ``explain``, ``eval --help``'s task list, ``plan``, ``curate``, the executor options of
-``study``) and :mod:`~contrastkit.commands.runs` (``ttm``, ``continual``, ``prototypes``).
+``study``) and :mod:`~contrastkit.commands.runs` (``ttm``,
+``continual``, ``prototypes``); :mod:`~contrastkit.commands.parsers` builds the parser.
 """
 
 from contrastkit.commands.catalog import (
@@ -17,6 +18,7 @@ from contrastkit.commands.catalog import (
     registry,
     tasks_epilog,
 )
+from contrastkit.commands.parsers import build_parser
 from contrastkit.commands.runs import (
     add_continual_parser,
     add_prototypes_parser,
@@ -35,6 +37,7 @@ __all__ = [
     "add_executor_arguments",
     "add_prototypes_parser",
     "add_ttm_parser",
+    "build_parser",
     "continual",
     "curate",
     "explain",
