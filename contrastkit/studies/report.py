@@ -143,7 +143,7 @@ def _forest(comparisons: Sequence[tuple[str, Estimate]], path: Path, metric: str
         p = f"p = {est.boot.p_value:.3g}"
         ax.text(0.98, i, p, transform=at_right, ha="right", va="center", fontsize=8)
     ax.axvline(0, color="grey", lw=1, ls="--")
-    labels = [label for label, _ in comparisons]
+    labels = [label.replace("  vs  ", "\nvs  ") for label, _ in comparisons]  # full "A  vs  B" names
     ax.set_yticks(range(n), labels, fontsize=7)
     ax.set_ylabel("intervention vs baseline")
     ax.set_xlabel(f"δ = intervention − baseline\n{metric} ({_unit(metric)})")
