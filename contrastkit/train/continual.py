@@ -32,25 +32,18 @@ Forgetting is measured by :mod:`contrastkit.evaluation.continual` (``contrastkit
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import yaml
-
-from contrastkit.core.config import to_dict
 from contrastkit.core.errors import ConfigError
-from contrastkit.core.io import check_writable_dir
-from contrastkit.core.runtime import resolve_device
 from contrastkit.data.config import SamplerConfig
 from contrastkit.data.rehearsal import SELECTIONS
 from contrastkit.losses.base import LOSSES, LossConfig, MultiLoss
-from contrastkit.train.distributed import DistContext, init_from_env
+from contrastkit.train.distributed import DistContext
 from contrastkit.train.replay import memory_path, memory_size, stage_dirs, write_memory
-from contrastkit.train.rundir import RunLock, reanchor_stage, run_folder, start_folder
+from contrastkit.train.stages import StagePlan, resume_staged, train_staged
 
 if TYPE_CHECKING:
     from contrastkit.train.config import RunConfig
@@ -245,35 +238,16 @@ def check_continual(cfg: RunConfig, world: int = 1) -> None:
         )
 
 
-def _reanchor(root: Path, cfg: RunConfig, stage: int, ctx: DistContext) -> None:
-    """Point stage ``stage``'s saved config at the memory file and previous stage of the run folder
-    where it is now (they are saved as absolute paths), so a moved run folder resumes."""
-    reanchor_stage(stage_dirs(root, _cont(cfg))[stage], stage_config(cfg, root, stage), ctx)
-
-
-def _run_stages(root: Path, cfg: RunConfig, ctx: DistContext, callbacks: Sequence[Callback]) -> TrainResult:
-    from contrastkit.train.trainer import TrainResult, resume, train
-
+def _plan(cfg: RunConfig, root: Path) -> StagePlan:
+    """The stages of continual run ``cfg`` in ``root``: a memory written before each stage t ≥ 1
+    (methods that replay one)."""
     cont = _cont(cfg)
-    results = []
-    for t, folder in enumerate(stage_dirs(root, cont)):
-        if t >= 1 and cont.replays:
+
+    def prepare(t: int, ctx: DistContext) -> None:
+        if cont.replays:
             write_memory(root, cfg, t, ctx)
-        if (folder / "config.yaml").is_file():
-            if t >= 1:
-                _reanchor(root, cfg, t, ctx)
-            results.append(resume(folder, callbacks=callbacks))
-        else:
-            results.append(train(stage_config(cfg, root, t), overwrite=True, callbacks=callbacks))
-    last = results[-1]
-    return TrainResult(
-        root,
-        sum(r.step for r in results),
-        last.last_loss,
-        sum(r.skipped for r in results),
-        sum(r.seconds for r in results),
-        already_finished=all(r.already_finished for r in results),
-    )
+
+    return StagePlan("continual", stage_dirs(root, cont), lambda t: stage_config(cfg, root, t), prepare)
 
 
 def train_continual(
@@ -281,19 +255,8 @@ def train_continual(
 ) -> TrainResult:
     """Train every stage of ``cfg`` (``continual`` set) in ``cfg.out_dir/cfg.name``; what
     :func:`contrastkit.train.train` does for such a config. ``TrainResult.step``: steps of all stages."""
-    root = run_folder(cfg.out_dir, cfg.name)
-    ctx = init_from_env(resolve_device(cfg.train.device))
-    check_continual(cfg, ctx.world)
-    if ctx.main:
-        check_writable_dir(cfg.out_dir)
-    with RunLock(root) if ctx.main else nullcontext():
-        message = (
-            f"continual run folder {root} already exists; resume it (contrastkit train --resume {root}), "
-            "pick another name (--name), or start it again with --overwrite"
-        )
-        config_yaml = yaml.safe_dump(to_dict(cfg), sort_keys=False)
-        start_folder(root, config_yaml, ctx, (root / "config.yaml").exists(), overwrite, message)
-        return _run_stages(root, cfg, ctx, callbacks)
+    check = lambda world: check_continual(cfg, world)  # noqa: E731
+    return train_staged(cfg, lambda root: _plan(cfg, root), check, overwrite, callbacks)
 
 
 def resume_continual(
@@ -304,13 +267,5 @@ def resume_continual(
 
     root = Path(run_dir)
     cfg = load_run_config(root)
-    if steps is not None:
-        raise ConfigError(
-            "a continual run cannot be given a new train.steps on resume; start a new run instead"
-        )
-    ctx = init_from_env(resolve_device(cfg.train.device))
-    check_continual(cfg, ctx.world)
-    with RunLock(root) if ctx.main else nullcontext():
-        if not (root / "stage-0").exists():
-            warnings.warn(f"{root} has no stage yet: starting it from stage 0", stacklevel=2)
-        return _run_stages(root, cfg, ctx, callbacks)
+    check = lambda world: check_continual(cfg, world)  # noqa: E731
+    return resume_staged(root, cfg, _plan(cfg, root), check, steps, callbacks)

@@ -37,28 +37,24 @@ read gets label ``−1`` (never drawn).
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
-import yaml
 
-from contrastkit.core.config import to_dict
 from contrastkit.core.errors import ConfigError, InputError
-from contrastkit.core.io import atomic_path, check_writable_dir
+from contrastkit.core.io import atomic_path
 from contrastkit.core.runtime import resolve_device
 from contrastkit.data.config import SamplerConfig
 from contrastkit.data.images import ImageConfig, SkipSample
 from contrastkit.data.mcl import COMBINE, combine_labels
 from contrastkit.data.pairs import PairSet
 from contrastkit.data.table import PairTable
-from contrastkit.train.distributed import DistContext, init_from_env
-from contrastkit.train.rundir import RunLock, reanchor_stage, run_folder, start_folder
+from contrastkit.train.distributed import DistContext
+from contrastkit.train.stages import StagePlan, resume_staged, train_staged
 
 if TYPE_CHECKING:
     from contrastkit.models.dual_encoder import DualEncoder
@@ -276,37 +272,14 @@ def _groups(root: Path, cfg: RunConfig, stage: int, ctx: DistContext) -> None:
     ctx.barrier()
 
 
-def _reanchor(root: Path, cfg: RunConfig, stage: int, ctx: DistContext) -> None:
-    """Point the saved config of stage ``stage`` at the group file and previous stage of the run
-    folder where it is now: they are saved as absolute paths (the sampler reads its file relative
-    to the working directory), so a moved or copied run folder would read the old ones, or none."""
-    reanchor_stage(stage_dirs(root, _mcl(cfg))[stage], stage_config(cfg, root, stage), ctx)
-
-
-def _run_stages(root: Path, cfg: RunConfig, ctx: DistContext, callbacks: Sequence[Callback]) -> TrainResult:
-    from contrastkit.train.trainer import TrainResult, resume, train
-
+def _plan(cfg: RunConfig, root: Path) -> StagePlan:
+    """The stages of multistage run ``cfg`` in ``root``: the group file written before each stage
+    t ≥ 1; a given ``stage0`` run is not trained again."""
     mcl = _mcl(cfg)
-    results = []
-    for t, folder in enumerate(stage_dirs(root, mcl)):
-        if t == 0 and mcl.stage0:
-            continue  # a given run: not trained again
-        if t >= 1:
-            _groups(root, cfg, t, ctx)
-        if (folder / "config.yaml").is_file():
-            if t >= 1:
-                _reanchor(root, cfg, t, ctx)
-            results.append(resume(folder, callbacks=callbacks))
-        else:
-            results.append(train(stage_config(cfg, root, t), overwrite=True, callbacks=callbacks))
-    last = results[-1] if results else None
-    return TrainResult(
-        root,
-        sum(r.step for r in results),
-        last.last_loss if last else math.nan,
-        sum(r.skipped for r in results),
-        sum(r.seconds for r in results),
-        already_finished=all(r.already_finished for r in results),
+    prepare = lambda t, ctx: _groups(root, cfg, t, ctx)  # noqa: E731
+    given = lambda t: t == 0 and bool(mcl.stage0)  # noqa: E731
+    return StagePlan(
+        "multistage", stage_dirs(root, mcl), lambda t: stage_config(cfg, root, t), prepare, given
     )
 
 
@@ -315,37 +288,18 @@ def train_multistage(
 ) -> TrainResult:
     """Train every stage of ``cfg`` (``curation.mcl`` set) in ``cfg.out_dir/cfg.name``; what
     :func:`contrastkit.train.train` does for such a config. ``TrainResult.step``: steps of all stages."""
-    root = run_folder(cfg.out_dir, cfg.name)
     check_multistage(cfg)
-    ctx = init_from_env(resolve_device(cfg.train.device))
-    if ctx.main:
-        check_writable_dir(cfg.out_dir)
-    with RunLock(root) if ctx.main else nullcontext():
-        message = (
-            f"multistage run folder {root} already exists; resume it (contrastkit train --resume "
-            f"{root}), pick another name (--name), or start it again with --overwrite"
-        )
-        config_yaml = yaml.safe_dump(to_dict(cfg), sort_keys=False)
-        start_folder(root, config_yaml, ctx, (root / "config.yaml").exists(), overwrite, message)
-        return _run_stages(root, cfg, ctx, callbacks)
+    return train_staged(cfg, lambda root: _plan(cfg, root), lambda world: None, overwrite, callbacks)
 
 
 def resume_multistage(
     run_dir: str | Path, *, callbacks: Sequence[Callback] = (), steps: int | None = None
 ) -> TrainResult:
-    """Continue a multistage run at the stage and step where it stopped (stages resume exactly)."""
+    """Continue a multistage run at the stage and step where it stopped (stages resume exactly;
+    each stage trains ``train.steps``)."""
     from contrastkit.train.setup import load_run_config
 
     root = Path(run_dir)
     cfg = load_run_config(root)
-    if steps is not None:
-        raise ConfigError(
-            "a multistage run cannot be given a new train.steps on resume (each stage trains "
-            "train.steps); start a new run instead"
-        )
     check_multistage(cfg)
-    ctx = init_from_env(resolve_device(cfg.train.device))
-    with RunLock(root) if ctx.main else nullcontext():
-        if not (root / "stage-0").exists() and not _mcl(cfg).stage0:
-            warnings.warn(f"{root} has no stage yet: starting it from stage 0", stacklevel=2)
-        return _run_stages(root, cfg, ctx, callbacks)
+    return resume_staged(root, cfg, _plan(cfg, root), lambda world: None, steps, callbacks)
