@@ -88,6 +88,7 @@ EXTRA_KEYS = [
     "scale.chunk_size",
     "scale.dist_loss",
     "scale.keep_chunks",
+    "scale.partial_chunks",
     "scale.graph_memory",
     "train.compile",
     "train.channels_last",

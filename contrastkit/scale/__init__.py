@@ -6,7 +6,8 @@
 * ``tiled_rule`` / ``tiled_more`` — tiles whose logits a rule builds (autograd recomputes each tile)
   and the losses through it (XMC decoupled softmax, MoCo v2 with a queue, LLaVE, Kernel-InfoNCE);
 * ``grad_cache`` — gradient caching: contrastive batch ≫ what the towers fit, re-running only the
-  chunks whose graphs do not fit (S-GRADCACHE);
+  chunks whose graphs do not fit (S-GRADCACHE); ``partial_graph`` keeps a chunk's costly outputs
+  only (selective checkpointing), ``graph_plan`` spends a memory budget on full and partial graphs;
 * ``distributed`` — torch.distributed gathers with correct gradients, SigLIP ring (S-GATHER,
   S-SIGLIP-RING);
 * ``ring_clip`` — CLIP across ranks by Inf-CL's ring, no global matrix or gather, memory
@@ -24,11 +25,12 @@ from contrastkit.scale.distributed import (
 from contrastkit.scale.grad_cache import (
     CachedEmbeddings,
     backward_through_chunks,
-    chunks_to_keep,
     embed_in_chunks,
     graph_bytes,
 )
+from contrastkit.scale.graph_plan import GraphPlan, TowerCost, chunks_to_keep, measure_costs, plan_graphs
 from contrastkit.scale.launch import spawn_gloo
+from contrastkit.scale.partial_graph import partial_bytes, partial_forward
 from contrastkit.scale.ring_clip import CLIPRingLoss, clip_ring_loss
 from contrastkit.scale.tiled import TILED, TiledLoss, tiled_clip_loss, tiled_siglip_loss
 from contrastkit.scale.tiled_family import positive_logit_sums, tiled_masked_lse
@@ -43,9 +45,11 @@ __all__ = [
     "CLIPRingLoss",
     "CachedEmbeddings",
     "GatherLoss",
+    "GraphPlan",
     "ScaleConfig",
     "SigLIPRingLoss",
     "TiledLoss",
+    "TowerCost",
     "all_gather_with_grad",
     "backward_through_chunks",
     "chunks_to_keep",
@@ -53,6 +57,10 @@ __all__ = [
     "embed_in_chunks",
     "graph_bytes",
     "is_distributed",
+    "measure_costs",
+    "partial_bytes",
+    "partial_forward",
+    "plan_graphs",
     "positive_logit_sums",
     "siglip_ring_loss",
     "spawn_gloo",

@@ -21,9 +21,12 @@ class ScaleConfig:
     (S-GRADCACHE); ``null`` = the whole batch at once. The last chunk's graph is always kept.
     ``keep_chunks``: the first pass also keeps the graphs of the last this many chunks of every
     modality, which the second pass then does not re-run (faster, more memory); ``null`` = 0.
-    ``graph_memory``: instead of ``keep_chunks``, a budget such as ``2GiB`` for those graphs; the
-    count is ``budget // bytes of one chunk's graphs`` (all modalities), measured on the first
-    batch by counting what autograd saves for one chunk (``scale.grad_cache.graph_bytes``).
+    ``partial_chunks``: the this many chunks before those keep a partial graph — the outputs of
+    products, convolutions and attention, the elementwise work recomputed in pass 2
+    (``scale.partial_graph``; refused for towers with train-mode BatchNorm); ``null`` = 0.
+    ``graph_memory``: instead of both, a budget such as ``2GiB`` for those graphs, spent per
+    modality by time saved per byte (``scale.graph_plan``: bytes and times measured on the first
+    batch; the plan is logged). Gradients are the same whichever graphs are kept.
     ``dist_loss`` (several processes, e.g. under ``torchrun``): ``local`` — gather embeddings with
     gradients, each rank computes its rows (exact, O(bN) logits); ``global`` — every rank the full
     N×N loss (exact); ``ring`` — blocks passed round a ring of ranks, no N-row gather (exact):
@@ -36,6 +39,7 @@ class ScaleConfig:
     tile_size: int | None = None
     chunk_size: int | None = None
     keep_chunks: int | None = None
+    partial_chunks: int | None = None
     graph_memory: str | None = None
     dist_loss: Literal["local", "global", "ring"] = "local"
 
@@ -44,15 +48,18 @@ class ScaleConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"scale.{name} must be >= 1 or null, got {v}")
-        k = self.keep_chunks
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
-            raise ConfigError(f"scale.keep_chunks must be an integer >= 0 or null, got {k!r}")
-        if k is not None and self.graph_memory is not None:
-            raise ConfigError("scale.keep_chunks and scale.graph_memory both set: give one of them")
-        if (k is not None or self.graph_memory is not None) and self.chunk_size is None:
-            raise ConfigError(
-                "scale.keep_chunks / scale.graph_memory need scale.chunk_size (gradient caching)"
-            )
+        counts = {"keep_chunks": self.keep_chunks, "partial_chunks": self.partial_chunks}
+        for name, k in counts.items():
+            if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+                raise ConfigError(f"scale.{name} must be an integer >= 0 or null, got {k!r}")
+            if k is not None and self.graph_memory is not None:
+                raise ConfigError(f"scale.{name} and scale.graph_memory both set: give one of them")
+        if any(k is not None for k in counts.values()) or self.graph_memory is not None:
+            if self.chunk_size is None:
+                raise ConfigError(
+                    "scale.keep_chunks / partial_chunks / graph_memory need scale.chunk_size "
+                    "(gradient caching)"
+                )
         if self.graph_memory is not None:
             self.graph_bytes()
 

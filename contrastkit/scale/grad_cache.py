@@ -7,36 +7,41 @@ The contrastive batch (``batch_size``) and what fits in memory (``chunk_size``) 
 
 1. :func:`embed_in_chunks` — run every tower over its inputs chunk by chunk. The last ``keep``
    chunks of every modality (and always the very last chunk of the pass) run **with** a graph that
-   is kept; the others run without one, recording the RNG state before each. The embeddings
-   returned are fresh leaves requiring grad, detached from any kept graph.
+   is kept; the ``partial`` chunks before them keep a partial graph (``scale.partial_graph``: the
+   outputs of products, convolutions and attention); the others run without one, recording the
+   RNG state before each. The embeddings returned are fresh leaves requiring grad, detached from
+   any kept graph. ``keep`` and ``partial`` are counts for every modality or per modality
+   (``scale.graph_plan`` chooses them from a memory budget).
 2. The caller evaluates *any* loss on those embeddings and calls ``loss.backward()``: the loss's
    own parameters (logit scale, bias) get their gradient exactly once, and each embedding its
    gradient ``g = ∂L/∂r``.
 3. :func:`backward_through_chunks` — backpropagate ``⟨r_chunk, g_chunk⟩`` through the kept graphs
-   first (freeing them), then re-run every other chunk with a graph under its recorded RNG state
-   (dropout masks replayed bit for bit) and backpropagate it. Chunks go last to first in both
-   phases, so every parameter sums its chunk gradients in the same order whatever ``keep`` is.
+   first (freeing them; a partial one recomputes its elementwise work inside that backward), then
+   re-run every other chunk with a graph under its recorded RNG state (dropout masks replayed bit
+   for bit) and backpropagate it. Chunks go last to first in both phases, so every parameter sums
+   its chunk gradients in the same order whatever is kept.
 
 Exactness: equal (float64, to rounding) to ordinary autograd through the same chunked forward,
-with dropout on, for any ``keep``; a chunk run with a graph draws the same dropout masks as
-without one, so the RNG stream after pass 1 does not depend on ``keep``. Cost with k of n chunks
-kept: the towers' forward ``1 + (n − k)/n`` times and backward once (two forwards at k = 0).
-Under DistributedDataParallel (``train.dist_wrapper``), where a gradient is all-reduced by the
-backward that follows a *synchronising* forward, every chunk runs unsynchronised except the last
-backward of each modality, ``final(modality)``: the re-run of chunk 0, which pass 1 then never
-keeps (``keep_first=False``), so that its forward and backward happen together.
+with dropout on, for any ``keep`` and ``partial``; a chunk run with a graph draws the same dropout
+masks as without one, so the RNG stream after pass 1 does not depend on them. Cost with k of n
+chunks kept and none partial: the towers' forward ``1 + (n − k)/n`` times and backward once (two
+forwards at k = 0). Under DistributedDataParallel (``train.dist_wrapper``), where a gradient is
+all-reduced by the backward that follows a *synchronising* forward, every chunk runs
+unsynchronised except the last backward of each modality, ``final(modality)``: the re-run of chunk
+0, which pass 1 then never keeps (``keep_first=False``), so that its forward and backward happen
+together.
 
-Memory: one chunk's activations + the kept graphs (:func:`graph_bytes` measures one chunk's) +
-O(N·d) embeddings and gradients. The always-kept last chunk adds nothing to the pass-2 peak (which
-holds one chunk's graph anyway); it overlaps only the loss's own memory (small with
-``contrastkit.scale.tiled``). Caveat: BatchNorm in train mode normalises with per-chunk statistics
-(as any chunked method does) and updates its running statistics once per kept chunk and twice per
-re-run one; prefer LayerNorm/GroupNorm towers, or locked BatchNorm, when chunking.
+Memory: one chunk's activations + the kept graphs (:func:`graph_bytes` measures one chunk's,
+``scale.partial_graph.partial_bytes`` a partial one's) + O(N·d) embeddings and gradients. The
+always-kept last chunk adds nothing to the pass-2 peak (which holds one chunk's graph anyway); it
+overlaps only the loss's own memory (small with ``contrastkit.scale.tiled``). BatchNorm in train
+mode normalises with per-chunk statistics (as any chunked method does) and updates its running
+statistics once per chunk whatever is kept: a re-run's forward restores the buffers it changed.
+Prefer LayerNorm/GroupNorm towers, or locked BatchNorm, when chunking.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -46,8 +51,9 @@ import torch
 from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.models.aux import model_chunking_refusal
 from contrastkit.models.dual_encoder import DualEncoder
+from contrastkit.scale.partial_graph import partial_forward, partial_refusal
 
-__all__ = ["CachedEmbeddings", "backward_through_chunks", "chunks_to_keep", "embed_in_chunks", "graph_bytes"]
+__all__ = ["CachedEmbeddings", "backward_through_chunks", "embed_in_chunks", "graph_bytes"]
 
 RngState = tuple[torch.Tensor, list[torch.Tensor]]
 
@@ -81,27 +87,45 @@ def _chunked(model: DualEncoder, batch: Mapping[str, torch.Tensor]) -> list[str]
     return names
 
 
+def _per_modality(name: str, value: int | Mapping[str, int], names: list[str]) -> dict[str, int]:
+    """A count for every modality, or one per modality (missing ones 0), validated."""
+    counts = value if isinstance(value, Mapping) else dict.fromkeys(names, value)
+    unknown = sorted(set(counts) - set(names))
+    if unknown:
+        raise InputError(f"{name}: no modality {unknown[0]!r} in this batch (it has {names})")
+    for m, v in counts.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise InputError(f"{name} must be an integer >= 0, got {v!r} for {m!r}")
+    return {m: counts.get(m, 0) for m in names}
+
+
 def embed_in_chunks(
     model: DualEncoder,
     batch: Mapping[str, torch.Tensor],
     chunk_size: int,
-    keep: int = 0,
+    keep: int | Mapping[str, int] = 0,
     keep_last: bool = True,
     keep_first: bool = True,
+    partial: int | Mapping[str, int] = 0,
 ) -> CachedEmbeddings:
     """Pass 1: embeddings of every modality in ``batch``, ``chunk_size`` rows at a time. The last
     ``keep`` chunks of each modality, and with ``keep_last`` the final chunk of the pass, keep
-    their graphs for pass 2; the rest run without one. ``keep_first=False``: chunk 0 is never
-    kept (pass 2 re-runs it last, as ``final`` of :func:`backward_through_chunks` needs). Returned
-    tensors are fresh leaves with ``requires_grad=True``."""
+    their graphs for pass 2; the ``partial`` chunks before those keep a partial graph (refused for
+    towers with train-mode BatchNorm); the rest run without one. Counts are for every modality or
+    a mapping per modality. ``keep_first=False``: chunk 0 keeps nothing (pass 2 re-runs it last,
+    as ``final`` of :func:`backward_through_chunks` needs). Returned tensors are fresh leaves with
+    ``requires_grad=True``."""
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
-        raise InputError(f"keep must be an integer >= 0, got {keep!r}")
     why = model_chunking_refusal(model)  # e.g. LIMoE: capacity and entropy terms span the batch
     if why:
         raise ConfigError(f"gradient caching cannot be exact for this model: {why}")
     names = _chunked(model, batch)
+    full, part = _per_modality("keep", keep, names), _per_modality("partial", partial, names)
+    for m in names:
+        why = partial_refusal(model, m) if part[m] else None
+        if why:
+            raise ConfigError(f"partial graphs (scale.partial_chunks) refused: {why}")
     reps: dict[str, torch.Tensor] = {}
     states: dict[str, list[RngState | None]] = {}
     graphs: dict[str, dict[int, torch.Tensor]] = {}
@@ -111,11 +135,12 @@ def embed_in_chunks(
         outs, states[m], graphs[m] = [], [], {}
         for k in range(n):
             x = inputs[k * chunk_size : (k + 1) * chunk_size]
-            kept = k >= n - keep or (keep_last and m == names[-1] and k == n - 1)
-            if kept and (keep_first or k > 0):
+            kept = k >= n - full[m] or (keep_last and m == names[-1] and k == n - 1)
+            partly = not kept and k >= n - full[m] - part[m]
+            if (kept or partly) and (keep_first or k > 0):
                 states[m].append(None)  # same dropout draws with or without a graph: no replay
                 with torch.enable_grad():
-                    graphs[m][k] = model.encode(m, x)
+                    graphs[m][k] = partial_forward(model, m, x) if partly else model.encode(m, x)
                 outs.append(graphs[m][k].detach())
             else:
                 states[m].append(_rng_state())
@@ -169,8 +194,14 @@ def backward_through_chunks(
                         torch.set_rng_state(state[0])
                         for d, st in zip(_devices(), state[1]):
                             torch.cuda.set_rng_state(st, d)
+                    buffers = [b.detach().clone() for b in model.buffers()]
                     out = model.encode(m, batch[m][k * c : (k + 1) * c])
                 _backprop(out, rep.grad[k * c : (k + 1) * c])
+                # pass 1 already ran this chunk, so its BatchNorm statistics update once; restored
+                # after the backward, which may have saved the buffers the forward changed in place
+                with torch.no_grad():
+                    for b, saved in zip(model.buffers(), buffers):
+                        b.copy_(saved)
 
 
 def graph_bytes(model: DualEncoder, batch: Mapping[str, torch.Tensor], chunk_size: int) -> dict[str, int]:
@@ -203,25 +234,3 @@ def graph_bytes(model: DualEncoder, batch: Mapping[str, torch.Tensor], chunk_siz
         for b, saved in zip(model.buffers(), buffers):
             b.copy_(saved)
     return sizes
-
-
-_MEASURED: weakref.WeakKeyDictionary[DualEncoder, dict[tuple, int]] = weakref.WeakKeyDictionary()
-
-
-def chunks_to_keep(
-    model: DualEncoder,
-    batch: Mapping[str, torch.Tensor],
-    chunk_size: int,
-    keep: int | None,
-    budget: int | None,
-) -> int:
-    """How many chunks per modality pass 1 keeps: ``keep`` if given; else as many as fit in
-    ``budget`` bytes, a kept chunk of every modality costing :func:`graph_bytes` (measured once per
-    model, chunk size and input shape, so a padded text length re-measures); else 0."""
-    if keep is not None or budget is None:
-        return keep or 0
-    key = (chunk_size, *((m, tuple(batch[m].shape[1:]), batch[m].dtype) for m in _chunked(model, batch)))
-    known = _MEASURED.setdefault(model, {})
-    if key not in known:
-        known[key] = max(1, sum(graph_bytes(model, batch, chunk_size).values()))
-    return int(budget // known[key])

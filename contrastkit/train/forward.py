@@ -14,6 +14,7 @@ Called by :mod:`contrastkit.train.trainer`; the loss never sees ranks, chunks or
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 
 import torch
@@ -33,6 +34,10 @@ from contrastkit.train.session import Session
 __all__ = ["compute_loss", "embed_batch", "loss_pair", "with_aux_losses"]
 
 
+def _report(line: str) -> None:
+    print(f"scale.graph_memory: {line}", file=sys.stderr, flush=True)
+
+
 def embed_batch(s: Session, batch: dict[str, torch.Tensor]):
     """Embeddings of the batch; with ``scale.chunk_size`` below this rank's batch, the towers
     run chunk by chunk with gradient caching (same loss and gradients, one chunk's memory)."""
@@ -42,8 +47,13 @@ def embed_batch(s: Session, batch: dict[str, torch.Tensor]):
         if chunk is not None and chunk < len(next(iter(batch.values()))):
             sc = s.cfg.scale  # graphs of the chunks that fit are kept, not re-run (scale.grad_cache)
             with s.towers.no_sync():  # DDP/FSDP: chunks accumulate; chunk 0's re-run syncs (pass 2)
-                keep = chunks_to_keep(s.model, batch, chunk, sc.keep_chunks, sc.graph_bytes())
-                cached = embed_in_chunks(s.model, batch, chunk, keep, keep_first=not s.towers.wrapped)
+                report = _report if s.dist.main else None
+                plan = chunks_to_keep(
+                    s.model, batch, chunk, sc.keep_chunks, sc.graph_bytes(), sc.partial_chunks, report
+                )
+                cached = embed_in_chunks(
+                    s.model, batch, chunk, plan.full, keep_first=not s.towers.wrapped, partial=plan.partial
+                )
             return cached.reps, cached
         if s.cfg.data.jigsaw is not None:  # data.jigsaw: the montages' cell embeddings [B·G, d] alone
             return {"image": cell_embeddings(s.model, batch["image"], s.cfg.data.jigsaw.grid)}, None

@@ -13,7 +13,6 @@ from contrastkit.models import DualEncoder, Tower
 from contrastkit.scale import (
     ScaleConfig,
     backward_through_chunks,
-    chunks_to_keep,
     embed_in_chunks,
     graph_bytes,
 )
@@ -141,18 +140,6 @@ def test_bytes_kept_grow_by_one_chunk_graph_per_kept_chunk(keep):
         assert sum(s is None for s in c.rng_states["image"]) == keep  # no replay state for kept chunks
 
 
-def test_a_memory_budget_keeps_as_many_chunks_as_fit_and_measuring_changes_nothing():
-    model, _, batch = setup(torch.float32, bn=True)
-    pair = sum(graph_bytes(model, batch, C).values())
-    stats = [b.clone() for b in model.buffers()]
-    rng = torch.get_rng_state()
-    assert chunks_to_keep(model, batch, C, None, int(2.5 * pair)) == 2
-    assert chunks_to_keep(model, batch, C, None, pair - 1) == 0
-    assert chunks_to_keep(model, batch, C, 3, None) == 3 and chunks_to_keep(model, batch, C, None, None) == 0
-    assert torch.equal(torch.get_rng_state(), rng)  # measured under a forked RNG
-    assert all(torch.equal(a, b) for a, b in zip(model.buffers(), stats))  # BatchNorm stats restored
-
-
 def test_errors():
     model, _, batch = setup()
     with pytest.raises(InputError, match="keep must be an integer"):
@@ -203,9 +190,15 @@ def _run(tmp_path, name, **scale):
     return [r["loss"] for r in read_metrics(train(cfg).run_dir)]
 
 
-def test_trainer_losses_are_identical_with_kept_graphs(tmp_path):
-    """Dropout on in both towers, float32: keeping graphs changes nothing, bit for bit."""
+def test_trainer_losses_are_identical_with_kept_graphs(tmp_path, capsys):
+    """Dropout on in both towers, float32: keeping full or partial graphs changes nothing, bit for
+    bit; a budget's plan is reported once."""
     base = _run(tmp_path, "keep0")
     assert len(base) == 3
     assert _run(tmp_path, "keep2", keep_chunks=2) == base
     assert _run(tmp_path, "budget", graph_memory="1GiB") == base  # every chunk fits
+    assert _run(tmp_path, "partial", keep_chunks=1, partial_chunks=2) == base
+    assert _run(tmp_path, "some", graph_memory="2MiB") == base  # about half of the graphs
+    err = capsys.readouterr().err
+    assert err.count("scale.graph_memory: graph plan for") == 2, err
+    assert "image: 4 full of 4; text: 4 full of 4 (3.9 MiB of 1024.0 MiB)" in err, err

@@ -35,8 +35,10 @@ def _config(out: str | Path, name: str, wrapper: str, variant: str = "plain", st
     )
     cfg = dataclasses.replace(cfg, train=train_cfg)
     if variant.startswith("chunks"):  # 4 chunks of 4 per rank; chunks_all: every graph fits
-        keep = {"chunks": 1, "chunks_all": 8}[variant]
-        return dataclasses.replace(cfg, scale=ScaleConfig(chunk_size=4, keep_chunks=keep))
+        keep = {"chunks": 1, "chunks_all": 8, "chunks_partial": 1}[variant]
+        partial = 2 if variant == "chunks_partial" else None  # chunks 1, 2 partial graphs
+        scale = ScaleConfig(chunk_size=4, keep_chunks=keep, partial_chunks=partial)
+        return dataclasses.replace(cfg, scale=scale)
     if variant in ("simclr", "moco3"):  # one image tower, run on image, image@0, image@1
         towers = {"image": cfg.model.towers["image"]}
         momentum = MomentumConfig(("image",), m=0.9) if variant == "moco3" else None
@@ -164,7 +166,9 @@ def _smoke_worker(out: str) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["plain", "chunks", "chunks_all", "simclr", "moco3", "locked"])
+@pytest.mark.parametrize(
+    "variant", ["plain", "chunks", "chunks_all", "chunks_partial", "simclr", "moco3", "locked"]
+)
 def test_ddp_matches_allreduce_and_one_process(tmp_path, variant):
     _check_variant(tmp_path, variant)
 
@@ -228,14 +232,15 @@ def test_fsdp_matches_one_process_and_holds_half_of_each_tower(tmp_path):
         assert sum(held) == n and max(held) <= 0.55 * n  # dim-0 rows: about half each
 
 
-def _fsdp_chunks_worker(out: str) -> list[float]:
-    return _losses(train(_config(out, "fsdp", "fsdp", "chunks")).run_dir)
+def _fsdp_chunks_worker(out: str, variant: str) -> list[float]:
+    return _losses(train(_config(out, "fsdp", "fsdp", variant)).run_dir)
 
 
 @pytest.mark.slow
-def test_fsdp_with_gradient_caching_matches_one_process(tmp_path):
-    single, _ = _single(tmp_path / "one", "chunks")
-    res = spawn_gloo(_fsdp_chunks_worker, 2, str(tmp_path / "two"), timeout_s=900)
+@pytest.mark.parametrize("variant", ["chunks", "chunks_partial"])
+def test_fsdp_with_gradient_caching_matches_one_process(tmp_path, variant):
+    single, _ = _single(tmp_path / "one", variant)
+    res = spawn_gloo(_fsdp_chunks_worker, 2, str(tmp_path / "two"), variant, timeout_s=900)
     assert res[0] == pytest.approx(single, rel=2e-6)
 
 
