@@ -231,6 +231,6 @@ def chunks_to_keep(
     plan = plan_graphs(known[key], chunks, budget)
     if fresh and report is not None:
         shapes = ", ".join(f"{m} {tuple(batch[m].shape[1:])}" for m in names)
-        held = plan.bytes(known[key]) / 2**20
-        report(f"graph plan for {shapes}: {plan.describe(chunks)} ({held:.1f} MiB of {budget / 2**20:.1f} MiB)")
+        held = f"{plan.bytes(known[key]) / 2**20:.1f} MiB of {budget / 2**20:.1f} MiB"
+        report(f"graph plan for {shapes}: {plan.describe(chunks)} ({held})")
     return plan

@@ -57,13 +57,13 @@ def test_partial_graphs_change_neither_the_rng_stream_nor_float32_gradients():
     model, loss, batch = setup(torch.float32)
     base, rng1, rng2, _ = cached(model, loss, batch, 0, 0)
     for keep, partial in PLANS:
-        got, r1, r2, c = cached(model, loss, batch, keep, partial)
+        got, r1, r2, _ = cached(model, loss, batch, keep, partial)
         assert torch.equal(r1, rng1) and torch.equal(r2, rng2)
         assert all(torch.equal(a, b) for a, b in zip(got, base))
 
 
 def test_which_chunks_are_full_partial_or_rerun():
-    model, loss, batch = setup()
+    model, _, batch = setup()
     c = embed_in_chunks(model, batch, C, {"text": 1}, keep_last=False, partial={"image": 2, "text": 2})
     assert {m: sorted(g) for m, g in c.graphs.items()} == {"image": [2, 3], "text": [1, 2, 3]}
     assert [s is None for s in c.rng_states["image"]] == [False, False, True, True]
@@ -178,7 +178,7 @@ def test_plan_spends_the_budget_by_time_saved_per_byte():
 
 
 def test_a_memory_budget_plan_fits_and_measuring_changes_nothing():
-    model, loss, batch = setup(torch.float32, bn=True)
+    model, _, batch = setup(torch.float32, bn=True)
     full = graph_bytes(model, batch, C)
     stats = [b.clone() for b in model.buffers()]
     rng = torch.get_rng_state()
@@ -191,7 +191,8 @@ def test_a_memory_budget_plan_fits_and_measuring_changes_nothing():
     assert len(lines) == 1 and "graph plan for image (7,), text (9,)" in lines[0]
     chunks_to_keep(model, batch, C, None, budget, report=lines.append)
     assert len(lines) == 1  # measured once per input shape
-    assert chunks_to_keep(model, batch, C, 3, None) == GraphPlan({"image": 3, "text": 3}, {"image": 0, "text": 0})
+    none = {"image": 0, "text": 0}
+    assert chunks_to_keep(model, batch, C, 3, None) == GraphPlan({"image": 3, "text": 3}, none)
     assert chunks_to_keep(model, batch, C, None, None, partial=2).partial == {"image": 2, "text": 2}
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(a, b) for a, b in zip(model.buffers(), stats))
