@@ -10,9 +10,10 @@ are bit-identical to a full graph's; memory is what :func:`partial_bytes` counts
 full graph for a 2-layer BERT tower here); time is a fraction of a forward (the elementwise ops
 plus the policy's per-op dispatch in Python).
 
-Refused (:func:`partial_refusal`) for towers with BatchNorm in training mode: the recompute would
+Refused (:func:`partial_refusal`) for towers with BatchNorm in training mode — the recompute would
 update the running statistics a second time, and an in-place activation after it mutates the kept
-output (``torch.utils.checkpoint`` raises). Such towers keep full graphs or none.
+output (``torch.utils.checkpoint`` raises) — and for FSDP-sharded models, whose all-gathers inside
+the forward the recompute cannot replay. Those keep full graphs or none.
 """
 
 from __future__ import annotations
@@ -70,6 +71,13 @@ def partial_forward(model: DualEncoder, modality: str, x: torch.Tensor) -> torch
 
 def partial_refusal(model: DualEncoder, modality: str) -> str | None:
     """Why ``modality``'s tower cannot keep a partial graph, or ``None``."""
+    from torch.distributed.fsdp import FSDPModule  # lazy: torch.distributed is slow to import
+
+    if any(isinstance(mod, FSDPModule) for mod in model.modules()):
+        return (
+            "the model is sharded with FSDP (train.dist_wrapper: fsdp), whose parameter "
+            "all-gathers inside the forward a partial graph's recompute cannot replay"
+        )
     for name, mod in model.towers[modality].named_modules():
         if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.training:
             return (
