@@ -51,7 +51,7 @@ import torch
 from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.models.aux import model_chunking_refusal
 from contrastkit.models.dual_encoder import DualEncoder
-from contrastkit.scale.partial_graph import partial_forward, partial_refusal
+from contrastkit.scale.partial_graph import param_storages, partial_forward, partial_refusal
 
 __all__ = ["CachedEmbeddings", "backward_through_chunks", "embed_in_chunks", "graph_bytes"]
 
@@ -210,7 +210,7 @@ def graph_bytes(model: DualEncoder, batch: Mapping[str, torch.Tensor], chunk_siz
     anyway). Runs under a forked RNG with the model's buffers restored afterwards, so the
     measurement changes neither the random stream nor BatchNorm statistics."""
     names = _chunked(model, batch)
-    exclude = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    exclude = param_storages(model)
     exclude |= {batch[m].untyped_storage().data_ptr() for m in names}
     buffers = [b.detach().clone() for b in model.buffers()]
     sizes: dict[str, int] = {}

@@ -26,9 +26,10 @@ import statistics
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+import torch.distributed as dist
 
 from contrastkit.models.dual_encoder import DualEncoder
 from contrastkit.scale.grad_cache import graph_bytes
@@ -163,10 +164,31 @@ def measure_costs(
             else:
                 rerun, extra = _times(model, m, batch[m][:chunk_size], not refused, repeats)
             costs[m] = TowerCost(full_b[m], rerun, None if refused else part_b[m], extra)
+    if times is None:
+        costs = _same_on_every_rank(costs, next(model.parameters()).device)
     with torch.no_grad():
         for b, saved in zip(model.buffers(), buffers):
             b.copy_(saved)
     return costs
+
+
+def _same_on_every_rank(costs: dict[str, TowerCost], device: torch.device) -> dict[str, TowerCost]:
+    """Under torch.distributed, every rank's times replaced by their mean, so that every rank
+    makes the same plan (FSDP all-gathers in every forward: ranks must re-run the same chunks).
+    Called on the first measurement only, which every rank makes at the same step."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return costs
+    names = sorted(costs)
+    vals = [[costs[m].rerun_s, costs[m].partial_s or 0.0] for m in names]
+    t = torch.tensor(vals, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    t /= dist.get_world_size()
+    return {
+        m: replace(
+            costs[m], rerun_s=float(t[i, 0]), partial_s=None if costs[m].partial_s is None else float(t[i, 1])
+        )
+        for i, m in enumerate(names)
+    }
 
 
 def _times(

@@ -29,7 +29,7 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 
 from contrastkit.models.dual_encoder import DualEncoder
 
-__all__ = ["partial_bytes", "partial_forward", "partial_refusal", "saved_ops"]
+__all__ = ["param_storages", "partial_bytes", "partial_forward", "partial_refusal", "saved_ops"]
 
 # The ops whose outputs a partial graph keeps: the compute-bound ones. Names missing from a torch
 # build (e.g. the CUDA-only attention kernels) are skipped.
@@ -87,6 +87,18 @@ def partial_refusal(model: DualEncoder, modality: str) -> str | None:
     return None
 
 
+def param_storages(model: nn.Module) -> set[int]:
+    """Addresses of the parameters' storages (a sharded DTensor's local shard), which a graph's
+    measure leaves out: they exist anyway. Under FSDP the gathered copies used in the forward are
+    not among them, so a measured graph includes them (an over-estimate where FSDP frees them
+    after the forward)."""
+    ptrs = set()
+    for p in model.parameters():
+        local = p.to_local() if hasattr(p, "to_local") else p  # DTensor (FSDP2): the local shard
+        ptrs.add(local.untyped_storage().data_ptr())
+    return ptrs
+
+
 class _CountOutputs(TorchDispatchMode):
     """Bytes of the distinct storages the saved ops return (``exclude``: storages that exist anyway)."""
 
@@ -111,7 +123,7 @@ def partial_bytes(model: DualEncoder, batch: Mapping[str, torch.Tensor], chunk_s
     """Bytes one chunk's partial graph keeps, per modality of ``batch`` the model embeds: the
     outputs of :func:`saved_ops` during one chunk's forward (parameters and inputs excluded). Runs
     under a forked RNG with the model's buffers restored, so measuring changes nothing."""
-    exclude = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    exclude = param_storages(model)
     names = [m for m in batch if m in model.modalities]
     exclude |= {batch[m].untyped_storage().data_ptr() for m in names}
     buffers = [b.detach().clone() for b in model.buffers()]

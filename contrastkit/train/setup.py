@@ -96,6 +96,7 @@ def check_config(cfg: RunConfig) -> None:
         fn = TOWERS.get(tower.name)
         check_params(fn, {"context": None, **tower.params}, f"tower {tower.name!r} (model.towers.{modality})")
         _check_tower_scale(cfg, modality, tower.name, tower.params)
+    _check_fsdp_graphs(cfg)
     check_data(cfg.data, (cfg.data.train_split, *cfg.data.eval_splits))
     check_noisy_pairs(cfg)
     check_jest(cfg)
@@ -143,6 +144,20 @@ def _check_tower_scale(cfg: RunConfig, modality: str, name: str, params: dict) -
             f"tower {name!r} (model.towers.{modality}) runs another tower's weights, which FSDP shards "
             "inside that tower's wrapper only: use train.dist_wrapper ddp or allreduce"
         )
+
+
+def _check_fsdp_graphs(cfg: RunConfig) -> None:
+    """FSDP all-gathers in every forward, so every rank must re-run the same chunks: a plan each rank
+    measures (``scale.graph_memory``) may differ, and partial graphs cannot replay the gathers."""
+    if getattr(cfg.train, "dist_wrapper", None) != "fsdp":
+        return
+    for key in ("graph_memory", "partial_chunks"):
+        if getattr(cfg.scale, key) is not None:
+            raise ConfigError(
+                f"scale.{key} does not work with train.dist_wrapper: fsdp (every rank must re-run the "
+                "same chunks, and partial graphs cannot replay FSDP's all-gathers): give "
+                "scale.keep_chunks, or use train.dist_wrapper ddp"
+            )
 
 
 def _check_relations(cfg: RunConfig) -> None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from contrastkit.core.errors import ConfigError, ContrastkitError, InputError
+from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.scale.launch import spawn_gloo
 from contrastkit.train import read_metrics, train
 
@@ -35,6 +35,8 @@ def _config(out: str | Path, name: str, wrapper: str, variant: str = "plain", st
     )
     cfg = dataclasses.replace(cfg, train=train_cfg)
     if variant.startswith("chunks"):  # 4 chunks of 4 per rank; chunks_all: every graph fits
+        if variant == "chunks_budget":  # a plan from timings, the same on every rank
+            return dataclasses.replace(cfg, scale=ScaleConfig(chunk_size=4, graph_memory="1MiB"))
         keep = {"chunks": 1, "chunks_all": 8, "chunks_partial": 1}[variant]
         partial = 2 if variant == "chunks_partial" else None  # chunks 1, 2 partial graphs
         scale = ScaleConfig(chunk_size=4, keep_chunks=keep, partial_chunks=partial)
@@ -167,7 +169,8 @@ def _smoke_worker(out: str) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "variant", ["plain", "chunks", "chunks_all", "chunks_partial", "simclr", "moco3", "locked"]
+    "variant",
+    ["plain", "chunks", "chunks_all", "chunks_partial", "chunks_budget", "simclr", "moco3", "locked"],
 )
 def test_ddp_matches_allreduce_and_one_process(tmp_path, variant):
     _check_variant(tmp_path, variant)
@@ -232,19 +235,23 @@ def test_fsdp_matches_one_process_and_holds_half_of_each_tower(tmp_path):
         assert sum(held) == n and max(held) <= 0.55 * n  # dim-0 rows: about half each
 
 
+@pytest.mark.parametrize(
+    ("variant", "key"), [("chunks_partial", "partial_chunks"), ("chunks_budget", "graph_memory")]
+)
+def test_fsdp_refuses_graph_plans_and_partial_graphs(tmp_path, variant, key):
+    """FSDP all-gathers in every forward: every rank must re-run the same chunks, with full graphs."""
+    with pytest.raises(ConfigError, match=f"scale.{key} does not work with train.dist_wrapper: fsdp"):
+        train(_config(tmp_path, "fsdp", "fsdp", variant))
+
+
 def _fsdp_chunks_worker(out: str, variant: str) -> list[float]:
     return _losses(train(_config(out, "fsdp", "fsdp", variant)).run_dir)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["chunks", "chunks_partial"])
-def test_fsdp_with_gradient_caching_matches_one_process(tmp_path, variant):
-    if variant == "chunks_partial":  # FSDP's all-gathers inside the forward: no partial graphs
-        with pytest.raises(ContrastkitError, match="sharded with FSDP"):
-            spawn_gloo(_fsdp_chunks_worker, 2, str(tmp_path / "two"), variant, timeout_s=900)
-        return
-    single, _ = _single(tmp_path / "one", variant)
-    res = spawn_gloo(_fsdp_chunks_worker, 2, str(tmp_path / "two"), variant, timeout_s=900)
+def test_fsdp_with_gradient_caching_matches_one_process(tmp_path):
+    single, _ = _single(tmp_path / "one", "chunks")
+    res = spawn_gloo(_fsdp_chunks_worker, 2, str(tmp_path / "two"), "chunks", timeout_s=900)
     assert res[0] == pytest.approx(single, rel=2e-6)
 
 
