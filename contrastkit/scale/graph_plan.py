@@ -130,20 +130,11 @@ def plan_graphs(costs: Mapping[str, TowerCost], chunks: Mapping[str, int], budge
     return GraphPlan(full, part)
 
 
-def _median_time(fn: Callable[[], object], repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def measure_costs(
     model: DualEncoder,
     batch: Mapping[str, torch.Tensor],
     chunk_size: int,
-    repeats: int = 3,
+    repeats: int = 5,
     times: Mapping[str, TowerCost] | None = None,
 ) -> dict[str, TowerCost]:
     """:class:`TowerCost` of every modality of ``batch`` the model embeds, on its first chunk.
@@ -156,14 +147,16 @@ def measure_costs(
     buffers = [b.detach().clone() for b in model.buffers()]
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     costs: dict[str, TowerCost] = {}
-    with torch.random.fork_rng(devices=devices):
-        for m in names:
-            refused = partial_refusal(model, m) is not None or full_b[m] == 0
-            if times is not None and m in times:
-                rerun, extra = times[m].rerun_s, times[m].partial_s
-            else:
-                rerun, extra = _times(model, m, batch[m][:chunk_size], not refused, repeats)
-            costs[m] = TowerCost(full_b[m], rerun, None if refused else part_b[m], extra)
+    refused = {m: partial_refusal(model, m) is not None or full_b[m] == 0 for m in names}
+    if times is not None and all(m in times for m in names):
+        measured = {m: (times[m].rerun_s, times[m].partial_s) for m in names}
+    else:
+        with torch.random.fork_rng(devices=devices):
+            first = {m: batch[m][:chunk_size] for m in names}
+            measured = _times(model, first, {m: not refused[m] for m in names}, repeats)
+    for m in names:
+        rerun, extra = measured[m]
+        costs[m] = TowerCost(full_b[m], rerun, None if refused[m] else part_b[m], extra)
     if times is None:
         costs = _same_on_every_rank(costs, next(model.parameters()).device)
     with torch.no_grad():
@@ -191,33 +184,50 @@ def _same_on_every_rank(costs: dict[str, TowerCost], device: torch.device) -> di
     }
 
 
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def _times(
-    model: DualEncoder, m: str, x: torch.Tensor, partial: bool, repeats: int
-) -> tuple[float, float | None]:
-    """Seconds of a forward without a graph, and (``partial``) what a partial graph's recompute
-    adds: its forward+backward minus a full graph's."""
+    model: DualEncoder, chunks: Mapping[str, torch.Tensor], partial: Mapping[str, bool], repeats: int
+) -> dict[str, tuple[float, float | None]]:
+    """Per modality: seconds of a forward without a graph, and (where ``partial``) what a partial
+    graph's recompute adds — its forward+backward minus a full graph's. One untimed warm-up round,
+    then ``repeats`` rounds running every measurement of every modality once (drift and other
+    jobs hit all alike); medians, the recompute as the median of per-round differences."""
     params = [p for p in model.parameters() if p.requires_grad]
 
-    def no_graph() -> None:
+    def no_graph(m: str) -> None:
         with torch.no_grad():
-            model.encode(m, x)
+            model.encode(m, chunks[m])
 
-    def step(fwd: Callable[[DualEncoder, str, torch.Tensor], torch.Tensor]) -> None:
+    def step(m: str, fwd: Callable[[DualEncoder, str, torch.Tensor], torch.Tensor]) -> None:
         with torch.enable_grad():
-            out = fwd(model, m, x)
+            out = fwd(model, m, chunks[m])
             if out.requires_grad:
                 torch.autograd.grad(out.float().sum(), params, allow_unused=True)
 
     def encode(model: DualEncoder, m: str, x: torch.Tensor) -> torch.Tensor:
         return model.encode(m, x)
 
-    rerun = _median_time(no_graph, repeats)
-    if not partial:
-        return rerun, None
-    step(encode)  # warm-up of the backward kernels
-    t_full = _median_time(lambda: step(encode), repeats)
-    t_part = _median_time(lambda: step(partial_forward), repeats)
-    return rerun, max(0.0, t_part - t_full)
+    rerun: dict[str, list[float]] = {m: [] for m in chunks}
+    extra: dict[str, list[float]] = {m: [] for m in chunks}
+    for r in range(repeats + 1):
+        for m in chunks:
+            t0 = _timed(lambda m=m: no_graph(m))
+            if partial[m]:
+                tf = _timed(lambda m=m: step(m, encode))
+                tp = _timed(lambda m=m: step(m, partial_forward))
+                if r:
+                    extra[m].append(tp - tf)
+            if r:
+                rerun[m].append(t0)
+    return {
+        m: (statistics.median(rerun[m]), max(0.0, statistics.median(extra[m])) if partial[m] else None)
+        for m in chunks
+    }
 
 
 # per model: input key -> costs; times are measured once per chunk size and reused for new shapes
