@@ -154,18 +154,28 @@ def gradcache_case() -> tuple[dict[str, tuple[Step, int]], dict[str, Step], str]
         f"cached {BIG}, keep {n // 2}/{n}": (_cached(model, loss, opt, batch, n // 2, True), BIG),
         f"cached {BIG}, keep {n}/{n}": (_cached(model, loss, opt, batch, n, True), BIG),
     }
-    from contrastkit.scale import chunks_to_keep, graph_bytes
+    from contrastkit.scale import graph_bytes, measure_costs, plan_graphs
 
     full = sum(graph_bytes(model, batch, CHUNK).values())
     budget = n // 2 * full  # the memory of half of the chunks' full graphs
-    lines: list[str] = []
-    plan = chunks_to_keep(model, batch, CHUNK, None, budget, report=lines.append)
+    costs = measure_costs(model, batch, CHUNK)  # as scale.graph_memory does on the first batch
+    plan = plan_graphs(costs, {"image": n, "text": n}, budget)
     configs[f"cached {BIG}, graph_memory = {n // 2} chunks' graphs"] = (
         _cached(model, loss, opt, batch, plan.full, True, plan.partial),
         BIG,
     )
-    note = f"{full / 2**20:.0f} MiB (graph_bytes)\n  {lines[0]}"
-    return configs, _parts(model, opt, batch), note
+    lines = [f"{full / 2**20:.0f} MiB (graph_bytes)"]
+    for m, c in costs.items():
+        part = (
+            "refused"
+            if c.partial_bytes is None
+            else f"{c.partial_bytes / 2**20:.0f} MiB, +{c.partial_s * 1e3:.0f} ms"
+        )
+        lines.append(
+            f"{m}: full {c.full_bytes / 2**20:.0f} MiB, re-run {c.rerun_s * 1e3:.0f} ms, partial {part}"
+        )
+    lines.append(f"plan for {budget / 2**20:.0f} MiB: {plan.describe({'image': n, 'text': n})}")
+    return configs, _parts(model, opt, batch), "\n  ".join(lines)
 
 
 def reference_case() -> tuple[dict[str, tuple[Step, int]], dict[str, Step], str]:
