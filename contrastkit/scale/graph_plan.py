@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -245,12 +246,19 @@ def chunks_to_keep(
     report: Callable[[str], None] | None = None,
 ) -> GraphPlan:
     """The graphs pass 1 keeps: ``keep`` full and ``partial`` partial chunks per modality if either
-    is given; else :func:`plan_graphs` of ``budget`` bytes on the :func:`measure_costs` of this
-    model, chunk size and input shapes (measured once each, so a new padded text length
-    re-measures its bytes); else none. ``report`` gets one line per newly measured plan."""
+    is given (no partial ones, with a warning, for a tower that refuses them); else
+    :func:`plan_graphs` of ``budget`` bytes on the :func:`measure_costs` of this model, chunk size
+    and input shapes (measured once each, so a new padded text length re-measures its bytes);
+    else none. ``report`` gets one line per newly measured plan."""
     names = [m for m in batch if m in model.modalities]
     if keep is not None or partial is not None or budget is None:
-        return GraphPlan(dict.fromkeys(names, keep or 0), dict.fromkeys(names, partial or 0))
+        parts = dict.fromkeys(names, partial or 0)
+        for m in names:
+            why = partial_refusal(model, m) if parts[m] else None
+            if why:  # e.g. a BatchNorm image tower beside a text tower that can take them
+                warnings.warn(f"scale.partial_chunks: no partial graphs for {m!r}: {why}", stacklevel=2)
+                parts[m] = 0
+        return GraphPlan(dict.fromkeys(names, keep or 0), parts)
     key = (chunk_size, *((m, tuple(batch[m].shape[1:]), batch[m].dtype) for m in names))
     known = _MEASURED.setdefault(model, {})
     if key not in known:

@@ -18,6 +18,7 @@ the forward the recompute cannot replay. Those keep full graphs or none.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -65,8 +66,17 @@ def _context_fn(ops: frozenset[torch._ops.OpOverload]) -> Callable[[], Any]:
 
 
 def partial_forward(model: DualEncoder, modality: str, x: torch.Tensor) -> torch.Tensor:
-    """``model.encode(modality, x)`` with a partial graph (selective checkpointing)."""
-    return checkpoint(model.encode, modality, x, use_reentrant=False, context_fn=_context_fn(saved_ops()))
+    """``model.encode(modality, x)`` with a partial graph (selective checkpointing). Under autocast
+    the cast-weight cache is off for this forward: with it, a later chunk reuses casts an earlier
+    one made, and its recompute (outside that autocast region) would run casts its forward did not."""
+    dev = x.device.type
+    no_cache = (
+        torch.autocast(dev, dtype=torch.get_autocast_dtype(dev), cache_enabled=False)
+        if torch.is_autocast_enabled(dev)
+        else contextlib.nullcontext()
+    )
+    with no_cache:
+        return checkpoint(model.encode, modality, x, use_reentrant=False, context_fn=_context_fn(saved_ops()))
 
 
 def partial_refusal(model: DualEncoder, modality: str) -> str | None:

@@ -213,3 +213,25 @@ def test_errors():
         with pytest.raises(ConfigError, match=match):
             ScaleConfig(**kwargs)
     assert ScaleConfig(chunk_size=4, keep_chunks=1, partial_chunks=2).partial_chunks == 2
+
+
+def _tiny_losses(tmp_path, name, precision, **scale):
+    import dataclasses
+
+    from contrastkit.train import RunConfig, read_metrics, train
+
+    base = RunConfig.tiny(name=name, out_dir=str(tmp_path))
+    t = dataclasses.replace(base.train, steps=3, log_every=1, ckpt_every=3, precision=precision)
+    cfg = dataclasses.replace(base, scale=ScaleConfig(chunk_size=8, **scale), train=t)
+    return [r["loss"] for r in read_metrics(train(cfg).run_dir)]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_partial_chunks_skip_a_batchnorm_tower_and_change_no_loss(tmp_path, precision):
+    """The tiny run's image tower is a BatchNorm ResNet: ``partial_chunks`` warns and gives it none,
+    while the text tower keeps partial graphs — under bf16 autocast too, whose cast cache a partial
+    forward turns off (with it, the recompute would run casts its forward reused)."""
+    base = _tiny_losses(tmp_path, "plain", precision)
+    with pytest.warns(UserWarning, match="no partial graphs for 'image'.*BatchNorm"):
+        got = _tiny_losses(tmp_path, "partial", precision, keep_chunks=1, partial_chunks=2)
+    assert len(base) == 3 and got == base
