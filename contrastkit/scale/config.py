@@ -23,10 +23,11 @@ class ScaleConfig:
     modality, which the second pass then does not re-run (faster, more memory); ``null`` = 0.
     ``partial_chunks``: the this many chunks before those keep a partial graph — the outputs of
     products, convolutions and attention, the elementwise work recomputed in pass 2
-    (``scale.partial_graph``; refused for towers with train-mode BatchNorm); ``null`` = 0.
+    (``scale.partial_graph``); a tower that refuses them (train-mode BatchNorm) gets none, with a
+    warning; ``null`` = 0. Not with ``train.dist_wrapper: fsdp``.
     ``graph_memory``: instead of both, a budget such as ``2GiB`` for those graphs, spent per
     modality by time saved per byte (``scale.graph_plan``: bytes and times measured on the first
-    batch; the plan is logged). Gradients are the same whichever graphs are kept.
+    batch; the plan is printed). Not with FSDP. Gradients are the same whichever graphs are kept.
     ``dist_loss`` (several processes, e.g. under ``torchrun``): ``local`` — gather embeddings with
     gradients, each rank computes its rows (exact, O(bN) logits); ``global`` — every rank the full
     N×N loss (exact); ``ring`` — blocks passed round a ring of ranks, no N-row gather (exact):
