@@ -21,6 +21,7 @@ pass on a fresh heap before the rounds, large blocks mmap'd) and the 1-minute lo
 and after the rounds.
 
     .venv/bin/python benchmarks/train_throughput.py --threads 2 --rounds 5
+    .venv/bin/python benchmarks/train_throughput.py --cases gradcache --device cuda   # a GPU
 """
 
 from __future__ import annotations
@@ -70,9 +71,9 @@ def _vit_ref_config():
     )
 
 
-def _ck_model(cfg, n: int):
+def _ck_model(cfg, n: int, device: str):
     """A contrastkit model, its AdamW and CLIP loss, and a batch of n Shapes pairs (text padded to
-    the full context of 32, as open_clip always runs)."""
+    the full context of 32, as open_clip always runs), on ``device``."""
     import torch
 
     from contrastkit.data import make_shapes
@@ -80,12 +81,12 @@ def _ck_model(cfg, n: int):
     from contrastkit.models import build_model
 
     pairs = make_shapes("train", n)
-    model = build_model(cfg, texts=pairs.flat_captions()[0]).train()
-    loss = CLIPLoss()
+    model = build_model(cfg, texts=pairs.flat_captions()[0]).train().to(device)
+    loss = CLIPLoss().to(device)
     opt = torch.optim.AdamW([*model.parameters(), *loss.parameters()], lr=1e-4)
     ids = model.tokenize([c[0] for c in pairs.captions[:n]])
     ids = torch.nn.functional.pad(ids, (0, 32 - ids.shape[1]), value=model.text_tower().pad_id)
-    return model, loss, opt, {"image": pairs.images[:n], "text": ids}
+    return model, loss, opt, {"image": pairs.images[:n].to(device), "text": ids.to(device)}
 
 
 def _plain(model, loss, opt, batch, n: int) -> Step:
@@ -142,10 +143,10 @@ def _parts(model, opt, batch) -> dict[str, Step]:
     return {"F": fwd, "F0": fwd0, "B": bwd, "O": opt_step}
 
 
-def gradcache_case() -> tuple[dict[str, tuple[Step, int]], dict[str, Step], str]:
+def gradcache_case(device: str) -> tuple[dict[str, tuple[Step, int]], dict[str, Step], str]:
     from contrastkit.models import ModelConfig
 
-    model, loss, opt, batch = _ck_model(ModelConfig(), BIG)
+    model, loss, opt, batch = _ck_model(ModelConfig(), BIG, device)
     n = BIG // CHUNK
     configs = {
         f"plain {SMALL}": (_plain(model, loss, opt, batch, SMALL), BIG),
@@ -178,10 +179,10 @@ def gradcache_case() -> tuple[dict[str, tuple[Step, int]], dict[str, Step], str]
     return configs, _parts(model, opt, batch), "\n  ".join(lines)
 
 
-def reference_case() -> tuple[dict[str, tuple[Step, int]], dict[str, Step], str]:
+def reference_case(device: str) -> tuple[dict[str, tuple[Step, int]], dict[str, Step], str]:
     import torch
 
-    model, loss, opt, batch = _ck_model(_vit_ref_config(), SMALL)
+    model, loss, opt, batch = _ck_model(_vit_ref_config(), SMALL, device)
     configs = {"contrastkit ViT-ref 256": (_plain(model, loss, opt, batch, SMALL), SMALL)}
     try:
         from open_clip.loss import ClipLoss
@@ -189,16 +190,20 @@ def reference_case() -> tuple[dict[str, tuple[Step, int]], dict[str, Step], str]
     except ImportError:
         print("open_clip not installed (make bench installs it): contrastkit row only")
         return configs, {}, ""
-    oc = CLIP(
-        embed_dim=128,
-        vision_cfg=CLIPVisionCfg(layers=2, width=128, head_width=32, patch_size=8, image_size=32),
-        text_cfg=CLIPTextCfg(context_length=32, vocab_size=1000, width=128, heads=4, layers=2),
-    ).train()
+    oc = (
+        CLIP(
+            embed_dim=128,
+            vision_cfg=CLIPVisionCfg(layers=2, width=128, head_width=32, patch_size=8, image_size=32),
+            text_cfg=CLIPTextCfg(context_length=32, vocab_size=1000, width=128, heads=4, layers=2),
+        )
+        .train()
+        .to(device)
+    )
     oc_loss, oc_opt = ClipLoss(), torch.optim.AdamW(oc.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     images, texts = (
-        torch.randn(SMALL, 3, 32, 32, generator=g),
-        torch.randint(1, 1000, (SMALL, 32), generator=g),
+        torch.randn(SMALL, 3, 32, 32, generator=g).to(device),
+        torch.randint(1, 1000, (SMALL, 32), generator=g).to(device),
     )
 
     def oc_step() -> None:
@@ -211,23 +216,47 @@ def reference_case() -> tuple[dict[str, tuple[Step, int]], dict[str, Step], str]
     return configs, {}, ""
 
 
-def _time(fn: Step) -> float:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _time(fn: Step, device: str = "cpu") -> float:
+    _sync(device)
     t0 = time.perf_counter()
     fn()
+    _sync(device)
     return time.perf_counter() - t0
 
 
-def run_case(name: str, rounds: int, repeat: int) -> None:
-    configs, parts, note = {"gradcache": gradcache_case, "reference": reference_case}[name]()
+def _peak_mib(step: Step, device: str) -> float:
+    """Peak memory of one step beyond what was held before it: kernel peak RSS on the CPU, the
+    allocator's peak on a GPU."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    reset_peak()
+    base = rss_bytes()
+    step()
+    return (peak_bytes() - base) / 2**20
+
+
+def run_case(name: str, rounds: int, repeat: int, device: str = "cpu") -> None:
+    configs, parts, note = {"gradcache": gradcache_case, "reference": reference_case}[name](device)
     names = list(configs)
     peaks: dict[str, float] = {}
     _malloc(64 * 2**10)
     for k, (step, _) in configs.items():  # memory pass on a fresh heap, before the timed rounds
         step()  # warm-up: lazy kernels, one-time buffers
-        reset_peak()
-        base = rss_bytes()
-        step()
-        peaks[k] = (peak_bytes() - base) / 2**20
+        peaks[k] = _peak_mib(step, device)
     _malloc(32 * 2**20)
     for step, _ in configs.values():
         step()
@@ -239,13 +268,13 @@ def run_case(name: str, rounds: int, repeat: int) -> None:
         order = names if r % 2 == 0 else names[::-1]
         for k in order:
             step, samples = configs[k]
-            dt = sum(_time(step) for _ in range(repeat)) / repeat
+            dt = sum(_time(step, device) for _ in range(repeat)) / repeat
             rates[k].append(samples / dt)
         for k in names:
             ratios[k].append(rates[k][-1] / rates[names[0]][-1])
         for _ in range(3):
             for k in ("F", "B", "O", "F0") if parts else ():
-                part_t[k].append(_time(parts[k]))
+                part_t[k].append(_time(parts[k], device))
     load1 = os.getloadavg()[0]
     med = statistics.median
     print(f"\n[{name}]  {rounds} rounds, load {load0:.2f} before / {load1:.2f} after")
@@ -269,7 +298,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--repeat", type=int, default=1, help="timed runs of each configuration per round")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (timings synchronise the device)")
+    p.add_argument("--tiny", action="store_true", help="toy sizes (chunks of 8, batch 64): a smoke run")
     args = p.parse_args()
+    if args.tiny:
+        global CHUNK, BIG, SMALL
+        CHUNK, BIG, SMALL = 8, 64, 8
     cases = args.cases.split(",")
     if len(cases) == 1:
         import torch
@@ -277,11 +311,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         policy = os.environ["OMP_WAIT_POLICY"]
         print(f"{args.threads} threads, OMP_WAIT_POLICY={policy}, torch {torch.__version__}", flush=True)
-        run_case(cases[0], args.rounds, args.repeat)
+        run_case(cases[0], args.rounds, args.repeat, args.device)
         return
     for case in cases:  # one process per case: its memory pass needs a fresh heap
         argv = [sys.executable, __file__, "--cases", case, "--threads", str(args.threads)]
-        subprocess.run([*argv, "--rounds", str(args.rounds), "--repeat", str(args.repeat)], check=True)
+        more = ["--rounds", str(args.rounds), "--repeat", str(args.repeat), "--device", args.device]
+        subprocess.run([*argv, *more, *(["--tiny"] if args.tiny else [])], check=True)
 
 
 if __name__ == "__main__":

@@ -185,19 +185,29 @@ def _same_on_every_rank(costs: dict[str, TowerCost], device: torch.device) -> di
     }
 
 
-def _timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds ``fn`` takes: on a GPU wall time between synchronisations; on a CPU this process's
+    CPU time, which other jobs on the machine stretch far less than wall time (under a busy
+    machine's wall times two towers measured alike and the planner chose a slow plan)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+    t0 = time.process_time()
     fn()
-    return time.perf_counter() - t0
+    return time.process_time() - t0
 
 
 def _times(
     model: DualEncoder, chunks: Mapping[str, torch.Tensor], partial: Mapping[str, bool], repeats: int
 ) -> dict[str, tuple[float, float | None]]:
     """Per modality: seconds of a forward without a graph, and (where ``partial``) what a partial
-    graph's recompute adds — its forward+backward minus a full graph's. One untimed warm-up round,
-    then ``repeats`` rounds running every measurement of every modality once (drift and other
-    jobs hit all alike); medians, the recompute as the median of per-round differences."""
+    graph's recompute adds — its forward+backward minus a full graph's (CPU time on a CPU). One
+    untimed warm-up round, then ``repeats`` rounds running every measurement of every modality
+    once (drift and other jobs hit all alike); medians, the recompute as the median of per-round
+    differences."""
     params = [p for p in model.parameters() if p.requires_grad]
 
     def no_graph(m: str) -> None:
@@ -217,10 +227,11 @@ def _times(
     extra: dict[str, list[float]] = {m: [] for m in chunks}
     for r in range(repeats + 1):
         for m in chunks:
-            t0 = _timed(lambda m=m: no_graph(m))
+            dev = chunks[m].device
+            t0 = _timed(lambda m=m: no_graph(m), dev)
             if partial[m]:
-                tf = _timed(lambda m=m: step(m, encode))
-                tp = _timed(lambda m=m: step(m, partial_forward))
+                tf = _timed(lambda m=m: step(m, encode), dev)
+                tp = _timed(lambda m=m: step(m, partial_forward), dev)
                 if r:
                     extra[m].append(tp - tf)
             if r:
