@@ -245,6 +245,7 @@ def _times(
 # per model: input key -> costs; times are measured once per chunk size and reused for new shapes
 _Costs = dict[tuple, dict[str, TowerCost]]
 _MEASURED: weakref.WeakKeyDictionary[DualEncoder, _Costs] = weakref.WeakKeyDictionary()
+_REPORTED: weakref.WeakKeyDictionary[DualEncoder, str] = weakref.WeakKeyDictionary()  # last plan shown
 
 
 def chunks_to_keep(
@@ -260,7 +261,7 @@ def chunks_to_keep(
     is given (no partial ones, with a warning, for a tower that refuses them); else
     :func:`plan_graphs` of ``budget`` bytes on the :func:`measure_costs` of this model, chunk size
     and input shapes (measured once each, so a new padded text length re-measures its bytes);
-    else none. ``report`` gets one line per newly measured plan."""
+    else none. ``report`` gets a line when a newly measured input shape changes the plan."""
     names = [m for m in batch if m in model.modalities]
     if keep is not None or partial is not None or budget is None:
         parts = dict.fromkeys(names, partial or 0)
@@ -280,7 +281,8 @@ def chunks_to_keep(
         fresh = False
     chunks = {m: -(-len(batch[m]) // chunk_size) for m in names}
     plan = plan_graphs(known[key], chunks, budget)
-    if fresh and report is not None:
+    if fresh and report is not None and _REPORTED.get(model) != plan.describe(chunks):
+        _REPORTED[model] = plan.describe(chunks)  # padded text lengths vary: report changes only
         shapes = ", ".join(f"{m} {tuple(batch[m].shape[1:])}" for m in names)
         held = f"{plan.bytes(known[key]) / 2**20:.1f} MiB of {budget / 2**20:.1f} MiB"
         report(f"graph plan for {shapes}: {plan.describe(chunks)} ({held})")

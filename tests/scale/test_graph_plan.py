@@ -238,3 +238,31 @@ def test_partial_chunks_skip_a_batchnorm_tower_and_change_no_loss(tmp_path, prec
     with pytest.warns(UserWarning, match="no partial graphs for 'image'.*BatchNorm"):
         got = _tiny_losses(tmp_path, "partial", precision, keep_chunks=1, partial_chunks=2)
     assert len(base) == 3 and got == base
+
+
+class Tokens(Tower):
+    """[B, L, 8] → mean over L of Linear(8→6): any length L, as padded text has."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(8, 6)
+        self.output_dim = 6
+
+    def forward(self, x):
+        return self.net(x).mean(1)
+
+
+def test_a_new_padded_length_remeasures_bytes_and_reports_only_a_changed_plan():
+    torch.manual_seed(0)
+    model = DualEncoder({"image": Mlp(), "text": Tokens()}, embed_dim=3)
+    lines: list[str] = []
+
+    def plan(length: int, budget: int) -> GraphPlan:
+        batch = {"image": torch.randn(8, 8), "text": torch.randn(8, length, 8)}
+        return chunks_to_keep(model, batch, 4, None, budget, report=lines.append)
+
+    assert plan(5, 10**9) == GraphPlan({"image": 2, "text": 2}, {"image": 0, "text": 0})
+    assert plan(7, 10**9).full == {"image": 2, "text": 2}  # new shape, same plan: no new line
+    assert len(lines) == 1 and "text (5, 8)" in lines[0]
+    assert plan(9, 0).full == {"image": 0, "text": 0}  # a new shape whose plan differs
+    assert len(lines) == 2 and "text (9, 8)" in lines[1] and "image: 0 full of 2" in lines[1]
