@@ -51,7 +51,7 @@ import torch
 from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.models.aux import model_chunking_refusal
 from contrastkit.models.dual_encoder import DualEncoder
-from contrastkit.scale.partial_graph import param_storages, partial_forward, partial_refusal
+from contrastkit.scale.partial_graph import param_storages, partial_forward, partial_refusal, untouched
 
 __all__ = ["CachedEmbeddings", "backward_through_chunks", "embed_in_chunks", "graph_bytes"]
 
@@ -212,7 +212,6 @@ def graph_bytes(model: DualEncoder, batch: Mapping[str, torch.Tensor], chunk_siz
     names = _chunked(model, batch)
     exclude = param_storages(model)
     exclude |= {batch[m].untyped_storage().data_ptr() for m in names}
-    buffers = [b.detach().clone() for b in model.buffers()]
     sizes: dict[str, int] = {}
     for m in names:
         seen: dict[int, int] = {}
@@ -223,14 +222,8 @@ def graph_bytes(model: DualEncoder, batch: Mapping[str, torch.Tensor], chunk_siz
                 seen[s.data_ptr()] = s.nbytes()
             return t
 
-        with (
-            torch.random.fork_rng(devices=_devices()),
-            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
-        ):
+        with untouched(model), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = model.encode(m, batch[m][:chunk_size])
         del out
         sizes[m] = sum(seen.values())
-    with torch.no_grad():
-        for b, saved in zip(model.buffers(), buffers):
-            b.copy_(saved)
     return sizes

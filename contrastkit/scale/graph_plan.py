@@ -34,7 +34,7 @@ import torch.distributed as dist
 
 from contrastkit.models.dual_encoder import DualEncoder
 from contrastkit.scale.grad_cache import graph_bytes
-from contrastkit.scale.partial_graph import partial_bytes, partial_forward, partial_refusal
+from contrastkit.scale.partial_graph import partial_bytes, partial_forward, partial_refusal, untouched
 
 __all__ = ["GraphPlan", "TowerCost", "chunks_to_keep", "measure_costs", "plan_graphs"]
 
@@ -145,14 +145,12 @@ def measure_costs(
     measured). Under a forked RNG with the buffers restored: measuring changes nothing."""
     names = [m for m in batch if m in model.modalities]
     full_b, part_b = graph_bytes(model, batch, chunk_size), partial_bytes(model, batch, chunk_size)
-    buffers = [b.detach().clone() for b in model.buffers()]
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     costs: dict[str, TowerCost] = {}
     refused = {m: partial_refusal(model, m) is not None or full_b[m] == 0 for m in names}
     if times is not None and all(m in times for m in names):
         measured = {m: (times[m].rerun_s, times[m].partial_s) for m in names}
     else:
-        with torch.random.fork_rng(devices=devices):
+        with untouched(model):
             first = {m: batch[m][:chunk_size] for m in names}
             measured = _times(model, first, {m: not refused[m] for m in names}, repeats)
     for m in names:
@@ -160,9 +158,6 @@ def measure_costs(
         costs[m] = TowerCost(full_b[m], rerun, None if refused[m] else part_b[m], extra)
     if times is None:
         costs = _same_on_every_rank(costs, next(model.parameters()).device)
-    with torch.no_grad():
-        for b, saved in zip(model.buffers(), buffers):
-            b.copy_(saved)
     return costs
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -30,7 +30,7 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 
 from contrastkit.models.dual_encoder import DualEncoder
 
-__all__ = ["param_storages", "partial_bytes", "partial_forward", "partial_refusal", "saved_ops"]
+__all__ = ["param_storages", "partial_bytes", "partial_forward", "partial_refusal", "saved_ops", "untouched"]
 
 # The ops whose outputs a partial graph keeps: the compute-bound ones. Names missing from a torch
 # build (e.g. the CUDA-only attention kernels) are skipped.
@@ -97,6 +97,21 @@ def partial_refusal(model: DualEncoder, modality: str) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def untouched(model: nn.Module) -> Iterator[None]:
+    """Measure inside: the RNG stream is forked and the model's buffers (BatchNorm statistics)
+    are restored on exit, so a measuring forward changes neither."""
+    buffers = [b.detach().clone() for b in model.buffers()]
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        with torch.no_grad():
+            for b, saved in zip(model.buffers(), buffers):
+                b.copy_(saved)
+
+
 def param_storages(model: nn.Module) -> set[int]:
     """Addresses of the parameters' storages (a sharded DTensor's local shard), which a graph's
     measure leaves out: they exist anyway. Under FSDP the gathered copies used in the forward are
@@ -136,17 +151,12 @@ def partial_bytes(model: DualEncoder, batch: Mapping[str, torch.Tensor], chunk_s
     exclude = param_storages(model)
     names = [m for m in batch if m in model.modalities]
     exclude |= {batch[m].untyped_storage().data_ptr() for m in names}
-    buffers = [b.detach().clone() for b in model.buffers()]
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     sizes: dict[str, int] = {}
     for m in names:
         counter = _CountOutputs(saved_ops(), exclude)
-        with torch.random.fork_rng(devices=devices), torch.enable_grad(), counter:
+        with untouched(model), torch.enable_grad(), counter:
             out = model.encode(m, batch[m][:chunk_size])
         del out
         sizes[m] = sum(counter.seen.values())
         counter.held.clear()
-    with torch.no_grad():
-        for b, saved in zip(model.buffers(), buffers):
-            b.copy_(saved)
     return sizes
