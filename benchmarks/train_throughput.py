@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from _measure import peak_bytes, reset_peak, rss_bytes  # sets OMP_WAIT_POLICY before torch starts
 
@@ -118,12 +119,28 @@ def _cached(model, loss, opt, batch, keep, keep_last: bool, partial=0) -> Step:
     return step
 
 
-def _parts(model, opt, batch) -> dict[str, Step]:
-    """One chunk's forward with a graph (F), without (F₀), its backward (B) and AdamW's step (O)."""
+def _parts(model, loss, opt, batch) -> dict[str, Step]:
+    """One chunk's forward with a graph (F), without (F₀), its backward (B) and AdamW's step (O);
+    the loss's forward and backward on one chunk's embeddings (l: plain's, 1 of n) and on the whole
+    batch's (L: the cached step's tiled loss over all of them)."""
     import torch
+
+    from contrastkit.scale import TiledLoss
 
     chunk = {m: x[:CHUNK] for m, x in batch.items()}
     held: list[torch.Tensor] = []
+    with torch.no_grad():
+        dim = model(chunk)["image"].shape[1]
+    dev = batch["image"].device
+    reps = [torch.randn(BIG, dim, device=dev, requires_grad=True) for _ in range(2)]
+    small = [r[:CHUNK].detach().requires_grad_() for r in reps]
+    tiled = TiledLoss(loss, 1024)
+
+    def loss_small() -> None:
+        loss(*small).backward()
+
+    def loss_big() -> None:
+        tiled(*reps).backward()
 
     def fwd() -> None:
         emb = model(chunk)
@@ -140,10 +157,20 @@ def _parts(model, opt, batch) -> dict[str, Step]:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return {"F": fwd, "F0": fwd0, "B": bwd, "O": opt_step}
+    return {"F": fwd, "F0": fwd0, "B": bwd, "O": opt_step, "l": loss_small, "L": loss_big}
 
 
-def gradcache_case(device: str) -> tuple[dict[str, tuple[Step, int]], dict[str, Step], str]:
+class Case(NamedTuple):
+    """What one case compares (step, samples per step), the parts of one chunk's step (gradcache
+    only), a note printed with them, and the plan's extra forward work per step in seconds."""
+
+    configs: dict[str, tuple[Step, int]]
+    parts: dict[str, Step]
+    note: str = ""
+    rerun_s: float = 0.0
+
+
+def gradcache_case(device: str) -> Case:
     from contrastkit.models import ModelConfig
 
     model, loss, opt, batch = _ck_model(ModelConfig(), BIG, device)
@@ -176,10 +203,16 @@ def gradcache_case(device: str) -> tuple[dict[str, tuple[Step, int]], dict[str, 
             f"{m}: full {c.full_bytes / 2**20:.0f} MiB, re-run {c.rerun_s * 1e3:.0f} ms, partial {part}"
         )
     lines.append(f"plan for {budget / 2**20:.0f} MiB: {plan.describe({'image': n, 'text': n})}")
-    return configs, _parts(model, opt, batch), "\n  ".join(lines)
+    rerun = sum(
+        c.rerun_s * (n - plan.full.get(m, 0) - p) + (c.partial_s or 0) * p
+        for m, c in costs.items()
+        for p in [plan.partial.get(m, 0)]
+    )  # pass 2's extra forward work under the plan, from the planner's own measurements
+    lines.append(f"plan's re-run work per step: {rerun * 1e3:.0f} ms")
+    return Case(configs, _parts(model, loss, opt, batch), "\n  ".join(lines), rerun)
 
 
-def reference_case(device: str) -> tuple[dict[str, tuple[Step, int]], dict[str, Step], str]:
+def reference_case(device: str) -> Case:
     import torch
 
     model, loss, opt, batch = _ck_model(_vit_ref_config(), SMALL, device)
@@ -189,7 +222,7 @@ def reference_case(device: str) -> tuple[dict[str, tuple[Step, int]], dict[str, 
         from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
     except ImportError:
         print("open_clip not installed (make bench installs it): contrastkit row only")
-        return configs, {}, ""
+        return Case(configs, {})
     oc = (
         CLIP(
             embed_dim=128,
@@ -213,7 +246,7 @@ def reference_case(device: str) -> tuple[dict[str, tuple[Step, int]], dict[str, 
         oc_opt.zero_grad(set_to_none=True)
 
     configs["open_clip ViT-ref 256"] = (oc_step, SMALL)
-    return configs, {}, ""
+    return Case(configs, {})
 
 
 def _sync(device: str) -> None:
@@ -250,7 +283,8 @@ def _peak_mib(step: Step, device: str) -> float:
 
 
 def run_case(name: str, rounds: int, repeat: int, device: str = "cpu") -> None:
-    configs, parts, note = {"gradcache": gradcache_case, "reference": reference_case}[name](device)
+    case = {"gradcache": gradcache_case, "reference": reference_case}[name](device)
+    configs, parts = case.configs, case.parts
     names = list(configs)
     peaks: dict[str, float] = {}
     _malloc(64 * 2**10)
@@ -273,7 +307,7 @@ def run_case(name: str, rounds: int, repeat: int, device: str = "cpu") -> None:
         for k in names:
             ratios[k].append(rates[k][-1] / rates[names[0]][-1])
         for _ in range(3):
-            for k in ("F", "B", "O", "F0") if parts else ():
+            for k in parts:
                 part_t[k].append(_time(parts[k], device))
     load1 = os.getloadavg()[0]
     med = statistics.median
@@ -283,13 +317,23 @@ def run_case(name: str, rounds: int, repeat: int, device: str = "cpu") -> None:
         spread = f"{med(ratios[k]):.3f} ({min(ratios[k]):.3f}–{max(ratios[k]):.3f})"
         print(f"  {k:<42} {med(rates[k]):>10.0f} {spread:>24} {peaks[k]:>9.0f}")
     if parts:
-        f, f0, b, o = (med(part_t[k]) for k in ("F", "F0", "B", "O"))
-        ms = f"F {f * 1e3:.0f}, F0 (no graph) {f0 * 1e3:.0f}, B {b * 1e3:.0f}, O (AdamW) {o * 1e3:.0f} ms"
-        print(f"  one chunk of {CHUNK}: {ms}; its graphs (all towers): {note}")
-        n = BIG // CHUNK
-        print(f"  B/F = {b / f:.2f}, F0/F = {f0 / f:.2f}; bound (F+B+O)/(F+B+O/n+F0·(n−k)/n), loss left out:")
-        for k in (0, 1, n // 2, n):
-            print(f"    k = {k:>2}/{n}: {(f + b + o) / (f + b + o / n + f0 * (n - k) / n):.3f}")
+        _print_bound({k: med(v) for k, v in part_t.items()}, case)
+
+
+def _print_bound(t: dict[str, float], case: Case) -> None:
+    """The ratio a configuration could reach if nothing but the measured parts cost time."""
+    f, f0, b, o, small, big = (t[k] for k in ("F", "F0", "B", "O", "l", "L"))
+    ms = f"F {f * 1e3:.0f}, F0 (no graph) {f0 * 1e3:.0f}, B {b * 1e3:.0f}, O (AdamW) {o * 1e3:.0f} ms"
+    print(f"  one chunk of {CHUNK}: {ms}; its graphs (all towers): {case.note}")
+    n = BIG // CHUNK
+    loss = f"loss fwd+bwd {small * 1e3:.1f} ms on {CHUNK} (plain, per chunk)"
+    loss += f", {big * 1e3:.0f} ms on {BIG} (tiled)"
+    print(f"  B/F = {b / f:.2f}, F0/F = {f0 / f:.2f}; {loss}")
+    plain = n * (f + b + o + small)
+    print("  bound n(F+B+O+l) / (n(F+B) + O + L + re-run work), for k of n chunks kept:")
+    for k in (0, 1, n // 2, n):
+        print(f"    k = {k:>2}/{n}: {plain / (n * (f + b) + o + big + f0 * (n - k)):.3f}")
+    print(f"    graph_memory plan: {plain / (n * (f + b) + o + big + case.rerun_s):.3f}")
 
 
 def main() -> None:

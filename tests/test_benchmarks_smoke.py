@@ -166,3 +166,14 @@ def test_gpu_smoke_runs_on_cpu_at_toy_sizes(tmp_path: Path) -> None:
     assert [r["precision"] for r in info["training"]] == ["fp32", "bf16"]
     for r in info["training"]:
         assert r["steps"] == 4 and r["batch_size"] == 16 and r["samples_per_s"] > 0
+
+
+@pytest.mark.slow  # ~20 s: the gradient-cache case at toy sizes (chunks of 8, batch 64), 2 rounds
+def test_train_throughput_gradcache_rows_plan_and_bound() -> None:
+    out = _run("train_throughput.py", "--cases", "gradcache", "--tiny", "--rounds", "2", "--threads", "1")
+    rows = [line.split() for line in out.splitlines() if line.startswith(("  plain", "  cached"))]
+    assert len(rows) == 6 and rows[0][-3] == "1.000", rows  # the first row is the reference
+    assert "plan for " in out and "plan's re-run work per step" in out
+    bounds = [float(line.split(":")[-1]) for line in out.splitlines() if line.startswith("    k =")]
+    assert len(bounds) == 4 and bounds == sorted(bounds), bounds  # more kept, higher bound
+    assert "graph_memory plan: " in out and "on 64 (tiled)" in out
