@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from contrastkit.core.io import atomic_path, atomic_write_json, atomic_write_text
+from contrastkit.core.io import atomic_path, atomic_write_json, atomic_write_text, save_png
 from contrastkit.core.progress import progress_bar
 from contrastkit.data.convert import encode_image
 from contrastkit.data.pairs import PairSet
@@ -191,10 +191,7 @@ def plot_scores(
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def _quantiles(x: np.ndarray) -> dict[str, float]:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from contrastkit.core.errors import ConfigError, DataError, MissingFileError
-from contrastkit.core.io import atomic_path, atomic_write_json
+from contrastkit.core.io import atomic_write_json, save_png
 from contrastkit.core.progress import progress_bar
 from contrastkit.core.registry import check_kwargs
 from contrastkit.data.images import SkipSample, decode_image
@@ -264,9 +264,7 @@ def _pyplot() -> Any:
 
 def _save(fig: Any, path: Path) -> None:
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    _pyplot().close(fig)
+    save_png(fig, path, dpi=100)
 
 
 def _plot_histograms(report: dict[str, Any], path: Path) -> None:

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from contrastkit.core.errors import ConfigError, InputError
-from contrastkit.core.io import atomic_path
+from contrastkit.core.io import save_png
 from contrastkit.evaluation.cross_modal import modality_embeddings
 from contrastkit.evaluation.encoders import model_encoders
 from contrastkit.evaluation.similarity_analysis import linear_cka, mutual_knn, rbf_cka, subsample_rows
@@ -243,8 +243,4 @@ def plot_along(steps: dict[int, dict[str, float]], path: str | Path, title: str 
     ax.set_title(f"{title}: {what}" if title else what, fontsize=9)
     ax.legend()
     fig.tight_layout()  # keeps the axis labels inside the fixed-size figure
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

@@ -22,7 +22,7 @@ import numpy as np
 
 from contrastkit.core.config import load_yaml
 from contrastkit.core.errors import InputError
-from contrastkit.core.io import atomic_path, atomic_write_json, atomic_write_text
+from contrastkit.core.io import atomic_write_json, atomic_write_text, save_png
 from contrastkit.evaluation.continual import clean_json, continual_summary
 
 __all__ = ["continual_report", "format_continual", "plot_continual", "setting_labels"]
@@ -61,8 +61,7 @@ def continual_report(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "continual.json", report)
     atomic_write_text(out / "continual.md", format_continual(report))
-    with atomic_path(out / "continual.png") as tmp:
-        plot_continual(report, tmp)
+    plot_continual(report, out / "continual.png")
     return report
 
 
@@ -200,5 +199,4 @@ def plot_continual(report: dict[str, Any], path: str | Path) -> None:
     axes[0][0].set_ylabel("zero-shot top-1 (fraction correct)")
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, fontsize=7, loc="lower center", ncol=len(names), bbox_to_anchor=(0.5, -0.14))
-    fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save_png(fig, path, dpi=120, tight=True)

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from contrastkit.core.checks import check_embeddings
 from contrastkit.core.concepts import caption_vocabulary
 from contrastkit.core.errors import ConfigError, InputError
-from contrastkit.core.io import atomic_path, atomic_write_json
+from contrastkit.core.io import atomic_write_json, save_png
 from contrastkit.data.pairs import PairSet
 from contrastkit.evaluation.late_interaction import is_token_set
 from contrastkit.evaluation.prompts import prompt_entries
@@ -226,9 +226,7 @@ def plot_concept_histogram(
     ax.set_xlabel("mean concept weight over images (label: share of images with weight > 0)", fontsize=8)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 @EVAL_TASKS.register("concepts")

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from contrastkit.core.errors import ConfigError, InputError
-from contrastkit.core.io import atomic_path, atomic_write_json
+from contrastkit.core.io import atomic_path, atomic_write_json, save_png
 from contrastkit.data.pairs import ClassTask
 from contrastkit.evaluation.encoders import Encoders
 from contrastkit.evaluation.late_interaction import is_token_set
@@ -166,9 +166,7 @@ def plot_confusion(cm: np.ndarray, classnames: tuple[str, ...] | list[str], path
     fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="share of the true class's images")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def _thumbnail(image: torch.Tensor, path: Path, size: int) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from contrastkit.core.errors import ConfigError
-from contrastkit.core.io import atomic_path, atomic_write_json
+from contrastkit.core.io import atomic_write_json, save_png
 from contrastkit.evaluation.tasks import EVAL_TASKS, EvalContext, TaskResult
 
 __all__ = ["expert_fractions", "experts_task", "plot_expert_usage"]
@@ -60,12 +60,7 @@ def plot_expert_usage(usage: dict[str, dict[str, np.ndarray]], path: str | Path,
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 @EVAL_TASKS.register("experts")

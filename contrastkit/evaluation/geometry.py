@@ -54,7 +54,7 @@ import torch.nn.functional as F
 
 from contrastkit.core.checks import check_embeddings
 from contrastkit.core.errors import ConfigError, InputError
-from contrastkit.core.io import atomic_path
+from contrastkit.core.io import save_png
 from contrastkit.evaluation.tasks import EVAL_TASKS, EvalContext, TaskResult
 
 __all__ = [
@@ -290,11 +290,7 @@ def plot_spectrum(spectra: dict[str, np.ndarray], path: str | Path, title: str =
     ax.set_title(f"{title}: {what}" if title else what, fontsize=9)
     ax.legend()
     fig.tight_layout()  # keeps the axis labels inside the fixed-size figure
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def plot_modality_projection(
@@ -322,11 +318,7 @@ def plot_modality_projection(
     ax.set_title(f"{title}: {what}" if title else what, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()  # keeps the axis labels inside the fixed-size figure
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def _options(raw: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from contrastkit.core.errors import InputError
-from contrastkit.core.io import atomic_path
+from contrastkit.core.io import save_png
 
 __all__ = ["plot_similarity"]
 
@@ -58,8 +58,4 @@ def plot_similarity(
         ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=1.2))
     fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="cosine similarity")
     ax.set_title(title or f"{row_kind}–text cosine similarity (red: best caption per {row_kind})", fontsize=9)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from contrastkit.core.errors import ConfigError, InputError
-from contrastkit.core.io import atomic_path, atomic_write_json
+from contrastkit.core.io import atomic_write_json, save_png
 from contrastkit.core.progress import progress_bar
 from contrastkit.data.swaps import KINDS, SwapSet, make_swap_sets
 from contrastkit.evaluation.compositional import (
@@ -298,9 +298,7 @@ def plot_ttm(rows: list[dict], path: str | Path) -> None:
     ax.set_title("Test-time matching")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save_png(fig, path, dpi=120, tight=True)
 
 
 def _save_run(run_dir: Path, out: Path, model: DualEncoder, loss: PairLoss, step: int, extra: dict) -> Path:

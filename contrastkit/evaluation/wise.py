@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from contrastkit.core.errors import InputError
-from contrastkit.core.io import atomic_path, atomic_write_json
+from contrastkit.core.io import atomic_write_json, save_png
 from contrastkit.core.progress import progress_bar, progress_enabled
 from contrastkit.data import build, load_split
 from contrastkit.data.pairs import PairSet
@@ -98,6 +98,4 @@ def plot_wise(rows: list[dict[str, float]], path: str | Path) -> None:
     ax.set_title("WiSE-FT weight interpolation")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save_png(fig, path, dpi=120, tight=True)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from contrastkit.core.io import atomic_path
+from contrastkit.core.io import save_png
 
 __all__ = ["Series", "panels", "plot_runs", "plot_settings", "scalar_series"]
 
@@ -97,12 +97,8 @@ def _grid(n: int) -> tuple[Any, list[Any]]:
 
 
 def _save(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_png(fig, path, dpi=None)
 
 
 def plot_runs(runs: Mapping[str, Series], path: Path, max_panels: int = 18) -> tuple[list[str], list[str]]:

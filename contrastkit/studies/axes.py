@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from contrastkit.core.errors import InputError
-from contrastkit.core.io import atomic_path
+from contrastkit.core.io import save_png
 from contrastkit.studies.config import Setting
 
 __all__ = ["AxisLine", "Point", "axes_markdown", "axis_lines", "plot_axes", "value_label"]
@@ -125,9 +125,7 @@ def plot_axes(
         ax.set_ylabel(metric, fontsize=8)
         ax.legend(fontsize=6)
     fig.suptitle("mean over seeds, error bar = Multi-Bootstrap interval", fontsize=9)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path, dpi=120)
 
 
 def axes_markdown(grid: dict[str, list[Any]], points: Sequence[Point], keys: Sequence[str]) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from contrastkit.core.errors import ContrastkitError, InputError
-from contrastkit.core.io import atomic_path, atomic_write_text
+from contrastkit.core.io import atomic_path, atomic_write_text, save_png
 from contrastkit.core.progress import progress_bar
 from contrastkit.studies.axes import axes_markdown, plot_axes, value_label
 from contrastkit.studies.config import Setting, StudyConfig
@@ -151,9 +151,7 @@ def _forest(comparisons: Sequence[tuple[str, Estimate]], path: Path, metric: str
     # centred on them ran off the figure's right edge
     fig.suptitle("Multi-Bootstrap comparisons (seeds × examples), one-sided p", fontsize=10)
     fig.legend(loc="outside lower center", ncol=3, fontsize=7, frameon=False)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path, dpi=120)
 
 
 def _curves(study: StudyConfig, specs: Sequence[RunSpec], path: Path) -> bool:
@@ -180,16 +178,16 @@ def _curves(study: StudyConfig, specs: Sequence[RunSpec], path: Path) -> bool:
         ax.plot(steps, vals.mean(0), color=f"C{i}", label=f"{_label(setting)} (n={len(series)})")
         ax.fill_between(steps, vals.min(0), vals.max(0), color=f"C{i}", alpha=0.2)
         drawn = True
-    if drawn:
-        ax.set_xlabel("training step (optimizer updates)")
-        ax.set_ylabel(f"{study.metric} ({_unit(study.metric)})")
-        ax.set_title("learning dynamics: mean over seeds, band = min–max", fontsize=10)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return drawn
+    if not drawn:
+        plt.close(fig)
+        return False
+    ax.set_xlabel("training step (optimizer updates)")
+    ax.set_ylabel(f"{study.metric} ({_unit(study.metric)})")
+    ax.set_title("learning dynamics: mean over seeds, band = min–max", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_png(fig, path, dpi=120)
+    return True
 
 
 def _parquet(specs: Sequence[RunSpec], by_metric: dict[str, dict], study: StudyConfig, path: Path) -> None:
