@@ -22,6 +22,7 @@ and allreduce). BatchNorm statistics stay local per rank in every form.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -83,7 +84,30 @@ def init_from_env(device: torch.device) -> DistContext:
         if device.type == "cuda" and device.index is None:
             _pick_local_gpu()
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.get_rank() == 0:
+        _warn_shared_store_restarts()
     return DistContext(dist.get_rank(), dist.get_world_size(), str(device))
+
+
+SHARED_STORE_RESTARTS = (
+    "torchrun --max-restarts with the rendezvous store shared with the workers (torch's default): "
+    "the store outlives an attempt, so a restarted rank can read the dead attempt's addresses and "
+    "the restart fails or hangs (pytorch/pytorch#135712). Launch torchrun with "
+    "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in its environment (docs/distributed.md)"
+)
+
+
+def _warn_shared_store_restarts() -> None:
+    """Warn when ``torchrun`` may restart workers that take their process-group store from the agent.
+
+    The agent exports ``TORCHELASTIC_USE_AGENT_STORE=True`` unless it was started with
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``; the shared store keeps the previous attempt's keys
+    (gloo and NCCL addresses), which a restarted rank may read before their new values are set: in
+    this project's two-node SIGKILL test 1 run in ~5 failed that way. The workers cannot repair
+    it (the restart count that would separate attempts differs between agents), so say so at start."""
+    shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if shared and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) > 0:
+        warnings.warn(SHARED_STORE_RESTARTS, stacklevel=3)
 
 
 def _pick_local_gpu() -> None:

@@ -92,3 +92,28 @@ def test_any_loss_on_two_ranks_matches_one_process(tmp_path, variant):
     multi = spawn_gloo(_any_loss_worker, 2, str(tmp_path / "two"), variant, timeout_s=300)
     assert len(multi[0]) == len(single) == 4
     assert multi[0] == pytest.approx(single, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("shared", "restarts", "warns"),
+    [("True", "2", True), ("False", "2", False), ("True", "0", False), (None, None, False)],
+)
+def test_restarts_on_the_shared_store_warn_at_start(monkeypatch, shared, restarts, warns):
+    # what torchrun exports to its workers: USE_AGENT_STORE is False when the agent was started
+    # with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, MAX_RESTARTS is --max-restarts
+    import warnings
+
+    from contrastkit.train import distributed
+
+    for key, value in (("TORCHELASTIC_USE_AGENT_STORE", shared), ("TORCHELASTIC_MAX_RESTARTS", restarts)):
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        distributed._warn_shared_store_restarts()
+    got = [str(w.message) for w in seen]
+    assert got == ([distributed.SHARED_STORE_RESTARTS] if warns else [])
+    if warns:
+        assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in got[0]

@@ -47,6 +47,10 @@ def _launch_nodes(
     """One torchrun agent per simulated node, both rendezvousing at one free local port."""
     port, procs = _free_port(), []
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CONTRASTKIT_PROGRESS": "0"}
+    # as docs/distributed.md asks of every launch with restarts: without it the agents share one
+    # store across attempts and a restarted rank can read the dead attempt's addresses (1 in ~5 runs
+    # failed that way, and the other agent then hung), pytorch/pytorch#135712
+    env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     for node in range(2):
         cmd = [
             sys.executable,
@@ -105,7 +109,8 @@ def _descendants(pids: list[int]) -> list[int]:
 def _wait_nodes(procs: list[subprocess.Popen], logs: Path, timeout_s: float = 600) -> None:
     """Wait for both agents to exit 0; on failure or timeout kill them and their workers, and fail
     with the tail of each node's log."""
-    deadline = time.monotonic() + timeout_s
+    start = time.monotonic()
+    deadline = start + timeout_s
     try:
         while time.monotonic() < deadline and any(p.poll() is None for p in procs):
             if any(p.poll() not in (None, 0) for p in procs):
@@ -117,7 +122,8 @@ def _wait_nodes(procs: list[subprocess.Popen], logs: Path, timeout_s: float = 60
                 f"--- node {i}:\n{(logs / f'node{i}.log').read_text()[-3000:]}" for i in range(2)
             )
             pytest.fail(
-                f"torchrun agents exited with {codes} (None: still running after {timeout_s} s)\n{tails}"
+                f"torchrun agents exited with {codes} (None: still running {time.monotonic() - start:.0f} s "
+                f"after launch)\n{tails}"
             )
     finally:
         _kill_all(procs)
