@@ -176,4 +176,4 @@ def test_train_throughput_gradcache_rows_plan_and_bound() -> None:
     assert "plan for " in out and "plan's re-run work per step" in out
     bounds = [float(line.split(":")[-1]) for line in out.splitlines() if line.startswith("    k =")]
     assert len(bounds) == 4 and bounds == sorted(bounds), bounds  # more kept, higher bound
-    assert "graph_memory plan: " in out and "on 64 (tiled)" in out
+    assert "graph_memory plan (" in out and "on 64 (tiled)" in out
