@@ -241,6 +241,9 @@ def _times(
 _Costs = dict[tuple, dict[str, TowerCost]]
 _MEASURED: weakref.WeakKeyDictionary[DualEncoder, _Costs] = weakref.WeakKeyDictionary()
 _REPORTED: weakref.WeakKeyDictionary[DualEncoder, str] = weakref.WeakKeyDictionary()  # last plan shown
+# towers already warned about refusing partial graphs: once per run, not every step (anything that
+# touches the warning filters, torch included, resets Python's own once-per-location memory)
+_WARNED: weakref.WeakKeyDictionary[DualEncoder, set[str]] = weakref.WeakKeyDictionary()
 
 
 def chunks_to_keep(
@@ -263,8 +266,10 @@ def chunks_to_keep(
         for m in names:
             why = partial_refusal(model, m) if parts[m] else None
             if why:  # e.g. a BatchNorm image tower beside a text tower that can take them
-                warnings.warn(f"scale.partial_chunks: no partial graphs for {m!r}: {why}", stacklevel=2)
                 parts[m] = 0
+                if m not in _WARNED.setdefault(model, set()):
+                    _WARNED[model].add(m)
+                    warnings.warn(f"scale.partial_chunks: no partial graphs for {m!r}: {why}", stacklevel=2)
         return GraphPlan(dict.fromkeys(names, keep or 0), parts)
     key = (chunk_size, *((m, tuple(batch[m].shape[1:]), batch[m].dtype) for m in names))
     known = _MEASURED.setdefault(model, {})

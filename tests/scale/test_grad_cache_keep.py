@@ -159,7 +159,7 @@ def test_errors():
     assert ScaleConfig(chunk_size=4, graph_memory="2 MiB").graph_bytes() == 2 * 2**20
 
 
-def _run(tmp_path, name, **scale):
+def _run(tmp_path, name, compile_towers: bool = False, **scale):
     from contrastkit.models import TowerConfig
     from contrastkit.train import RunConfig, read_metrics, train
 
@@ -185,7 +185,7 @@ def _run(tmp_path, name, **scale):
         base,
         model=model,
         scale=ScaleConfig(chunk_size=8, **scale),
-        train=dataclasses.replace(base.train, steps=3, log_every=1, ckpt_every=3),
+        train=dataclasses.replace(base.train, steps=3, log_every=1, ckpt_every=3, compile=compile_towers),
     )
     return [r["loss"] for r in read_metrics(train(cfg).run_dir)]
 
@@ -202,3 +202,18 @@ def test_trainer_losses_are_identical_with_kept_graphs(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("scale.graph_memory: graph plan for") == 2, err
     assert "image: 4 full of 4; text: 4 full of 4 (3.9 MiB of 1024.0 MiB)" in err, err
+
+
+@pytest.mark.slow  # ~2–3 min: four runs with torch.compile'd towers
+def test_compiled_towers_keep_losses_identical_with_kept_and_partial_graphs(tmp_path):
+    """train.compile: the compiled towers' dropout draws from the same replayed RNG state in a
+    re-run, a partial graph's recompute and a kept graph, so the losses stay bit-identical."""
+    from contrastkit.train.speed import compiler_missing
+
+    if compiler_missing(torch.device("cpu")):
+        pytest.skip("torch.compile needs a C++ compiler")
+    base = _run(tmp_path, "keep0", compile_towers=True)
+    assert len(base) == 3
+    assert _run(tmp_path, "keep2", compile_towers=True, keep_chunks=2) == base
+    assert _run(tmp_path, "partial", compile_towers=True, keep_chunks=1, partial_chunks=2) == base
+    assert _run(tmp_path, "budget", compile_towers=True, graph_memory="1GiB") == base

@@ -195,6 +195,10 @@ def test_a_memory_budget_plan_fits_and_measuring_changes_nothing():
     assert chunks_to_keep(model, batch, C, 3, None) == GraphPlan({"image": 3, "text": 3}, none)
     with pytest.warns(UserWarning, match="no partial graphs for 'image'"):  # BatchNorm towers
         assert chunks_to_keep(model, batch, C, None, None, partial=2).partial == none
+    with warnings.catch_warnings(record=True) as again:  # once per model, not every step
+        warnings.simplefilter("always")
+        assert chunks_to_keep(model, batch, C, None, None, partial=2).partial == none
+    assert again == []
     plain, _, _ = setup(torch.float32)
     assert chunks_to_keep(plain, batch, C, None, None, partial=2).partial == {"image": 2, "text": 2}
     assert torch.equal(torch.get_rng_state(), rng)
