@@ -21,6 +21,7 @@ from contrastkit.losses.siglip import SigLIPLoss, siglip_loss
 from contrastkit.losses import (  # noqa: F401  isort: skip
     amcl,
     auc,
+    class_prompts,
     classification,
     clustered,
     coconut,

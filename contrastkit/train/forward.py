@@ -25,6 +25,7 @@ from contrastkit.data.negatives import NEG_KEY
 from contrastkit.data.relations import RELATION_KEY
 from contrastkit.data.signals import present_masks
 from contrastkit.losses.base import MultiLoss
+from contrastkit.losses.class_prompts import CLASSES_KEY
 from contrastkit.losses.present import graph_zero, pair_sub_batch
 from contrastkit.models.aux import pop_aux_losses
 from contrastkit.scale import chunks_to_keep, embed_in_chunks
@@ -66,6 +67,8 @@ def embed_batch(s: Session, batch: dict[str, torch.Tensor]):
             emb[RELATION_KEY] = s.model.encode("text", batch[RELATION_KEY])
         if LONG_KEY in batch:  # data.long_captions: the image's other positive captions [B, M-1, d]
             emb[LONG_KEY] = encode_positives(s.model.encode, batch[LONG_KEY])
+        if s.class_ids is not None:  # loss class_prompts: every class's prompt, every step [K, d]
+            emb[CLASSES_KEY] = s.model.encode("text", s.class_ids)
         return emb, None
 
 

@@ -19,6 +19,7 @@ from contrastkit.losses import from_config as build_loss
 from contrastkit.losses.base import PairLoss
 from contrastkit.models.dual_encoder import DualEncoder, build_model
 from contrastkit.train import setup, teacher
+from contrastkit.train.class_prompts import class_prompt_ids
 from contrastkit.train.config import RunConfig
 from contrastkit.train.dist_towers import GradSync, tower_sync
 from contrastkit.train.distill import frozen_teacher
@@ -62,6 +63,7 @@ class Session:
     teacher: StageTeacher | None = None  # continual (coconut) stage: the previous stage, frozen
     distill_teacher: DualEncoder | None = None  # model.teacher: frozen, embeds every batch (distill)
     previous: DualEncoder | None = None  # model.previous: frozen, Sy-CON's past embeddings
+    class_ids: torch.Tensor | None = None  # loss class_prompts: token ids of every class's prompt
     aux_log: dict[str, float] = field(default_factory=dict)  # the towers' auxiliary terms, last step
 
 
@@ -138,4 +140,5 @@ def build_session(
         stage_teacher(cfg, device),
         distill_teacher=frozen_teacher(cfg, model, getattr(train_set, "captions", None), ctx.world, device),
         previous=frozen_previous(cfg, model, getattr(train_set, "captions", None), ctx.world, device),
+        class_ids=class_prompt_ids(cfg, loss, model, train_set, ctx.world, device),
     )

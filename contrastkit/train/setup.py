@@ -28,6 +28,7 @@ from contrastkit.models.dual_encoder import DualEncoder, build_model
 from contrastkit.models.towers import TOWERS
 from contrastkit.scale import TILED_MULTI, TiledLoss
 from contrastkit.train.checkpoint import latest_checkpoint
+from contrastkit.train.class_prompts import check_class_prompts
 from contrastkit.train.config import RunConfig
 from contrastkit.train.distill import check_distill
 from contrastkit.train.distributed import DistContext, wrap_loss
@@ -105,6 +106,7 @@ def check_config(cfg: RunConfig) -> None:
     check_previous(cfg)  # model.previous and sycon, which reads it
     check_jigsaw(cfg)  # data.jigsaw and the jigsaw loss
     check_text_view_loss(cfg.loss, cfg.data.text_views is not None)  # data.text_views ↔ its loss
+    check_class_prompts(cfg)  # loss class_prompts: labels, image and text towers, no chunks
     fields = sampler_fields(cfg.data.sampler)  # mixup batches are wrong targets for other losses
     if fields and (cfg.loss.terms or not set(fields) <= declared_fields(cfg.loss.name)):
         raise ConfigError(

@@ -37,6 +37,7 @@ AUX = {
     "hydra": {"labels": torch.tensor([0, 1, 1, 2, 0, 3])},
     "distill": {"teacher_x": torch.randn(N, 5, generator=g), "teacher_y": torch.randn(N, 5, generator=g)},
     "supcon_text_views": {"labels": torch.tensor([0, 1, 1, 2, 0, 3])},
+    "class_prompts": {"labels": torch.tensor([0, 1, 1, 2, 0, 3])},
 }
 # embeddings of another shape than [N, D] (the split text tower's caption logits [N, L - 1, V])
 SHAPES = {"caption_logits": (N, 4, 11), "series": (N, 3, D)}  # series: 3 devices (collossl_mmd)

@@ -1,0 +1,86 @@
+"""A class_prompts run (CoOp's cross-entropy): the trainer encodes every class's prompt each step,
+the step's loss is the direct formula on the model's embeddings of the batch, only the prompt
+context trains in locked towers, and configs it cannot serve are refused."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from contrastkit.core.errors import ConfigError
+from contrastkit.losses import LossConfig, LossTerm
+from contrastkit.losses.class_prompts import CLASSES_KEY, class_prompt_loss
+from contrastkit.models.prompts import PromptConfig
+from contrastkit.scale import ScaleConfig
+from contrastkit.train import RunConfig, train
+from contrastkit.train.class_prompts import class_prompt_ids
+from contrastkit.train.distributed import DistContext
+
+
+def _config(tmp_path, **loss_params) -> RunConfig:
+    cfg = RunConfig.tiny("coop-ce", out_dir=str(tmp_path))
+    towers = {
+        "image": dataclasses.replace(cfg.model.towers["image"], locked=True),
+        "text": dataclasses.replace(cfg.model.towers["text"], locked=True, prompt=PromptConfig()),
+    }
+    model = dataclasses.replace(cfg.model, towers=towers, lock=("projections.*",))
+    return dataclasses.replace(
+        cfg,
+        model=model,
+        data=dataclasses.replace(cfg.data, label_task="shape+color"),
+        loss=LossConfig("class_prompts", {"learnable": False, **loss_params}),
+        train=dataclasses.replace(cfg.train, steps=2, ckpt_every=1, keep_checkpoints=2, log_every=1),
+    )
+
+
+def test_the_step_loss_is_the_formula_on_every_class_prompt(tmp_path):
+    from contrastkit.train.forward import compute_loss, embed_batch
+    from contrastkit.train.session import build_session
+
+    cfg = _config(tmp_path, template="a {} shape.")
+    s = build_session(cfg, tmp_path / "s", True, DistContext(), torch.device("cpu"))
+    names = list(s.train_set.tasks["shape+color"].classnames)
+    assert len(names) == 64 and torch.equal(
+        s.class_ids, s.model.tokenize([f"a {c} shape." for c in names])
+    )  # the prompted tokenisation: the context goes in front of each
+    loader = s.feed.loader(s.model.tokenize, s.model.count_truncated, 16, 0, 0, s.device)
+    batch = s.feed.take(next(iter(loader)), s.device)
+    emb, _ = embed_batch(s, batch)
+    got = compute_loss(s, emb, batch)
+    with torch.no_grad():
+        image = s.model.encode("image", batch["image"])
+        classes = s.model.encode("text", s.class_ids)
+    assert emb[CLASSES_KEY].shape == (64, classes.shape[1])
+    want = class_prompt_loss(image, classes, batch["labels"], s.loss.log_scale.exp())
+    torch.testing.assert_close(got, want)
+    got.backward()
+    assert s.model.prompts["text"].context.grad.abs().sum() > 0
+
+
+def test_only_the_context_trains_and_the_run_evaluates(tmp_path):
+    from contrastkit.evaluation.report import evaluate_run
+
+    run = train(_config(tmp_path)).run_dir
+    one = load_file(str(run / "checkpoints" / "step_00000001" / "model.safetensors"))
+    two = load_file(str(run / "checkpoints" / "step_00000002" / "model.safetensors"))
+    assert sorted(k for k in one if not torch.equal(one[k], two[k])) == ["model.prompts.text.context"]
+    metrics = evaluate_run(run, tasks=["zeroshot"], splits=["test"])["metrics"]["test"]
+    assert 0.0 <= metrics["zeroshot/shape+color/top1"] <= 1.0
+
+
+def test_configs_it_cannot_serve_are_refused(tmp_path):
+    cfg = _config(tmp_path)
+    with pytest.raises(ConfigError, match="set data.label_task"):
+        train(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, label_task=None)))
+    with pytest.raises(ConfigError, match="unset scale.chunk_size"):
+        train(dataclasses.replace(cfg, scale=ScaleConfig(chunk_size=4)))
+    terms = LossConfig(terms={"class_prompts": LossTerm(1.0), "clip": 1.0})
+    with pytest.raises(ConfigError, match="not a term of loss.terms"):
+        train(dataclasses.replace(cfg, loss=terms))
+    from contrastkit import losses
+
+    with pytest.raises(ConfigError, match="one process, not 2"):
+        class_prompt_ids(cfg, losses.build("class_prompts"), None, None, 2, torch.device("cpu"))  # type: ignore[arg-type]
