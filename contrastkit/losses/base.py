@@ -182,6 +182,9 @@ class MultiLoss(PairLoss):
     """
 
     inputs: ClassVar[tuple[str, ...] | None] = None
+    # keys whose embeddings are the same on every rank rather than rows of the batch (the class
+    # prompts of ``class_prompts``): cross-rank wrappers pass them on ungathered
+    shared_inputs: ClassVar[tuple[str, ...]] = ()
 
     def select(self, emb: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         keys = self.inputs if self.inputs is not None else tuple(sorted(emb))

@@ -11,12 +11,14 @@ image is classified against those K embeddings by cosine similarity times the lo
 ``x``: the batch's image embeddings ``[N, D]``; ``w``: the class prompts' text embeddings ``[K, D]``
 (batch key ``classes``, encoded by the trainer every step from the class names of
 ``data.label_task``, so the gradient reaches the context through all K prompts); ``y``: the batch
-``labels``. Rows whose label is not a class of the task (another task's rows, label ≥ K or < 0)
-are left out; a batch with none is an error. ``s = exp(log_scale)``: learnable like CLIP's when
+``labels``. Rows whose label is not a class of the task (another task's rows, label ≥ K or < 0) are
+left out; a batch with none is an error. ``s = exp(log_scale)``: learnable like CLIP's when
 ``learnable`` (init ``1/init_temperature``, clamped to [0, ln max_scale] after each step); CoOp
-keeps CLIP's trained scale fixed, which is ``learnable: false`` with ``init_temperature`` set to
-the source run's ``1/logit_scale``. Logged: ``logit_scale``. Dense; one process (the trainer
-refuses more). Related: L-CLIP (the same logits with the batch's captions as the classes),
+keeps CLIP's trained scale fixed, which is ``learnable: false`` with ``init_temperature`` set to the
+source run's ``1/logit_scale``. Logged: ``logit_scale``. Dense. Across processes the image rows and
+labels are gathered (:class:`~contrastkit.scale.gather_all.GatherAllLoss`) and the class prompts,
+encoded on every rank, are not (``shared_inputs``), so the loss is the global batch's. Related:
+L-CLIP (the same logits with the batch's captions as the classes),
 :mod:`contrastkit.models.prompts`.
 """
 
@@ -69,6 +71,7 @@ class ClassPromptLoss(MultiLoss):
 
     accepts: ClassVar[frozenset[str]] = frozenset({"labels"})
     inputs: ClassVar[tuple[str, ...] | None] = ("image", CLASSES_KEY)
+    shared_inputs: ClassVar[tuple[str, ...]] = (CLASSES_KEY,)  # every rank encodes all K prompts
     reads_class_prompts: ClassVar[bool] = True
 
     def __init__(

@@ -7,7 +7,9 @@ SigLIP. Every other loss — SupCon, DCL, the multi-view, momentum and ≥ 3-mod
 
 * embeddings: :func:`~contrastkit.scale.distributed.all_gather_with_grad` per key, so the global
   batch is the rank-order concatenation (N = bD) and gradients flow back to the rank that owns
-  each row; ``":ema"`` keys (no gradient) are gathered the same way;
+  each row; ``":ema"`` keys (no gradient) are gathered the same way; the loss's
+  ``shared_inputs`` (embeddings equal on every rank, e.g. ``class_prompts``' class prompts) pass
+  ungathered: every rank's gradient for them is the full batch's, which the average keeps;
 * batch fields (``aux``): a tensor whose first dimension is the local batch size b is gathered
   along it (labels ``[b]``, concept targets ``[b, C]``, token ids ``[b, L]``); integer ``[b, L]``
   fields of different lengths on different ranks are right-padded with ``pad_value`` (0, the
@@ -94,9 +96,14 @@ class GatherAllLoss(PairLoss):
             (emb,) = args
             if not emb:
                 raise InputError("GatherAllLoss: no embeddings to gather")
-            b = next(iter(emb.values())).shape[0]
-            gathered = {k: all_gather_with_grad(v, self.group) for k, v in sorted(emb.items())}
-            return self.loss(gathered, **self._aux(aux, b))
+            shared = set(getattr(self.loss, "shared_inputs", ()))
+            rows = [v for k, v in emb.items() if k not in shared]
+            if not rows:
+                raise InputError(f"GatherAllLoss: only shared embeddings {sorted(emb)}, no batch rows")
+            gathered = {
+                k: v if k in shared else all_gather_with_grad(v, self.group) for k, v in sorted(emb.items())
+            }
+            return self.loss(gathered, **self._aux(aux, rows[0].shape[0]))
         x, y = args
         b = x.shape[0]
         x_all, y_all = all_gather_with_grad(x, self.group), all_gather_with_grad(y, self.group)

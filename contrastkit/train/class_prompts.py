@@ -51,14 +51,12 @@ def check_class_prompts(cfg: RunConfig) -> None:
 
 
 def class_prompt_ids(
-    cfg: RunConfig, loss: PairLoss, model: DualEncoder, train_set: Source, world: int, device: torch.device
+    cfg: RunConfig, loss: PairLoss, model: DualEncoder, train_set: Source, device: torch.device
 ) -> torch.Tensor | None:
     """Token ids ``[K, L]`` of the K class prompts of a ``class_prompts`` run (``None`` for any
-    other loss). One process: the per-row cross-entropy is averaged over this process's rows."""
+    other loss); every rank encodes all of them (the loss's ``shared_inputs``)."""
     if not getattr(loss, "reads_class_prompts", False):
         return None
-    if world > 1:
-        raise ConfigError(f"loss class_prompts trains on one process, not {world}")
     task = getattr(train_set, "tasks", {}).get(cfg.data.label_task)
     if task is None:
         raise ConfigError(

@@ -140,5 +140,5 @@ def build_session(
         stage_teacher(cfg, device),
         distill_teacher=frozen_teacher(cfg, model, getattr(train_set, "captions", None), ctx.world, device),
         previous=frozen_previous(cfg, model, getattr(train_set, "captions", None), ctx.world, device),
-        class_ids=class_prompt_ids(cfg, loss, model, train_set, ctx.world, device),
+        class_ids=class_prompt_ids(cfg, loss, model, train_set, device),
     )

@@ -31,7 +31,10 @@ CASES = {  # name → (registry name, params, batch fields)
     "pairwise_clip": ("pairwise_clip", {}, ()),
     "supcon+labels": ("supcon", {}, ("labels",)),
     "dcl": ("dcl", {}, ()),
+    # the class prompts (K rows, the same on every rank) are not gathered: shared_inputs
+    "class_prompts+labels": ("class_prompts", {}, ("labels",)),
 }
+K_CLASSES = 4
 
 
 def _run(name, rows, n):
@@ -40,6 +43,8 @@ def _run(name, rows, n):
     data, labels = _inputs(n)
     towers = _towers()
     emb = {m: data[m][rows] @ towers[m] for m in MODALITIES}
+    if reg == "class_prompts":  # every rank encodes every class's prompt with the text tower
+        emb["classes"] = data["text"][:K_CLASSES] @ towers["text"]
     aux = {"labels": labels[rows]} if "labels" in fields else {}
     wrapped = GatherAllLoss(loss)
     value = wrapped(emb, **aux) if wrapped.multi else wrapped(emb["image"], emb["text"], **aux)

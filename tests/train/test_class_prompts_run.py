@@ -20,7 +20,7 @@ from contrastkit.train.class_prompts import class_prompt_ids
 from contrastkit.train.distributed import DistContext
 
 
-def _config(tmp_path, **loss_params) -> RunConfig:
+def _config(tmp_path, steps: int = 2, **loss_params) -> RunConfig:
     cfg = RunConfig.tiny("coop-ce", out_dir=str(tmp_path))
     towers = {
         "image": dataclasses.replace(cfg.model.towers["image"], locked=True),
@@ -32,7 +32,7 @@ def _config(tmp_path, **loss_params) -> RunConfig:
         model=model,
         data=dataclasses.replace(cfg.data, label_task="shape+color"),
         loss=LossConfig("class_prompts", {"learnable": False, **loss_params}),
-        train=dataclasses.replace(cfg.train, steps=2, ckpt_every=1, keep_checkpoints=2, log_every=1),
+        train=dataclasses.replace(cfg.train, steps=steps, ckpt_every=1, keep_checkpoints=2, log_every=1),
     )
 
 
@@ -82,5 +82,23 @@ def test_configs_it_cannot_serve_are_refused(tmp_path):
         train(dataclasses.replace(cfg, loss=terms))
     from contrastkit import losses
 
-    with pytest.raises(ConfigError, match="one process, not 2"):
-        class_prompt_ids(cfg, losses.build("class_prompts"), None, None, 2, torch.device("cpu"))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="class names of data.label_task 'shape\\+color'"):
+        class_prompt_ids(cfg, losses.build("class_prompts"), None, object(), torch.device("cpu"))  # type: ignore[arg-type]
+
+
+def _two_rank_worker(out_dir: str) -> list[float]:
+    from contrastkit.train import read_metrics
+
+    return [r["loss"] for r in read_metrics(train(_config(out_dir, steps=3)).run_dir)]
+
+
+def test_two_ranks_match_one_process(tmp_path):
+    """2 gloo ranks, half of each batch each: the gathered image rows and labels against the class
+    prompts every rank encodes give the single process's losses (the same global batches)."""
+    from contrastkit.scale.launch import spawn_gloo
+    from contrastkit.train import read_metrics
+
+    single = [r["loss"] for r in read_metrics(train(_config(tmp_path / "one", steps=3)).run_dir)]
+    multi = spawn_gloo(_two_rank_worker, 2, str(tmp_path / "two"), timeout_s=300)
+    assert len(single) == 3 and multi[0] == multi[1]
+    assert multi[0] == pytest.approx(single, rel=1e-5)
