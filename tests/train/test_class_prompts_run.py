@@ -86,19 +86,33 @@ def test_configs_it_cannot_serve_are_refused(tmp_path):
         class_prompt_ids(cfg, losses.build("class_prompts"), None, object(), torch.device("cpu"))  # type: ignore[arg-type]
 
 
-def _two_rank_worker(out_dir: str) -> list[float]:
+def _trainable(out_dir, steps: int) -> RunConfig:
+    """Every tower trained (DDP on 2 ranks: the text tower encodes the captions and the class
+    prompts in one step), a ViT image tower (BatchNorm statistics would be per rank)."""
+    from .test_guard_and_training import _vit_config
+
+    cfg = _config(out_dir, steps=steps)
+    towers = {m: dataclasses.replace(t, locked=False) for m, t in cfg.model.towers.items()}
+    towers["image"] = _vit_config(out_dir, "vit").model.towers["image"]
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, towers=towers, lock=()))
+
+
+def _two_rank_worker(out_dir: str, locked: bool) -> list[float]:
     from contrastkit.train import read_metrics
 
-    return [r["loss"] for r in read_metrics(train(_config(out_dir, steps=3)).run_dir)]
+    cfg = _config(out_dir, steps=3) if locked else _trainable(out_dir, 3)
+    return [r["loss"] for r in read_metrics(train(cfg).run_dir)]
 
 
-def test_two_ranks_match_one_process(tmp_path):
+@pytest.mark.parametrize("locked", [True, False], ids=["context-only", "all-towers-ddp"])
+def test_two_ranks_match_one_process(tmp_path, locked):
     """2 gloo ranks, half of each batch each: the gathered image rows and labels against the class
     prompts every rank encodes give the single process's losses (the same global batches)."""
     from contrastkit.scale.launch import spawn_gloo
     from contrastkit.train import read_metrics
 
-    single = [r["loss"] for r in read_metrics(train(_config(tmp_path / "one", steps=3)).run_dir)]
-    multi = spawn_gloo(_two_rank_worker, 2, str(tmp_path / "two"), timeout_s=300)
+    one = _config(tmp_path / "one", steps=3) if locked else _trainable(tmp_path / "one", 3)
+    single = [r["loss"] for r in read_metrics(train(one).run_dir)]
+    multi = spawn_gloo(_two_rank_worker, 2, str(tmp_path / "two"), locked, timeout_s=300)
     assert len(single) == 3 and multi[0] == multi[1]
     assert multi[0] == pytest.approx(single, rel=1e-5)
