@@ -45,6 +45,7 @@ __all__ = [
     "load_split",
     "open_split",
     "source_captions",
+    "task_classnames",
     "train_loader",
 ]
 
@@ -290,17 +291,23 @@ def _indexed(source: PairSet | PairTable, cfg: DataConfig, seed: int) -> PairDat
     return dataset
 
 
+def task_classnames(source: Source, label_task: str | None, what: str) -> tuple[str, ...]:
+    """The class names of task ``label_task`` of ``source``; a :class:`ConfigError` naming ``what``
+    (the option that needs them) when the source has no such task (a mixture has none)."""
+    task = getattr(source, "tasks", {}).get(label_task) if not isinstance(source, Mixture) else None
+    if task is None:
+        raise ConfigError(
+            f"{what} needs the class names of data.label_task {label_task!r}: a single indexed source "
+            "(built-in set or file table) with that task"
+        )
+    return tuple(task.classnames)
+
+
 def _text_views(source: Source, cfg: DataConfig) -> TextViews | None:
     """``data.text_views``' collate step, with the class names of ``data.label_task``."""
     if cfg.text_views is None:
         return None
-    task = getattr(source, "tasks", {}).get(cfg.label_task) if not isinstance(source, Mixture) else None
-    if task is None:
-        raise ConfigError(
-            f"data.text_views needs the class names of data.label_task {cfg.label_task!r}: a single "
-            "indexed source (built-in set or file table) with that task"
-        )
-    return TextViews(cfg.text_views, task.classnames)
+    return TextViews(cfg.text_views, task_classnames(source, cfg.label_task, "data.text_views"))
 
 
 def _text_extras(source: Source, extras: Sequence[str]) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from contrastkit.core.errors import ConfigError
+from contrastkit.data.loading import task_classnames
 from contrastkit.losses.base import LOSSES, PairLoss
 
 if TYPE_CHECKING:
@@ -57,10 +58,5 @@ def class_prompt_ids(
     other loss); every rank encodes all of them (the loss's ``shared_inputs``)."""
     if not getattr(loss, "reads_class_prompts", False):
         return None
-    task = getattr(train_set, "tasks", {}).get(cfg.data.label_task)
-    if task is None:
-        raise ConfigError(
-            f"loss class_prompts needs the class names of data.label_task {cfg.data.label_task!r}: a "
-            "single indexed source (built-in set or file table) with that task"
-        )
-    return model.tokenize(loss.prompts(list(task.classnames))).to(device)  # type: ignore[operator]
+    names = task_classnames(train_set, cfg.data.label_task, "loss class_prompts")
+    return model.tokenize(loss.prompts(list(names))).to(device)  # type: ignore[operator]
