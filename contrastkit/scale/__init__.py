@@ -8,20 +8,14 @@
 * ``grad_cache`` — gradient caching: contrastive batch ≫ what the towers fit, re-running only the
   chunks whose graphs do not fit (S-GRADCACHE); ``partial_graph`` keeps a chunk's costly outputs
   only (selective checkpointing), ``graph_plan`` spends a memory budget on full and partial graphs;
-* ``distributed`` — torch.distributed gathers with correct gradients, SigLIP ring (S-GATHER,
-  S-SIGLIP-RING);
+* ``distributed`` — torch.distributed gathers with correct gradients (S-GATHER);
+* ``ring_siglip`` — SigLIP across ranks with texts passed round a ring (S-SIGLIP-RING);
 * ``ring_clip`` — CLIP across ranks by Inf-CL's ring, no global matrix or gather, memory
   O(b·d + tile²) per rank (S-CLIP-RING).
 """
 
 from contrastkit.scale.config import ScaleConfig
-from contrastkit.scale.distributed import (
-    GatherLoss,
-    SigLIPRingLoss,
-    all_gather_with_grad,
-    is_distributed,
-    siglip_ring_loss,
-)
+from contrastkit.scale.distributed import GatherLoss, all_gather_with_grad, is_distributed
 from contrastkit.scale.grad_cache import (
     CachedEmbeddings,
     backward_through_chunks,
@@ -32,6 +26,7 @@ from contrastkit.scale.graph_plan import GraphPlan, TowerCost, chunks_to_keep, m
 from contrastkit.scale.launch import spawn_gloo
 from contrastkit.scale.partial_graph import partial_bytes, partial_forward
 from contrastkit.scale.ring_clip import CLIPRingLoss, clip_ring_loss
+from contrastkit.scale.ring_siglip import SigLIPRingLoss, siglip_ring_loss
 from contrastkit.scale.tiled import TILED, TiledLoss, tiled_clip_loss, tiled_siglip_loss
 from contrastkit.scale.tiled_family import positive_logit_sums, tiled_masked_lse
 from contrastkit.scale.tiled_more import TILED_MULTI

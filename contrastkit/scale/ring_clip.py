@@ -35,7 +35,7 @@ nor ``[b, N]`` logits. Every rank must call ``backward`` (it runs the ring too).
 
 Exactness: values and gradients (x, y, logit scale) equal ``clip_loss`` on the concatenated batch,
 float64, gloo world 2, 3 and 4, tiles 1, 3 and > b, rtol 1e-10 (``tests/scale/test_ring_clip.py``).
-Related: :func:`~contrastkit.scale.distributed.siglip_ring_loss` (the sigmoid ring, no log-sum-exp
+Related: :func:`~contrastkit.scale.ring_siglip.siglip_ring_loss` (the sigmoid ring, no log-sum-exp
 to carry), :func:`~contrastkit.scale.tiled.tiled_clip_loss` (one process), ``GatherLoss(tile_size=…)``.
 """
 

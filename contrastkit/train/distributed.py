@@ -37,9 +37,10 @@ from contrastkit.losses.clip import clip_loss
 from contrastkit.losses.siglip import siglip_loss
 from contrastkit.losses.similarity import DEFAULT_SIMILARITY
 from contrastkit.scale.config import ScaleConfig
-from contrastkit.scale.distributed import GatherLoss, SigLIPRingLoss
+from contrastkit.scale.distributed import GatherLoss
 from contrastkit.scale.gather_all import GatherAllLoss
 from contrastkit.scale.ring_clip import CLIPRingLoss
+from contrastkit.scale.ring_siglip import SigLIPRingLoss
 from contrastkit.scale.tiled_family import DEFAULT_TILE
 
 __all__ = [

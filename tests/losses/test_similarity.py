@@ -18,8 +18,9 @@ from contrastkit.losses.similarity import (
     similarity_matrix,
 )
 from contrastkit.losses.supcon import supcon_loss
-from contrastkit.scale.distributed import GatherLoss, SigLIPRingLoss
+from contrastkit.scale.distributed import GatherLoss
 from contrastkit.scale.ring_clip import CLIPRingLoss
+from contrastkit.scale.ring_siglip import SigLIPRingLoss
 from contrastkit.scale.tiled import TiledLoss
 
 NAMES = ("cosine", "dot", "neg_sq_dist", "rbf")

@@ -16,17 +16,13 @@ import torch.distributed as dist
 
 from contrastkit.core.errors import ConfigError, ContrastkitError, InputError
 from contrastkit.losses import CLIPLoss, PairLoss, SigLIPLoss, clip_loss, siglip_loss
-from contrastkit.scale.distributed import (  # _RingBidir: probed directly, see _bidir_probe
-    GatherLoss,
+from contrastkit.scale.distributed import GatherLoss, all_gather_with_grad, is_distributed, rank, world_size
+from contrastkit.scale.launch import spawn_gloo
+from contrastkit.scale.ring_siglip import (  # _RingBidir: probed directly, see _bidir_probe
     SigLIPRingLoss,
     _RingBidir,
-    all_gather_with_grad,
-    is_distributed,
-    rank,
     siglip_ring_loss,
-    world_size,
 )
-from contrastkit.scale.launch import spawn_gloo
 
 B_LOCAL, D_IN, DIM = 4, 6, 5  # per-rank pairs, tower input size, embedding size
 RTOL = 1e-10

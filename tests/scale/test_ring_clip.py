@@ -20,9 +20,10 @@ from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.losses import CLIPLoss, PairLoss, SigLIPLoss, clip_loss
 from contrastkit.losses.supcon import SupConLoss
 from contrastkit.scale import ScaleConfig
-from contrastkit.scale.distributed import GatherLoss, SigLIPRingLoss, rank, world_size
+from contrastkit.scale.distributed import GatherLoss, rank, world_size
 from contrastkit.scale.launch import spawn_gloo
 from contrastkit.scale.ring_clip import CLIPRingLoss, clip_ring_loss
+from contrastkit.scale.ring_siglip import SigLIPRingLoss
 from contrastkit.train.distributed import DistContext, wrap_loss
 
 B_LOCAL, DIM = 4, 5
