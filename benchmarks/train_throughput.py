@@ -1,13 +1,15 @@
 """Training-step throughput and peak memory, every configuration interleaved in ONE process.
 
-1. ``gradcache``: the Shapes demo model (ResNet-18 + BERT towers, CLIP loss) with a plain batch of
-   256 vs a contrastive batch of 4096 embedded in chunks of 256 with gradient caching (+ tiled
-   loss), keeping the first pass's graphs of 0 / 8 / 16 of the 16 chunks per modality
-   (``scale.keep_chunks``); ``keep 0, two-pass`` also re-runs the last chunk (the old algorithm);
-   and a budget of 8 chunks' graphs spent by ``scale.graph_plan`` (full graphs where they save the
-   most time per byte, partial graphs — ``scale.partial_graph`` — where those do).
-   The last lines time one chunk's forward with (F) and without (F₀) a graph, its backward (B) and
-   AdamW's step (O): the bound ``(F + B + O) / (F + B + O/n + F₀·(n − k)/n)`` for k of n kept.
+1. ``gradcache``: the Shapes demo model (ResNet-18 + BERT towers, CLIP loss; the image tower
+   channels-last, as the trainer runs it by default) with a plain batch of 256 vs a contrastive
+   batch of 4096 embedded in chunks of 256 with gradient caching (+ tiled loss), keeping the first
+   pass's graphs of 0 / 8 / 16 of the 16 chunks per modality (``scale.keep_chunks``); ``keep 0,
+   two-pass`` also re-runs the last chunk (the old algorithm); and a budget of 8 chunks' graphs
+   spent by ``scale.graph_plan`` (full graphs where they save the most time per byte, partial
+   graphs — ``scale.partial_graph`` — where those do). The last lines time one chunk's forward
+   with (F) and without (F₀) a graph, its backward (B), AdamW's step (O) and the loss on one
+   chunk's pairs (l) and on the whole batch's (L): the bound
+   ``n(F + B + O + l) / (n(F + B) + O + L + F₀·(n − k))`` for k of n chunks kept, and the plan's.
 2. ``reference``: a reference shape — ViT on 32 px images, patch 8, width 128, 2 layers; text
    transformer, context 32, width 128, 2 layers; embedding 128; batch 256; AdamW — as a contrastkit
    model (timm ViT + transformers BERT) and as an open_clip ``CLIP`` model with ``ClipLoss``
@@ -172,9 +174,15 @@ class Case(NamedTuple):
 
 
 def gradcache_case(device: str) -> Case:
+    import torch
+
     from contrastkit.models import ModelConfig
+    from contrastkit.train.speed import apply_speed_options
 
     model, loss, opt, batch = _ck_model(ModelConfig(), BIG, device)
+    # as the trainer runs it: train.channels_last is on by default (the ResNet's weights re-strided
+    # in place, so the optimizer built above holds the same tensors)
+    apply_speed_options(model, compile_towers=False, channels_last=True, device=torch.device(device))
     n = BIG // CHUNK
     configs = {
         f"plain {SMALL}": (_plain(model, loss, opt, batch, SMALL), BIG),

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from contrastkit.core.errors import ConfigError, MissingFileError
 from contrastkit.core.registry import Registry, check_params
@@ -204,34 +204,10 @@ def train_loader(
     ``truncated``: counts captions beyond the text context; ``pin_memory``: for a CUDA device."""
     if "text" in cfg.modalities and tokenize is None:
         raise ConfigError("batches with text need a tokenize function")
-    augment_text = None
-    if cfg.text_augment is not None:
-        from contrastkit.data.textaug import TextAugmenter
-
-        augment_text = TextAugmenter(cfg.text_augment)
-    text_extras = _text_extras(source, cfg.extras)
     sampler = None
     if not isinstance(source, ShardSource):  # indexed sources: batches from data.sampler
-        parts = source.parts if isinstance(source, Mixture) else (source,)
-        weights = source.weights if isinstance(source, Mixture) else None
-        tasks = {} if isinstance(source, Mixture) else dict(source.tasks)
-        n_caps = [[len(c) for c in p.captions] for p in parts]
-        captions = [p.captions for p in parts]
-        per_source = [dict(p.tasks) for p in parts] if isinstance(source, Mixture) else []
-        ctx = context_of(n_caps, cfg, batch_size, seed, start, shard, weights, tasks, captions, per_source)
-        sampler = build_sampler(cfg.sampler, ctx)
-    transform = getattr(sampler, "transform", None)
-    negatives = cfg.text_negatives  # a column becomes batch key text_neg (tokenised as text)
-    text_keys = (
-        "text",
-        *(e for e in text_extras if e != negatives),
-        *(() if negatives is None else ("text_neg",)),
-        *(() if cfg.long_captions is None else ("text_pos",)),  # data.long_captions: [B, M-1, L]
-        *((RELATION_KEY,) if cfg.relations else ()),  # data.relations: tokenised like captions
-        *(() if cfg.text_views is None else view_keys(cfg.text_views)),  # data.text_views: text@k
-    )
-    collate = Collate(tokenize, text_keys, truncated, augment_text, transform, negatives, cfg.long_captions)
-    collate.text_views = _text_views(source, cfg)
+        sampler = _sampler(source, cfg, batch_size, seed, start, shard)
+    collate = _collate(source, cfg, tokenize, truncated, getattr(sampler, "transform", None))
     workers = cfg.num_workers
     common: dict[str, Any] = {
         "num_workers": workers,
@@ -240,21 +216,7 @@ def train_loader(
         "pin_memory": pin_memory,  # page-locked batches: the copy to a GPU overlaps the step
     }
     if isinstance(source, ShardSource):
-        if cfg.sampler.name != "random":
-            raise ConfigError(
-                f"data.sampler {cfg.sampler.name!r} needs an indexed source; webdataset shards stream "
-                "in order and take the default sampler (random)"
-            )
-        if cfg.concepts:
-            raise ConfigError(
-                "data.concepts needs the whole caption vocabulary: not available for webdataset"
-            )
-        if cfg.relations:
-            raise ConfigError("data.relations needs the class tasks of an indexed source: not for webdataset")
-        if cfg.jigsaw is not None:
-            raise ConfigError(
-                "data.jigsaw needs an indexed source (built-in set or file table), not webdataset"
-            )
+        _refuse_for_shards(cfg)
         stream = ShardStream(
             source,
             cfg.image,
@@ -274,6 +236,69 @@ def train_loader(
         dataset = MixDataset([_indexed(p, cfg, seed) for p in source.parts])
         return DataLoader(dataset, batch_sampler=sampler, **common)
     return DataLoader(_indexed(source, cfg, seed), batch_sampler=sampler, **common)
+
+
+def _sampler(
+    source: PairSet | PairTable | Mixture,
+    cfg: DataConfig,
+    batch_size: int,
+    seed: int,
+    start: int,
+    shard: tuple[int, int],
+) -> Sampler:
+    """``data.sampler`` over an indexed source (one, or a mixture's parts with their weights)."""
+    parts = source.parts if isinstance(source, Mixture) else (source,)
+    weights = source.weights if isinstance(source, Mixture) else None
+    tasks = {} if isinstance(source, Mixture) else dict(source.tasks)
+    n_caps = [[len(c) for c in p.captions] for p in parts]
+    captions = [p.captions for p in parts]
+    per_source = [dict(p.tasks) for p in parts] if isinstance(source, Mixture) else []
+    ctx = context_of(n_caps, cfg, batch_size, seed, start, shard, weights, tasks, captions, per_source)
+    return build_sampler(cfg.sampler, ctx)
+
+
+def _collate(
+    source: Source,
+    cfg: DataConfig,
+    tokenize: Callable[[list[str]], torch.Tensor] | None,
+    truncated: Callable[[list[str]], int] | None,
+    transform: Any,
+) -> Collate:
+    """The batch collator: which keys are tokenised as text, text augmentation, the sampler's
+    batch transform (e.g. mixup), hard negatives, long captions and text views."""
+    augment_text = None
+    if cfg.text_augment is not None:
+        from contrastkit.data.textaug import TextAugmenter
+
+        augment_text = TextAugmenter(cfg.text_augment)
+    text_extras = _text_extras(source, cfg.extras)
+    negatives = cfg.text_negatives  # a column becomes batch key text_neg (tokenised as text)
+    text_keys = (
+        "text",
+        *(e for e in text_extras if e != negatives),
+        *(() if negatives is None else ("text_neg",)),
+        *(() if cfg.long_captions is None else ("text_pos",)),  # data.long_captions: [B, M-1, L]
+        *((RELATION_KEY,) if cfg.relations else ()),  # data.relations: tokenised like captions
+        *(() if cfg.text_views is None else view_keys(cfg.text_views)),  # data.text_views: text@k
+    )
+    collate = Collate(tokenize, text_keys, truncated, augment_text, transform, negatives, cfg.long_captions)
+    collate.text_views = _text_views(source, cfg)
+    return collate
+
+
+def _refuse_for_shards(cfg: DataConfig) -> None:
+    """What webdataset shards, streamed in order without an index, cannot do."""
+    if cfg.sampler.name != "random":
+        raise ConfigError(
+            f"data.sampler {cfg.sampler.name!r} needs an indexed source; webdataset shards stream "
+            "in order and take the default sampler (random)"
+        )
+    if cfg.concepts:
+        raise ConfigError("data.concepts needs the whole caption vocabulary: not available for webdataset")
+    if cfg.relations:
+        raise ConfigError("data.relations needs the class tasks of an indexed source: not for webdataset")
+    if cfg.jigsaw is not None:
+        raise ConfigError("data.jigsaw needs an indexed source (built-in set or file table), not webdataset")
 
 
 def _indexed(source: PairSet | PairTable, cfg: DataConfig, seed: int) -> PairDataset:

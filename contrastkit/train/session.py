@@ -80,26 +80,9 @@ def build_session(
     objective = setup.objective(cfg, loss, ctx)
     check_world(cfg, ctx.world)  # data.jigsaw: one process
     train_set = open_split(cfg.data, cfg.data.train_split, progress=cfg.train.progress and ctx.main)
-    if "attributes" in cfg.data.modalities and getattr(train_set, "attributes", None) is None:
-        raise ConfigError(
-            f"data.modalities has 'attributes' but data set {cfg.data.name!r} provides none (Shapes does)"
-        )
-    lacking = [m for m in cfg.data.modalities if m not in getattr(train_set, "modalities", ("image", "text"))]
-    if lacking:
-        have = list(getattr(train_set, "modalities", ("image", "text")))
-        raise ConfigError(f"data.modalities has {lacking} but data set {cfg.data.name!r} provides {have}")
+    _check_modalities(cfg, train_set)
     setup.check_present(cfg, loss, getattr(train_set, "present", {}), ctx.world)
-    if fresh and cfg.train.init_from and not cfg.train.init_towers:
-        model = setup.init_from(cfg, Path(cfg.train.init_from), loss, run_dir if ctx.main else None)
-    elif fresh:
-        held = train_set.images if isinstance(train_set, PairSet) else None  # in memory: a built-in set
-        model = build_model(cfg.model, texts=source_captions(train_set), images=held)
-        if cfg.train.init_from:  # init_towers: these from the source, the rest exactly as from scratch
-            setup.init_towers_from(cfg, model, Path(cfg.train.init_from), run_dir if ctx.main else None)
-        if ctx.main:
-            model.save_assets(run_dir / "assets")
-    else:
-        model = build_model(cfg.model, assets_dir=run_dir / "assets")
+    model = _model(cfg, train_set, loss, run_dir, fresh, ctx)
     if fresh and not cfg.train.init_from and cfg.model.from_:
         setup.pretrained_scale(loss, cfg)
     model.to(device)
@@ -142,3 +125,34 @@ def build_session(
         previous=frozen_previous(cfg, model, getattr(train_set, "captions", None), ctx.world, device),
         class_ids=class_prompt_ids(cfg, loss, model, train_set, device),
     )
+
+
+def _check_modalities(cfg: RunConfig, train_set: Source) -> None:
+    """Every modality ``data.modalities`` asks for is one the training set provides."""
+    if "attributes" in cfg.data.modalities and getattr(train_set, "attributes", None) is None:
+        raise ConfigError(
+            f"data.modalities has 'attributes' but data set {cfg.data.name!r} provides none (Shapes does)"
+        )
+    have = list(getattr(train_set, "modalities", ("image", "text")))
+    lacking = [m for m in cfg.data.modalities if m not in have]
+    if lacking:
+        raise ConfigError(f"data.modalities has {lacking} but data set {cfg.data.name!r} provides {have}")
+
+
+def _model(
+    cfg: RunConfig, train_set: Source, loss: PairLoss, run_dir: Path, fresh: bool, ctx: DistContext
+) -> DualEncoder:
+    """A fresh run's initial model (``train.init_from``: a source run's weights, all or only
+    ``init_towers``; its assets written by rank 0), or a resumed run's, rebuilt from its assets."""
+    if not fresh:
+        return build_model(cfg.model, assets_dir=run_dir / "assets")
+    write = run_dir if ctx.main else None
+    if cfg.train.init_from and not cfg.train.init_towers:
+        return setup.init_from(cfg, Path(cfg.train.init_from), loss, write)
+    held = train_set.images if isinstance(train_set, PairSet) else None  # in memory: a built-in set
+    model = build_model(cfg.model, texts=source_captions(train_set), images=held)
+    if cfg.train.init_from:  # init_towers: these from the source, the rest exactly as from scratch
+        setup.init_towers_from(cfg, model, Path(cfg.train.init_from), write)
+    if ctx.main:
+        model.save_assets(run_dir / "assets")
+    return model

@@ -173,3 +173,14 @@ def test_moco_queue_and_ema_resume_exactly_through_the_trainer(tmp_path):
     assert [b[k] for k in range(1, 7)] == [a[k] for k in range(1, 7)]
     _, _, resumed_loss, _ = load_run(tmp_path / "cut" / "moco")
     assert torch.equal(resumed_loss.queue, loss.queue) and int(resumed_loss.ptr) == int(loss.ptr)
+
+
+def test_a_modality_the_data_set_lacks_is_named():
+    """``data.modalities`` asking for what the training set does not provide: one error naming both."""
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(data=SimpleNamespace(name="pairs", modalities=("image", "text", "audio")))
+    want = r"has \['audio'\] but data set 'pairs' provides \['image', 'text'\]"
+    with pytest.raises(ConfigError, match=want):
+        session_mod._check_modalities(cfg, SimpleNamespace(modalities=("image", "text")))
+    session_mod._check_modalities(cfg, SimpleNamespace(modalities=("image", "text", "audio")))  # no error
