@@ -19,7 +19,9 @@ The contrastive batch (``batch_size``) and what fits in memory (``chunk_size``) 
    first (freeing them; a partial one recomputes its elementwise work inside that backward), then
    re-run every other chunk with a graph under its recorded RNG state (dropout masks replayed bit
    for bit) and backpropagate it. Chunks go last to first in both phases, so every parameter sums
-   its chunk gradients in the same order whatever is kept.
+   its chunk gradients in the same order whatever is kept. A modality whose path trains nothing
+   (locked tower and projection) has no graph to go through: once a kept chunk or its first
+   re-run shows that, no more of its chunks are re-run.
 
 Exactness: equal (float64, to rounding) to ordinary autograd through the same chunked forward,
 with dropout on, for any ``keep`` and ``partial``; a chunk run with a graph draws the same dropout
@@ -150,8 +152,13 @@ def embed_in_chunks(
     return CachedEmbeddings(reps, chunk_size, states, graphs)
 
 
-def _backprop(out: torch.Tensor, g: torch.Tensor) -> None:
+def _backprop(out: torch.Tensor, g: torch.Tensor) -> bool:
+    """Backpropagate ``g`` through one chunk's output; ``False`` where nothing in its path trains
+    (a locked tower and projection: there is no graph to go through)."""
+    if not out.requires_grad:
+        return False
     (out.to(g.dtype) * g).sum().backward()  # ∂⟨r, g⟩/∂r = g: the chain rule, one chunk
+    return True
 
 
 def backward_through_chunks(
@@ -179,14 +186,16 @@ def backward_through_chunks(
                 "final(): pass 1 must not keep its graph (embed_in_chunks(keep_first=False))"
             )
     c = cached.chunk_size
+    frozen: set[str] = set()  # modalities whose path trains nothing: their other chunks are not re-run
     for m, rep in cached.reps.items():
         kept = cached.graphs.get(m, {})
         for k in sorted(kept, reverse=True):
-            _backprop(kept.pop(k), rep.grad[k * c : (k + 1) * c])
+            if not _backprop(kept.pop(k), rep.grad[k * c : (k + 1) * c]):
+                frozen.add(m)
     for m, rep in cached.reps.items():
         for k in reversed(range(len(cached.rng_states[m]))):
             state = cached.rng_states[m][k]
-            if state is None:
+            if state is None or m in frozen:
                 continue
             with final(m) if final is not None and k == 0 else nullcontext():
                 with torch.random.fork_rng(devices=_devices(), enabled=replay_rng):
@@ -196,7 +205,8 @@ def backward_through_chunks(
                             torch.cuda.set_rng_state(st, d)
                     buffers = [b.detach().clone() for b in model.buffers()]
                     out = model.encode(m, batch[m][k * c : (k + 1) * c])
-                _backprop(out, rep.grad[k * c : (k + 1) * c])
+                if not _backprop(out, rep.grad[k * c : (k + 1) * c]):
+                    frozen.add(m)
                 # pass 1 already ran this chunk, so its BatchNorm statistics update once; restored
                 # after the backward, which may have saved the buffers the forward changed in place
                 with torch.no_grad():

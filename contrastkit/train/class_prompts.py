@@ -5,7 +5,10 @@ embeddings of one prompt per class of ``data.label_task``. The prompts' token id
 the start of a run, from the training set's class names and the loss's ``template`` (tokenised by
 the model, so a ``model.towers.text.prompt`` context is put in front of each); the trainer encodes
 them with the text tower every step (:func:`contrastkit.train.forward.embed_batch`) as the
-embeddings ``classes``, so the context's gradient comes through every class's prompt.
+embeddings ``classes``, so the context's gradient comes through every class's prompt. With
+gradient caching (``scale.chunk_size``) the batch's images and captions run in chunks and the K
+prompts once beside them, with an ordinary graph that ``loss.backward()`` goes through; that graph
+(one batch of K prompts) is not part of ``scale.graph_memory``'s budget.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def reads_class_prompts(loss_name: str) -> bool:
 
 
 def check_class_prompts(cfg: RunConfig) -> None:
-    """Config-time checks of a ``class_prompts`` run: its labels, its towers, no chunks, no terms."""
+    """Config-time checks of a ``class_prompts`` run: its labels, its towers, no terms."""
     if any(reads_class_prompts(name) for name in cfg.loss.terms):
         raise ConfigError("class_prompts is a loss of its own, not a term of loss.terms: use loss.name")
     if cfg.loss.terms or not reads_class_prompts(cfg.loss.name):
@@ -44,11 +47,6 @@ def check_class_prompts(cfg: RunConfig) -> None:
     missing = [m for m in ("image", "text") if m not in cfg.model.towers]
     if missing:
         raise ConfigError(f"loss class_prompts needs image and text towers; model.towers lacks {missing}")
-    if cfg.scale.chunk_size is not None:
-        raise ConfigError(
-            "loss class_prompts encodes every class's prompt each step outside gradient caching: "
-            "unset scale.chunk_size"
-        )
 
 
 def class_prompt_ids(

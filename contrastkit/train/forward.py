@@ -47,6 +47,8 @@ def embed_batch(s: Session, batch: dict[str, torch.Tensor]):
     with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=amp), s.towers.step():
         if chunk is not None and chunk < len(next(iter(batch.values()))):
             sc = s.cfg.scale  # graphs of the chunks that fit are kept, not re-run (scale.grad_cache)
+            if s.class_ids is not None:  # class_prompts reads the images, not the captions
+                batch = {"image": batch["image"]}
             with s.towers.no_sync():  # DDP/FSDP: chunks accumulate; chunk 0's re-run syncs (pass 2)
                 report = _report if s.dist.main else None
                 plan = chunks_to_keep(
@@ -55,7 +57,12 @@ def embed_batch(s: Session, batch: dict[str, torch.Tensor]):
                 cached = embed_in_chunks(
                     s.model, batch, chunk, plan.full, keep_first=not s.towers.wrapped, partial=plan.partial
                 )
-            return cached.reps, cached
+            if s.class_ids is None:
+                return cached.reps, cached
+            # loss class_prompts: the K prompts run once, with an ordinary graph that the loss's
+            # backward goes through (one small batch: not chunked). Outside no_sync: the text tower
+            # runs nothing else this step, so under DDP that backward is the one that synchronises it
+            return {**cached.reps, CLASSES_KEY: s.model.encode("text", s.class_ids)}, cached
         if s.cfg.data.jigsaw is not None:  # data.jigsaw: the montages' cell embeddings [B·G, d] alone
             return {"image": cell_embeddings(s.model, batch["image"], s.cfg.data.jigsaw.grid)}, None
         emb = s.model(batch)

@@ -76,11 +76,13 @@ def objective(cfg: RunConfig, loss: PairLoss, ctx: DistContext) -> PairLoss:
 
 def _check_multiloss(cfg: RunConfig, loss: MultiLoss) -> None:
     tileable = getattr(loss, "fn", None) in TILED_MULTI
-    if (cfg.scale.tile_size is not None and not tileable) or cfg.scale.chunk_size is not None:
+    # class_prompts: the images are chunked, the class prompts run once beside them (forward.py)
+    chunkable = getattr(loss, "reads_class_prompts", False)
+    if (cfg.scale.tile_size is not None and not tileable) or (cfg.scale.chunk_size and not chunkable):
         raise ConfigError(
             f"{type(loss).__name__} is a MultiLoss (several embedding sets): scale.tile_size and "
             "scale.chunk_size (gradient caching) work with pair losses only (scale.tile_size also "
-            "with moco2); unset them"
+            "with moco2, scale.chunk_size with class_prompts); unset them"
         )
 
 

@@ -46,7 +46,7 @@ def setup(dtype=torch.float64, bn: bool = False):
 
 
 def grads(model, loss):
-    out = [p.grad.clone() for p in [*model.parameters(), *loss.parameters()]]
+    out = [None if p.grad is None else p.grad.clone() for p in [*model.parameters(), *loss.parameters()]]
     model.zero_grad(set_to_none=True)
     loss.zero_grad(set_to_none=True)
     return out
@@ -105,6 +105,27 @@ def test_no_dropout_equals_the_unchunked_model_call():
     got, _, _ = cached(model, loss, batch, 2)
     for a, b in zip(got, plain):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(("keep", "keep_last"), [(0, False), (0, True), (2, True)])
+def test_a_locked_modality_is_not_rerun_and_the_rest_trains_exactly(keep, keep_last):
+    """The image tower and projection locked (no graph through them): once pass 2 sees that (a kept
+    image chunk, else its first re-run), it re-runs no more image chunks, and the text side's
+    gradients still equal plain autograd's."""
+    model, loss, batch = setup()
+    for p in [*model.towers["image"].parameters(), *model.projections["image"].parameters()]:
+        p.requires_grad_(False)
+    ref = reference(model, loss, batch)
+    runs: list[str] = []
+    encode = model.encode
+    model.encode = lambda m, x: runs.append(m) or encode(m, x)  # type: ignore[method-assign]
+    got, _, _ = cached(model, loss, batch, keep, keep_last)
+    assert runs.count("image") == N // C + (keep == 0)  # pass 1, and one re-run if none was kept
+    assert runs.count("text") == N // C + (N // C - keep - (keep_last and keep == 0))  # + re-runs
+    assert [a is None for a in got] == [b is None for b in ref] and any(a is None for a in got)
+    for a, b in zip(got, ref):
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 def saved_in_pass1(model, batch, keep, keep_last):

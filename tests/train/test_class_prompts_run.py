@@ -1,6 +1,7 @@
 """A class_prompts run (CoOp's cross-entropy): the trainer encodes every class's prompt each step,
 the step's loss is the direct formula on the model's embeddings of the batch, only the prompt
-context trains in locked towers, and configs it cannot serve are refused."""
+context trains in locked towers, gradient caching and 2 ranks change no loss, and configs it
+cannot serve are refused."""
 
 from __future__ import annotations
 
@@ -75,8 +76,6 @@ def test_configs_it_cannot_serve_are_refused(tmp_path):
     cfg = _config(tmp_path)
     with pytest.raises(ConfigError, match="set data.label_task"):
         train(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, label_task=None)))
-    with pytest.raises(ConfigError, match="unset scale.chunk_size"):
-        train(dataclasses.replace(cfg, scale=ScaleConfig(chunk_size=4)))
     terms = LossConfig(terms={"class_prompts": LossTerm(1.0), "clip": 1.0})
     with pytest.raises(ConfigError, match="not a term of loss.terms"):
         train(dataclasses.replace(cfg, loss=terms))
@@ -97,22 +96,50 @@ def _trainable(out_dir, steps: int) -> RunConfig:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, towers=towers, lock=()))
 
 
-def _two_rank_worker(out_dir: str, locked: bool) -> list[float]:
+def _two_rank_worker(out_dir: str, locked: bool, chunk: int | None) -> list[float]:
     from contrastkit.train import read_metrics
 
     cfg = _config(out_dir, steps=3) if locked else _trainable(out_dir, 3)
+    cfg = dataclasses.replace(cfg, scale=ScaleConfig(chunk_size=chunk))
     return [r["loss"] for r in read_metrics(train(cfg).run_dir)]
 
 
-@pytest.mark.parametrize("locked", [True, False], ids=["context-only", "all-towers-ddp"])
-def test_two_ranks_match_one_process(tmp_path, locked):
+@pytest.mark.parametrize(
+    ("locked", "chunk"),
+    [(True, None), (False, None), (False, 4)],
+    ids=["context-only", "all-towers-ddp", "all-towers-ddp-chunked"],
+)
+def test_two_ranks_match_one_process(tmp_path, locked, chunk):
     """2 gloo ranks, half of each batch each: the gathered image rows and labels against the class
-    prompts every rank encodes give the single process's losses (the same global batches)."""
+    prompts every rank encodes give the single process's losses (the same global batches). Chunked:
+    each rank's 8 images in 2 chunks under DDP (synchronised by chunk 0's re-run), the prompts once."""
     from contrastkit.scale.launch import spawn_gloo
     from contrastkit.train import read_metrics
 
     one = _config(tmp_path / "one", steps=3) if locked else _trainable(tmp_path / "one", 3)
     single = [r["loss"] for r in read_metrics(train(one).run_dir)]
-    multi = spawn_gloo(_two_rank_worker, 2, str(tmp_path / "two"), locked, timeout_s=300)
+    multi = spawn_gloo(_two_rank_worker, 2, str(tmp_path / "two"), locked, chunk, timeout_s=300)
     assert len(single) == 3 and multi[0] == multi[1]
     assert multi[0] == pytest.approx(single, rel=1e-5)
+
+
+@pytest.mark.parametrize("locked", [True, False], ids=["context-only", "all-towers"])
+def test_gradient_caching_changes_no_loss(tmp_path, locked):
+    """scale.chunk_size 4 of 16 (the class prompts run once beside the chunks, their graph through
+    the loss's backward): every step's loss equals the unchunked run's, so its gradients did too.
+    Every graph plan: re-run chunks, kept ones, and partial ones (the ViT and text towers take them)."""
+    from contrastkit.train import read_metrics
+
+    def losses(name: str, scale: ScaleConfig | None) -> list[float]:
+        cfg = _config(tmp_path / name, steps=3) if locked else _trainable(tmp_path / name, 3)
+        cfg = cfg if scale is None else dataclasses.replace(cfg, scale=scale)
+        return [r["loss"] for r in read_metrics(train(cfg).run_dir)]
+
+    plain = losses("plain", None)
+    assert len(plain) == 3 and len(set(plain)) == 3  # the model changes between steps
+    for name, scale in {
+        "rerun": ScaleConfig(chunk_size=4, keep_chunks=0),
+        "kept": ScaleConfig(chunk_size=4, keep_chunks=2),
+        "partial": ScaleConfig(chunk_size=4, keep_chunks=1, partial_chunks=2),
+    }.items():
+        assert losses(name, scale) == pytest.approx(plain, rel=1e-5, abs=1e-6), name
