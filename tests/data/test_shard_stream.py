@@ -59,6 +59,7 @@ def test_two_ranks_two_workers_see_every_key_exactly_once(shard_dir):
     assert not set(per_rank[0]) & set(per_rank[1])  # ranks read disjoint shards
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 3 workers on 2 cores, on purpose
 def test_one_process_sees_every_key_once_with_any_worker_count(shard_dir):
     for workers in (0, 1, 3):
         keys = _epoch_keys(str(shard_dir), 0, 1, workers)

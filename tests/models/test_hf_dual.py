@@ -126,7 +126,8 @@ def test_fine_tune_then_export_to_transformers_gives_the_same_embeddings(tmp_pat
         got_txt = trained.encode("text", trained.tokenize(PROMPTS))
     assert torch.allclose(got_img, ref_img, atol=1e-5) and torch.allclose(got_txt, ref_txt, atol=1e-5)
     exported = AutoModel.from_pretrained(tmp_path / "hf-out")
-    assert float(exported.logit_scale) == pytest.approx(float(trained_loss.log_scale), abs=1e-6)
+    want = trained_loss.log_scale.item()
+    assert exported.logit_scale.item() == pytest.approx(want, abs=1e-6)
     pretrained = AutoModel.from_pretrained(folder)
     moved = max((a - b).abs().max() for a, b in zip(exported.parameters(), pretrained.parameters()))
     assert moved > 0  # the export carries the fine-tuned weights, not the source's
