@@ -53,7 +53,7 @@ import torch
 from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.models.aux import model_chunking_refusal
 from contrastkit.models.dual_encoder import DualEncoder
-from contrastkit.scale.partial_graph import param_storages, partial_forward, partial_refusal, untouched
+from contrastkit.scale.partial_graph import param_storages, partial_forward, partial_probe, untouched
 
 __all__ = ["CachedEmbeddings", "backward_through_chunks", "embed_in_chunks", "graph_bytes"]
 
@@ -125,7 +125,7 @@ def embed_in_chunks(
     names = _chunked(model, batch)
     full, part = _per_modality("keep", keep, names), _per_modality("partial", partial, names)
     for m in names:
-        why = partial_refusal(model, m) if part[m] else None
+        why = partial_probe(model, m, batch[m]) if part[m] else None
         if why:
             raise ConfigError(f"partial graphs (scale.partial_chunks) refused: {why}")
     reps: dict[str, torch.Tensor] = {}

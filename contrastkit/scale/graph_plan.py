@@ -34,7 +34,7 @@ import torch.distributed as dist
 
 from contrastkit.models.dual_encoder import DualEncoder
 from contrastkit.scale.grad_cache import graph_bytes
-from contrastkit.scale.partial_graph import partial_bytes, partial_forward, partial_refusal, untouched
+from contrastkit.scale.partial_graph import partial_bytes, partial_forward, partial_probe, untouched
 
 __all__ = ["GraphPlan", "TowerCost", "chunks_to_keep", "measure_costs", "plan_graphs"]
 
@@ -146,7 +146,7 @@ def measure_costs(
     names = [m for m in batch if m in model.modalities]
     full_b, part_b = graph_bytes(model, batch, chunk_size), partial_bytes(model, batch, chunk_size)
     costs: dict[str, TowerCost] = {}
-    refused = {m: partial_refusal(model, m) is not None or full_b[m] == 0 for m in names}
+    refused = {m: full_b[m] == 0 or partial_probe(model, m, batch[m]) is not None for m in names}
     if times is not None and all(m in times for m in names):
         measured = {m: (times[m].rerun_s, times[m].partial_s) for m in names}
     else:
@@ -264,7 +264,7 @@ def chunks_to_keep(
     if keep is not None or partial is not None or budget is None:
         parts = dict.fromkeys(names, partial or 0)
         for m in names:
-            why = partial_refusal(model, m) if parts[m] else None
+            why = partial_probe(model, m, batch[m]) if parts[m] else None
             if why:  # e.g. a BatchNorm image tower beside a text tower that can take them
                 parts[m] = 0
                 if m not in _WARNED.setdefault(model, set()):

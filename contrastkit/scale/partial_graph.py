@@ -11,15 +11,19 @@ full graph for a 2-layer BERT tower here); time is a fraction of a forward (the 
 plus the policy's per-op dispatch in Python).
 
 Refused (:func:`partial_refusal`) for towers with BatchNorm in training mode — the recompute would
-update the running statistics a second time, and an in-place activation after it mutates the kept
-output (``torch.utils.checkpoint`` raises) — and for FSDP-sharded models, whose all-gathers inside
-the forward the recompute cannot replay. Those keep full graphs or none.
+update the running statistics a second time — and for FSDP-sharded models, whose all-gathers inside
+the forward the recompute cannot replay; and (:func:`partial_probe`, one forward and backward of two
+rows per model and tower) where an in-place operation changes a kept output, e.g.
+``nn.ReLU(inplace=True)`` right after a ``Linear`` or ``Conv2d`` with no norm between (the
+checkpoint raises "Tensor cached during selective activation checkpoint has been mutated"). Those
+keep full graphs or none.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -30,7 +34,15 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 
 from contrastkit.models.dual_encoder import DualEncoder
 
-__all__ = ["param_storages", "partial_bytes", "partial_forward", "partial_refusal", "saved_ops", "untouched"]
+__all__ = [
+    "param_storages",
+    "partial_bytes",
+    "partial_forward",
+    "partial_probe",
+    "partial_refusal",
+    "saved_ops",
+    "untouched",
+]
 
 # The ops whose outputs a partial graph keeps: the compute-bound ones. Names missing from a torch
 # build (e.g. the CUDA-only attention kernels) are skipped.
@@ -94,6 +106,40 @@ def partial_refusal(model: DualEncoder, modality: str) -> str | None:
                 f"the {modality!r} tower has BatchNorm in training mode ({name or 'the tower'}): "
                 "recomputing it would update its running statistics twice"
             )
+    return None
+
+
+# per model: tower -> why its partial graph fails (None: it works); probed once per model and tower
+_PROBED: weakref.WeakKeyDictionary[nn.Module, dict[str, str | None]] = weakref.WeakKeyDictionary()
+
+
+def partial_probe(model: DualEncoder, modality: str, x: torch.Tensor) -> str | None:
+    """Why ``modality``'s tower cannot keep a partial graph — :func:`partial_refusal`, else one
+    partial forward and backward of ``x[:2]`` (once per model and tower; RNG and buffers untouched,
+    no ``.grad`` written) — or ``None``."""
+    why = partial_refusal(model, modality)
+    if why is not None:
+        return why
+    known = _PROBED.setdefault(model, {})
+    if modality not in known:
+        known[modality] = _probe(model, modality, x[:2])
+    return known[modality]
+
+
+def _probe(model: DualEncoder, modality: str, x: torch.Tensor) -> str | None:
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        with untouched(model), torch.enable_grad():
+            out = partial_forward(model, modality, x)
+            if out.requires_grad:
+                torch.autograd.grad(out.float().sum(), params, allow_unused=True)
+    except RuntimeError as err:
+        if "mutated" not in str(err):
+            raise
+        return (
+            f"an in-place operation in the {modality!r} tower changes an output a partial graph keeps "
+            "(e.g. ReLU(inplace=True) right after a Linear or Conv with no norm between)"
+        )
     return None
 
 

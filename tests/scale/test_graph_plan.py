@@ -131,6 +131,43 @@ def test_batchnorm_towers_refuse_partial_graphs():
     assert all(c.partial_bytes is None and c.partial_s is None for c in costs.values())
 
 
+class InPlace(Tower):
+    """A Linear with ReLU(inplace=True) right after it: the ReLU overwrites the kept product."""
+
+    def __init__(self, d_in: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d_in, 12), nn.ReLU(inplace=True), nn.Linear(12, 12))
+        self.output_dim = 12
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_a_tower_whose_inplace_op_changes_a_kept_output_refuses_partial_graphs():
+    """Found by a probe (one partial forward+backward of two rows), not by a failing step: an
+    explicit count raises a ConfigError naming it, ``partial_chunks`` skips the tower with a
+    warning, a memory budget plans full graphs only; the other tower keeps its partial graphs."""
+    from contrastkit.scale.partial_graph import partial_probe
+
+    model, loss, batch = setup()
+    model.towers["image"] = InPlace(7).to(torch.float64)
+    rng = torch.get_rng_state()
+    assert "in-place operation in the 'image' tower" in partial_probe(model, "image", batch["image"])
+    assert partial_probe(model, "text", batch["text"]) is None
+    assert torch.equal(torch.get_rng_state(), rng) and all(p.grad is None for p in model.parameters())
+    with pytest.raises(ConfigError, match="in-place operation in the 'image' tower"):
+        embed_in_chunks(model, batch, C, 0, partial=1)
+    with pytest.warns(UserWarning, match="no partial graphs for 'image': an in-place operation"):
+        plan = chunks_to_keep(model, batch, C, None, None, partial=2)
+    assert plan.partial == {"image": 0, "text": 2}
+    costs = measure_costs(model, batch, C, repeats=1)
+    assert costs["image"].partial_bytes is None and costs["text"].partial_bytes is not None
+    ref = reference(model, loss, batch)  # and the plan trains exactly
+    got, _, _, _ = cached(model, loss, batch, 0, plan.partial)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_rerun_chunks_update_batchnorm_statistics_once_whatever_is_kept():
     model, loss, batch = setup(bn=True)
     start = [b.clone() for b in model.buffers()]
