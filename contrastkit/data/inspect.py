@@ -168,78 +168,95 @@ def _thumb(img: torch.Tensor, side: int = 128) -> torch.Tensor:
     return TF.resize(img, [side], antialias=True) if min(img.shape[-2:]) > side else img
 
 
+@dataclass
+class _Tally:
+    """What :func:`inspect_source` counts while it reads the rows once."""
+
+    labels: dict[str, Counter[int]]
+    counts: Counter[str] = dataclasses.field(default_factory=Counter)  # skips by reason
+    n_caps: list[int] = dataclasses.field(default_factory=list)
+    words: list[int] = dataclasses.field(default_factory=list)
+    sides: list[int] = dataclasses.field(default_factory=list)
+    seen_img: set[bytes] = dataclasses.field(default_factory=set)
+    seen_cap: set[str] = dataclasses.field(default_factory=set)
+    dup_img: int = 0
+    dup_cap: int = 0
+
+    def add(self, row: _Row) -> tuple[torch.Tensor | None, str]:
+        """Count one row; its decoded image (``None`` if skipped) and a caption for its tile."""
+        self.n_caps.append(len(row.captions))
+        first = ""
+        for cap in (c.strip() for c in row.captions):
+            if not cap:
+                self.counts["empty caption"] += 1
+                continue
+            first = first or cap
+            self.words.append(len(cap.split()))
+            self.dup_cap += cap in self.seen_cap
+            self.seen_cap.add(cap)
+        img, why = None, row.reason
+        if row.data is not None:
+            raw = row.data if isinstance(row.data, bytes) else row.data.numpy().tobytes()
+            digest = hashlib.sha256(raw).digest()
+            self.dup_img += digest in self.seen_img
+            self.seen_img.add(digest)
+            try:
+                img = row.data if isinstance(row.data, torch.Tensor) else decode_image(row.data)
+                self.sides.append(int(min(img.shape[-2:])))
+            except SkipSample as err:
+                why = err.reason
+        if img is None:
+            self.counts[why] += 1
+        for task, y in row.labels.items():
+            if y >= 0 and task in self.labels:
+                self.labels[task][y] += 1
+        return img, first if img is not None else f"[{why}]"
+
+    def report(self, source: Source, broken: Counter[str]) -> dict[str, Any]:
+        names, n_caps, counts = _classnames(source), self.n_caps, self.counts
+        return {
+            "source": source.name,
+            "kind": type(source).__name__,
+            "rows": len(n_caps),
+            "captions": int(sum(n_caps)),
+            "captions_per_image": {"min": min(n_caps), "mean": float(np.mean(n_caps)), "max": max(n_caps)},
+            "empty_captions": counts["empty caption"],
+            "missing_files": counts["missing file"],
+            "missing_keys": counts["missing key"],
+            "bad_images": counts["bad image"],
+            "bad_shards": broken["bad shard"],
+            "decoded_images": len(self.sides),
+            "duplicate_images": self.dup_img,
+            "duplicate_captions": self.dup_cap,
+            "caption_words": _summary(self.words),
+            "image_short_side": _summary(self.sides),
+            "labels": {
+                t: {_name(names[t], y): c[y] for y in sorted(set(range(len(names[t]))) | set(c))}
+                for t, c in self.labels.items()
+            },
+        }
+
+
 def inspect_source(
     source: Source, out_dir: str | Path | None = None, samples: int = 16, progress: bool = False
 ) -> dict[str, Any]:
     """Decode every image of ``source`` once and return the counts (module docstring); with
     ``out_dir``, also write ``inspect.json``, ``histograms.png`` and ``samples.png`` there."""
     broken: Counter[str] = Counter()
-    counts: Counter[str] = Counter()
-    n_caps, words, sides = [], [], []
-    seen_img: set[bytes] = set()
-    seen_cap: set[str] = set()
-    dup_img = dup_cap = 0
-    labels: dict[str, Counter[int]] = {t: Counter() for t in _classnames(source)}
+    tally = _Tally({t: Counter() for t in _classnames(source)})
     total = None if isinstance(source, ShardSource) else len(source)
     if isinstance(source, ShardSource) and source.counts:
         total = sum(source.counts)
     picks = set(np.linspace(0, total - 1, min(samples, total)).round().astype(int)) if total else None
     tiles: list[tuple[torch.Tensor | None, str]] = []
-    rows = _rows(source, broken)
-    bar = progress_bar(rows, f"inspect {source.name}", progress, total=total, unit="img")
+    bar = progress_bar(_rows(source, broken), f"inspect {source.name}", progress, total=total, unit="img")
     for i, row in enumerate(bar):
-        n_caps.append(len(row.captions))
-        first = ""
-        for cap in (c.strip() for c in row.captions):
-            if not cap:
-                counts["empty caption"] += 1
-                continue
-            first = first or cap
-            words.append(len(cap.split()))
-            dup_cap += cap in seen_cap
-            seen_cap.add(cap)
-        img, why = None, row.reason
-        if row.data is not None:
-            raw = row.data if isinstance(row.data, bytes) else row.data.numpy().tobytes()
-            digest = hashlib.sha256(raw).digest()
-            dup_img += digest in seen_img
-            seen_img.add(digest)
-            try:
-                img = row.data if isinstance(row.data, torch.Tensor) else decode_image(row.data)
-                sides.append(int(min(img.shape[-2:])))
-            except SkipSample as err:
-                why = err.reason
-        if img is None:
-            counts[why] += 1
-        for task, y in row.labels.items():
-            if y >= 0 and task in labels:
-                labels[task][y] += 1
+        img, caption = tally.add(row)
         if len(tiles) < samples and (picks is None or i in picks):
-            tiles.append((None if img is None else _thumb(img), first if img is not None else f"[{why}]"))
-    if not n_caps:
+            tiles.append((None if img is None else _thumb(img), caption))
+    if not tally.n_caps:
         raise DataError(f"{source.name}: no samples")
-    names = _classnames(source)
-    report: dict[str, Any] = {
-        "source": source.name,
-        "kind": type(source).__name__,
-        "rows": len(n_caps),
-        "captions": int(sum(n_caps)),
-        "captions_per_image": {"min": min(n_caps), "mean": float(np.mean(n_caps)), "max": max(n_caps)},
-        "empty_captions": counts["empty caption"],
-        "missing_files": counts["missing file"],
-        "missing_keys": counts["missing key"],
-        "bad_images": counts["bad image"],
-        "bad_shards": broken["bad shard"],
-        "decoded_images": len(sides),
-        "duplicate_images": dup_img,
-        "duplicate_captions": dup_cap,
-        "caption_words": _summary(words),
-        "image_short_side": _summary(sides),
-        "labels": {
-            t: {_name(names[t], y): c[y] for y in sorted(set(range(len(names[t]))) | set(c))}
-            for t, c in labels.items()
-        },
-    }
+    report = tally.report(source, broken)
     if out_dir is not None:
         out = Path(out_dir)
         atomic_write_json(out / "inspect.json", report)
