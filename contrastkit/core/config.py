@@ -74,35 +74,13 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
         return from_dict(tp, value, where)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, where)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(f"{where}: {value!r} matches none of {_type_name(tp)}")
+        return _convert_union(value, tp, args, where)
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
         return value
-    if origin is list or tp is list:
-        if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else list(value)
-    if origin in (tuple, Sequence) or tp is tuple:
-        if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if origin is tuple and args:
-            if len(args) != len(value):
-                raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-            return tuple(_convert(v, a, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-        return tuple(value)
+    if origin in (list, tuple, Sequence) or tp in (list, tuple):
+        return _convert_sequence(value, tp, origin, args, where)
     if origin in (dict, Mapping) or tp is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
@@ -112,6 +90,40 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
                 for k, v in value.items()
             }
         return dict(value)
+    return _convert_scalar(value, tp, where)
+
+
+def _convert_union(value: Any, tp: Any, args: tuple[Any, ...], where: str) -> Any:
+    """``X | Y | None``: ``None`` if allowed, else the first member type that accepts ``value``."""
+    if value is None and type(None) in args:
+        return None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _convert(value, arg, where)
+        except ConfigError:
+            continue
+    raise ConfigError(f"{where}: {value!r} matches none of {_type_name(tp)}")
+
+
+def _convert_sequence(value: Any, tp: Any, origin: Any, args: tuple[Any, ...], where: str) -> Any:
+    """``list[X]`` → a list; ``tuple[X, ...]``, ``tuple[X, Y]``, ``Sequence[X]`` → a tuple."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list, got {value!r}")
+    if origin is list or tp is list:
+        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is tuple and args:
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    return tuple(value)
+
+
+def _convert_scalar(value: Any, tp: Any, where: str) -> Any:
+    """``bool``, ``int``, ``float`` (ints and YAML 1.1's "1e-4" strings accepted) and ``str``."""
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true/false, got {value!r}")
