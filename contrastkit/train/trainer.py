@@ -25,7 +25,7 @@ import math
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -326,6 +326,36 @@ def _checkpoint(s: Session, step: int) -> None:
     s.dist.barrier()
 
 
+def _next_batch(s: Session, batches: Iterator[dict], step: int) -> dict[str, torch.Tensor]:
+    """The step's batch on the device: pair weights or noisy pairs dropped (curation.noisy_pairs),
+    and under JEST the sub-batch the reference and the learner find learnable."""
+    batch = s.feed.take(next(batches), s.device)
+    if s.noisy is not None:  # pair weights, or noisy pairs dropped (after the first fit)
+        batch = s.noisy.apply(batch)
+    if s.jest is not None:
+        batch = s.jest.select(s.model, s.loss, batch, step)
+    return batch
+
+
+def _after_step(s: Session, step: int, callbacks: Sequence[Callback], shown: bool) -> None:
+    """After step ``step``: the noisy-pair refit when due, callbacks, the all-skipped check and
+    the checkpoint, in that order (the checkpoint holds the new fit)."""
+    cfg = s.cfg.train
+    if s.noisy is not None and s.noisy.due(step):
+        s.logger.log(step, s.noisy.refit(s.model, s.loss, step, shown))
+        s.guard.ema = None  # new pair weights, a new loss level: the spike baseline restarts
+    for every, fn in callbacks:
+        if s.dist.main and (step % every == 0 or step == cfg.steps):
+            s.logger.log(step, fn(step, s.model))
+    if step == cfg.steps and s.guard.good_steps == 0:
+        raise TrainingDivergedError(
+            f"every step of this run was skipped ({s.guard.total}); last: {s.guard.last_reason}. "
+            "Nothing was learned and the final checkpoint is not written"
+        )
+    if step % cfg.ckpt_every == 0 or step == cfg.steps:
+        _checkpoint(s, step)
+
+
 def _fit(s: Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
     cfg = s.cfg.train
     if callbacks and s.towers.wrapped and cfg.dist_wrapper == "fsdp":  # they run on rank 0 alone
@@ -347,11 +377,7 @@ def _fit(s: Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
     try:
         while step < cfg.steps:
             t0 = time.perf_counter()
-            batch = s.feed.take(next(batches), s.device)
-            if s.noisy is not None:  # pair weights, or noisy pairs dropped (after the first fit)
-                batch = s.noisy.apply(batch)
-            if s.jest is not None:  # the sub-batch the reference and the learner find learnable
-                batch = s.jest.select(s.model, s.loss, batch, step)
+            batch = _next_batch(s, batches, step)
             t1 = time.perf_counter()
             torch.manual_seed(_step_seed(cfg.seed, step, s.dist.rank))
             loss_val, grad_norm, reason = _step(s, batch, step)
@@ -368,19 +394,7 @@ def _fit(s: Session, start: int, callbacks: Sequence[Callback]) -> TrainResult:
                 refresh=False,
             )
             bar.update(1)
-            if s.noisy is not None and s.noisy.due(step):  # before the checkpoint: it holds the new fit
-                s.logger.log(step, s.noisy.refit(s.model, s.loss, step, shown))
-                s.guard.ema = None  # new pair weights, a new loss level: the spike baseline restarts
-            for every, fn in callbacks:
-                if s.dist.main and (step % every == 0 or step == cfg.steps):
-                    s.logger.log(step, fn(step, s.model))
-            if step == cfg.steps and s.guard.good_steps == 0:
-                raise TrainingDivergedError(
-                    f"every step of this run was skipped ({s.guard.total}); last: {s.guard.last_reason}. "
-                    "Nothing was learned and the final checkpoint is not written"
-                )
-            if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                _checkpoint(s, step)
+            _after_step(s, step, callbacks, shown)
         s.logger.hparams(
             to_dict(s.cfg), {"hparam/last_loss": loss_val, "hparam/skipped_steps": s.guard.total}
         )
