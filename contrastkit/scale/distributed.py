@@ -49,6 +49,7 @@ from contrastkit.scale.tiled import tiled_lse, tiled_softplus_sum
 
 __all__ = [
     "GatherLoss",
+    "WrappedLoss",
     "all_gather_with_grad",
     "is_distributed",
     "rank",
@@ -189,7 +190,22 @@ def _pure_of(loss: PairLoss, allowed: tuple[Callable[..., torch.Tensor], ...], w
     return fn, kwargs
 
 
-class GatherLoss(PairLoss):
+class WrappedLoss(PairLoss):
+    """Base of the cross-rank wrappers (:class:`GatherLoss`, the rings, ``GatherAllLoss``): the
+    wrapped module ``self.loss`` is a submodule whose constraints run after each optimizer step and
+    whose values are logged as if it ran unwrapped."""
+
+    loss: PairLoss
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        self.loss.after_optimizer_step()
+
+    def log_values(self) -> dict[str, float]:
+        return self.loss.log_values()
+
+
+class GatherLoss(WrappedLoss):
     """S-GATHER: a CLIP or SigLIP loss module over features gathered from every rank.
 
     Wraps a :class:`PairLoss` whose ``pure()`` function is ``clip_loss`` or ``siglip_loss``; the
@@ -313,13 +329,6 @@ class GatherLoss(PairLoss):
         rows = torch.arange(b, device=x.device)
         labels[rows, rows + b * rank(self.group)] = 1.0
         return siglip_loss(x, y_all, labels=labels, **kwargs)  # normalised by b
-
-    @torch.no_grad()
-    def after_optimizer_step(self) -> None:
-        self.loss.after_optimizer_step()
-
-    def log_values(self) -> dict[str, float]:
-        return self.loss.log_values()
 
 
 def _tiled_local_clip(x, y, x_all, y_all, scale, bias, tile: int) -> torch.Tensor:

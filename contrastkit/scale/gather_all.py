@@ -34,7 +34,7 @@ import torch.distributed as dist
 
 from contrastkit.core.errors import ConfigError, InputError
 from contrastkit.losses.base import MultiLoss, PairLoss
-from contrastkit.scale.distributed import Group, all_gather_with_grad, is_distributed, world_size
+from contrastkit.scale.distributed import Group, WrappedLoss, all_gather_with_grad, is_distributed, world_size
 
 __all__ = ["PAIRWISE_FIELDS", "GatherAllLoss"]
 
@@ -68,7 +68,7 @@ def _gather_field(name: str, t: torch.Tensor, group: Group, pad_value: int) -> t
     return _all_gather(t.detach(), group)
 
 
-class GatherAllLoss(PairLoss):
+class GatherAllLoss(WrappedLoss):
     """``loss`` on the batch gathered from every rank (see the module docstring). Wraps a pair
     loss (``forward(x, y, **aux)``) or a :class:`MultiLoss` (``forward(emb, **aux)``); delegates
     ``accepts``, ``after_optimizer_step`` and ``log_values``. One process: the loss itself."""
@@ -108,9 +108,3 @@ class GatherAllLoss(PairLoss):
         b = x.shape[0]
         x_all, y_all = all_gather_with_grad(x, self.group), all_gather_with_grad(y, self.group)
         return self.loss(x_all, y_all, **self._aux(aux, b))
-
-    def after_optimizer_step(self) -> None:
-        self.loss.after_optimizer_step()
-
-    def log_values(self) -> dict[str, float]:
-        return self.loss.log_values()

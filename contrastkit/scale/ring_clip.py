@@ -53,6 +53,7 @@ from contrastkit.core.errors import InputError
 from contrastkit.losses.base import PairLoss, maybe_normalize
 from contrastkit.losses.clip import clip_loss
 from contrastkit.scale.distributed import (
+    WrappedLoss,
     _check_across_ranks,
     _global_rank,
     _pure_of,
@@ -237,7 +238,7 @@ def clip_ring_loss(
     return loss
 
 
-class CLIPRingLoss(PairLoss):
+class CLIPRingLoss(WrappedLoss):
     """S-CLIP-RING as a module: wraps a loss whose ``pure()`` is ``clip_loss`` (CLIP, symmetric
     InfoNCE) and computes :func:`clip_ring_loss` with its live scale (and bias). The wrapped module
     is a submodule; ``after_optimizer_step``/``log_values`` are delegated. Exact after DDP
@@ -266,10 +267,3 @@ class CLIPRingLoss(PairLoss):
             group=self.group,
             tile_size=self.tile_size,
         )
-
-    @torch.no_grad()
-    def after_optimizer_step(self) -> None:
-        self.loss.after_optimizer_step()
-
-    def log_values(self) -> dict[str, float]:
-        return self.loss.log_values()

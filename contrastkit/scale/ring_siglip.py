@@ -23,6 +23,7 @@ from contrastkit.losses.base import PairLoss, maybe_normalize
 from contrastkit.losses.siglip import siglip_loss
 from contrastkit.scale.distributed import (
     Group,
+    WrappedLoss,
     _check_across_ranks,
     _global_rank,
     _pure_of,
@@ -159,7 +160,7 @@ def siglip_ring_loss(
     return loss
 
 
-class SigLIPRingLoss(PairLoss):
+class SigLIPRingLoss(WrappedLoss):
     """S-SIGLIP-RING as a module: wraps a SigLIP loss module (``pure()`` → ``siglip_loss``) and
     computes :func:`siglip_ring_loss` with its live ``t`` and ``b``. The wrapped module is a
     submodule; ``after_optimizer_step``/``log_values`` are delegated. Exact after DDP averaging;
@@ -183,10 +184,3 @@ class SigLIPRingLoss(PairLoss):
         return siglip_ring_loss(
             x, y, kwargs["scale"], kwargs["bias"], normalize, variant=self.variant, group=self.group
         )
-
-    @torch.no_grad()
-    def after_optimizer_step(self) -> None:
-        self.loss.after_optimizer_step()
-
-    def log_values(self) -> dict[str, float]:
-        return self.loss.log_values()
