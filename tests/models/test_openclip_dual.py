@@ -122,7 +122,7 @@ def test_fine_tune_then_export_to_open_clip_gives_the_same_embeddings(tmp_path, 
     with torch.no_grad():
         assert torch.allclose(trained.encode("image", images), ref_img, atol=1e-5)
         assert torch.allclose(trained.encode("text", trained.tokenize(PROMPTS)), ref_txt, atol=1e-5)
-    assert float(exported.logit_scale) == pytest.approx(float(loss.log_scale), abs=1e-6)
+    assert exported.logit_scale.item() == pytest.approx(loss.log_scale.item(), abs=1e-6)
     if bias is not None:  # the loss started at the checkpoint's bias and learned it
         assert float(loss.bias) != bias
         assert float(exported.logit_bias) == pytest.approx(float(loss.bias), abs=1e-6)
