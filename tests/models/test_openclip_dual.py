@@ -124,8 +124,8 @@ def test_fine_tune_then_export_to_open_clip_gives_the_same_embeddings(tmp_path, 
         assert torch.allclose(trained.encode("text", trained.tokenize(PROMPTS)), ref_txt, atol=1e-5)
     assert exported.logit_scale.item() == pytest.approx(loss.log_scale.item(), abs=1e-6)
     if bias is not None:  # the loss started at the checkpoint's bias and learned it
-        assert float(loss.bias) != bias
-        assert float(exported.logit_bias) == pytest.approx(float(loss.bias), abs=1e-6)
+        assert loss.bias.item() != bias
+        assert exported.logit_bias.item() == pytest.approx(loss.bias.item(), abs=1e-6)
     pretrained = open_clip.create_model(f"local-dir:{folder}")
     moved = max((a - b).abs().max() for a, b in zip(exported.parameters(), pretrained.parameters()))
     assert moved > 0  # the export carries the fine-tuned weights
