@@ -35,7 +35,7 @@ def test_a_table_column_is_the_kernel_prior_of_every_step(tmp_path, monkeypatch)
 
     def spy(self, x, y, **aux):
         out = forward(self, x, y, **aux)
-        seen.append((x.detach().clone(), y.detach().clone(), aux["age"].detach().clone(), float(out)))
+        seen.append((x.detach().clone(), y.detach().clone(), aux["age"].detach().clone(), out.item()))
         return out
 
     monkeypatch.setattr(DecoupledUniformityLoss, "forward", spy)
